@@ -1,0 +1,49 @@
+# FIRST — the two commands: `make run` (whole system, offline) and `make test` (full suite).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+REQS   := requirements.txt requirements-dev.txt hpc_functions/requirements.txt pyproject.toml
+
+.PHONY: run up down test unit integration e2e lint bench clean
+
+$(STAMP): $(REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: its CPU wheel is what this machine has; a looser spec pulls CUDA.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)  ## the whole system in the foreground; Ctrl-C stops it
+	$(PY) -m chalicelib.local.stack run
+
+up: $(STAMP)   ## the same in the background; returns once healthy (.first/local.env)
+	$(PY) -m chalicelib.local.stack up
+
+down:
+	$(PY) -m chalicelib.local.stack down
+
+test: $(STAMP) ## the full suite: lint, unit, integration, end-to-end
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: $(STAMP)
+	$(PY) -m pytest tests/integration
+
+e2e: $(STAMP)
+	$(PY) -m pytest tests/e2e
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: $(STAMP) ## needs `make up`
+	$(PY) -m bench.interactive
+
+clean:
+	rm -rf $(VENV) .first

@@ -1,0 +1,90 @@
+"""The FIRST API: wiring and thin routes only; ``chalicelib`` does the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice import Response
+
+from chalicelib import sse
+from chalicelib.auth import Principal, bearer_token
+from chalicelib.gateway import Completed
+from chalicelib.http import (
+    ThreadSafeChalice,
+    check_size,
+    json_response,
+    openai_route,
+    preferred_wait_s,
+)
+from chalicelib.logs import get_logger
+from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+from chalicelib.protocol.common import SamplingFields
+from chalicelib.services import Services
+
+app = ThreadSafeChalice(app_name="first")
+services = Services()
+logger = get_logger("first-api")
+route = openai_route(logger, lambda: app.current_request)
+
+
+def _principal(log: dict[str, Any]) -> Principal:
+    principal = services.authenticator.authenticate(bearer_token(app.current_request.headers))
+    log["user"] = principal.id
+    return principal
+
+
+def _completion(log: dict[str, Any], function: str, model: type[SamplingFields]) -> Response:
+    principal = _principal(log)
+    raw = check_size(app.current_request, services.settings.max_body_bytes)
+    req = parse_body(raw, model)
+    log["model"] = req.model
+    wait_s = preferred_wait_s(app.current_request.headers)
+    done: Completed = services.gateway.run(principal, function, req, wait_s)
+    usage = done.response.get("usage") or {}
+    log.update(
+        request_id=done.request_id,
+        engine_time_ms=done.engine_time_ms,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+    )
+    headers = {"x-request-id": done.request_id}
+    if done.engine_time_ms is not None:
+        headers["x-first-engine-time-ms"] = f"{done.engine_time_ms:.2f}"
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return Response(
+            body=sse.render(done.response, include_usage),
+            status_code=200,
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+    return json_response(done.response, headers=headers)
+
+
+@app.route("/health", methods=["GET"])
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.route("/v1/models", methods=["GET"])
+@route
+def list_models(log: dict[str, Any]) -> Response:
+    return json_response(services.gateway.list_models(_principal(log)))
+
+
+@app.route("/v1/chat/completions", methods=["POST"])
+@route
+def chat_completions(log: dict[str, Any]) -> Response:
+    return _completion(log, "chat_completions", ChatCompletionRequest)
+
+
+@app.route("/v1/completions", methods=["POST"])
+@route
+def completions(log: dict[str, Any]) -> Response:
+    return _completion(log, "completions", CompletionRequest)
+
+
+@app.route("/v1/requests/{request_id}", methods=["GET"])
+@route
+def get_request(log: dict[str, Any], request_id: str) -> Response:
+    log["request_id"] = request_id
+    return json_response(services.gateway.fetch(_principal(log), request_id))

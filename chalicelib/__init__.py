@@ -1,0 +1,1 @@
+"""The FIRST gateway: everything ``app.py`` wires together."""

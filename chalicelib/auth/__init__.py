@@ -1,0 +1,5 @@
+"""Who is calling: every authenticator turns a bearer token into a ``Principal``."""
+
+from chalicelib.auth.principal import Authenticator, Principal, bearer_token
+
+__all__ = ["Authenticator", "Principal", "bearer_token"]

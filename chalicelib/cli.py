@@ -1,0 +1,89 @@
+"""``first``: the operator's command line.
+
+first keys create --user NAME [--service]     print a new API key (stored hashed)
+first keys revoke --hash HASH
+first resources deploy                        deploy infra/resources.yaml (local endpoint)
+first functions register --endpoint NAME      register hpc_functions with Globus Compute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from chalicelib.services import Services
+
+
+def _keys_create(args: argparse.Namespace, services: Services) -> int:
+    key = services.keys.create(args.user, kind="service" if args.service else "user")
+    print(key)
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, services: Services) -> int:
+    services.keys.revoke(args.hash)
+    return 0
+
+
+def _resources_deploy(args: argparse.Namespace, services: Services) -> int:
+    from chalicelib.local.resources import deploy
+
+    outputs = deploy(
+        services.client("cloudformation"),
+        services.client("dynamodb"),
+        stage=services.settings.stage,
+        parameters={"VisibilityTimeout": str(services.settings.poller_visibility_timeout_s)},
+    )
+    print(json.dumps(outputs, indent=2))
+    return 0
+
+
+def _functions_register(args: argparse.Namespace, services: Services) -> int:
+    from globus_compute_sdk import Client
+
+    from chalicelib.compute.registration import register_functions
+
+    ids = register_functions(services.settings.registry_file, args.endpoint, Client())
+    print(json.dumps(ids, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="first", description="FIRST gateway operations")
+    p.add_argument("--stage", help="stage (default: FIRST_STAGE or 'local')")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create an API key and print it once")
+    create.add_argument("--user", required=True)
+    create.add_argument("--service", action="store_true", help="a service account's key")
+    create.set_defaults(run=_keys_create)
+    revoke = keys.add_parser("revoke", help="revoke a key by its SHA-256 hash")
+    revoke.add_argument("--hash", required=True)
+    revoke.set_defaults(run=_keys_revoke)
+
+    res = sub.add_parser("resources", help="AWS resources").add_subparsers(
+        dest="action", required=True
+    )
+    res.add_parser("deploy", help="deploy infra/resources.yaml").set_defaults(run=_resources_deploy)
+
+    fns = sub.add_parser("functions", help="Globus Compute functions").add_subparsers(
+        dest="action", required=True
+    )
+    reg = fns.add_parser("register", help="register hpc_functions; write ids to the registry")
+    reg.add_argument("--endpoint", required=True, help="endpoint name in the stage's registry")
+    reg.set_defaults(run=_functions_register)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from chalicelib.settings import Settings
+
+    args = parser().parse_args(argv)
+    settings = Settings(stage=args.stage) if args.stage else Settings()
+    return int(args.run(args, Services(settings)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The one exception tree. Every error that reaches a client is rendered here, OpenAI-shaped.
+
+::
+
+    FirstError                      500 server_error
+    ├── BadRequestError             400 invalid_request_error (param names the field)
+    │   └── PayloadTooLargeError    413 invalid_request_error
+    ├── AuthenticationError         401 invalid_request_error, code invalid_api_key
+    ├── PermissionDeniedError       403 invalid_request_error
+    ├── NotFoundError               404 invalid_request_error
+    │   └── ModelNotFoundError      404 invalid_request_error, code model_not_found
+    ├── RateLimitError              429 requests, Retry-After
+    ├── EngineFailedError           500 server_error (carries the request id)
+    ├── UpstreamUnavailableError    503 server_error
+    └── WaitTimeoutError            504 timeout (carries the request id)
+
+The body is ``{"error": {"message", "type", "param", "code"}}`` with ``code`` a string or null,
+as openai-python expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FirstError(Exception):
+    STATUS_CODE = 500
+    ERROR_TYPE = "server_error"
+    CODE: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.CODE
+        self.request_id = request_id
+        self.headers = dict(headers or {})
+
+    def to_body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.ERROR_TYPE,
+            "param": self.param,
+            "code": self.code,
+        }
+        if self.request_id is not None:
+            error["request_id"] = self.request_id
+        return {"error": error}
+
+
+class BadRequestError(FirstError):
+    STATUS_CODE = 400
+    ERROR_TYPE = "invalid_request_error"
+
+
+class PayloadTooLargeError(BadRequestError):
+    STATUS_CODE = 413
+    CODE = "request_too_large"
+
+
+class AuthenticationError(FirstError):
+    STATUS_CODE = 401
+    ERROR_TYPE = "invalid_request_error"
+    CODE = "invalid_api_key"
+
+
+class PermissionDeniedError(FirstError):
+    STATUS_CODE = 403
+    ERROR_TYPE = "invalid_request_error"
+
+
+class NotFoundError(FirstError):
+    STATUS_CODE = 404
+    ERROR_TYPE = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    CODE = "model_not_found"
+
+
+class RateLimitError(FirstError):
+    STATUS_CODE = 429
+    ERROR_TYPE = "requests"
+    CODE = "rate_limit_exceeded"
+
+
+class EngineFailedError(FirstError):
+    STATUS_CODE = 500
+    ERROR_TYPE = "server_error"
+    CODE = "engine_error"
+
+
+class UpstreamUnavailableError(FirstError):
+    STATUS_CODE = 503
+    ERROR_TYPE = "server_error"
+    CODE = "unavailable"
+
+
+class WaitTimeoutError(FirstError):
+    STATUS_CODE = 504
+    ERROR_TYPE = "timeout"
+    CODE = "timeout"
+
+
+def error_from_result(error: dict[str, Any], status_code: int, request_id: str) -> FirstError:
+    """Rebuild the error an engine returned (``{"error": {...}, "status_code"}``)."""
+    classes: dict[int, type[FirstError]] = {
+        400: BadRequestError,
+        404: NotFoundError,
+        413: PayloadTooLargeError,
+        429: RateLimitError,
+        503: UpstreamUnavailableError,
+    }
+    cls = classes.get(status_code, EngineFailedError)
+    exc = cls(
+        str(error.get("message") or "The engine refused the request."),
+        param=error.get("param"),
+        code=error.get("code"),
+        request_id=request_id,
+    )
+    return exc

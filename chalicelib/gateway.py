@@ -1,0 +1,212 @@
+"""The API side of an interactive request: validate, record, enqueue, wait, answer.
+
+Per request this costs (warm process): one DynamoDB put, one SQS send, and one SQS receive shared
+by every request the reply listener wakes together; the record is read only when a notice is
+late, the result was too large for the notice, or a client asks for it by id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.auth import Principal
+from chalicelib.errors import (
+    FirstError,
+    ModelNotFoundError,
+    NotFoundError,
+    UpstreamUnavailableError,
+    WaitTimeoutError,
+    error_from_result,
+)
+from chalicelib.protocol.common import SamplingFields
+from chalicelib.registry import Registry
+from chalicelib.settings import Settings
+from chalicelib.stores.blobs import BlobStore
+from chalicelib.stores.queue import RequestQueue
+from chalicelib.stores.replies import ReplyListener
+from chalicelib.stores.requests import TERMINAL, RequestStore
+
+# How often a waiter re-reads the record in case its notice was lost.
+FALLBACK_READ_S = 2.0
+
+
+@dataclass(frozen=True)
+class Completed:
+    request_id: str
+    response: dict[str, Any]
+    engine_time_ms: float | None
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def payload_fields(blobs: BlobStore, key: str, name: str, value: Any, limit: int) -> dict[str, Any]:
+    """``{name: json}`` inline when small, else ``{name_key: s3 key}`` after writing to S3."""
+    text = json.dumps(value, separators=(",", ":"))
+    if len(text.encode()) <= limit:
+        return {name: text}
+    blobs.put_json(key, value)
+    return {f"{name}_key": key}
+
+
+def load_field(blobs: BlobStore, record: dict[str, Any], name: str) -> Any:
+    if record.get(name) is not None:
+        return json.loads(record[name])
+    if record.get(f"{name}_key"):
+        return blobs.get_json(record[f"{name}_key"])
+    return None
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        requests: RequestStore,
+        queue: RequestQueue,
+        blobs: BlobStore,
+        replies: ReplyListener,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._requests = requests
+        self._queue = queue
+        self._blobs = blobs
+        self._replies = replies
+
+    def list_models(self, principal: Principal) -> dict[str, Any]:
+        created = 0
+        data = [
+            {"id": m, "object": "model", "created": created, "owned_by": dep.owned_by}
+            for m in self._registry.model_ids()
+            if (dep := self._registry.model(m)) is not None
+        ]
+        return {"object": "list", "data": data}
+
+    def run(
+        self,
+        principal: Principal,
+        function: str,
+        req: SamplingFields,
+        wait_s: float | None = None,
+    ) -> Completed:
+        request_id = self.submit(principal, function, req)
+        try:
+            return self.wait(request_id, wait_s)
+        finally:
+            self._replies.forget(request_id)
+
+    def submit(self, principal: Principal, function: str, req: SamplingFields) -> str:
+        if not self._registry.candidates(req.model, function):
+            raise ModelNotFoundError(
+                f"The model '{req.model}' does not exist or is not served for this endpoint.",
+                param="model",
+            )
+        request_id = new_request_id()
+        body = req.engine_body()
+        item = {
+            "request_id": request_id,
+            "owner": principal.id,
+            "model": req.model,
+            "function": function,
+            "reply_to": self._replies.url,
+            **payload_fields(
+                self._blobs,
+                f"requests/{request_id}/payload.json",
+                "payload",
+                body,
+                self._settings.inline_limit_bytes,
+            ),
+        }
+        self._replies.expect(request_id)
+        self._requests.create(item)
+        try:
+            self._queue.send({"request_id": request_id})
+        except Exception as exc:
+            # Never leave a record queued that no poller will ever see.
+            self._requests.fail(
+                request_id,
+                {
+                    "error": {
+                        "message": "could not be queued",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "unavailable",
+                    },
+                    "status_code": 503,
+                },
+            )
+            raise UpstreamUnavailableError(
+                "The request could not be queued; try again.", request_id=request_id
+            ) from exc
+        return request_id
+
+    def wait(self, request_id: str, wait_s: float | None = None) -> Completed:
+        """Wait at most ``wait_s`` (capped by the settings' bound) for the outcome."""
+        limit = self._settings.wait_timeout_s
+        deadline = time.monotonic() + (limit if wait_s is None else max(0.0, min(wait_s, limit)))
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeoutError(
+                    "The request is still running. Fetch its result later with "
+                    f"GET /v1/requests/{request_id}.",
+                    request_id=request_id,
+                )
+            notice = self._replies.wait(request_id, min(FALLBACK_READ_S, remaining))
+            if notice is not None and notice.get("status") in TERMINAL:
+                if "result" in notice or "error" in notice:
+                    return self._answer(request_id, notice)
+                record = self._requests.get(request_id)
+            else:
+                record = self._requests.get(request_id)
+                if record is None or record["status"] not in TERMINAL:
+                    continue
+            assert record is not None
+            return self._answer(request_id, self._outcome(record))
+
+    def _outcome(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "status": record["status"],
+            "result": load_field(self._blobs, record, "result"),
+            "error": record.get("error"),
+            "status_code": record.get("status_code"),
+            "engine_time_ms": record.get("engine_time_ms"),
+        }
+
+    def _answer(self, request_id: str, outcome: dict[str, Any]) -> Completed:
+        if outcome["status"] == "completed":
+            return Completed(request_id, outcome["result"], outcome.get("engine_time_ms"))
+        raise error_from_result(
+            outcome.get("error") or {}, int(outcome.get("status_code") or 500), request_id
+        )
+
+    def fetch(self, principal: Principal, request_id: str) -> dict[str, Any]:
+        record = self._requests.get(request_id)
+        if record is None or record.get("owner") != principal.id:
+            # Someone else's request answers exactly like a missing one.
+            raise NotFoundError(f"No request found with id '{request_id}'.", param="request_id")
+        view: dict[str, Any] = {
+            "id": request_id,
+            "object": "request",
+            "status": record["status"],
+            "model": record.get("model"),
+            "endpoint": record.get("function"),
+            "created_at": record.get("created_at"),
+            "result": None,
+            "error": None,
+        }
+        if record["status"] == "completed":
+            view["result"] = load_field(self._blobs, record, "result")
+        elif record["status"] == "failed":
+            try:
+                self._answer(request_id, self._outcome(record))
+            except FirstError as exc:
+                view["error"] = exc.to_body()["error"]
+        return view

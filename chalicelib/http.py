@@ -1,0 +1,120 @@
+"""The HTTP edge of the gateway: errors → OpenAI-shaped responses, one access log line each."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from chalice import Chalice, Response
+from chalice.app import Request
+
+from chalicelib.errors import FirstError, PayloadTooLargeError
+
+JSON = {"Content-Type": "application/json"}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        body=json.dumps(body, separators=(",", ":")),
+        status_code=status,
+        headers={**JSON, **(headers or {})},
+    )
+
+
+def error_response(exc: FirstError) -> Response:
+    headers = dict(exc.headers)
+    if exc.request_id:
+        headers["x-request-id"] = exc.request_id
+    return json_response(exc.to_body(), exc.STATUS_CODE, headers)
+
+
+def check_size(request: Request, limit: int) -> bytes:
+    raw: bytes = request.raw_body or b""
+    if len(raw) > limit:
+        raise PayloadTooLargeError(
+            f"The request body is {len(raw)} bytes; the limit is {limit} bytes."
+        )
+    return raw
+
+
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+(?:\.\d+)?)")
+
+
+def preferred_wait_s(headers: Any) -> float | None:
+    """``Prefer: wait=N`` (RFC 7240): answer within N seconds; on expiry a 504 carries the id."""
+    value = next((v for k, v in dict(headers).items() if k.lower() == "prefer"), None)
+    match = _PREFER_WAIT.search(value or "")
+    return float(match.group(1)) if match else None
+
+
+def openai_route(logger: Logger, get_request: Callable[[], Request]) -> Callable[..., Any]:
+    """Wrap a view: every error becomes an OpenAI error; one structured log line per call.
+
+    A view may set ``log`` keys (user, model, request_id, tokens) in the dict it is passed.
+    """
+
+    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            start = time.perf_counter()
+            log: dict[str, Any] = {}
+            try:
+                response = view(log, *args, **kwargs)
+            except FirstError as exc:
+                log.setdefault("request_id", exc.request_id)
+                log["error_code"] = exc.code
+                response = error_response(exc)
+            except Exception:
+                logger.exception("unhandled error")
+                response = error_response(
+                    FirstError("The server had an error processing your request.")
+                )
+            request = get_request()
+            logger.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.context.get("resourcePath"),
+                    "status": response.status_code,
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+                    **{k: v for k, v in log.items() if v is not None},
+                },
+            )
+            return response
+
+        return wrapper
+
+    return decorate
+
+
+class ThreadSafeChalice(Chalice):
+    """``Chalice`` with per-thread ``current_request`` / ``lambda_context``.
+
+    A Lambda container serves one request at a time, so Chalice keeps the current request on
+    the app object; the local API server runs requests on threads, which would see each other's
+    request. Thread-local storage gives each its own; in Lambda it behaves exactly as before.
+    """
+
+    _local = threading.local()
+
+    @property  # type: ignore[override]
+    def current_request(self) -> Request | None:
+        return getattr(self._local, "request", None)
+
+    @current_request.setter
+    def current_request(self, value: Request | None) -> None:
+        self._local.request = value
+
+    @property  # type: ignore[override]
+    def lambda_context(self) -> Any:
+        return getattr(self._local, "context", None)
+
+    @lambda_context.setter
+    def lambda_context(self, value: Any) -> None:
+        self._local.context = value

@@ -1,0 +1,1 @@
+"""The offline stack: local AWS endpoint, API server, compute endpoint, orchestration."""

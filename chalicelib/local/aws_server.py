@@ -1,0 +1,84 @@
+"""The embedded local AWS endpoint: moto server, plus a counter of the API calls it serves.
+
+Runs on 127.0.0.1:4566 (LocalStack's port) so ``AWS_ENDPOINT_URL`` is the same either way.
+``GET /_first/calls`` returns ``{"total": n, "by_operation": {"sqs.SendMessage": n, ...}}`` and
+``DELETE /_first/calls`` resets it: the benchmark's count of AWS calls per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+COUNTER_PATH = "/_first/calls"
+
+
+def _operation(environ: dict[str, Any]) -> str:
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:  # JSON protocols: DynamoDB_20120810.PutItem, AmazonSQS.SendMessage
+        prefix, _, op = target.rpartition(".")
+        service = "dynamodb" if prefix.lower().startswith("dynamodb") else prefix.lower()
+        service = "sqs" if "sqs" in service else service
+        return f"{service}.{op}"
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    service = auth.split("/")[3] if auth.count("/") >= 4 else "unknown"
+    if service in ("sqs", "cloudformation", "sts"):
+        action = parse_qs(environ.get("QUERY_STRING", "")).get("Action", [""])[0]
+        return f"{service}.{action or environ['REQUEST_METHOD']}"
+    return f"{service}.{environ['REQUEST_METHOD']}"
+
+
+class CountingApp:
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self._app = app
+        self._calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == COUNTER_PATH:
+            if environ["REQUEST_METHOD"] == "DELETE":
+                with self._lock:
+                    self._calls.clear()
+            with self._lock:
+                body = json.dumps(
+                    {"total": sum(self._calls.values()), "by_operation": dict(self._calls)}
+                ).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        op = _operation(environ)
+        with self._lock:
+            self._calls[op] += 1
+        return self._app(environ, start_response)
+
+
+class _Handler(MotoRequestHandler):
+    # Keep-alive clients (boto3) otherwise wait ~40 ms on Nagle + delayed ACK per call.
+    disable_nagle_algorithm = True
+
+
+def serve(host: str, port: int) -> None:
+    app = CountingApp(DomainDispatcherApplication(create_backend_app))
+    server = make_server(host, port, app, threaded=True, request_handler=_Handler)
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="FIRST embedded AWS endpoint (moto)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4566)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The offline stand-in for a Globus Compute endpoint on an HPC cluster.
+
+A separate process, as a real endpoint is: tasks outlive the poller that submitted them, so a
+poller killed mid-request can restart and collect the result. Worker processes (spawned) keep
+their engines warm between tasks, exactly like ``hpc_functions`` on a GPU node.
+
+HTTP, JSON in and out, 127.0.0.1 only::
+
+    POST /tasks        {"function_id": "local:<name>", "args": [...], "kwargs": {...}}
+                       → {"task_id"}; a task whose first argument carries a request_id is keyed
+                       by it, so resubmitting the same request attaches to the existing task.
+    GET  /tasks/<id>?wait=S  → {"status": "pending"|"success"|"failed", "result"|"exception"}
+    GET  /health       → {"status": "ok", "workers": N}
+    GET  /stats        → {"runs": {task_id: times the function ran}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing import get_context
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+# Finished tasks are kept this long for late (re)attaching pollers.
+KEEP_FINISHED_S = 15 * 60
+
+
+def _init_worker(preheat: list[dict[str, Any]]) -> None:
+    import torch
+
+    # One intra-op thread per worker: N workers on N cores beat one worker fighting itself.
+    torch.set_num_threads(1)
+    from hpc_functions.engines import get_engine
+
+    for config in preheat:
+        get_engine(config)
+
+
+def _call(function_id: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    from hpc_functions import FUNCTIONS
+
+    name = function_id.split(":", 1)[-1]
+    return FUNCTIONS[name](*args, **kwargs)
+
+
+class TaskTable:
+    def __init__(self, workers: int, preheat: list[dict[str, Any]]) -> None:
+        self._workers = workers
+        self._preheat = preheat
+        self._pool = self._new_pool()
+        self._tasks: dict[str, tuple[Future[Any], float]] = {}
+        self.runs: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self._workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self._preheat,),
+        )
+
+    def warm(self) -> None:
+        """Start every worker and load the preheat models before reporting healthy."""
+        futures = [
+            self._pool.submit(_call, "local:health", [None], {}) for _ in range(self._workers)
+        ]
+        for f in futures:
+            f.result()
+
+    def submit(self, function_id: str, args: list[Any], kwargs: dict[str, Any]) -> str:
+        first = args[0] if args else None
+        key = first.get("request_id") if isinstance(first, dict) else None
+        task_id = f"task-{key}" if key else f"task-{uuid.uuid4().hex}"
+        with self._lock:
+            self._expire()
+            if task_id in self._tasks:
+                return task_id
+            try:
+                future = self._pool.submit(_call, function_id, args, kwargs)
+            except BrokenProcessPool:
+                self._pool = self._new_pool()
+                future = self._pool.submit(_call, function_id, args, kwargs)
+            self._tasks[task_id] = (future, time.monotonic())
+            self.runs[task_id] = self.runs.get(task_id, 0) + 1
+        return task_id
+
+    def state(self, task_id: str, wait_s: float) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._tasks.get(task_id)
+        if entry is None:
+            return None
+        future = entry[0]
+        try:
+            result = future.result(timeout=wait_s)
+        except TimeoutError:
+            return {"status": "pending"}
+        except Exception as exc:  # noqa: BLE001 - the remote exception is the task's result
+            return {"status": "failed", "exception": f"{type(exc).__name__}: {exc}"}
+        return {"status": "success", "result": result}
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - KEEP_FINISHED_S
+        for tid in [t for t, (f, at) in self._tasks.items() if f.done() and at < cutoff]:
+            del self._tasks[tid]
+            self.runs.pop(tid, None)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_handler(table: TaskTable) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            url = urlparse(self.path)
+            if url.path == "/health":
+                self._send(200, {"status": "ok", "workers": table._workers})
+            elif url.path == "/stats":
+                with table._lock:
+                    self._send(200, {"runs": dict(table.runs)})
+            elif url.path.startswith("/tasks/"):
+                wait = float(parse_qs(url.query).get("wait", ["0"])[0])
+                state = table.state(url.path.removeprefix("/tasks/"), min(wait, 60.0))
+                if state is None:
+                    self._send(404, {"error": "unknown task"})
+                else:
+                    self._send(200, state)
+            else:
+                self._send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/tasks":
+                self._send(404, {"error": "not found"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            task_id = table.submit(
+                body["function_id"], body.get("args", []), body.get("kwargs", {})
+            )
+            self._send(200, {"task_id": task_id})
+
+    return Handler
+
+
+def serve(host: str, port: int, workers: int, preheat: list[dict[str, Any]]) -> None:
+    table = TaskTable(workers, preheat)
+    table.warm()
+    server = ThreadingHTTPServer((host, port), make_handler(table))
+    server.daemon_threads = True
+    try:
+        server.serve_forever()
+    finally:
+        table.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from chalicelib.registry import Registry
+    from chalicelib.settings import Settings
+
+    parser = argparse.ArgumentParser(description="FIRST local compute endpoint")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    parser.add_argument("--no-preheat", action="store_true")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    env = {**os.environ, "FIRST_HOME": str(settings.home)}
+    registry = Registry.load(settings.registry_file, env)
+    preheat = (
+        []
+        if args.no_preheat
+        else [m.engine for e in registry.endpoints if e.executor == "local" for m in e.models]
+    )
+    serve(args.host, args.port, args.workers, preheat)
+
+
+if __name__ == "__main__":
+    main()

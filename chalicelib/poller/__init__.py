@@ -1,0 +1,1 @@
+"""The poller: SQS → claim → route → Globus Compute → store → notify → delete."""

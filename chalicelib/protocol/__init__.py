@@ -1,0 +1,7 @@
+"""OpenAI wire models (requests validated here; responses come from the engine as dicts)."""
+
+from chalicelib.protocol.chat import ChatCompletionRequest
+from chalicelib.protocol.common import parse_body
+from chalicelib.protocol.completions import CompletionRequest
+
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "parse_body"]

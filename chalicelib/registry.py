@@ -1,0 +1,91 @@
+"""The deployment registry: which Globus Compute endpoints serve which models, per stage.
+
+One JSON file per stage under ``infra/deployments/`` (``local.json`` is the offline stack).
+``${VAR}`` in engine configs expands from the environment when loaded (``FIRST_HOME`` defaults to
+the settings' home), so the same file works on any checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelDeployment:
+    model: str
+    owned_by: str
+    endpoints: tuple[str, ...]
+    engine: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    endpoint_id: str
+    executor: str
+    max_inflight: int
+    functions: dict[str, str | None]
+    models: tuple[ModelDeployment, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Registry:
+    stage: str
+    endpoints: tuple[Endpoint, ...]
+
+    @classmethod
+    def load(cls, path: Path, env: dict[str, str] | None = None) -> Registry:
+        raw = Path(path).read_text()
+        data = json.loads(string.Template(raw).safe_substitute(env or os.environ))
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Registry:
+        endpoints = tuple(
+            Endpoint(
+                name=e["name"],
+                endpoint_id=e["endpoint_id"],
+                executor=e.get("executor", "globus"),
+                max_inflight=int(e.get("max_inflight", 16)),
+                functions=dict(e.get("functions", {})),
+                models=tuple(
+                    ModelDeployment(
+                        model=m["model"],
+                        owned_by=m.get("owned_by", "first"),
+                        endpoints=tuple(m.get("endpoints", [])),
+                        engine=dict(m["engine"]),
+                    )
+                    for m in e.get("models", [])
+                ),
+            )
+            for e in data.get("endpoints", [])
+        )
+        return cls(stage=data.get("stage", ""), endpoints=endpoints)
+
+    def model_ids(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for e in self.endpoints:
+            for m in e.models:
+                seen.setdefault(m.model, None)
+        return list(seen)
+
+    def model(self, model_id: str) -> ModelDeployment | None:
+        for e in self.endpoints:
+            for m in e.models:
+                if m.model == model_id:
+                    return m
+        return None
+
+    def candidates(self, model_id: str, function: str) -> list[tuple[Endpoint, ModelDeployment]]:
+        """Every (endpoint, deployment) that serves ``model_id`` through ``function``."""
+        return [
+            (e, m)
+            for e in self.endpoints
+            for m in e.models
+            if m.model == model_id and function in m.endpoints and e.functions.get(function)
+        ]

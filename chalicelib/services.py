@@ -1,0 +1,103 @@
+"""Composition root: builds every adapter from ``Settings`` once, lazily.
+
+Nothing here runs at import: ``chalice package`` imports ``app.py`` with no AWS endpoint, and a
+cold Lambda pays only for what its first request uses. boto3 finds moto or LocalStack through
+``AWS_ENDPOINT_URL``; no code branches on "local".
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cached_property
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from chalicelib.auth.apikeys import ApiKeyAuthenticator
+from chalicelib.gateway import Gateway
+from chalicelib.registry import Registry
+from chalicelib.settings import Settings
+from chalicelib.stores.blobs import BlobStore
+from chalicelib.stores.keys import KeyStore
+from chalicelib.stores.queue import RequestQueue
+from chalicelib.stores.replies import ReplyListener, ReplySender, process_queue_name
+from chalicelib.stores.requests import RequestStore
+
+# Long polls hold a connection for up to 20 s; many threads share each client.
+_CLIENT_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3},
+    max_pool_connections=64,
+    read_timeout=30,
+    tcp_keepalive=True,
+)
+
+
+class Services:
+    def __init__(self, settings: Settings | None = None, session: boto3.Session | None = None):
+        self.settings = settings or Settings()
+        self._session = session or boto3.Session(region_name=self.settings.region)
+        self._lock = threading.Lock()
+
+    def client(self, service: str) -> Any:
+        return self._session.client(service, config=_CLIENT_CONFIG)
+
+    @cached_property
+    def dynamodb(self) -> Any:
+        return self._session.resource("dynamodb", config=_CLIENT_CONFIG)
+
+    @cached_property
+    def sqs(self) -> Any:
+        return self.client("sqs")
+
+    @cached_property
+    def s3(self) -> Any:
+        return self.client("s3")
+
+    @cached_property
+    def registry(self) -> Registry:
+        env = {**os.environ, "FIRST_HOME": str(self.settings.home)}
+        return Registry.load(self.settings.registry_file, env)
+
+    @cached_property
+    def requests(self) -> RequestStore:
+        table = self.dynamodb.Table(self.settings.requests_table_name)
+        return RequestStore(table, ttl_s=self.settings.request_ttl_s)
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        return KeyStore(self.dynamodb.Table(self.settings.keys_table_name))
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.s3, self.settings.bucket_name)
+
+    @cached_property
+    def interactive_queue(self) -> RequestQueue:
+        url = self.sqs.get_queue_url(QueueName=self.settings.interactive_queue_name)["QueueUrl"]
+        return RequestQueue(self.sqs, url)
+
+    @cached_property
+    def reply_listener(self) -> ReplyListener:
+        name = process_queue_name(self.settings.reply_queue_name_prefix)
+        return ReplyListener(self.sqs, name)
+
+    @cached_property
+    def reply_sender(self) -> ReplySender:
+        return ReplySender(self.sqs)
+
+    @cached_property
+    def authenticator(self) -> ApiKeyAuthenticator:
+        return ApiKeyAuthenticator(self.keys, cache_ttl_s=self.settings.auth_cache_ttl_s)
+
+    @cached_property
+    def gateway(self) -> Gateway:
+        return Gateway(
+            settings=self.settings,
+            registry=self.registry,
+            requests=self.requests,
+            queue=self.interactive_queue,
+            blobs=self.blobs,
+            replies=self.reply_listener,
+        )

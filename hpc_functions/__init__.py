@@ -1,0 +1,55 @@
+"""What runs on the HPC node, behind Globus Compute.
+
+Each public function here is registered with Globus Compute and is self-contained: every import
+is inside the body, arguments and results are JSON-able dicts, and nothing from ``chalicelib`` or
+``boto3`` is touched (the node has no AWS credentials). They survive
+``globus_compute_sdk.serialize.ComputeSerializer`` and run from the deserialized form.
+
+The task payload (built by the poller) is::
+
+    {"request_id": str, "engine": {...engine config...}, "body": {...OpenAI request body...}}
+
+and the result is either ``{"response": {...OpenAI object...}, "engine_time_ms": float}`` or,
+for a request the engine refuses, ``{"error": {"message", "type", "param", "code"},
+"status_code": int}``. Anything else (a crash) is raised and becomes a 500 at the gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def chat_completions(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one OpenAI chat completion request on the node's engine."""
+    from hpc_functions.engines import run_task
+
+    return run_task("chat_completions", task)
+
+
+def completions(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one OpenAI (legacy) completion request on the node's engine."""
+    from hpc_functions.engines import run_task
+
+    return run_task("completions", task)
+
+
+def embeddings(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one OpenAI embeddings request on the node's engine."""
+    from hpc_functions.engines import run_task
+
+    return run_task("embeddings", task)
+
+
+def health(task: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Liveness probe: which engines this worker holds warm."""
+    from hpc_functions.engines import warm_engines
+
+    return {"status": "ok", "engines": warm_engines()}
+
+
+FUNCTIONS = {
+    "chat_completions": chat_completions,
+    "completions": completions,
+    "embeddings": embeddings,
+    "health": health,
+}

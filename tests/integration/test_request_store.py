@@ -1,0 +1,51 @@
+"""Request status only moves forward, by conditional writes, whatever the delivery order."""
+
+import uuid
+
+import pytest
+
+from chalicelib.services import Services
+from chalicelib.stores.requests import RequestConflictError
+
+
+def new_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def test_claim_then_complete_once(services: Services) -> None:
+    store, rid = services.requests, new_id()
+    store.create({"request_id": rid, "owner": "u", "payload": "{}"})
+    first = store.claim(rid)
+    assert first["status"] == "dispatched" and first["attempt"] == 1 and first["payload"] == "{}"
+    # A redelivered message (its poller died) re-claims: attempt 2, same request.
+    assert store.claim(rid)["attempt"] == 2
+    done = store.complete(rid, {"usage": {"total_tokens": 3}, "engine_time_ms": 1.5})
+    assert done["status"] == "completed" and done["usage"] == {"total_tokens": 3}
+    with pytest.raises(RequestConflictError) as info:
+        store.complete(rid, {})
+    assert info.value.current is not None and info.value.current["status"] == "completed"
+    with pytest.raises(RequestConflictError):
+        store.claim(rid)
+    with pytest.raises(RequestConflictError):
+        store.fail(rid, {"status_code": 500})
+
+
+def test_create_never_overwrites_and_unknown_ids_conflict_without_state(services: Services) -> None:
+    store, rid = services.requests, new_id()
+    store.create({"request_id": rid, "owner": "u"})
+    with pytest.raises(Exception, match="ConditionalCheckFailed"):
+        store.create({"request_id": rid, "owner": "other"})
+    with pytest.raises(RequestConflictError) as info:
+        store.claim(new_id())
+    assert info.value.current is None
+
+
+def test_expired_records_read_as_missing(services: Services) -> None:
+    store, rid = services.requests, new_id()
+    store.create({"request_id": rid, "owner": "u"})
+    services.dynamodb.Table(services.settings.requests_table_name).update_item(
+        Key={"request_id": rid},
+        UpdateExpression="SET expires_at = :p",
+        ExpressionAttributeValues={":p": 1},
+    )
+    assert store.get(rid) is None

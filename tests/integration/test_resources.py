@@ -1,0 +1,22 @@
+"""infra/resources.yaml deployed to moto gives what AWS would, TTL included."""
+
+from chalicelib.services import Services
+
+
+def test_tables_queues_and_bucket_exist(services: Services) -> None:
+    s = services.settings
+    ddb = services.client("dynamodb")
+    tables = ddb.list_tables()["TableNames"]
+    assert {s.requests_table_name, s.keys_table_name} <= set(tables)
+    services.s3.head_bucket(Bucket=s.bucket_name)
+    url = services.sqs.get_queue_url(QueueName=s.interactive_queue_name)["QueueUrl"]
+    attrs = services.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert '"maxReceiveCount":3' in attrs["RedrivePolicy"].replace(" ", "")
+    assert "interactive-dlq" in attrs["RedrivePolicy"]
+
+
+def test_ttl_is_enabled_on_the_requests_table(services: Services) -> None:
+    ddb = services.client("dynamodb")
+    ttl = ddb.describe_time_to_live(TableName=services.settings.requests_table_name)
+    assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"

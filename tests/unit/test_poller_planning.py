@@ -1,0 +1,68 @@
+"""The poller's pure decisions: message parsing, retries, result classification, notices."""
+
+import json
+
+import pytest
+
+from chalicelib.poller import planning
+
+
+def message(body: object, receives: int = 1) -> dict:
+    return {
+        "Body": body if isinstance(body, str) else json.dumps(body),
+        "ReceiptHandle": "r",
+        "Attributes": {"ApproximateReceiveCount": str(receives)},
+    }
+
+
+def test_request_id_is_read_from_the_body() -> None:
+    assert planning.request_id_of(message({"request_id": "req_1"})) == "req_1"
+
+
+@pytest.mark.parametrize("body", ["not json", {"other": 1}, {"request_id": ""}, [1]])
+def test_unreadable_bodies_are_poison(body: object) -> None:
+    with pytest.raises(planning.PoisonMessageError):
+        planning.request_id_of(message(body))
+
+
+def test_final_attempt_and_backoff_follow_the_receive_count() -> None:
+    assert not planning.is_final_attempt(message({}, 2), 3)
+    assert planning.is_final_attempt(message({}, 3), 3)
+    assert [planning.retry_delay_s(message({}, n)) for n in (1, 2, 3, 8)] == [1, 2, 4, 60]
+
+
+def test_a_response_completes_with_usage_and_engine_time() -> None:
+    response = {"object": "chat.completion", "usage": {"total_tokens": 5}}
+    status, fields, out = planning.outcome_of(
+        "req_1", {"response": response, "engine_time_ms": 12.5}, endpoint="local"
+    )
+    assert status == "completed" and out is response
+    assert fields == {"usage": {"total_tokens": 5}, "engine_time_ms": 12.5, "endpoint": "local"}
+
+
+def test_an_engine_error_fails_with_the_engines_own_status() -> None:
+    error = {
+        "message": "too long",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+    status, fields, out = planning.outcome_of(
+        "req_1", {"error": error, "status_code": 400}, endpoint="local"
+    )
+    assert status == "failed" and out is None
+    assert fields["error"] == error and fields["status_code"] == 400
+
+
+def test_garbage_from_a_function_is_a_500_naming_the_request() -> None:
+    status, fields, _ = planning.outcome_of("req_9", "oops", endpoint="local")
+    assert status == "failed" and fields["status_code"] == 500
+    assert "req_9" in fields["error"]["message"]
+
+
+def test_notice_carries_the_answer_only_when_it_fits() -> None:
+    fields = {"engine_time_ms": 3.0}
+    small = planning.notice_for("r", "completed", fields, {"x": "y"}, inline_limit=100)
+    assert small["result"] == {"x": "y"} and small["engine_time_ms"] == 3.0
+    big = planning.notice_for("r", "completed", fields, {"x": "y" * 200}, inline_limit=100)
+    assert "result" not in big and big["status"] == "completed"
