@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,17 @@ from chalicelib.stores.requests import TERMINAL, RequestStore
 
 # How often a waiter re-reads the record in case its notice was lost.
 FALLBACK_READ_S = 2.0
+_UNQUEUED = {
+    "error": {
+        "message": "The request could not be queued.",
+        "type": "server_error",
+        "param": None,
+        "code": "unavailable",
+    },
+    "status_code": 503,
+}
+# Side-by-side AWS calls of the request path (threads only wait on sockets).
+_IO = ThreadPoolExecutor(16, thread_name_prefix="gateway-io")
 
 
 @dataclass(frozen=True)
@@ -125,26 +137,20 @@ class Gateway:
             ),
         }
         self._replies.expect(request_id)
-        self._requests.create(item)
+        # The record write and the enqueue run side by side: both are on every request's
+        # critical path, and a poller that wins the race re-reads a missing record briefly.
+        created = _IO.submit(self._requests.create, item)
         try:
             self._queue.send({"request_id": request_id})
         except Exception as exc:
+            created.result()
             # Never leave a record queued that no poller will ever see.
-            self._requests.fail(
-                request_id,
-                {
-                    "error": {
-                        "message": "could not be queued",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "unavailable",
-                    },
-                    "status_code": 503,
-                },
-            )
+            self._requests.fail(request_id, _UNQUEUED)
             raise UpstreamUnavailableError(
                 "The request could not be queued; try again.", request_id=request_id
             ) from exc
+        # If the write failed, the message names no record: pollers drop it to the DLQ.
+        created.result()
         return request_id
 
     def wait(self, request_id: str, wait_s: float | None = None) -> Completed:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -41,7 +42,10 @@ def _init_worker(preheat: list[dict[str, Any]]) -> None:
     from hpc_functions.engines import get_engine
 
     for config in preheat:
-        get_engine(config)
+        try:
+            get_engine(config)
+        except Exception as exc:  # noqa: BLE001 - a model that fails to load stays cold
+            print(f"preheat of {config.get('model')} failed: {exc}", file=sys.stderr, flush=True)
 
 
 def _call(function_id: str, args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -28,6 +28,9 @@ from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplySender
 from chalicelib.stores.requests import RequestConflictError, RequestStore
 
+# Waits before re-claiming a request whose record is not there yet.
+CLAIM_RETRY_S = (0.01, 0.05, 0.25)
+
 
 class Poller:
     def __init__(
@@ -53,6 +56,7 @@ class Poller:
         self._inflight: dict[str, int] = {}
         self._active = 0
         self._workers = ThreadPoolExecutor(settings.poller_max_inflight, "poller")
+        self._io = ThreadPoolExecutor(settings.poller_max_inflight, "poller-io")
         self._lock = threading.Lock()
         self.stopping = threading.Event()
 
@@ -101,7 +105,7 @@ class Poller:
             return  # left undeleted: it reaches the DLQ after max_receive_count deliveries
         log = {"request_id": request_id, "receive_count": planning.receive_count(message)}
         try:
-            record = self._requests.claim(request_id)
+            record = self._claim(request_id)
         except RequestConflictError as exc:
             if exc.current is not None:
                 # Already completed or failed: a duplicate delivery. Drop it.
@@ -134,6 +138,17 @@ class Poller:
             return  # not deleted: redelivered, or on to the DLQ after the final try
         self._finish(request_id, record, status, fields, response, log)
         self._queue.delete(receipt)
+
+    def _claim(self, request_id: str) -> dict[str, Any]:
+        """Claim; a missing record is re-read briefly (the API writes it as it enqueues)."""
+        for delay in CLAIM_RETRY_S:
+            try:
+                return self._requests.claim(request_id)
+            except RequestConflictError as exc:
+                if exc.current is not None:
+                    raise
+            time.sleep(delay)
+        return self._requests.claim(request_id)
 
     def _run(
         self, request_id: str, record: dict[str, Any], receipt: str
@@ -191,17 +206,27 @@ class Poller:
                     self._s.inline_limit_bytes,
                 ),
             }
+        # The notice and the record write go out side by side: the waiting client needs only
+        # the notice. Should the write fail, the message stays and its redelivery re-collects
+        # the same task result (tasks are keyed by request id) and writes it then.
+        notified = None
+        if record.get("reply_to"):
+            notice = planning.notice_for(
+                request_id, status, fields, response, self._s.inline_limit_bytes
+            )
+            notified = self._io.submit(self._replies.send, record["reply_to"], notice)
         try:
             if status == "completed":
                 self._requests.complete(request_id, fields)
             else:
                 self._requests.fail(request_id, fields)
         except RequestConflictError as exc:
-            self._log.info(
-                "already finished by another poller",
-                extra={**log, "status": exc.current and exc.current["status"]},
-            )
+            current = exc.current["status"] if exc.current else None
+            self._log.info("already finished by another poller", extra={**log, "status": current})
             return
+        finally:
+            if notified is not None:
+                notified.result()
         usage = fields.get("usage") or {}
         self._log.info(
             "request finished",
@@ -215,8 +240,3 @@ class Poller:
                 "status_code": fields.get("status_code"),
             },
         )
-        if record.get("reply_to"):
-            notice = planning.notice_for(
-                request_id, status, fields, response, self._s.inline_limit_bytes
-            )
-            self._replies.send(record["reply_to"], notice)

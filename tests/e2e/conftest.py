@@ -81,3 +81,8 @@ def services(stack: Stack) -> Iterator[Services]:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def create_key(stack: Stack, user: str) -> str:
+    """A key for another user, made with the CLI as an operator would."""
+    return stack._first("keys", "create", "--user", user)
