@@ -17,8 +17,13 @@ from chalicelib.http import (
     preferred_wait_s,
 )
 from chalicelib.logs import get_logger
-from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, parse_body
-from chalicelib.protocol.common import SamplingFields
+from chalicelib.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    parse_body,
+)
+from chalicelib.protocol.common import GatewayRequest, SamplingFields
 from chalicelib.services import Services
 
 app = ThreadSafeChalice(app_name="first")
@@ -33,7 +38,7 @@ def _principal(log: dict[str, Any]) -> Principal:
     return principal
 
 
-def _completion(log: dict[str, Any], function: str, model: type[SamplingFields]) -> Response:
+def _completion(log: dict[str, Any], function: str, model: type[GatewayRequest]) -> Response:
     principal = _principal(log)
     raw = check_size(app.current_request, services.settings.max_body_bytes)
     req = parse_body(raw, model)
@@ -50,7 +55,7 @@ def _completion(log: dict[str, Any], function: str, model: type[SamplingFields])
     headers = {"x-request-id": done.request_id}
     if done.engine_time_ms is not None:
         headers["x-first-engine-time-ms"] = f"{done.engine_time_ms:.2f}"
-    if req.stream:
+    if isinstance(req, SamplingFields) and req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Response(
             body=sse.render(done.response, include_usage),
@@ -81,6 +86,12 @@ def chat_completions(log: dict[str, Any]) -> Response:
 @route
 def completions(log: dict[str, Any]) -> Response:
     return _completion(log, "completions", CompletionRequest)
+
+
+@app.route("/v1/embeddings", methods=["POST"])
+@route
+def embeddings(log: dict[str, Any]) -> Response:
+    return _completion(log, "embeddings", EmbeddingRequest)
 
 
 @app.route("/v1/requests/{request_id}", methods=["GET"])

@@ -23,7 +23,7 @@ from chalicelib.errors import (
     WaitTimeoutError,
     error_from_result,
 )
-from chalicelib.protocol.common import SamplingFields
+from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore
@@ -105,7 +105,7 @@ class Gateway:
         self,
         principal: Principal,
         function: str,
-        req: SamplingFields,
+        req: GatewayRequest,
         wait_s: float | None = None,
     ) -> Completed:
         request_id = self.submit(principal, function, req)
@@ -114,7 +114,7 @@ class Gateway:
         finally:
             self._replies.forget(request_id)
 
-    def submit(self, principal: Principal, function: str, req: SamplingFields) -> str:
+    def submit(self, principal: Principal, function: str, req: GatewayRequest) -> str:
         if not self._registry.candidates(req.model, function):
             raise ModelNotFoundError(
                 f"The model '{req.model}' does not exist or is not served for this endpoint.",

@@ -3,5 +3,6 @@
 from chalicelib.protocol.chat import ChatCompletionRequest
 from chalicelib.protocol.common import parse_body
 from chalicelib.protocol.completions import CompletionRequest
+from chalicelib.protocol.embeddings import EmbeddingRequest
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "parse_body"]
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "parse_body"]

@@ -15,14 +15,23 @@ class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class GatewayRequest(OpenAIModel):
+    """A request the gateway queues for an engine: names its model, says what the engine gets."""
+
+    model: str = Field(min_length=1)
+
+    def engine_body(self) -> dict[str, Any]:
+        """The body the engine receives: what the client sent, minus gateway-only fields."""
+        return self.model_dump(exclude_none=True, exclude={"stream", "stream_options"})
+
+
 class StreamOptions(OpenAIModel):
     include_usage: bool | None = None
 
 
-class SamplingFields(OpenAIModel):
+class SamplingFields(GatewayRequest):
     """Fields chat and completions share, in the order of the API reference."""
 
-    model: str = Field(min_length=1)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -36,10 +45,6 @@ class SamplingFields(OpenAIModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     # Informational only: the gateway never trusts identity fields from the body.
     user: str | None = None
-
-    def engine_body(self) -> dict[str, Any]:
-        """The body the engine receives: what the client sent, minus gateway-only fields."""
-        return self.model_dump(exclude_none=True, exclude={"stream", "stream_options"})
 
 
 M = TypeVar("M", bound=BaseModel)
