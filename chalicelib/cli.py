@@ -42,9 +42,24 @@ def _resources_deploy(args: argparse.Namespace, services: Services) -> int:
 def _functions_register(args: argparse.Namespace, services: Services) -> int:
     from globus_compute_sdk import Client
 
-    from chalicelib.compute.registration import register_functions
+    from chalicelib.compute.registration import RegistryError, register_functions
+    from chalicelib.registry import Registry
 
-    ids = register_functions(services.settings.registry_file, args.endpoint, Client())
+    path = services.settings.registry_file
+    # Check the target before Client(): constructing it starts a Globus login.
+    try:
+        names = [e.name for e in Registry.load(path).endpoints]
+    except (OSError, ValueError) as exc:
+        print(f"first: cannot read registry {path}: {exc}", file=sys.stderr)
+        return 2
+    if args.endpoint not in names:
+        print(f"first: no endpoint {args.endpoint!r} in {path} (have: {names})", file=sys.stderr)
+        return 2
+    try:
+        ids = register_functions(services.settings.registry_file, args.endpoint, Client())
+    except RegistryError as exc:
+        print(f"first: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(ids, indent=2))
     return 0
 
@@ -73,6 +88,8 @@ def parser() -> argparse.ArgumentParser:
     )
     reg = fns.add_parser("register", help="register hpc_functions; write ids to the registry")
     reg.add_argument("--endpoint", required=True, help="endpoint name in the stage's registry")
+    # Also accepted after the subcommand: `first functions register --stage prod ...`.
+    reg.add_argument("--stage", dest="stage_override", help=argparse.SUPPRESS)
     reg.set_defaults(run=_functions_register)
     return p
 
@@ -81,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     from chalicelib.settings import Settings
 
     args = parser().parse_args(argv)
-    settings = Settings(stage=args.stage) if args.stage else Settings()
+    stage = getattr(args, "stage_override", None) or args.stage
+    settings = Settings(stage=stage) if stage else Settings()
     return int(args.run(args, Services(settings)))
 
 

@@ -31,8 +31,9 @@ from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener
 from chalicelib.stores.requests import TERMINAL, RequestStore
 
-# How often a waiter re-reads the record in case its notice was lost.
+# A waiter re-reads the record in case its notice was lost: after 2 s, then 4 s, 8 s …
 FALLBACK_READ_S = 2.0
+FALLBACK_READ_MAX_S = 8.0
 _UNQUEUED = {
     "error": {
         "message": "The request could not be queued.",
@@ -157,6 +158,7 @@ class Gateway:
         """Wait at most ``wait_s`` (capped by the settings' bound) for the outcome."""
         limit = self._settings.wait_timeout_s
         deadline = time.monotonic() + (limit if wait_s is None else max(0.0, min(wait_s, limit)))
+        interval = FALLBACK_READ_S
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -165,7 +167,8 @@ class Gateway:
                     f"GET /v1/requests/{request_id}.",
                     request_id=request_id,
                 )
-            notice = self._replies.wait(request_id, min(FALLBACK_READ_S, remaining))
+            notice = self._replies.wait(request_id, min(interval, remaining))
+            interval = min(interval * 2, FALLBACK_READ_MAX_S)
             if notice is not None and notice.get("status") in TERMINAL:
                 if "result" in notice or "error" in notice:
                     return self._answer(request_id, notice)

@@ -105,6 +105,7 @@ class Poller:
             return  # left undeleted: it reaches the DLQ after max_receive_count deliveries
         log = {"request_id": request_id, "receive_count": planning.receive_count(message)}
         try:
+            t0 = time.perf_counter()
             record = self._claim(request_id)
         except RequestConflictError as exc:
             if exc.current is not None:
@@ -116,7 +117,15 @@ class Poller:
             else:
                 self._log.error("message for unknown request", extra=log)
             return
-        log.update(model=record.get("model"), owner=record.get("owner"), attempt=record["attempt"])
+        t1 = time.perf_counter()
+        log.update(
+            model=record.get("model"),
+            owner=record.get("owner"),
+            attempt=record["attempt"],
+            # Where a request's time goes, without any text of it.
+            queued_ms=round((time.time() - float(record["created_at"])) * 1000, 1),
+            claim_ms=round((t1 - t0) * 1000, 1),
+        )
         try:
             status, fields, response = self._run(request_id, record, receipt)
         except Exception as exc:  # noqa: BLE001 - any failure here is retried, then DLQ'd
@@ -136,6 +145,7 @@ class Poller:
             else:
                 self._queue.extend(receipt, planning.retry_delay_s(message))
             return  # not deleted: redelivered, or on to the DLQ after the final try
+        log["run_ms"] = round((time.perf_counter() - t1) * 1000, 1)
         self._finish(request_id, record, status, fields, response, log)
         self._queue.delete(receipt)
 
@@ -209,6 +219,7 @@ class Poller:
         # The notice and the record write go out side by side: the waiting client needs only
         # the notice. Should the write fail, the message stays and its redelivery re-collects
         # the same task result (tasks are keyed by request id) and writes it then.
+        started = time.perf_counter()
         notified = None
         if record.get("reply_to"):
             notice = planning.notice_for(
@@ -238,5 +249,6 @@ class Poller:
                 "prompt_tokens": usage.get("prompt_tokens"),
                 "completion_tokens": usage.get("completion_tokens"),
                 "status_code": fields.get("status_code"),
+                "store_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )

@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures; tests assert behaviour, never time."""
