@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chalicelib.access import AccessRule
+
 
 @dataclass(frozen=True)
 class ModelDeployment:
@@ -21,6 +23,8 @@ class ModelDeployment:
     owned_by: str
     endpoints: tuple[str, ...]
     engine: dict[str, Any]
+    # Who may use the model (chalicelib/access.py); None: everyone.
+    access: AccessRule | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,10 @@ class Registry:
 
     @classmethod
     def load(cls, path: Path, env: dict[str, str] | None = None) -> Registry:
-        raw = Path(path).read_text()
+        return cls.from_text(Path(path).read_text(), env)
+
+    @classmethod
+    def from_text(cls, raw: str, env: dict[str, str] | None = None) -> Registry:
         data = json.loads(string.Template(raw).safe_substitute(env or os.environ))
         return cls.from_dict(data)
 
@@ -59,13 +66,19 @@ class Registry:
                         owned_by=m.get("owned_by", "first"),
                         endpoints=tuple(m.get("endpoints", [])),
                         engine=dict(m["engine"]),
+                        access=AccessRule.from_dict(m.get("access")),
                     )
                     for m in e.get("models", [])
                 ),
             )
             for e in data.get("endpoints", [])
         )
-        return cls(stage=data.get("stage", ""), endpoints=endpoints)
+        registry = cls(stage=data.get("stage", ""), endpoints=endpoints)
+        for model_id in registry.model_ids():
+            rules = {m.access for e in endpoints for m in e.models if m.model == model_id}
+            if len(rules) > 1:
+                raise ValueError(f"model {model_id!r} has different access rules per endpoint")
+        return registry
 
     def model_ids(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -80,6 +93,10 @@ class Registry:
                 if m.model == model_id:
                     return m
         return None
+
+    def access(self, model_id: str) -> AccessRule | None:
+        deployment = self.model(model_id)
+        return deployment.access if deployment else None
 
     def candidates(self, model_id: str, function: str) -> list[tuple[Endpoint, ModelDeployment]]:
         """Every (endpoint, deployment) that serves ``model_id`` through ``function``."""

@@ -58,6 +58,13 @@ class Services:
     @cached_property
     def registry(self) -> Registry:
         env = {**os.environ, "FIRST_HOME": str(self.settings.home)}
+        source = self.settings.registry_path or ""
+        if source.startswith("s3://"):
+            # Deployed stages keep the registry in S3: operators edit it without a redeploy
+            # (a Lambda package holds app.py and chalicelib/ only).
+            bucket, _, key = source.removeprefix("s3://").partition("/")
+            text = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            return Registry.from_text(text, env)
         return Registry.load(self.settings.registry_file, env)
 
     @cached_property

@@ -8,14 +8,19 @@ settings never touches the network: ``chalice package`` imports the app without 
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A list read from the environment as JSON (``["a","b"]``) or comma-separated (``a,b``).
+StrList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -24,7 +29,8 @@ class Settings(BaseSettings):
     stage: str = "local"
     region: str = Field(default_factory=lambda: os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     home: Path = REPO_ROOT / ".first"
-    registry_path: Path | None = None
+    # A file path, or s3://bucket/key for deployed stages.
+    registry_path: str | None = None
 
     # Interactive requests wait in the API; API Gateway cuts a request at 29 s.
     wait_timeout_s: float = 25.0
@@ -34,8 +40,35 @@ class Settings(BaseSettings):
     inline_limit_bytes: int = 64 * 1024
     # Requests records expire (TTL) after this many seconds.
     request_ttl_s: int = 7 * 24 * 3600
-    # API key lookups are cached per process (a warm Lambda container or the local API).
+    # API key lookups and Globus verdicts are cached per process (a warm Lambda container or the
+    # local API) for at most this long: the bound on how late a revocation is seen there.
     auth_cache_ttl_s: float = 60.0
+
+    # Globus Auth (docs/auth.md). Off unless a client id is set: the offline stack uses API keys.
+    globus_client_id: str | None = None
+    globus_client_secret: SecretStr | None = None
+    # Tokens must name this audience (default: the client id, i.e. our resource server)…
+    globus_audience: str | None = None
+    # …and, when set, carry this scope (e.g. https://auth.globus.org/scopes/<client id>/action_all).
+    globus_scope: str | None = None
+    # Each rule is off when empty.
+    globus_allowed_domains: StrList = Field(default_factory=list)
+    globus_policies: StrList = Field(default_factory=list)
+    globus_groups: StrList = Field(default_factory=list)
+    globus_service_clients: StrList = Field(default_factory=list)
+    # Introspection results are shared through DynamoDB for min(this, token expiry); refusals
+    # (inactive tokens) for the shorter time so a bad token does not hammer Globus Auth.
+    globus_cache_ttl_s: int = 600
+    globus_failure_ttl_s: int = 30
+    # `first login` / `first token`: the gateway's Globus native app (a public client id).
+    globus_native_client_id: str | None = None
+
+    # Rate limits (docs/auth.md): a JSON file (a path, or s3://bucket/key like the registry);
+    # none configured means unlimited.
+    limits_path: str | None = None
+    # A concurrency counter a crashed process never released stops counting after this long
+    # without a new request from that user.
+    limits_inflight_ttl_s: int = 900
 
     # Poller: the SQS visibility timeout is the lease on a request; it is extended while the
     # task runs, so a message that reappears means its poller died.
@@ -50,9 +83,31 @@ class Settings(BaseSettings):
     # Resource name overrides; default to first-<stage>-<name>.
     requests_table: str | None = None
     keys_table: str | None = None
+    auth_cache_table: str | None = None
+    limits_table: str | None = None
     interactive_queue: str | None = None
     bucket: str | None = None
     reply_queue_prefix: str | None = None
+
+    @field_validator(
+        "globus_allowed_domains",
+        "globus_policies",
+        "globus_groups",
+        "globus_service_clients",
+        mode="before",
+    )
+    @classmethod
+    def _str_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @property
+    def globus_enabled(self) -> bool:
+        return bool(self.globus_client_id)
 
     def resource(self, name: str) -> str:
         return f"first-{self.stage}-{name}"
@@ -64,6 +119,14 @@ class Settings(BaseSettings):
     @cached_property
     def keys_table_name(self) -> str:
         return self.keys_table or self.resource("keys")
+
+    @cached_property
+    def auth_cache_table_name(self) -> str:
+        return self.auth_cache_table or self.resource("auth-cache")
+
+    @cached_property
+    def limits_table_name(self) -> str:
+        return self.limits_table or self.resource("limits")
 
     @cached_property
     def interactive_queue_name(self) -> str:
@@ -79,4 +142,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def registry_file(self) -> Path:
-        return self.registry_path or REPO_ROOT / "infra" / "deployments" / f"{self.stage}.json"
+        if self.registry_path:
+            return Path(self.registry_path)
+        return REPO_ROOT / "infra" / "deployments" / f"{self.stage}.json"
+
+    @cached_property
+    def limits_source(self) -> str | None:
+        """``limits_path``, else ``infra/limits/<stage>.json`` if that exists, else None."""
+        if self.limits_path:
+            return self.limits_path
+        default = REPO_ROOT / "infra" / "limits" / f"{self.stage}.json"
+        return str(default) if default.exists() else None

@@ -20,3 +20,14 @@ def test_ttl_is_enabled_on_the_requests_table(services: Services) -> None:
     ttl = ddb.describe_time_to_live(TableName=services.settings.requests_table_name)
     assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
     assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+
+
+def test_registry_can_live_in_s3(stage: str) -> None:
+    from chalicelib.settings import REPO_ROOT, Settings
+
+    services = Services(
+        Settings(stage=stage, registry_path=f"s3://first-{stage}-data/registry/x.json")
+    )
+    body = (REPO_ROOT / "infra" / "deployments" / "local.json").read_bytes()
+    services.s3.put_object(Bucket=f"first-{stage}-data", Key="registry/x.json", Body=body)
+    assert "first/tiny-chat" in services.registry.model_ids()
