@@ -52,7 +52,7 @@ def _completion(log: dict[str, Any], function: str, model: type[GatewayRequest])
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
     )
-    headers = {"x-request-id": done.request_id}
+    headers = {**done.headers, "x-request-id": done.request_id}
     if done.engine_time_ms is not None:
         headers["x-first-engine-time-ms"] = f"{done.engine_time_ms:.2f}"
     if isinstance(req, SamplingFields) and req.stream:

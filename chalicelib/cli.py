@@ -1,6 +1,10 @@
-"""``first``: the operator's command line.
+"""``first``: the operator's command line, and a user's Globus sign-in.
 
-first keys create --user NAME [--service]     print a new API key (stored hashed)
+first login                                   sign in with Globus (tokens kept in ~/.config/first)
+first token                                   print a valid access token: OPENAI_API_KEY=$(first token)
+first logout                                  revoke and forget the stored tokens
+first keys create --user NAME [--service] [--group G ...] [--domain D]
+                                              print a new API key (stored hashed)
 first keys revoke --hash HASH
 first resources deploy                        deploy infra/resources.yaml (local endpoint)
 first functions register --endpoint NAME      register hpc_functions with Globus Compute
@@ -12,12 +16,41 @@ import argparse
 import json
 import sys
 
+from chalicelib.errors import FirstError
 from chalicelib.services import Services
+from chalicelib.user_cli import UserTokens, user_tokens
 
 
 def _keys_create(args: argparse.Namespace, services: Services) -> int:
-    key = services.keys.create(args.user, kind="service" if args.service else "user")
+    key = services.keys.create(
+        args.user,
+        kind="service" if args.service else "user",
+        groups=args.group,
+        domain=args.domain,
+    )
     print(key)
+    return 0
+
+
+def _user_tokens(services: Services) -> UserTokens:
+    s = services.settings
+    return user_tokens(s.globus_native_client_id, s.globus_scope)
+
+
+def _login(args: argparse.Namespace, services: Services) -> int:
+    tokens = _user_tokens(services)
+    tokens.login()
+    print(f"Logged in; tokens kept in {tokens.path}", file=sys.stderr)
+    return 0
+
+
+def _token(args: argparse.Namespace, services: Services) -> int:
+    print(_user_tokens(services).token())
+    return 0
+
+
+def _logout(args: argparse.Namespace, services: Services) -> int:
+    _user_tokens(services).logout()
     return 0
 
 
@@ -69,10 +102,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", help="stage (default: FIRST_STAGE or 'local')")
     sub = p.add_subparsers(dest="command", required=True)
 
+    sub.add_parser("login", help="sign in with Globus").set_defaults(run=_login)
+    sub.add_parser("token", help="print a valid access token").set_defaults(run=_token)
+    sub.add_parser("logout", help="revoke and forget the stored tokens").set_defaults(run=_logout)
+
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create an API key and print it once")
     create.add_argument("--user", required=True)
     create.add_argument("--service", action="store_true", help="a service account's key")
+    create.add_argument("--group", action="append", help="a group the key's holder is in")
+    create.add_argument("--domain", help="the key holder's identity provider domain")
     create.set_defaults(run=_keys_create)
     revoke = keys.add_parser("revoke", help="revoke a key by its SHA-256 hash")
     revoke.add_argument("--hash", required=True)
@@ -100,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     stage = getattr(args, "stage_override", None) or args.stage
     settings = Settings(stage=stage) if stage else Settings()
-    return int(args.run(args, Services(settings)))
+    try:
+        return int(args.run(args, Services(settings)))
+    except FirstError as exc:
+        print(f"first: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Per request this costs (warm process): one DynamoDB put, one SQS send, and one SQS receive shared
 by every request the reply listener wakes together; the record is read only when a notice is
-late, the result was too large for the notice, or a client asks for it by id.
+late, the result was too large for the notice, or a client asks for it by id. With rate limits
+configured, one conditional update per limited counter item (1–3, side by side) comes first; the
+poller gives the counters back when the request finishes.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from chalicelib import limits
+from chalicelib.access import may_use
 from chalicelib.auth import Principal
 from chalicelib.errors import (
     FirstError,
@@ -27,6 +31,7 @@ from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore
+from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener
 from chalicelib.stores.requests import TERMINAL, RequestStore
@@ -52,6 +57,15 @@ class Completed:
     request_id: str
     response: dict[str, Any]
     engine_time_ms: float | None
+    # x-ratelimit-* for the response (empty when no limit applies).
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Admission:
+    headers: dict[str, str]
+    # Kept on the record: what the poller gives back when the request finishes.
+    hold: dict[str, Any] | None
 
 
 def new_request_id() -> str:
@@ -85,6 +99,8 @@ class Gateway:
         queue: RequestQueue,
         blobs: BlobStore,
         replies: ReplyListener,
+        limits_config: limits.LimitsConfig | None = None,
+        limit_store: LimitStore | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -92,13 +108,16 @@ class Gateway:
         self._queue = queue
         self._blobs = blobs
         self._replies = replies
+        self._limits = limits_config
+        self._limit_store = limit_store
 
     def list_models(self, principal: Principal) -> dict[str, Any]:
+        """The models the caller may use; the others are not listed."""
         created = 0
         data = [
             {"id": m, "object": "model", "created": created, "owned_by": dep.owned_by}
             for m in self._registry.model_ids()
-            if (dep := self._registry.model(m)) is not None
+            if (dep := self._registry.model(m)) is not None and may_use(principal, dep.access)
         ]
         return {"object": "list", "data": data}
 
@@ -109,18 +128,74 @@ class Gateway:
         req: GatewayRequest,
         wait_s: float | None = None,
     ) -> Completed:
-        request_id = self.submit(principal, function, req)
+        self.authorize(principal, req.model, function)
+        admission = self.admit(principal, req)
         try:
-            return self.wait(request_id, wait_s)
-        finally:
-            self._replies.forget(request_id)
+            request_id = self.submit(principal, function, req, admission.hold)
+            try:
+                done = self.wait(request_id, wait_s)
+            finally:
+                self._replies.forget(request_id)
+        except FirstError as exc:
+            exc.headers = {**admission.headers, **exc.headers}
+            raise
+        return replace(done, headers=admission.headers)
 
-    def submit(self, principal: Principal, function: str, req: GatewayRequest) -> str:
-        if not self._registry.candidates(req.model, function):
+    def authorize(self, principal: Principal, model: str, function: str) -> None:
+        """A model the caller may not use answers exactly like one that does not exist."""
+        if not self._registry.candidates(model, function) or not may_use(
+            principal, self._registry.access(model)
+        ):
             raise ModelNotFoundError(
-                f"The model '{req.model}' does not exist or is not served for this endpoint.",
+                f"The model '{model}' does not exist or is not served for this endpoint.",
                 param="model",
             )
+
+    def admit(self, principal: Principal, req: GatewayRequest) -> Admission:
+        """Count the request against the caller's and the model's limits, or raise 429."""
+        if self._limits is None or self._limit_store is None:
+            return Admission({}, None)
+        now = time.time()
+        plan = limits.plan(
+            self._limits,
+            principal,
+            req.model,
+            req,
+            now,
+            inflight_ttl_s=self._settings.limits_inflight_ttl_s,
+        )
+        if not plan.updates:
+            return Admission({}, None)
+        outcome = self._limit_store.admit(plan, now)
+        if outcome.refused is not None:
+            raise limits.rejection(plan, outcome, now)
+        return Admission(limits.headers(plan, outcome, now), plan.hold())
+
+    def submit(
+        self,
+        principal: Principal,
+        function: str,
+        req: GatewayRequest,
+        hold: dict[str, Any] | None = None,
+    ) -> str:
+        """Record and enqueue an admitted request; its id."""
+        try:
+            # Cheap (in memory), and keeps submit safe for callers that skip ``run``.
+            self.authorize(principal, req.model, function)
+            return self._submit(principal, function, req, hold)
+        except Exception:
+            # No poller will ever finish it: give its counters back here.
+            if hold is not None and self._limit_store is not None:
+                self._limit_store.release(hold, 0)
+            raise
+
+    def _submit(
+        self,
+        principal: Principal,
+        function: str,
+        req: GatewayRequest,
+        hold: dict[str, Any] | None,
+    ) -> str:
         request_id = new_request_id()
         body = req.engine_body()
         item = {
@@ -129,6 +204,7 @@ class Gateway:
             "model": req.model,
             "function": function,
             "reply_to": self._replies.url,
+            **({"limits": hold} if hold else {}),
             **payload_fields(
                 self._blobs,
                 f"requests/{request_id}/payload.json",

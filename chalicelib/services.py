@@ -15,12 +15,16 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from chalicelib.access import uses_groups
 from chalicelib.auth.apikeys import ApiKeyAuthenticator
+from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.gateway import Gateway
+from chalicelib.limits import LimitsConfig
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore
 from chalicelib.stores.keys import KeyStore
+from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener, ReplySender, process_queue_name
 from chalicelib.stores.requests import RequestStore
@@ -62,10 +66,27 @@ class Services:
         if source.startswith("s3://"):
             # Deployed stages keep the registry in S3: operators edit it without a redeploy
             # (a Lambda package holds app.py and chalicelib/ only).
-            bucket, _, key = source.removeprefix("s3://").partition("/")
-            text = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-            return Registry.from_text(text, env)
+            return Registry.from_text(self._read_s3(source), env)
         return Registry.load(self.settings.registry_file, env)
+
+    def _read_s3(self, url: str) -> str:
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        return str(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
+
+    @cached_property
+    def limits(self) -> LimitsConfig | None:
+        """The rate-limit configuration (a file or s3:// object, like the registry), if any."""
+        source = self.settings.limits_source
+        if not source:
+            return None
+        if source.startswith("s3://"):
+            return LimitsConfig.parse(self._read_s3(source))
+        with open(source, encoding="utf-8") as f:
+            return LimitsConfig.parse(f.read())
+
+    @cached_property
+    def limit_store(self) -> LimitStore:
+        return LimitStore(self.dynamodb.Table(self.settings.limits_table_name))
 
     @cached_property
     def requests(self) -> RequestStore:
@@ -95,8 +116,20 @@ class Services:
         return ReplySender(self.sqs)
 
     @cached_property
-    def authenticator(self) -> ApiKeyAuthenticator:
+    def api_key_authenticator(self) -> ApiKeyAuthenticator:
         return ApiKeyAuthenticator(self.keys, cache_ttl_s=self.settings.auth_cache_ttl_s)
+
+    @cached_property
+    def authenticator(self) -> ChainAuthenticator:
+        globus = None
+        if self.settings.globus_enabled:
+            from chalicelib.auth.globus import globus_authenticator
+
+            # Memberships are looked up only when something decides by group.
+            rules = [self.registry.access(m) for m in self.registry.model_ids()]
+            group_rules = uses_groups(rules) or bool(self.limits and self.limits.groups)
+            globus = globus_authenticator(self.settings, self.dynamodb, group_rules=group_rules)
+        return ChainAuthenticator(self.api_key_authenticator, globus)
 
     @cached_property
     def gateway(self) -> Gateway:
@@ -107,4 +140,6 @@ class Services:
             queue=self.interactive_queue,
             blobs=self.blobs,
             replies=self.reply_listener,
+            limits_config=self.limits,
+            limit_store=self.limit_store if self.limits is not None else None,
         )

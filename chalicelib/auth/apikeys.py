@@ -41,7 +41,13 @@ class ApiKeyAuthenticator:
         else:
             item = self._keys.lookup(token)
             principal = (
-                Principal(id=str(item["user"]), username=str(item["user"]), kind=item["kind"])
+                Principal(
+                    id=str(item["user"]),
+                    username=str(item["user"]),
+                    kind=item["kind"],
+                    idp_domain=item.get("domain"),
+                    groups=frozenset(item.get("groups") or ()),
+                )
                 if item
                 else None
             )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -118,7 +119,11 @@ class TaskTable:
             self.runs.pop(tid, None)
 
     def shutdown(self) -> None:
+        # A worker may be mid-generation; nobody will collect its result, so stop it now.
+        workers = list((self._pool._processes or {}).values())  # no public handle before 3.14
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
 
 
 def make_handler(table: TaskTable) -> type[BaseHTTPRequestHandler]:
@@ -173,6 +178,12 @@ def serve(host: str, port: int, workers: int, preheat: list[dict[str, Any]]) -> 
     table.warm()
     server = ThreadingHTTPServer((host, port), make_handler(table))
     server.daemon_threads = True
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         server.serve_forever()
     finally:

@@ -130,6 +130,9 @@ class Stack:
             env=self.config.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Own session: Ctrl-C reaches only this orchestrator, which stops the children
+            # in order (API first, AWS last) instead of every process dying at once.
+            start_new_session=True,
         )
         self.procs.append((name, proc))
         return proc

@@ -7,7 +7,7 @@ from types import FrameType
 
 from chalicelib.compute.executors import ExecutorPool, default_factory
 from chalicelib.logs import get_logger
-from chalicelib.poller.worker import Poller
+from chalicelib.poller.worker import Poller, PollerStopped
 from chalicelib.services import Services
 
 
@@ -22,6 +22,7 @@ def build(services: Services) -> Poller:
         replies=services.reply_sender,
         executors=ExecutorPool(default_factory(s.local_endpoint_url)),
         logger=get_logger("first-poller"),
+        limits=services.limit_store,
     )
 
 
@@ -31,6 +32,9 @@ def main() -> None:
     def stop(signum: int, frame: FrameType | None) -> None:
         # Finish what is in flight; a message not yet claimed simply reappears for a peer.
         poller.stopping.set()
+        if poller.receiving:
+            # Idle in a 20 s long-poll: cut it short rather than make shutdown wait for it.
+            raise PollerStopped
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -17,19 +17,24 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import router
+from chalicelib import limits, router
 from chalicelib.compute.executors import ExecutorPool, RemoteTaskError
 from chalicelib.gateway import load_field, payload_fields
 from chalicelib.poller import planning
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore
+from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplySender
 from chalicelib.stores.requests import RequestConflictError, RequestStore
 
 # Waits before re-claiming a request whose record is not there yet.
 CLAIM_RETRY_S = (0.01, 0.05, 0.25)
+
+
+class PollerStopped(Exception):
+    """Raised by the signal handler to cut an idle long-poll short (see ``main``)."""
 
 
 class Poller:
@@ -44,6 +49,7 @@ class Poller:
         replies: ReplySender,
         executors: ExecutorPool,
         logger: Logger,
+        limits: LimitStore | None = None,
     ) -> None:
         self._s = settings
         self._registry = registry
@@ -53,12 +59,14 @@ class Poller:
         self._replies = replies
         self._executors = executors
         self._log = logger
+        self._limits = limits
         self._inflight: dict[str, int] = {}
         self._active = 0
         self._workers = ThreadPoolExecutor(settings.poller_max_inflight, "poller")
         self._io = ThreadPoolExecutor(settings.poller_max_inflight, "poller-io")
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self.receiving = False
 
     def run(self) -> None:
         self._log.info("poller started", extra={"queue": self._queue.url})
@@ -68,13 +76,18 @@ class Poller:
                 time.sleep(0.005)
                 continue
             try:
+                self.receiving = True
                 messages = self._queue.receive(
                     free, self._s.poller_wait_time_s, self._s.poller_visibility_timeout_s
                 )
+            except PollerStopped:
+                break  # interrupted mid long-poll: nothing was received
             except Exception:  # noqa: BLE001 - AWS hiccup: log, back off, keep polling
                 self._log.exception("receive failed")
                 self.stopping.wait(1.0)
                 continue
+            finally:
+                self.receiving = False
             for message in messages:
                 with self._lock:
                     self._active += 1
@@ -239,6 +252,12 @@ class Poller:
             if notified is not None:
                 notified.result()
         usage = fields.get("usage") or {}
+        if record.get("limits") and self._limits is not None:
+            # Only the write that made the request terminal gets here: released exactly once.
+            try:
+                self._limits.release(record["limits"], limits.used_tokens(usage))
+            except Exception:  # noqa: BLE001 - the answer is out; a lost release expires
+                self._log.exception("rate-limit release failed", extra=log)
         self._log.info(
             "request finished",
             extra={

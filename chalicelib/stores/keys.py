@@ -18,20 +18,34 @@ class KeyStore:
     def __init__(self, table: Any) -> None:
         self._table = table
 
-    def create(self, user: str, *, kind: str = "user", name: str | None = None) -> str:
-        """Create a key for ``user``; the plain key is returned once and never stored."""
+    def create(
+        self,
+        user: str,
+        *,
+        kind: str = "user",
+        name: str | None = None,
+        groups: list[str] | None = None,
+        domain: str | None = None,
+    ) -> str:
+        """Create a key for ``user``; the plain key is returned once and never stored.
+
+        ``groups`` and ``domain`` give the key's principal what a Globus identity would have, so
+        model access rules and group limits apply to key holders the same way.
+        """
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        self._table.put_item(
-            Item={
-                "key_hash": hash_key(key),
-                "user": user,
-                "kind": kind,
-                "name": name or user,
-                "created_at": int(time.time()),
-                "active": True,
-            },
-            ConditionExpression="attribute_not_exists(key_hash)",
-        )
+        item: dict[str, Any] = {
+            "key_hash": hash_key(key),
+            "user": user,
+            "kind": kind,
+            "name": name or user,
+            "created_at": int(time.time()),
+            "active": True,
+        }
+        if groups:
+            item["groups"] = list(groups)
+        if domain:
+            item["domain"] = domain
+        self._table.put_item(Item=item, ConditionExpression="attribute_not_exists(key_hash)")
         return key
 
     def lookup(self, key: str) -> dict[str, Any] | None:

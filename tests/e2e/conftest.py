@@ -2,8 +2,9 @@
 
 One stack for the session: moto server, resources from the template, compute endpoint with warm
 engines, a poller, the API. The registry is ``local.json`` plus one deliberately broken model
-(its weights do not exist) so engine failures travel the real path. Visibility timeout 5 s, so the
-poller-kill and poison tests finish in seconds.
+(its weights do not exist) so engine failures travel the real path, and one model only the group
+``lab`` may use. Rate limits apply to one user only (``LIMITED_USER``), so the rest of the suite
+runs unlimited. Visibility timeout 5 s, so the poller-kill and poison tests finish in seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ from chalicelib.settings import REPO_ROOT, Settings
 
 BROKEN_MODEL = "first/broken"
 TINY = "first/tiny-chat"
+# The tiny model again (same engine, so nothing more to load), for the group "lab" only.
+LAB_MODEL = "first/tiny-chat-lab"
+LAB_GROUP = "lab"
+LIMITED_USER = "limited"
+LIMITS = {
+    "users": {
+        LIMITED_USER: {"requests_per_minute": 2, "tokens_per_minute": 100000, "max_concurrent": 4}
+    }
+}
 
 
 def free_port() -> int:
@@ -41,6 +51,10 @@ def write_registry(path: Path) -> Path:
             "engine": {"kind": "transformers", "model": BROKEN_MODEL, "path": "/nonexistent/model"},
         }
     )
+    tiny = next(m for m in data["endpoints"][0]["models"] if m["model"] == TINY)
+    data["endpoints"][0]["models"].append(
+        {**tiny, "model": LAB_MODEL, "access": {"groups": [LAB_GROUP]}}
+    )
     path.write_text(json.dumps(data))
     return path
 
@@ -48,14 +62,21 @@ def write_registry(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = REPO_ROOT / ".first" / "e2e"
-    registry = write_registry(tmp_path_factory.mktemp("registry") / "local.json")
+    config_dir = tmp_path_factory.mktemp("registry")
+    registry = write_registry(config_dir / "local.json")
+    limits = config_dir / "limits.json"
+    limits.write_text(json.dumps(LIMITS))
     config = StackConfig(
         home=home,
         aws_url=f"http://127.0.0.1:{free_port()}",
         api_port=free_port(),
         compute_port=free_port(),
         visibility_timeout_s=5,
-        extra_env={"FIRST_REGISTRY_PATH": str(registry), "FIRST_WAIT_TIMEOUT_S": "20"},
+        extra_env={
+            "FIRST_REGISTRY_PATH": str(registry),
+            "FIRST_LIMITS_PATH": str(limits),
+            "FIRST_WAIT_TIMEOUT_S": "20",
+        },
     )
     s = Stack(config)
     try:
@@ -83,6 +104,6 @@ def services(stack: Stack) -> Iterator[Services]:
             os.environ[k] = v
 
 
-def create_key(stack: Stack, user: str) -> str:
+def create_key(stack: Stack, user: str, *options: str) -> str:
     """A key for another user, made with the CLI as an operator would."""
-    return stack._first("keys", "create", "--user", user)
+    return stack._first("keys", "create", "--user", user, *options)

@@ -15,11 +15,13 @@ def test_tables_queues_and_bucket_exist(services: Services) -> None:
     assert "interactive-dlq" in attrs["RedrivePolicy"]
 
 
-def test_ttl_is_enabled_on_the_requests_table(services: Services) -> None:
+def test_ttl_is_enabled_on_every_expiring_table(services: Services) -> None:
+    s = services.settings
     ddb = services.client("dynamodb")
-    ttl = ddb.describe_time_to_live(TableName=services.settings.requests_table_name)
-    assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
-    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+    for table in (s.requests_table_name, s.auth_cache_table_name, s.limits_table_name):
+        ttl = ddb.describe_time_to_live(TableName=table)
+        assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED", table
+        assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at", table
 
 
 def test_registry_can_live_in_s3(stage: str) -> None:

@@ -1,0 +1,117 @@
+"""Authorization, isolation and rate limits, seen from clients of the running stack."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import openai
+import pytest
+import requests
+from openai import OpenAI
+
+from chalicelib.local.stack import Stack
+from chalicelib.services import Services
+from tests.e2e.conftest import LAB_GROUP, LAB_MODEL, LIMITED_USER, TINY, create_key
+
+HELLO = [{"role": "user", "content": "Hello"}]
+RATE_HEADERS = [
+    f"x-ratelimit-{what}-{kind}"
+    for what in ("limit", "remaining", "reset")
+    for kind in ("requests", "tokens")
+]
+
+
+def sdk(stack: Stack, key: str) -> OpenAI:
+    return OpenAI(base_url=f"{stack.config.api_url}/v1", api_key=key, max_retries=0)
+
+
+def test_over_the_limit_is_429_rate_limit_error_with_headers(
+    stack: Stack, services: Services
+) -> None:
+    client = sdk(stack, create_key(stack, LIMITED_USER))
+    answered = []
+    with pytest.raises(openai.RateLimitError) as info:
+        # Two a minute; should a minute roll over mid-test, the window restarts once.
+        for _ in range(5):
+            raw = client.chat.completions.with_raw_response.create(
+                model=TINY, messages=HELLO, max_tokens=2
+            )
+            answered.append(raw.headers)
+    assert answered, "the first request must be admitted"
+    assert all(name in answered[0] for name in RATE_HEADERS)
+    assert answered[0]["x-ratelimit-limit-requests"] == "2"
+    assert answered[0]["x-ratelimit-remaining-requests"] == "1"
+    refused = info.value
+    assert refused.status_code == 429 and refused.code == "rate_limit_exceeded"
+    headers = refused.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert all(name in headers for name in RATE_HEADERS)
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    # The poller gave every finished request's concurrency slot back.
+    table = services.dynamodb.Table(services.settings.limits_table_name)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        item = table.get_item(Key={"pk": f"user#{LIMITED_USER}#inflight"}, ConsistentRead=True)
+        if int(item["Item"]["inflight"]) == 0:
+            break
+        time.sleep(0.1)
+    assert int(item["Item"]["inflight"]) == 0
+
+
+def test_unlimited_users_get_no_rate_limit_headers(client: OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=TINY, messages=HELLO, max_tokens=2)
+    assert not any(name in raw.headers for name in RATE_HEADERS)
+
+
+def test_a_model_outside_your_groups_is_unlisted_and_answers_model_not_found(
+    stack: Stack, client: OpenAI
+) -> None:
+    assert LAB_MODEL not in {m.id for m in client.models.list()}
+    with pytest.raises(openai.NotFoundError) as hidden:
+        client.chat.completions.create(model=LAB_MODEL, messages=HELLO, max_tokens=2)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="first/no-such-model", messages=HELLO, max_tokens=2)
+    # Indistinguishable from a model that does not exist.
+    assert hidden.value.code == missing.value.code == "model_not_found"
+    assert hidden.value.message.replace(LAB_MODEL, "X") == missing.value.message.replace(
+        "first/no-such-model", "X"
+    )
+    member = sdk(stack, create_key(stack, "lab-member", "--group", LAB_GROUP))
+    assert LAB_MODEL in {m.id for m in member.models.list()}
+    reply = member.chat.completions.create(model=LAB_MODEL, messages=HELLO, max_tokens=2)
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def _a_request(client: OpenAI) -> str:
+    # `user` in the body is informational: it must not make the request anyone else's.
+    raw = client.chat.completions.with_raw_response.create(
+        model=TINY, messages=HELLO, max_tokens=2, user="intruder"
+    )
+    return f"/v1/requests/{raw.headers['x-request-id']}"
+
+
+# Every route that takes an id, and how to make an object its owner can fetch. A new id route
+# (batches, files, …) fails the walk below until it is added here.
+OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
+    "/v1/requests/{request_id}": _a_request,
+}
+
+
+def test_every_id_route_answers_404_to_anyone_but_the_owner(stack: Stack, client: OpenAI) -> None:
+    from app import app
+
+    routes = [
+        (path, method) for path, entry in app.routes.items() if "{" in path for method in entry
+    ]
+    assert routes, "no id routes found"
+    untested = sorted({path for path, _ in routes} - set(OWNED_OBJECTS))
+    assert not untested, f"id routes without an isolation case: {untested}"
+    owner = {"Authorization": f"Bearer {stack.api_key}"}
+    intruder = {"Authorization": f"Bearer {create_key(stack, 'intruder')}"}
+    for path, method in routes:
+        url = stack.config.api_url + OWNED_OBJECTS[path](client)
+        assert requests.request(method, url, headers=owner).status_code == 200, (method, path)
+        theirs = requests.request(method, url, headers=intruder)
+        assert theirs.status_code == 404, (method, path)
+        assert theirs.json()["error"]["type"] == "invalid_request_error"
