@@ -35,7 +35,15 @@ from urllib.parse import parse_qs, urlparse
 KEEP_FINISHED_S = 15 * 60
 
 
+def _exit_with_parent(parent: int) -> None:
+    # Pool workers outlive a parent that was killed (-9, OOM): each holds a model in memory.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _init_worker(preheat: list[dict[str, Any]]) -> None:
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import torch
 
     # One intra-op thread per worker: N workers on N cores beat one worker fighting itself.
@@ -118,6 +126,9 @@ class TaskTable:
             del self._tasks[tid]
             self.runs.pop(tid, None)
 
+    def worker_pids(self) -> list[int]:
+        return sorted((self._pool._processes or {}).keys())
+
     def shutdown(self) -> None:
         # A worker may be mid-generation; nobody will collect its result, so stop it now.
         workers = list((self._pool._processes or {}).values())  # no public handle before 3.14
@@ -145,7 +156,9 @@ def make_handler(table: TaskTable) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
             if url.path == "/health":
-                self._send(200, {"status": "ok", "workers": table._workers})
+                self._send(
+                    200, {"status": "ok", "workers": table._workers, "pids": table.worker_pids()}
+                )
             elif url.path == "/stats":
                 with table._lock:
                     self._send(200, {"runs": dict(table.runs)})

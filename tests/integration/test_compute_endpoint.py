@@ -1,0 +1,70 @@
+"""The local compute endpoint: tasks keyed by request id, and no worker outlives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from chalicelib.settings import REPO_ROOT
+from tests.integration.conftest import free_port
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited all the same.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint() -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chalicelib.local.compute_endpoint",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-preheat",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = requests.get(f"{url}/health", timeout=1).json()
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        (worker,) = health["pids"]
+        task = {"function_id": "local:health", "args": [{"request_id": "req_same"}]}
+        first = requests.post(f"{url}/tasks", json=task, timeout=5).json()["task_id"]
+        second = requests.post(f"{url}/tasks", json=task, timeout=5).json()["task_id"]
+        assert first == second == "task-req_same"
+        state = requests.get(f"{url}/tasks/{first}", params={"wait": 30}, timeout=40).json()
+        assert state["status"] == "success" and state["result"]["status"] == "ok"
+        assert requests.get(f"{url}/stats", timeout=5).json()["runs"] == {"task-req_same": 1}
+
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while alive(worker):
+            assert time.monotonic() < deadline, "a worker outlived its killed endpoint"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
