@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 
 COUNTER_PATH = "/_first/calls"
 
@@ -62,17 +62,38 @@ class CountingApp:
         return self._app(environ, start_response)
 
 
+class _Dispatcher(DomainDispatcherApplication):
+    """moto's dispatcher, remembering which backend serves each host.
+
+    moto resolves the backend on every request by listing its package directory under a
+    global lock; the answer for a host never changes, so this looks it up once.
+    """
+
+    def __init__(self, create_app: Callable[..., Any]) -> None:
+        super().__init__(create_app)
+        self._backends: dict[str | None, Any] = {}
+
+    def get_backend_for_host(self, host: str | None) -> Any:
+        if host not in self._backends:
+            self._backends[host] = super().get_backend_for_host(host)
+        return self._backends[host]
+
+
 class _Handler(MotoRequestHandler):
     # Keep-alive clients (boto3) otherwise wait ~40 ms on Nagle + delayed ACK per call.
     disable_nagle_algorithm = True
 
 
-def serve(host: str, port: int) -> None:
+def build_server(host: str, port: int) -> BaseWSGIServer:
+    """The counting moto server, bound and ready for ``serve_forever``."""
     # A log line per AWS call costs the server's one busy core; the counter keeps the totals.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = CountingApp(DomainDispatcherApplication(create_backend_app))
-    server = make_server(host, port, app, threaded=True, request_handler=_Handler)
-    server.serve_forever()
+    app = CountingApp(_Dispatcher(create_backend_app))
+    return make_server(host, port, app, threaded=True, request_handler=_Handler)
+
+
+def serve(host: str, port: int) -> None:
+    build_server(host, port).serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:

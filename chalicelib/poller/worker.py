@@ -24,6 +24,7 @@ from chalicelib.poller import planning
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore
+from chalicelib.stores.deleter import BatchDeleter
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplySender
@@ -67,6 +68,8 @@ class Poller:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.receiving = False
+        # Done messages are deleted in batches, off the request's critical path.
+        self._deleter = BatchDeleter(queue.client, queue.url, max_delay_s=1.0)
 
     def run(self) -> None:
         self._log.info("poller started", extra={"queue": self._queue.url})
@@ -93,6 +96,7 @@ class Poller:
                     self._active += 1
                 self._workers.submit(self._handle_guarded, message)
         self._workers.shutdown(wait=True)
+        self._deleter.close()
         self._executors.shutdown()
 
     def _free_slots(self) -> int:
@@ -123,7 +127,7 @@ class Poller:
         except RequestConflictError as exc:
             if exc.current is not None:
                 # Already completed or failed: a duplicate delivery. Drop it.
-                self._queue.delete(receipt)
+                self._deleter.add(receipt)
                 self._log.info(
                     "duplicate delivery dropped", extra={**log, "status": exc.current["status"]}
                 )
@@ -160,7 +164,7 @@ class Poller:
             return  # not deleted: redelivered, or on to the DLQ after the final try
         log["run_ms"] = round((time.perf_counter() - t1) * 1000, 1)
         self._finish(request_id, record, status, fields, response, log)
-        self._queue.delete(receipt)
+        self._deleter.add(receipt)
 
     def _claim(self, request_id: str) -> dict[str, Any]:
         """Claim; a missing record is re-read briefly (the API writes it as it enqueues)."""

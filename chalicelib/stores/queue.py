@@ -8,14 +8,14 @@ from typing import Any
 
 class RequestQueue:
     def __init__(self, client: Any, url: str) -> None:
-        self._sqs = client
+        self.client = client
         self.url = url
 
     def send(self, body: dict[str, Any]) -> None:
-        self._sqs.send_message(QueueUrl=self.url, MessageBody=json.dumps(body))
+        self.client.send_message(QueueUrl=self.url, MessageBody=json.dumps(body))
 
     def receive(self, max_messages: int, wait_s: int, visibility_s: int) -> list[dict[str, Any]]:
-        out = self._sqs.receive_message(
+        out = self.client.receive_message(
             QueueUrl=self.url,
             MaxNumberOfMessages=max(1, min(10, max_messages)),
             WaitTimeSeconds=wait_s,
@@ -25,9 +25,6 @@ class RequestQueue:
         return list(out.get("Messages", []))
 
     def extend(self, receipt: str, visibility_s: int) -> None:
-        self._sqs.change_message_visibility(
+        self.client.change_message_visibility(
             QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=visibility_s
         )
-
-    def delete(self, receipt: str) -> None:
-        self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=receipt)

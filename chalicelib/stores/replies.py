@@ -4,8 +4,10 @@ Each API process (a warm Lambda container, or the local API server) owns one SQS
 created on first use. The poller sends ``{"request_id", "status", ...}`` there when a request
 finishes; one listener thread long-polls the queue and wakes the waiting caller. Compared with
 polling DynamoDB this costs one receive per wake-up (not one read per poll interval) and wakes in
-milliseconds. Reply messages are never deleted: the queue's visibility timeout (12 h) outlives
-its retention (60 s), so a received notice can never be seen twice and expires on its own.
+milliseconds. The queue's visibility timeout (12 h) outlives its retention (60 s), so a received
+notice is never seen twice; received notices are still deleted, in batches (one call per ten, or
+every 5 s), because a queue full of in-flight messages slows every receive (AWS caps in-flight
+messages per queue; moto scans them all on each receive).
 
 A notice can still be lost (the process was frozen or restarted mid-poll), so waiters fall back
 to reading the record every ``fallback_s``: the record, not the notice, is the truth.
@@ -21,6 +23,8 @@ import threading
 from typing import Any
 
 from botocore.exceptions import ClientError
+
+from chalicelib.stores.deleter import BatchDeleter
 
 REPLY_QUEUE_ATTRIBUTES = {"MessageRetentionPeriod": "60", "VisibilityTimeout": "43200"}
 
@@ -75,6 +79,7 @@ class ReplyListener:
                     QueueName=self._queue_name, Attributes=REPLY_QUEUE_ATTRIBUTES
                 )
                 self._url = out["QueueUrl"]
+                self._deleter = BatchDeleter(self._sqs, self._url, max_delay_s=5.0)
                 self._thread = threading.Thread(
                     target=self._listen, name="reply-listener", daemon=True
                 )
@@ -102,6 +107,8 @@ class ReplyListener:
 
     def close(self, *, delete_queue: bool = False) -> None:
         self._closed.set()
+        if self._url is not None:
+            self._deleter.close()
         if delete_queue and self._url is not None:
             with contextlib.suppress(ClientError):
                 self._sqs.delete_queue(QueueUrl=self._url)
@@ -118,6 +125,7 @@ class ReplyListener:
                     return
                 continue
             for message in out.get("Messages", []):
+                self._deleter.add(message["ReceiptHandle"])
                 try:
                     notice = json.loads(message["Body"])
                 except ValueError:

@@ -13,9 +13,8 @@ from typing import Any
 
 import boto3
 import pytest
-from werkzeug.serving import make_server
 
-from chalicelib.local.aws_server import CountingApp, _Handler
+from chalicelib.local.aws_server import build_server
 from chalicelib.local.resources import deploy
 from chalicelib.services import Services
 from chalicelib.settings import Settings
@@ -42,16 +41,8 @@ class Moto:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[Moto]:
-    from moto.server import DomainDispatcherApplication, create_backend_app
-
     port = free_port()
-    server = make_server(
-        "127.0.0.1",
-        port,
-        CountingApp(DomainDispatcherApplication(create_backend_app)),
-        threaded=True,
-        request_handler=_Handler,
-    )
+    server = build_server("127.0.0.1", port)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
