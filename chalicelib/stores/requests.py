@@ -77,24 +77,27 @@ class RequestStore:
             "SET #s = :dispatched, dispatched_at = :now ADD attempt :one",
             "#s IN (:queued, :dispatched)",
             {":dispatched": "dispatched", ":queued": "queued", ":one": 1},
+            returns="ALL_NEW",
         )
 
-    def complete(self, request_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        return self._finish(request_id, "completed", fields)
+    def complete(self, request_id: str, fields: dict[str, Any]) -> None:
+        self._finish(request_id, "completed", fields)
 
-    def fail(self, request_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        return self._finish(request_id, "failed", fields)
+    def fail(self, request_id: str, fields: dict[str, Any]) -> None:
+        self._finish(request_id, "failed", fields)
 
-    def _finish(self, request_id: str, status: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, request_id: str, status: str, fields: dict[str, Any]) -> None:
+        # Nothing returned: the caller has the fields, and echoing the result back costs bytes.
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         values = {f":f{i}": v for i, v in enumerate(fields.values())}
         sets = ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
-        return self._update(
+        self._update(
             request_id,
             f"SET #s = :status, finished_at = :now{', ' + sets if sets else ''}",
             "#s IN (:queued, :dispatched)",
             {":status": status, ":queued": "queued", ":dispatched": "dispatched", **values},
             names,
+            returns="NONE",
         )
 
     def _update(
@@ -104,6 +107,8 @@ class RequestStore:
         condition: str,
         values: dict[str, Any],
         names: dict[str, str] | None = None,
+        *,
+        returns: str,
     ) -> dict[str, Any]:
         try:
             out = self._table.update_item(
@@ -112,7 +117,7 @@ class RequestStore:
                 ConditionExpression=f"attribute_exists(request_id) AND {condition}",
                 ExpressionAttributeNames={"#s": "status", **(names or {})},
                 ExpressionAttributeValues=_dynamo({**values, ":now": round(time.time(), 3)}),
-                ReturnValues="ALL_NEW",
+                ReturnValues=returns,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
@@ -124,4 +129,4 @@ class RequestStore:
             )
             state = current["status"] if current else "missing"
             raise RequestConflictError(f"request {request_id} is {state}", current) from exc
-        return _plain(out["Attributes"])
+        return _plain(out.get("Attributes", {}))

@@ -19,8 +19,10 @@ def test_claim_then_complete_once(services: Services) -> None:
     assert first["status"] == "dispatched" and first["attempt"] == 1 and first["payload"] == "{}"
     # A redelivered message (its poller died) re-claims: attempt 2, same request.
     assert store.claim(rid)["attempt"] == 2
-    done = store.complete(rid, {"usage": {"total_tokens": 3}, "engine_time_ms": 1.5})
-    assert done["status"] == "completed" and done["usage"] == {"total_tokens": 3}
+    store.complete(rid, {"usage": {"total_tokens": 3}, "engine_time_ms": 1.5})
+    done = store.get(rid)
+    assert done is not None and done["status"] == "completed"
+    assert done["usage"] == {"total_tokens": 3} and done["engine_time_ms"] == 1.5
     with pytest.raises(RequestConflictError) as info:
         store.complete(rid, {})
     assert info.value.current is not None and info.value.current["status"] == "completed"
