@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: $(STAMP) ## needs `make up`
+bench: $(STAMP) ## uses the `make up` stack, or starts one for the run
 	$(PY) -m bench.interactive
 
 clean:

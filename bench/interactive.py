@@ -1,6 +1,6 @@
 """Interactive path overhead and throughput, through the running local stack.
 
-    python -m bench.interactive [--requests 200] [--concurrency 1 32] [--max-tokens 8]
+    python -m bench.interactive [--requests 200] [--concurrency 1 32] [--max-tokens 8 256]
 
 For each concurrency: end-to-end latency seen by the OpenAI SDK minus the engine's own time
 (``x-first-engine-time-ms``) = what the gateway adds (p50/p99); requests/s; AWS API calls per
@@ -69,6 +69,7 @@ def phase(env: dict[str, str], concurrency: int, n: int, max_tokens: int) -> dic
         "engine_ms_p50": round(percentile([r["engine_ms"] for r in results], 50), 1),
         "total_ms_p50": round(percentile([r["total_ms"] for r in results], 50), 1),
         "aws_calls_per_request": round(calls["total"] / n, 2),
+        "aws_bytes_per_request": round((calls["bytes_in"] + calls["bytes_out"]) / n),
         "aws_calls_by_operation": {
             k: round(v / n, 2) for k, v in sorted(calls["by_operation"].items())
         },
@@ -81,19 +82,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, nargs="+", default=[8])
     args = p.parse_args(argv)
     with local_stack() as env:
         apply_env(env)
-        out = [phase(env, c, args.requests, args.max_tokens) for c in args.concurrency]
+        out = [phase(env, c, args.requests, t) for t in args.max_tokens for c in args.concurrency]
     print(
         "| concurrency | req/s | added p50 ms | added p99 ms | engine p50 ms | AWS calls/req | lost | engine runs ≠ 1 |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in out:
         print(
-            f"| {r['concurrency']} | {r['requests_per_s']} | {r['added_ms_p50']} | "
-            f"{r['added_ms_p99']} | {r['engine_ms_p50']} | {r['aws_calls_per_request']} | "
+            f"| {r['concurrency']} | {r['max_tokens']} | {r['requests_per_s']} | "
+            f"{r['added_ms_p50']} | {r['added_ms_p99']} | {r['engine_ms_p50']} | "
+            f"{r['aws_calls_per_request']} | {r['aws_bytes_per_request']} | "
             f"{r['lost']} | {r['engine_runs_not_once']} |"
         )
     for r in out:

@@ -1,7 +1,8 @@
 """The embedded local AWS endpoint: moto server, plus a counter of the API calls it serves.
 
 Runs on 127.0.0.1:4566 (LocalStack's port) so ``AWS_ENDPOINT_URL`` is the same either way.
-``GET /_first/calls`` returns ``{"total": n, "by_operation": {"sqs.SendMessage": n, ...}}`` and
+``GET /_first/calls`` returns ``{"total": n, "by_operation": {"sqs.SendMessage": n, ...},
+"bytes_in": n, "bytes_out": n}`` and
 ``DELETE /_first/calls`` resets it: the benchmark's count of AWS calls per request.
 """
 
@@ -38,28 +39,44 @@ def _operation(environ: dict[str, Any]) -> str:
 
 
 class CountingApp:
+    """Counts calls per operation and the bytes each way (request bodies, response bodies)."""
+
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self._app = app
         self._calls: Counter[str] = Counter()
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._lock = threading.Lock()
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == COUNTER_PATH:
-            if environ["REQUEST_METHOD"] == "DELETE":
-                with self._lock:
-                    self._calls.clear()
-            with self._lock:
-                body = json.dumps(
-                    {"total": sum(self._calls.values()), "by_operation": dict(self._calls)}
-                ).encode()
-            start_response("200 OK", [("Content-Type", "application/json")])
-            return [body]
+            return self._report(environ, start_response)
         op = _operation(environ)
         with self._lock:
             self._calls[op] += 1
-        return self._app(environ, start_response)
+            self._bytes_in += int(environ.get("CONTENT_LENGTH") or 0)
+        chunks = list(self._app(environ, start_response))
+        with self._lock:
+            self._bytes_out += sum(len(c) for c in chunks)
+        return chunks
+
+    def _report(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with self._lock:
+            if environ["REQUEST_METHOD"] == "DELETE":
+                self._calls.clear()
+                self._bytes_in = self._bytes_out = 0
+            body = json.dumps(
+                {
+                    "total": sum(self._calls.values()),
+                    "by_operation": dict(self._calls),
+                    "bytes_in": self._bytes_in,
+                    "bytes_out": self._bytes_out,
+                }
+            ).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
 
 
 class _Dispatcher(DomainDispatcherApplication):
