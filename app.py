@@ -30,6 +30,9 @@ app = ThreadSafeChalice(app_name="first")
 services = Services()
 logger = get_logger("first-api")
 route = openai_route(logger, lambda: app.current_request)
+# Bodies are parsed as JSON whatever they are labelled (`curl -d` sends form encoding), so a
+# mislabelled body gets an OpenAI 400 rather than Chalice's own 415.
+BODY_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain"]
 
 
 def _principal(log: dict[str, Any]) -> Principal:
@@ -76,19 +79,19 @@ def list_models(log: dict[str, Any]) -> Response:
     return json_response(services.gateway.list_models(_principal(log)))
 
 
-@app.route("/v1/chat/completions", methods=["POST"])
+@app.route("/v1/chat/completions", methods=["POST"], content_types=BODY_TYPES)
 @route
 def chat_completions(log: dict[str, Any]) -> Response:
     return _completion(log, "chat_completions", ChatCompletionRequest)
 
 
-@app.route("/v1/completions", methods=["POST"])
+@app.route("/v1/completions", methods=["POST"], content_types=BODY_TYPES)
 @route
 def completions(log: dict[str, Any]) -> Response:
     return _completion(log, "completions", CompletionRequest)
 
 
-@app.route("/v1/embeddings", methods=["POST"])
+@app.route("/v1/embeddings", methods=["POST"], content_types=BODY_TYPES)
 @route
 def embeddings(log: dict[str, Any]) -> Response:
     return _completion(log, "embeddings", EmbeddingRequest)

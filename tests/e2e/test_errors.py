@@ -118,3 +118,16 @@ def test_another_users_request_id_answers_404(client: OpenAI, stack: Stack) -> N
         headers={"Authorization": f"Bearer {stack.api_key}"},
     )
     assert mine.status_code == 200 and mine.json()["status"] == "completed"
+
+
+def test_form_encoded_label_still_gets_an_openai_error_not_415(stack: Stack) -> None:
+    r = requests.post(
+        f"{stack.config.api_url}/v1/chat/completions",
+        data=b"model=x",
+        headers={
+            "Authorization": f"Bearer {stack.api_key}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
