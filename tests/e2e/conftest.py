@@ -22,7 +22,10 @@ from chalicelib.local.stack import Stack, StackConfig
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 
+# Weights that are not there: the model cannot load (503, unavailable).
 BROKEN_MODEL = "first/broken"
+# A model directory whose config is garbage: loading raises inside the HPC function (500).
+CORRUPT_MODEL = "first/corrupt"
 TINY = "first/tiny-chat"
 # The tiny model again (same engine, so nothing more to load), for the group "lab" only.
 LAB_MODEL = "first/tiny-chat-lab"
@@ -49,6 +52,17 @@ def write_registry(path: Path) -> Path:
             "owned_by": "first",
             "endpoints": ["chat_completions", "completions"],
             "engine": {"kind": "transformers", "model": BROKEN_MODEL, "path": "/nonexistent/model"},
+        }
+    )
+    corrupt = path.parent / "corrupt-model"
+    corrupt.mkdir(exist_ok=True)
+    (corrupt / "config.json").write_text("{ this is not json")
+    data["endpoints"][0]["models"].append(
+        {
+            "model": CORRUPT_MODEL,
+            "owned_by": "first",
+            "endpoints": ["chat_completions"],
+            "engine": {"kind": "transformers", "model": CORRUPT_MODEL, "path": str(corrupt)},
         }
     )
     tiny = next(m for m in data["endpoints"][0]["models"] if m["model"] == TINY)

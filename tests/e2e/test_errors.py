@@ -10,7 +10,8 @@ import requests
 from openai import OpenAI
 
 from chalicelib.local.stack import Stack
-from tests.e2e.conftest import BROKEN_MODEL, TINY
+from chalicelib.services import Services
+from tests.e2e.conftest import BROKEN_MODEL, CORRUPT_MODEL, TINY
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -67,13 +68,23 @@ def test_context_overflow_is_the_engines_400(client: OpenAI) -> None:
     assert info.value.code == "context_length_exceeded"
 
 
-def test_engine_failure_is_500_with_the_request_id(client: OpenAI) -> None:
+def test_engine_failure_is_500_with_the_request_id(client: OpenAI, services: Services) -> None:
     with pytest.raises(openai.InternalServerError) as info:
-        client.chat.completions.create(model=BROKEN_MODEL, messages=HELLO, max_tokens=4)
-    assert info.value.status_code in (500, 503)
+        client.chat.completions.create(model=CORRUPT_MODEL, messages=HELLO, max_tokens=4)
+    assert info.value.status_code == 500 and info.value.code == "engine_error"
     body = info.value.body
     assert isinstance(body, dict) and body["request_id"].startswith("req_")
-    assert body["request_id"] in info.value.message or info.value.response.headers["x-request-id"]
+    assert info.value.response.headers["x-request-id"] == body["request_id"]
+    record = services.requests.get(body["request_id"])
+    assert record is not None and record["status"] == "failed" and record["status_code"] == 500
+
+
+def test_model_that_cannot_load_is_503_with_the_request_id(client: OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model=BROKEN_MODEL, messages=HELLO, max_tokens=4)
+    assert info.value.status_code == 503
+    body = info.value.body
+    assert isinstance(body, dict) and body["request_id"].startswith("req_")
 
 
 def test_wait_exceeded_is_504_and_the_result_can_be_fetched_later(
