@@ -64,7 +64,6 @@ class Poller:
         self._inflight: dict[str, int] = {}
         self._active = 0
         self._workers = ThreadPoolExecutor(settings.poller_max_inflight, "poller")
-        self._io = ThreadPoolExecutor(settings.poller_max_inflight, "poller-io")
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.receiving = False
@@ -233,16 +232,17 @@ class Poller:
                     self._s.inline_limit_bytes,
                 ),
             }
-        # The notice and the record write go out side by side: the waiting client needs only
-        # the notice. Should the write fail, the message stays and its redelivery re-collects
-        # the same task result (tasks are keyed by request id) and writes it then.
+        # The notice goes out before the record write: the waiting client needs only the notice,
+        # and an AWS endpoint that serves calls one at a time (moto) would otherwise make it
+        # wait for the write too. Should the write then fail, the message stays, and its
+        # redelivery re-collects the same task result (tasks are keyed by request id) and
+        # writes it; a GET in between briefly sees the request still dispatched.
         started = time.perf_counter()
-        notified = None
         if record.get("reply_to"):
             notice = planning.notice_for(
                 request_id, status, fields, response, self._s.inline_limit_bytes
             )
-            notified = self._io.submit(self._replies.send, record["reply_to"], notice)
+            self._replies.send(record["reply_to"], notice)
         try:
             if status == "completed":
                 self._requests.complete(request_id, fields)
@@ -252,9 +252,6 @@ class Poller:
             current = exc.current["status"] if exc.current else None
             self._log.info("already finished by another poller", extra={**log, "status": current})
             return
-        finally:
-            if notified is not None:
-                notified.result()
         usage = fields.get("usage") or {}
         if record.get("limits") and self._limits is not None:
             # Only the write that made the request terminal gets here: released exactly once.
