@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from chalicelib.local.stack import Stack, StackConfig
+from chalicelib.local.stack import Stack, StackConfig, free_port
 from chalicelib.settings import REPO_ROOT
 
 ENV_FILE = REPO_ROOT / ".first" / "local.env"
@@ -22,12 +21,6 @@ def read_env(path: Path) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def local_stack(home: Path | None = None) -> Iterator[dict[str, str]]:
     """The running stack's environment (``make up``), or a fresh one for the benchmark's run."""
@@ -36,9 +29,9 @@ def local_stack(home: Path | None = None) -> Iterator[dict[str, str]]:
         return
     config = StackConfig(
         home=home or REPO_ROOT / ".first" / "bench",
-        aws_url=f"http://127.0.0.1:{_free_port()}",
-        api_port=_free_port(),
-        compute_port=_free_port(),
+        aws_url=f"http://127.0.0.1:{free_port()}",
+        api_port=free_port(),
+        compute_port=free_port(),
     )
     stack = Stack(config)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,13 @@ class StackConfig:
         )
         env.update(self.extra_env)
         return env
+
+
+def free_port() -> int:
+    """A loopback port nobody holds right now (for stacks that must not collide)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:

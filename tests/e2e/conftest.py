@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-from chalicelib.local.stack import Stack, StackConfig
+from chalicelib.local.stack import Stack, StackConfig, free_port
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 
@@ -36,12 +35,6 @@ LIMITS = {
         LIMITED_USER: {"requests_per_minute": 2, "tokens_per_minute": 100000, "max_concurrent": 4}
     }
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_registry(path: Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import urllib.request
 import uuid
@@ -16,14 +15,9 @@ import pytest
 
 from chalicelib.local.aws_server import build_server
 from chalicelib.local.resources import deploy
+from chalicelib.local.stack import free_port
 from chalicelib.services import Services
 from chalicelib.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Moto:

@@ -10,8 +10,8 @@ import time
 
 import requests
 
+from chalicelib.local.stack import free_port
 from chalicelib.settings import REPO_ROOT
-from tests.integration.conftest import free_port
 
 
 def alive(pid: int) -> bool:

@@ -11,13 +11,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from chalicelib.local.stack import free_port
 from hpc_functions import launcher
 
 FAKE_VLLM = """\
@@ -59,12 +59,6 @@ HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     bin_dir = tmp_path / "bin"
@@ -102,7 +96,7 @@ def _argv_lines(argv_log: Path) -> list[list[str]]:
 def test_starts_vllm_serve_with_the_configured_flags_and_waits_for_health(
     tmp_path: Path, fake_vllm: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     config = _config(
         tmp_path,
         {
@@ -141,7 +135,7 @@ def test_starts_vllm_serve_with_the_configured_flags_and_waits_for_health(
 
 
 def test_second_run_leaves_a_running_model_alone(tmp_path: Path, fake_vllm: Path) -> None:
-    config = _config(tmp_path, {"model": "tiny", "port": _free_port()})
+    config = _config(tmp_path, {"model": "tiny", "port": free_port()})
 
     assert _run(config) == 0
     assert _run(config) == 0
@@ -152,7 +146,7 @@ def test_second_run_leaves_a_running_model_alone(tmp_path: Path, fake_vllm: Path
 def test_models_without_a_port_take_consecutive_ports_from_base_port(
     tmp_path: Path, fake_vllm: Path
 ) -> None:
-    base = _free_port()
+    base = free_port()
     config = _config(tmp_path, {"model": "a"}, {"model": "b"})
 
     launches = launcher.load_config(config, base)[0]
@@ -168,7 +162,7 @@ def test_model_that_exits_fails_the_launch_with_its_log_tail(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("FAKE_VLLM_MODE", "fail")
-    config = _config(tmp_path, {"model": "too-big", "port": _free_port()})
+    config = _config(tmp_path, {"model": "too-big", "port": free_port()})
 
     assert _run(config) == 1
 
@@ -184,7 +178,7 @@ def test_model_that_never_becomes_healthy_times_out_and_is_stopped(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("FAKE_VLLM_MODE", "hang")
-    config = _config(tmp_path, {"model": "slow", "port": _free_port(), "startup_timeout_s": 0.5})
+    config = _config(tmp_path, {"model": "slow", "port": free_port(), "startup_timeout_s": 0.5})
 
     assert _run(config) == 1
 
@@ -195,7 +189,7 @@ def test_model_that_never_becomes_healthy_times_out_and_is_stopped(
 
 
 def test_port_serving_another_model_is_refused(tmp_path: Path, fake_vllm: Path) -> None:
-    port = _free_port()
+    port = free_port()
     assert _run(_config(tmp_path, {"model": "first-model", "port": port})) == 0
 
     other = tmp_path / "other.json"
