@@ -19,7 +19,6 @@ DynamoDB call on the auth/limits path.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import threading
 import time
@@ -31,9 +30,8 @@ import boto3
 import globus_sdk
 import responses
 from globus_sdk.testing import RegisteredResponse, load_response
-from werkzeug.serving import make_server
 
-from bench.common import _free_port, aws_calls, percentile
+from bench.common import aws_calls, percentile
 from chalicelib import limits
 from chalicelib.auth.apikeys import ApiKeyAuthenticator
 from chalicelib.auth.cache import IntrospectionCache
@@ -42,8 +40,9 @@ from chalicelib.auth.globus import GlobusAuthenticator
 from chalicelib.auth.policy import AuthPolicy
 from chalicelib.auth.principal import Principal
 from chalicelib.limits import LimitsConfig
-from chalicelib.local.aws_server import CountingApp, _Handler
+from chalicelib.local.aws_server import build_server
 from chalicelib.local.resources import deploy
+from chalicelib.local.stack import free_port
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
 from chalicelib.settings import Settings
@@ -53,12 +52,8 @@ GATEWAY = "11111111-2222-3333-4444-555555555555"
 
 
 def _moto() -> str:
-    from moto.server import DomainDispatcherApplication, create_backend_app
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = _free_port()
-    app = CountingApp(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=_Handler)
+    port = free_port()
+    server = build_server("127.0.0.1", port)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     os.environ.update(
