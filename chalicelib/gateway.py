@@ -178,10 +178,8 @@ class Gateway:
         req: GatewayRequest,
         hold: dict[str, Any] | None = None,
     ) -> str:
-        """Record and enqueue an admitted request; its id."""
+        """Record and enqueue an authorized, admitted request; its id."""
         try:
-            # Cheap (in memory), and keeps submit safe for callers that skip ``run``.
-            self.authorize(principal, req.model, function)
             return self._submit(principal, function, req, hold)
         except Exception:
             # No poller will ever finish it: give its counters back here.

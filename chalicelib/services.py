@@ -8,7 +8,6 @@ cold Lambda pays only for what its first request uses. boto3 finds moto or Local
 from __future__ import annotations
 
 import os
-import threading
 from functools import cached_property
 from typing import Any
 
@@ -42,7 +41,6 @@ class Services:
     def __init__(self, settings: Settings | None = None, session: boto3.Session | None = None):
         self.settings = settings or Settings()
         self._session = session or boto3.Session(region_name=self.settings.region)
-        self._lock = threading.Lock()
 
     def client(self, service: str) -> Any:
         return self._session.client(service, config=_CLIENT_CONFIG)
@@ -62,27 +60,24 @@ class Services:
     @cached_property
     def registry(self) -> Registry:
         env = {**os.environ, "FIRST_HOME": str(self.settings.home)}
-        source = self.settings.registry_path or ""
-        if source.startswith("s3://"):
-            # Deployed stages keep the registry in S3: operators edit it without a redeploy
-            # (a Lambda package holds app.py and chalicelib/ only).
-            return Registry.from_text(self._read_s3(source), env)
-        return Registry.load(self.settings.registry_file, env)
-
-    def _read_s3(self, url: str) -> str:
-        bucket, _, key = url.removeprefix("s3://").partition("/")
-        return str(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
+        source = self.settings.registry_path or str(self.settings.registry_file)
+        return Registry.from_text(self._read_text(source), env)
 
     @cached_property
     def limits(self) -> LimitsConfig | None:
         """The rate-limit configuration (a file or s3:// object, like the registry), if any."""
         source = self.settings.limits_source
-        if not source:
-            return None
+        return LimitsConfig.parse(self._read_text(source)) if source else None
+
+    def _read_text(self, source: str) -> str:
+        """A configuration file's text: a local path, or ``s3://bucket/key`` for deployed
+        stages (operators edit it without a redeploy; a Lambda package holds only ``app.py``
+        and ``chalicelib/``)."""
         if source.startswith("s3://"):
-            return LimitsConfig.parse(self._read_s3(source))
+            bucket, _, key = source.removeprefix("s3://").partition("/")
+            return str(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
         with open(source, encoding="utf-8") as f:
-            return LimitsConfig.parse(f.read())
+            return f.read()
 
     @cached_property
     def limit_store(self) -> LimitStore:

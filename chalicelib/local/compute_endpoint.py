@@ -126,12 +126,16 @@ class TaskTable:
             del self._tasks[tid]
             self.runs.pop(tid, None)
 
+    def _processes(self) -> dict[int, Any]:
+        # ProcessPoolExecutor has no public handle on its workers before Python 3.14.
+        return dict(self._pool._processes or {})
+
     def worker_pids(self) -> list[int]:
-        return sorted((self._pool._processes or {}).keys())
+        return sorted(self._processes())
 
     def shutdown(self) -> None:
         # A worker may be mid-generation; nobody will collect its result, so stop it now.
-        workers = list((self._pool._processes or {}).values())  # no public handle before 3.14
+        workers = list(self._processes().values())
         self._pool.shutdown(wait=False, cancel_futures=True)
         for worker in workers:
             worker.terminate()
