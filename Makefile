@@ -17,13 +17,13 @@ $(STAMP): $(REQS)
 	touch $(STAMP)
 
 run: $(STAMP)  ## the whole system in the foreground; Ctrl-C stops it
-	$(PY) -m chalicelib.local.stack run
+	$(PY) -m offline.stack run
 
 up: $(STAMP)   ## the same in the background; returns once healthy (.first/local.env)
-	$(PY) -m chalicelib.local.stack up
+	$(PY) -m offline.stack up
 
 down:
-	$(PY) -m chalicelib.local.stack down
+	$(PY) -m offline.stack down
 
 test: $(STAMP) ## the full suite: lint, unit, integration, end-to-end
 	$(PY) -m ruff check .

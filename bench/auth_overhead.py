@@ -40,13 +40,13 @@ from chalicelib.auth.globus import GlobusAuthenticator
 from chalicelib.auth.policy import AuthPolicy
 from chalicelib.auth.principal import Principal
 from chalicelib.limits import LimitsConfig
-from chalicelib.local.aws_server import build_server
-from chalicelib.local.resources import deploy
-from chalicelib.local.stack import free_port
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
 from chalicelib.settings import Settings
 from chalicelib.stores.limits import LimitStore
+from offline.aws_server import build_server
+from offline.resources import deploy
+from offline.stack import free_port
 
 GATEWAY = "11111111-2222-3333-4444-555555555555"
 

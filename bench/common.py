@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from chalicelib.local.stack import Stack, StackConfig, free_port
 from chalicelib.settings import REPO_ROOT
+from offline.stack import Stack, StackConfig, free_port
 
 ENV_FILE = REPO_ROOT / ".first" / "local.env"
 

@@ -9,7 +9,6 @@ poller gives the counters back when the request finishes.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ from chalicelib.errors import (
 from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
-from chalicelib.stores.blobs import BlobStore
+from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener
@@ -70,23 +69,6 @@ class Admission:
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
-
-
-def payload_fields(blobs: BlobStore, key: str, name: str, value: Any, limit: int) -> dict[str, Any]:
-    """``{name: json}`` inline when small, else ``{name_key: s3 key}`` after writing to S3."""
-    text = json.dumps(value, separators=(",", ":"))
-    if len(text.encode()) <= limit:
-        return {name: text}
-    blobs.put_json(key, value)
-    return {f"{name}_key": key}
-
-
-def load_field(blobs: BlobStore, record: dict[str, Any], name: str) -> Any:
-    if record.get(name) is not None:
-        return json.loads(record[name])
-    if record.get(f"{name}_key"):
-        return blobs.get_json(record[f"{name}_key"])
-    return None
 
 
 class Gateway:
@@ -203,11 +185,10 @@ class Gateway:
             "function": function,
             "reply_to": self._replies.url,
             **({"limits": hold} if hold else {}),
-            **payload_fields(
-                self._blobs,
-                f"requests/{request_id}/payload.json",
+            **self._blobs.fields(
                 "payload",
-                body,
+                dumps(body),
+                f"requests/{request_id}/payload.json",
                 self._settings.inline_limit_bytes,
             ),
         }
@@ -257,7 +238,7 @@ class Gateway:
     def _outcome(self, record: dict[str, Any]) -> dict[str, Any]:
         return {
             "status": record["status"],
-            "result": load_field(self._blobs, record, "result"),
+            "result": self._blobs.load(record, "result"),
             "error": record.get("error"),
             "status_code": record.get("status_code"),
             "engine_time_ms": record.get("engine_time_ms"),
@@ -271,9 +252,10 @@ class Gateway:
         )
 
     def fetch(self, principal: Principal, request_id: str) -> dict[str, Any]:
-        record = self._requests.get(request_id)
-        if record is None or record.get("owner") != principal.id:
-            # Someone else's request answers exactly like a missing one.
+        # Someone else's request answers exactly like a missing one, and as fast: the store
+        # filters on the owner before anything of the record leaves DynamoDB.
+        record = self._requests.get_owned(request_id, principal.id)
+        if record is None:
             raise NotFoundError(f"No request found with id '{request_id}'.", param="request_id")
         view: dict[str, Any] = {
             "id": request_id,
@@ -286,7 +268,7 @@ class Gateway:
             "error": None,
         }
         if record["status"] == "completed":
-            view["result"] = load_field(self._blobs, record, "result")
+            view["result"] = self._blobs.load(record, "result")
         elif record["status"] == "failed":
             try:
                 self._answer(request_id, self._outcome(record))

@@ -70,15 +70,18 @@ class Settings(BaseSettings):
     # without a new request from that user.
     limits_inflight_ttl_s: int = 900
 
-    # Poller: the SQS visibility timeout is the lease on a request; it is extended while the
-    # task runs, so a message that reappears means its poller died.
-    poller_visibility_timeout_s: int = 30
+    # Poller: the SQS visibility timeout is the lease on a request. A heartbeat extends every
+    # held message each third of it, so a message that reappears means its poller died, and a
+    # peer takes the request over within this many seconds: well inside the API's wait.
+    poller_visibility_timeout_s: int = 10
     poller_max_inflight: int = 32
     poller_wait_time_s: int = 20
     # After this many receives a message goes to the DLQ (redrive policy in the template).
     max_receive_count: int = 3
 
     local_endpoint_url: str = "http://127.0.0.1:8765"
+    # The offline compute endpoint's per-stack secret (offline.stack makes one for each stack).
+    local_endpoint_token: SecretStr | None = None
 
     # Resource name overrides; default to first-<stage>-<name>.
     requests_table: str | None = None
@@ -104,6 +107,10 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @property
+    def local_endpoint_token_value(self) -> str:
+        return self.local_endpoint_token.get_secret_value() if self.local_endpoint_token else ""
 
     @property
     def globus_enabled(self) -> bool:

@@ -4,7 +4,7 @@ Both expose ``submit_to_registered_function(function_id, args=..., kwargs=...)``
 ``Future`` of the function's result, so the poller does not know which it holds:
 
 - ``globus_compute_sdk.Executor`` for a real endpoint on an HPC cluster;
-- ``LocalEndpointExecutor`` for the offline endpoint (``chalicelib.local.compute_endpoint``),
+- ``LocalEndpointExecutor`` for the offline endpoint (``offline.compute_endpoint``),
   which keys tasks by ``request_id``: a poller that restarts and resubmits the same request
   attaches to the task already running instead of running the engine twice.
 """
@@ -24,12 +24,20 @@ class RemoteTaskError(Exception):
     """The function raised on the endpoint; the message is the remote exception's text."""
 
 
+class TaskLostError(UpstreamUnavailableError):
+    """The endpoint lost the task with its worker: the infrastructure failed, not the request,
+    so the poller runs it again (bounded by the queue's redrive)."""
+
+
 class LocalEndpointExecutor(Executor):
-    def __init__(self, base_url: str, *, poll_s: float = 20.0, max_waiters: int = 64) -> None:
+    def __init__(
+        self, base_url: str, token: str, *, poll_s: float = 20.0, max_waiters: int = 64
+    ) -> None:
         import requests
 
         self._base = base_url.rstrip("/")
         self._http = requests.Session()
+        self._http.headers["Authorization"] = f"Bearer {token}"
         self._poll_s = poll_s
         self._waiters = ThreadPoolExecutor(max_waiters, thread_name_prefix="local-task")
         self._lock = threading.Lock()
@@ -72,6 +80,8 @@ class LocalEndpointExecutor(Executor):
                 return state["result"]
             if state["status"] == "failed":
                 raise RemoteTaskError(state.get("exception") or "task failed")
+            if state["status"] == "lost":
+                raise TaskLostError(state.get("exception") or "task lost")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._waiters.shutdown(wait=wait, cancel_futures=cancel_futures)
@@ -99,10 +109,12 @@ class ExecutorPool:
             self._executors.clear()
 
 
-def default_factory(local_endpoint_url: str) -> Callable[[Endpoint], Executor]:
+def default_factory(
+    local_endpoint_url: str, local_endpoint_token: str = ""
+) -> Callable[[Endpoint], Executor]:
     def make(endpoint: Endpoint) -> Executor:
         if endpoint.executor == "local":
-            return LocalEndpointExecutor(local_endpoint_url)
+            return LocalEndpointExecutor(local_endpoint_url, local_endpoint_token)
         # Imported here: the Lambda package never needs it, and it is the poller's only tie
         # to the Globus Compute web service (it authenticates on first submit).
         from globus_compute_sdk import Executor as GlobusComputeExecutor

@@ -20,7 +20,7 @@ def build(services: Services) -> Poller:
         requests=services.requests,
         blobs=services.blobs,
         replies=services.reply_sender,
-        executors=ExecutorPool(default_factory(s.local_endpoint_url)),
+        executors=ExecutorPool(default_factory(s.local_endpoint_url, s.local_endpoint_token_value)),
         logger=get_logger("first-poller"),
         limits=services.limit_store,
     )

@@ -80,15 +80,24 @@ def engine_failure(request_id: str, detail: str) -> dict[str, Any]:
 
 
 def notice_for(
-    request_id: str, status: str, fields: dict[str, Any], response: Any, inline_limit: int
-) -> dict[str, Any]:
-    """The reply notice: carries the answer when it fits, else only the status."""
+    request_id: str,
+    status: str,
+    fields: dict[str, Any],
+    result_text: str | None,
+    inline_limit: int,
+) -> str:
+    """The reply notice's body: carries the answer when it fits, else only the status.
+
+    ``result_text`` is the response already serialised for the record; it is spliced in as
+    is rather than serialised a second time.
+    """
     notice: dict[str, Any] = {"request_id": request_id, "status": status}
     if status == "completed":
-        if len(json.dumps(response)) <= inline_limit:
-            notice["result"] = response
+        if result_text is not None and len(result_text) <= inline_limit:
             notice["engine_time_ms"] = fields.get("engine_time_ms")
+            head = json.dumps(notice, separators=(",", ":"))
+            return f'{head[:-1]},"result":{result_text}}}'
     else:
         notice["error"] = fields.get("error")
         notice["status_code"] = fields.get("status_code")
-    return notice
+    return json.dumps(notice, separators=(",", ":"))

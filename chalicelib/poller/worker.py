@@ -2,28 +2,31 @@
 
 For each message: claim the request (conditional write, attempt + 1), route it, submit it to the
 endpoint's executor, keep the message invisible while the task runs (the visibility timeout is the
-lease), store the result, notify the waiting API process, delete the message. A failure before the
-result is stored leaves the message for redelivery; on its last delivery the request is marked
-failed and the message goes on to the DLQ.
+lease, extended by one heartbeat for all held messages: ``leases``), store the result, then notify
+the waiting API process, delete the message. The record is written before the notice goes out, so
+a client that has its answer reads the request completed. A failure before the result is stored
+(an endpoint that cannot be reached, a task lost with its worker) leaves the message for
+redelivery after a backoff; on its last delivery the request is marked failed and the message
+goes on to the DLQ. Only the function's own exception fails a request at once.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
 from chalicelib import limits, router
 from chalicelib.compute.executors import ExecutorPool, RemoteTaskError
-from chalicelib.gateway import load_field, payload_fields
 from chalicelib.poller import planning
+from chalicelib.poller.leases import Leases
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
-from chalicelib.stores.blobs import BlobStore
+from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.deleter import BatchDeleter
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
@@ -67,8 +70,11 @@ class Poller:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.receiving = False
+        # Failures that were handled (retried, logged): what an operator counts.
+        self.counts: Counter[str] = Counter()
         # Done messages are deleted in batches, off the request's critical path.
         self._deleter = BatchDeleter(queue.client, queue.url, max_delay_s=1.0)
+        self._leases = Leases(queue, settings.poller_visibility_timeout_s, logger)
 
     def run(self) -> None:
         self._log.info("poller started", extra={"queue": self._queue.url})
@@ -85,6 +91,7 @@ class Poller:
             except PollerStopped:
                 break  # interrupted mid long-poll: nothing was received
             except Exception:  # noqa: BLE001 - AWS hiccup: log, back off, keep polling
+                self.counts["receive_errors"] += 1
                 self._log.exception("receive failed")
                 self.stopping.wait(1.0)
                 continue
@@ -93,8 +100,10 @@ class Poller:
             for message in messages:
                 with self._lock:
                     self._active += 1
+                self._leases.hold(message["ReceiptHandle"])
                 self._workers.submit(self._handle_guarded, message)
         self._workers.shutdown(wait=True)
+        self._leases.close()
         self._deleter.close()
         self._executors.shutdown()
 
@@ -106,8 +115,10 @@ class Poller:
         try:
             self.handle(message)
         except Exception:  # noqa: BLE001 - one bad message must not stop the poller
+            self.counts["unexpected_errors"] += 1
             self._log.exception("unexpected poller error")
         finally:
+            self._leases.release(message["ReceiptHandle"])
             with self._lock:
                 self._active -= 1
 
@@ -117,7 +128,9 @@ class Poller:
         try:
             request_id = planning.request_id_of(message)
         except planning.PoisonMessageError as exc:
+            self.counts["poison_messages"] += 1
             self._log.error("poison message", extra={"reason": str(exc)})
+            self._retry_later(message)
             return  # left undeleted: it reaches the DLQ after max_receive_count deliveries
         log = {"request_id": request_id, "receive_count": planning.receive_count(message)}
         try:
@@ -131,7 +144,9 @@ class Poller:
                     "duplicate delivery dropped", extra={**log, "status": exc.current["status"]}
                 )
             else:
+                self.counts["unknown_requests"] += 1
                 self._log.error("message for unknown request", extra=log)
+                self._retry_later(message)
             return
         t1 = time.perf_counter()
         log.update(
@@ -143,8 +158,9 @@ class Poller:
             claim_ms=round((t1 - t0) * 1000, 1),
         )
         try:
-            status, fields, response = self._run(request_id, record, receipt)
+            status, fields, response = self._run(request_id, record)
         except Exception as exc:  # noqa: BLE001 - any failure here is retried, then DLQ'd
+            self.counts["run_errors"] += 1
             self._log.exception("request could not be run", extra=log)
             if final:
                 detail = (
@@ -159,11 +175,21 @@ class Poller:
                     log,
                 )
             else:
-                self._queue.extend(receipt, planning.retry_delay_s(message))
+                self._retry_later(message)
             return  # not deleted: redelivered, or on to the DLQ after the final try
         log["run_ms"] = round((time.perf_counter() - t1) * 1000, 1)
         self._finish(request_id, record, status, fields, response, log)
         self._deleter.add(receipt)
+
+    def _retry_later(self, message: dict[str, Any]) -> None:
+        """Let the message reappear after a backoff instead of a whole lease."""
+        receipt = message["ReceiptHandle"]
+        self._leases.release(receipt)
+        try:
+            self._queue.extend(receipt, planning.retry_delay_s(message))
+        except Exception:  # noqa: BLE001 - it reappears when the lease ends anyway
+            self.counts["backoff_errors"] += 1
+            self._log.exception("could not set the retry backoff")
 
     def _claim(self, request_id: str) -> dict[str, Any]:
         """Claim; a missing record is re-read briefly (the API writes it as it enqueues)."""
@@ -176,14 +202,12 @@ class Poller:
             time.sleep(delay)
         return self._requests.claim(request_id)
 
-    def _run(
-        self, request_id: str, record: dict[str, Any], receipt: str
-    ) -> tuple[str, dict[str, Any], Any]:
+    def _run(self, request_id: str, record: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
         function = record["function"]
         endpoint, deployment = router.choose(
             self._registry.candidates(record["model"], function), dict(self._inflight)
         )
-        body = load_field(self._blobs, record, "payload")
+        body = self._blobs.load(record, "payload")
         task = {"request_id": request_id, "engine": deployment.engine, "body": body}
         function_id = endpoint.functions[function]
         with self._lock:
@@ -193,7 +217,8 @@ class Poller:
                 function_id, args=(task,)
             )
             try:
-                result = self._await(future, receipt)
+                # The heartbeat keeps the message invisible however long this takes.
+                result = future.result()
             except RemoteTaskError as exc:
                 # The function itself raised on the node: a definite failure, not retried.
                 failure = planning.engine_failure(request_id, str(exc))
@@ -202,15 +227,6 @@ class Poller:
             with self._lock:
                 self._inflight[endpoint.name] -= 1
         return planning.outcome_of(request_id, result, endpoint=endpoint.name)
-
-    def _await(self, future: Future[Any], receipt: str) -> Any:
-        """Wait for the task, extending the message's visibility (our lease) as it runs."""
-        lease = self._s.poller_visibility_timeout_s
-        while True:
-            try:
-                return future.result(timeout=max(1.0, lease / 3))
-            except FutureTimeoutError:
-                self._queue.extend(receipt, lease)
 
     def _finish(
         self,
@@ -221,28 +237,17 @@ class Poller:
         response: Any,
         log: dict[str, Any],
     ) -> None:
+        result_text = None
         if status == "completed":
-            fields = {
-                **fields,
-                **payload_fields(
-                    self._blobs,
-                    f"requests/{request_id}/result.json",
-                    "result",
-                    response,
-                    self._s.inline_limit_bytes,
-                ),
-            }
-        # The notice goes out before the record write: the waiting client needs only the notice,
-        # and an AWS endpoint that serves calls one at a time (moto) would otherwise make it
-        # wait for the write too. Should the write then fail, the message stays, and its
-        # redelivery re-collects the same task result (tasks are keyed by request id) and
-        # writes it; a GET in between briefly sees the request still dispatched.
+            # Serialised once: the same text goes into the record (or S3) and the notice.
+            result_text = dumps(response)
+            key = f"requests/{request_id}/result.json"
+            limit = self._s.inline_limit_bytes
+            fields = {**fields, **self._blobs.fields("result", result_text, key, limit)}
         started = time.perf_counter()
-        if record.get("reply_to"):
-            notice = planning.notice_for(
-                request_id, status, fields, response, self._s.inline_limit_bytes
-            )
-            self._replies.send(record["reply_to"], notice)
+        # The record first, then the notice: a client that has its answer must read the request
+        # completed. Should the write fail, the message stays, and its redelivery re-collects
+        # the same task result (tasks are keyed by request id) and writes it.
         try:
             if status == "completed":
                 self._requests.complete(request_id, fields)
@@ -252,12 +257,19 @@ class Poller:
             current = exc.current["status"] if exc.current else None
             self._log.info("already finished by another poller", extra={**log, "status": current})
             return
+        if record.get("reply_to"):
+            notice = planning.notice_for(
+                request_id, status, fields, result_text, self._s.inline_limit_bytes
+            )
+            if not self._replies.send(record["reply_to"], notice):
+                self.counts["notices_undelivered"] += 1
         usage = fields.get("usage") or {}
         if record.get("limits") and self._limits is not None:
             # Only the write that made the request terminal gets here: released exactly once.
             try:
                 self._limits.release(record["limits"], limits.used_tokens(usage))
             except Exception:  # noqa: BLE001 - the answer is out; a lost release expires
+                self.counts["limit_release_errors"] += 1
                 self._log.exception("rate-limit release failed", extra=log)
         self._log.info(
             "request finished",

@@ -1,4 +1,8 @@
-"""The S3 bucket: large payloads and results (DynamoDB items stop at 400 KB)."""
+"""The S3 bucket: large payloads and results (DynamoDB items stop at 400 KB).
+
+A record field holds its JSON text inline when it fits (``{name: text}``), else a pointer to an
+S3 object (``{name_key: key}``): ``fields`` writes that choice, ``load`` reads it back.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.errors import FirstError
+from chalicelib.stores import StoreError
 
 
-class BlobNotFoundError(FirstError):
+class BlobNotFoundError(StoreError):
     pass
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 class BlobStore:
@@ -19,16 +27,41 @@ class BlobStore:
         self._s3 = client
         self.bucket = bucket
 
-    def put_json(self, key: str, value: Any) -> int:
-        data = json.dumps(value, separators=(",", ":")).encode()
+    def put_text(self, key: str, text: str) -> int:
+        data = text.encode()
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/json")
         return len(data)
 
-    def get_json(self, key: str) -> Any:
+    def put_json(self, key: str, value: Any) -> int:
+        return self.put_text(key, dumps(value))
+
+    def get_text(self, key: str) -> str:
         try:
             obj = self._s3.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 raise BlobNotFoundError(f"s3://{self.bucket}/{key} does not exist") from exc
             raise
-        return json.loads(obj["Body"].read())
+        return str(obj["Body"].read().decode())
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_text(key))
+
+    def fields(self, name: str, text: str, key: str, inline_limit_bytes: int) -> dict[str, Any]:
+        """``{name: text}`` when it fits inline, else ``{name_key: key}`` after writing to S3."""
+        if len(text) <= inline_limit_bytes and len(text.encode()) <= inline_limit_bytes:
+            return {name: text}
+        self.put_text(key, text)
+        return {f"{name}_key": key}
+
+    def load(self, record: dict[str, Any], name: str) -> Any:
+        """The value ``fields`` stored on ``record`` (None when it has neither form)."""
+        text = self.load_text(record, name)
+        return None if text is None else json.loads(text)
+
+    def load_text(self, record: dict[str, Any], name: str) -> str | None:
+        if record.get(name) is not None:
+            return str(record[name])
+        if record.get(f"{name}_key"):
+            return self.get_text(record[f"{name}_key"])
+        return None

@@ -28,3 +28,18 @@ class RequestQueue:
         self.client.change_message_visibility(
             QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=visibility_s
         )
+
+    def extend_many(self, receipts: list[str], visibility_s: int) -> list[str]:
+        """Extend several messages' visibility, ten per call; the receipts that failed."""
+        failed: list[str] = []
+        for start in range(0, len(receipts), 10):
+            batch = receipts[start : start + 10]
+            out = self.client.change_message_visibility_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": visibility_s}
+                    for i, r in enumerate(batch)
+                ],
+            )
+            failed.extend(batch[int(f["Id"])] for f in out.get("Failed", []))
+        return failed

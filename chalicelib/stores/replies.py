@@ -40,9 +40,11 @@ class ReplySender:
     def __init__(self, client: Any) -> None:
         self._sqs = client
 
-    def send(self, queue_url: str, notice: dict[str, Any]) -> bool:
+    def send(self, queue_url: str, notice: dict[str, Any] | str) -> bool:
+        """Send a notice (a dict, or its JSON text); False when the waiter's queue is gone."""
+        body = notice if isinstance(notice, str) else json.dumps(notice)
         try:
-            self._sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(notice))
+            self._sqs.send_message(QueueUrl=queue_url, MessageBody=body)
         except ClientError:
             # The waiting process is gone (queue deleted): the record already holds the truth.
             return False

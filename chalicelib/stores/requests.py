@@ -16,13 +16,13 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
-from chalicelib.errors import FirstError
+from chalicelib.stores import StoreError
 
 TERMINAL = ("completed", "failed")
 _DESERIALIZE = TypeDeserializer()
 
 
-class RequestConflictError(FirstError):
+class RequestConflictError(StoreError):
     """A conditional write lost: the request is not in the state the caller expected."""
 
     def __init__(self, message: str, current: dict[str, Any] | None) -> None:
@@ -69,6 +69,27 @@ class RequestStore:
             # AWS deletes expired TTL items late (moto never does): treat them as gone.
             return None
         return _plain(item)
+
+    def get_owned(self, request_id: str, owner: str) -> dict[str, Any] | None:
+        """The record if ``owner`` owns it, else None, and the same work either way.
+
+        A ``Query`` with a filter on the owner: DynamoDB reads the item and drops it
+        server-side, so a foreign id returns the same empty page as a missing one, and the
+        time to answer cannot tell them apart (a ``GetItem`` returns the foreign item whole).
+        """
+        out = self._table.query(
+            KeyConditionExpression="request_id = :id",
+            FilterExpression="#o = :owner AND expires_at >= :now",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues={
+                ":id": request_id,
+                ":owner": owner,
+                ":now": int(time.time()),
+            },
+            ConsistentRead=True,
+        )
+        items = out.get("Items") or []
+        return _plain(items[0]) if items else None
 
     def claim(self, request_id: str) -> dict[str, Any]:
         """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call)."""

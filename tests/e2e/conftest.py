@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from chalicelib.local.stack import Stack, StackConfig, free_port
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
+from offline.stack import Stack, StackConfig, free_port
 
 # Weights that are not there: the model cannot load (503, unavailable).
 BROKEN_MODEL = "first/broken"
@@ -68,7 +68,8 @@ def write_registry(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = REPO_ROOT / ".first" / "e2e"
+    # A home of its own: two suites (or a suite and `make up`) never share logs or state.
+    home = tmp_path_factory.mktemp("first-home")
     config_dir = tmp_path_factory.mktemp("registry")
     registry = write_registry(config_dir / "local.json")
     limits = config_dir / "limits.json"

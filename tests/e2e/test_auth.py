@@ -10,8 +10,8 @@ import pytest
 import requests
 from openai import OpenAI
 
-from chalicelib.local.stack import Stack
 from chalicelib.services import Services
+from offline.stack import Stack
 from tests.e2e.conftest import LAB_GROUP, LAB_MODEL, LIMITED_USER, TINY, create_key
 
 HELLO = [{"role": "user", "content": "Hello"}]

@@ -12,8 +12,8 @@ from typing import Any
 import requests
 from openai import OpenAI
 
-from chalicelib.local.stack import Stack
 from chalicelib.services import Services
+from offline.stack import Stack
 from tests.e2e.conftest import TINY
 
 

@@ -9,8 +9,8 @@ import pytest
 import requests
 from openai import OpenAI
 
-from chalicelib.local.stack import Stack
 from chalicelib.services import Services
+from offline.stack import Stack
 from tests.e2e.conftest import BROKEN_MODEL, CORRUPT_MODEL, TINY
 
 HELLO = [{"role": "user", "content": "Hello"}]

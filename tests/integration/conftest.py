@@ -13,11 +13,11 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib.local.aws_server import build_server
-from chalicelib.local.resources import deploy
-from chalicelib.local.stack import free_port
 from chalicelib.services import Services
 from chalicelib.settings import Settings
+from offline.aws_server import build_server
+from offline.resources import deploy
+from offline.stack import free_port
 
 
 class Moto:

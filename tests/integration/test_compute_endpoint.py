@@ -10,8 +10,8 @@ import time
 
 import requests
 
-from chalicelib.local.stack import free_port
 from chalicelib.settings import REPO_ROOT
+from offline.stack import free_port
 
 
 def alive(pid: int) -> bool:
@@ -31,7 +31,7 @@ def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
         [
             sys.executable,
             "-m",
-            "chalicelib.local.compute_endpoint",
+            "offline.compute_endpoint",
             "--port",
             str(port),
             "--workers",

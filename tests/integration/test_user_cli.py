@@ -16,8 +16,8 @@ import responses
 from globus_sdk.testing import RegisteredResponse, load_response
 from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
 
-from chalicelib.cli import main
-from chalicelib.user_cli import NAMESPACE, UserTokens, config_dir
+from first_cli.main import main
+from first_cli.user import NAMESPACE, UserTokens, config_dir
 
 GATEWAY = "11111111-2222-3333-4444-555555555555"
 SCOPE = f"https://auth.globus.org/scopes/{GATEWAY}/action_all"

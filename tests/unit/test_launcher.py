@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.local.stack import free_port
 from hpc_functions import launcher
+from offline.stack import free_port
 
 FAKE_VLLM = """\
 #!{python}

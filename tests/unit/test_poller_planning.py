@@ -62,7 +62,14 @@ def test_garbage_from_a_function_is_a_500_naming_the_request() -> None:
 
 def test_notice_carries_the_answer_only_when_it_fits() -> None:
     fields = {"engine_time_ms": 3.0}
-    small = planning.notice_for("r", "completed", fields, {"x": "y"}, inline_limit=100)
+    small = json.loads(planning.notice_for("r", "completed", fields, '{"x":"y"}', 100))
     assert small["result"] == {"x": "y"} and small["engine_time_ms"] == 3.0
-    big = planning.notice_for("r", "completed", fields, {"x": "y" * 200}, inline_limit=100)
+    big_text = json.dumps({"x": "y" * 200})
+    big = json.loads(planning.notice_for("r", "completed", fields, big_text, inline_limit=100))
     assert "result" not in big and big["status"] == "completed"
+
+
+def test_a_failure_notice_carries_the_error() -> None:
+    fields = {"error": {"message": "m", "code": "engine_error"}, "status_code": 500}
+    notice = json.loads(planning.notice_for("r", "failed", fields, None, inline_limit=100))
+    assert notice["error"]["code"] == "engine_error" and notice["status_code"] == 500

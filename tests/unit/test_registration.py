@@ -19,7 +19,7 @@ from globus_compute_sdk.sdk.client import FunctionRegistrationData
 from globus_compute_sdk.serialize import ComputeSerializer
 
 import hpc_functions
-from chalicelib.compute.registration import RegistryError, register_functions
+from first_cli.registration import RegistryError, register_functions
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "infra" / "deployments" / "example-hpc.json"
 

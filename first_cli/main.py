@@ -18,7 +18,7 @@ import sys
 
 from chalicelib.errors import FirstError
 from chalicelib.services import Services
-from chalicelib.user_cli import UserTokens, user_tokens
+from first_cli.user import UserTokens, user_tokens
 
 
 def _keys_create(args: argparse.Namespace, services: Services) -> int:
@@ -60,7 +60,7 @@ def _keys_revoke(args: argparse.Namespace, services: Services) -> int:
 
 
 def _resources_deploy(args: argparse.Namespace, services: Services) -> int:
-    from chalicelib.local.resources import deploy
+    from offline.resources import deploy
 
     outputs = deploy(
         services.client("cloudformation"),
@@ -75,8 +75,8 @@ def _resources_deploy(args: argparse.Namespace, services: Services) -> int:
 def _functions_register(args: argparse.Namespace, services: Services) -> int:
     from globus_compute_sdk import Client
 
-    from chalicelib.compute.registration import RegistryError, register_functions
     from chalicelib.registry import Registry
+    from first_cli.registration import RegistryError, register_functions
 
     path = services.settings.registry_file
     # Check the target before Client(): constructing it starts a Globus login.

@@ -1,8 +1,8 @@
 """``make run`` / ``make up`` / ``make down``: the whole system on one machine, offline.
 
-    python -m chalicelib.local.stack run     foreground; Ctrl-C stops every process it started
-    python -m chalicelib.local.stack up      background; returns once healthy
-    python -m chalicelib.local.stack down
+    python -m offline.stack run     foreground; Ctrl-C stops every process it started
+    python -m offline.stack up      background; returns once healthy
+    python -m offline.stack down
 
 Order: local AWS (reuses whatever already answers at AWS_ENDPOINT_URL, e.g. LocalStack; else
 starts the embedded moto server) → resources from infra/resources.yaml → a dev API key → the
@@ -39,7 +39,7 @@ class StackConfig:
     compute_port: int = 8765
     pollers: int = 1
     compute_workers: int = 2
-    visibility_timeout_s: int = 30
+    visibility_timeout_s: int = 10
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -152,7 +152,7 @@ class Stack:
         build_tiny_model(c.home)
         if not answers(c.aws_url):
             port = urlparse(c.aws_url).port or 4566
-            proc = self._spawn("aws", ["chalicelib.local.aws_server", "--port", str(port)])
+            proc = self._spawn("aws", ["offline.aws_server", "--port", str(port)])
             wait_until(lambda: answers(c.aws_url), "local AWS endpoint", 30, proc)
         self._deploy_resources()
         self.api_key = self._create_dev_key()
@@ -160,12 +160,12 @@ class Stack:
         wait_until(lambda: answers(f"{c.compute_url}/health"), "compute endpoint", 180, proc)
         for i in range(c.pollers):
             self.start_poller(i)
-        proc = self._spawn("api", ["chalicelib.local.api_server", "--port", str(c.api_port)])
+        proc = self._spawn("api", ["offline.api_server", "--port", str(c.api_port)])
         wait_until(lambda: answers(f"{c.api_url}/health"), "API", 60, proc)
         self._write_env_file()
 
     def start_compute(self) -> subprocess.Popen[bytes]:
-        args = ["chalicelib.local.compute_endpoint", "--port", str(self.config.compute_port)]
+        args = ["offline.compute_endpoint", "--port", str(self.config.compute_port)]
         return self._spawn("compute", [*args, "--workers", str(self.config.compute_workers)])
 
     def start_poller(self, index: int = 0) -> subprocess.Popen[bytes]:
@@ -173,7 +173,7 @@ class Stack:
 
     def _first(self, *args: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "chalicelib.cli", *args],
+            [sys.executable, "-m", "first_cli.main", *args],
             cwd=REPO_ROOT,
             env=self.config.env(),
             check=True,
@@ -283,7 +283,7 @@ def _up(config: StackConfig, timeout_s: float = 300.0) -> int:
     config.logs.mkdir(parents=True, exist_ok=True)
     log = open(config.logs / "stack.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chalicelib.local.stack", "run", *_config_args(config)],
+        [sys.executable, "-m", "offline.stack", "run", *_config_args(config)],
         cwd=REPO_ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

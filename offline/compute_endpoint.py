@@ -4,19 +4,30 @@ A separate process, as a real endpoint is: tasks outlive the poller that submitt
 poller killed mid-request can restart and collect the result. Worker processes (spawned) keep
 their engines warm between tasks, exactly like ``hpc_functions`` on a GPU node.
 
-HTTP, JSON in and out, 127.0.0.1 only::
+HTTP, JSON in and out, 127.0.0.1 only. Every route but ``/health`` needs the stack's secret
+(``FIRST_LOCAL_ENDPOINT_TOKEN``, made per stack by ``offline.stack``) as
+``Authorization: Bearer …``: any user of the machine can reach a loopback port, and task results
+are users' completions::
 
     POST /tasks        {"function_id": "local:<name>", "args": [...], "kwargs": {...}}
                        → {"task_id"}; a task whose first argument carries a request_id is keyed
                        by it, so resubmitting the same request attaches to the existing task.
-    GET  /tasks/<id>?wait=S  → {"status": "pending"|"success"|"failed", "result"|"exception"}
-    GET  /health       → {"status": "ok", "workers": N}
-    GET  /stats        → {"runs": {task_id: times the function ran}}
+    GET  /tasks/<id>?wait=S  → {"status": "pending"|"success"|"failed"|"lost",
+                                "result"|"exception"}
+    GET  /health       → {"status": "ok", "workers": N, "pids": [...]}
+    GET  /stats        → {"runs": {task_id: times the function ran}, "lost": N}
+
+A worker that dies (killed, out of memory) breaks the whole process pool and every task running
+in it. That is the infrastructure's failure, not the tasks': the pool is rebuilt and each such
+task runs again, up to ``max_retries_on_system_failure`` times (Globus Compute's engine has the
+same setting); after that it reports ``lost``, and the poller retries the request (bounded).
+A resubmitted request whose task was lost runs anew rather than attaching to the lost one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import os
 import signal
@@ -24,7 +35,7 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import get_context
@@ -33,6 +44,12 @@ from urllib.parse import parse_qs, urlparse
 
 # Finished tasks are kept this long for late (re)attaching pollers.
 KEEP_FINISHED_S = 15 * 60
+TOKEN_ENV = "FIRST_LOCAL_ENDPOINT_TOKEN"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class TaskLostError(Exception):
+    """The worker running the task died; the task itself may be fine."""
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -65,13 +82,20 @@ def _call(function_id: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
 
 class TaskTable:
-    def __init__(self, workers: int, preheat: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, workers: int, preheat: list[dict[str, Any]], *, max_retries_on_system_failure: int = 1
+    ) -> None:
         self._workers = workers
         self._preheat = preheat
+        self._retries = max_retries_on_system_failure
         self._pool = self._new_pool()
+        # task id → (the task's own future, when it was submitted)
         self._tasks: dict[str, tuple[Future[Any], float]] = {}
         self.runs: dict[str, int] = {}
+        self.lost = 0
         self._lock = threading.Lock()
+        # Re-runs after a pool broke are submitted from here, not from the pool's own thread.
+        self._rerun = ThreadPoolExecutor(1, thread_name_prefix="rerun")
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -95,16 +119,61 @@ class TaskTable:
         task_id = f"task-{key}" if key else f"task-{uuid.uuid4().hex}"
         with self._lock:
             self._expire()
-            if task_id in self._tasks:
+            existing = self._tasks.get(task_id)
+            if existing is not None and not _was_lost(existing[0]):
                 return task_id
-            try:
-                future = self._pool.submit(_call, function_id, args, kwargs)
-            except BrokenProcessPool:
-                self._pool = self._new_pool()
-                future = self._pool.submit(_call, function_id, args, kwargs)
-            self._tasks[task_id] = (future, time.monotonic())
-            self.runs[task_id] = self.runs.get(task_id, 0) + 1
+            outer: Future[Any] = Future()
+            self._tasks[task_id] = (outer, time.monotonic())
+        self._run(task_id, outer, function_id, args, kwargs, self._retries)
         return task_id
+
+    def _run(
+        self,
+        task_id: str,
+        outer: Future[Any],
+        function_id: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        retries_left: int,
+    ) -> None:
+        with self._lock:
+            pool = self._pool
+            self.runs[task_id] = self.runs.get(task_id, 0) + 1
+        try:
+            inner = pool.submit(_call, function_id, args, kwargs)
+        except BrokenProcessPool:
+            self._replace_pool(pool)
+            with self._lock:
+                pool = self._pool
+            inner = pool.submit(_call, function_id, args, kwargs)
+
+        def done(f: Future[Any]) -> None:
+            exc = f.exception()
+            if isinstance(exc, BrokenProcessPool):
+                self._replace_pool(pool)
+                if retries_left > 0:
+                    print(f"{task_id}: worker lost, running it again", file=sys.stderr, flush=True)
+                    self._rerun.submit(
+                        self._run, task_id, outer, function_id, args, kwargs, retries_left - 1
+                    )
+                    return
+                with self._lock:
+                    self.lost += 1
+                outer.set_exception(TaskLostError(f"worker lost while running {task_id}"))
+            elif exc is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result(f.result())
+
+        inner.add_done_callback(done)
+
+    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
+        """Swap in a new pool once, however many of the broken pool's tasks report it."""
+        with self._lock:
+            if self._pool is not broken:
+                return
+            self._pool = self._new_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def state(self, task_id: str, wait_s: float) -> dict[str, Any] | None:
         with self._lock:
@@ -116,6 +185,8 @@ class TaskTable:
             result = future.result(timeout=wait_s)
         except TimeoutError:
             return {"status": "pending"}
+        except TaskLostError as exc:
+            return {"status": "lost", "exception": str(exc)}
         except Exception as exc:  # noqa: BLE001 - the remote exception is the task's result
             return {"status": "failed", "exception": f"{type(exc).__name__}: {exc}"}
         return {"status": "success", "result": result}
@@ -128,7 +199,9 @@ class TaskTable:
 
     def _processes(self) -> dict[int, Any]:
         # ProcessPoolExecutor has no public handle on its workers before Python 3.14.
-        return dict(self._pool._processes or {})
+        with self._lock:
+            pool = self._pool
+        return dict(pool._processes or {})
 
     def worker_pids(self) -> list[int]:
         return sorted(self._processes())
@@ -136,15 +209,31 @@ class TaskTable:
     def shutdown(self) -> None:
         # A worker may be mid-generation; nobody will collect its result, so stop it now.
         workers = list(self._processes().values())
+        self._rerun.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for worker in workers:
             worker.terminate()
 
 
-def make_handler(table: TaskTable) -> type[BaseHTTPRequestHandler]:
+def _was_lost(future: Future[Any]) -> bool:
+    return future.done() and isinstance(future.exception(), TaskLostError)
+
+
+def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
+    expected = f"Bearer {token}".encode()
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
+        # A client that stops sending mid-request does not hold a thread for ever.
+        timeout = 120
+
+        def _authorized(self) -> bool:
+            given = (self.headers.get("Authorization") or "").encode()
+            if hmac.compare_digest(given, expected):
+                return True
+            self._send(401, {"error": "this endpoint needs the stack's token"})
+            return False
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
@@ -163,9 +252,11 @@ def make_handler(table: TaskTable) -> type[BaseHTTPRequestHandler]:
                 self._send(
                     200, {"status": "ok", "workers": table._workers, "pids": table.worker_pids()}
                 )
+            elif not self._authorized():
+                return
             elif url.path == "/stats":
                 with table._lock:
-                    self._send(200, {"runs": dict(table.runs)})
+                    self._send(200, {"runs": dict(table.runs), "lost": table.lost})
             elif url.path.startswith("/tasks/"):
                 wait = float(parse_qs(url.query).get("wait", ["0"])[0])
                 state = table.state(url.path.removeprefix("/tasks/"), min(wait, 60.0))
@@ -177,23 +268,31 @@ def make_handler(table: TaskTable) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": "not found"})
 
         def do_POST(self) -> None:  # noqa: N802
+            if not self._authorized():
+                return
             if self.path != "/tasks":
                 self._send(404, {"error": "not found"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            task_id = table.submit(
-                body["function_id"], body.get("args", []), body.get("kwargs", {})
-            )
-            self._send(200, {"task_id": task_id})
+            try:
+                length = int(self.headers.get("Content-Length") or "")
+                if not 0 < length <= MAX_BODY_BYTES:
+                    raise ValueError(length)
+                body = json.loads(self.rfile.read(length))
+                function_id = str(body["function_id"])
+                args, kwargs = list(body.get("args") or []), dict(body.get("kwargs") or {})
+            except (ValueError, KeyError, TypeError) as exc:
+                self.close_connection = True
+                self._send(400, {"error": f"bad task: {type(exc).__name__}"})
+                return
+            self._send(200, {"task_id": table.submit(function_id, args, kwargs)})
 
     return Handler
 
 
-def serve(host: str, port: int, workers: int, preheat: list[dict[str, Any]]) -> None:
+def serve(host: str, port: int, workers: int, preheat: list[dict[str, Any]], token: str) -> None:
     table = TaskTable(workers, preheat)
     table.warm()
-    server = ThreadingHTTPServer((host, port), make_handler(table))
+    server = ThreadingHTTPServer((host, port), make_handler(table, token))
     server.daemon_threads = True
 
     def stop(signum: int, frame: object) -> None:
@@ -217,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--no-preheat", action="store_true")
     args = parser.parse_args(argv)
+    token = os.environ.get(TOKEN_ENV, "")
+    if len(token) < 16:
+        parser.error(f"{TOKEN_ENV} must hold the stack's secret (16+ characters)")
     settings = Settings()
     env = {**os.environ, "FIRST_HOME": str(settings.home)}
     registry = Registry.load(settings.registry_file, env)
@@ -225,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.no_preheat
         else [m.engine for e in registry.endpoints if e.executor == "local" for m in e.models]
     )
-    serve(args.host, args.port, args.workers, preheat)
+    serve(args.host, args.port, args.workers, preheat, token)
 
 
 if __name__ == "__main__":

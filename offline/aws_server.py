@@ -79,6 +79,28 @@ class CountingApp:
         return [body]
 
 
+class AtomicDynamoDB:
+    """Serves DynamoDB calls one at a time, as DynamoDB's own guarantees require.
+
+    moto server handles each request on its own thread with no lock, so two conditional
+    updates of one item can both read the old value and both pass: DynamoDB makes each write
+    atomic. Without this, exactly-once claims and rate limits would not really be tested.
+    Other services keep their concurrency (SQS long polls hold a thread for seconds).
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB"):
+            return self._app(environ, start_response)
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
 class _Dispatcher(DomainDispatcherApplication):
     """moto's dispatcher, remembering which backend serves each host.
 
@@ -105,7 +127,7 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
     """The counting moto server, bound and ready for ``serve_forever``."""
     # A log line per AWS call costs the server's one busy core; the counter keeps the totals.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app = CountingApp(_Dispatcher(create_backend_app))
+    app = CountingApp(AtomicDynamoDB(_Dispatcher(create_backend_app)))
     return make_server(host, port, app, threaded=True, request_handler=_Handler)
 
 

@@ -1,0 +1,1 @@
+"""Operator and user command lines (`first …`); never packaged into the Lambda."""
