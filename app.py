@@ -13,10 +13,12 @@ from chalicelib.http import (
     ThreadSafeChalice,
     check_size,
     json_response,
+    openai_errors,
     openai_route,
     preferred_wait_s,
 )
 from chalicelib.logs import get_logger
+from chalicelib.models_view import model_id_from_path, retrieve_model
 from chalicelib.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -30,6 +32,7 @@ app = ThreadSafeChalice(app_name="first")
 services = Services()
 logger = get_logger("first-api")
 route = openai_route(logger, lambda: app.current_request)
+app.register_middleware(openai_errors, "http")
 # Bodies are parsed as JSON whatever they are labelled (`curl -d` sends form encoding), so a
 # mislabelled body gets an OpenAI 400 rather than Chalice's own 415.
 BODY_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain"]
@@ -77,6 +80,24 @@ def health() -> dict[str, str]:
 @route
 def list_models(log: dict[str, Any]) -> Response:
     return json_response(services.gateway.list_models(_principal(log)))
+
+
+# The SDK sends `/v1/models/first%2Ftiny-chat`; curl users type the slash. API Gateway allows one
+# variable name per path level, hence `{model}` for the first segment of both routes.
+@app.route("/v1/models/{model}", methods=["GET"])
+@route
+def retrieve_model_route(log: dict[str, Any], model: str) -> Response:
+    principal = _principal(log)
+    log["model"] = model_id = model_id_from_path(model)
+    return json_response(retrieve_model(services.registry, principal, model_id))
+
+
+@app.route("/v1/models/{model}/{name}", methods=["GET"])
+@route
+def retrieve_model_by_path(log: dict[str, Any], model: str, name: str) -> Response:
+    principal = _principal(log)
+    log["model"] = model_id = model_id_from_path(model, name)
+    return json_response(retrieve_model(services.registry, principal, model_id))
 
 
 @app.route("/v1/chat/completions", methods=["POST"], content_types=BODY_TYPES)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.settings import REPO_ROOT
-from offline.stack import Stack, StackConfig, free_port
+from offline.background import BackgroundStack
+from offline.stack import StackConfig, free_port
 
 ENV_FILE = REPO_ROOT / ".first" / "local.env"
 
@@ -33,7 +34,7 @@ def local_stack(home: Path | None = None) -> Iterator[dict[str, str]]:
         api_port=free_port(),
         compute_port=free_port(),
     )
-    stack = Stack(config)
+    stack = BackgroundStack(config)
     try:
         stack.start()
         yield read_env(config.env_file)

@@ -18,6 +18,7 @@ from typing import Any
 from chalicelib import limits
 from chalicelib.access import may_use
 from chalicelib.auth import Principal
+from chalicelib.ceilings import check_max_tokens
 from chalicelib.errors import (
     FirstError,
     ModelNotFoundError,
@@ -26,6 +27,7 @@ from chalicelib.errors import (
     WaitTimeoutError,
     error_from_result,
 )
+from chalicelib.models_view import model_object
 from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
@@ -95,9 +97,8 @@ class Gateway:
 
     def list_models(self, principal: Principal) -> dict[str, Any]:
         """The models the caller may use; the others are not listed."""
-        created = 0
         data = [
-            {"id": m, "object": "model", "created": created, "owned_by": dep.owned_by}
+            model_object(dep)
             for m in self._registry.model_ids()
             if (dep := self._registry.model(m)) is not None and may_use(principal, dep.access)
         ]
@@ -111,6 +112,8 @@ class Gateway:
         wait_s: float | None = None,
     ) -> Completed:
         self.authorize(principal, req.model, function)
+        # Before admission: the rate-limit estimate multiplies max_tokens.
+        check_max_tokens(self._registry.model(req.model), req)
         admission = self.admit(principal, req)
         try:
             request_id = self.submit(principal, function, req, admission.hold)

@@ -27,6 +27,13 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
+def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    """An OpenAI error body for an error raised at the edge, outside ``FirstError``'s tree
+    (routing, framing): ``invalid_request_error`` for 4xx, ``server_error`` for 5xx."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
 def error_response(exc: FirstError) -> Response:
     headers = dict(exc.headers)
     if exc.request_id:
@@ -91,6 +98,36 @@ def openai_route(logger: Logger, get_request: Callable[[], Request]) -> Callable
         return wrapper
 
     return decorate
+
+
+# What Chalice answers itself, before any view runs, in its own shape ({"Code", "Message"}): a
+# method the route lacks (405), a Content-Type it does not accept (415), an error outside our
+# views (500). It does so in Lambda as well as locally, so the rewrite is a middleware.
+_CHALICE_CODES = {405: "method_not_allowed", 415: "unsupported_media_type"}
+
+
+def openai_errors(request: Request | None, get_response: Callable[..., Response]) -> Response:
+    """Chalice middleware: Chalice's own error responses, rewritten as OpenAI errors."""
+    response: Response = get_response(request)
+    body = response.body
+    if not (isinstance(body, dict) and set(body) == {"Code", "Message"}):
+        return response
+    status = response.status_code
+    method = request.method if request is not None else ""
+    path = request.path if request is not None else ""
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
+    if status == 405:
+        allowed = headers.get("Allow", "")
+        message = f"Method {method} is not allowed on {path} (allowed: {allowed})."
+    elif status == 415:
+        content_type = request.headers.get("content-type", "") if request is not None else ""
+        message = f"Unsupported Content-Type '{content_type}'; send application/json."
+    elif status >= 500:
+        message = "The server had an error processing your request."
+    else:
+        message = str(body["Message"])
+    error = error_body(status, message, _CHALICE_CODES.get(status))
+    return Response(body=json.dumps(error), status_code=status, headers={**headers, **JSON})
 
 
 class ThreadSafeChalice(Chalice):

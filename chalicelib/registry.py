@@ -16,6 +16,10 @@ from typing import Any
 
 from chalicelib.access import AccessRule
 
+# A model entry without "max_tokens" caps a request's max_tokens / max_completion_tokens here:
+# every completion token is engine time, and a runaway request holds a worker until it is done.
+DEFAULT_MAX_TOKENS = 16384
+
 
 @dataclass(frozen=True)
 class ModelDeployment:
@@ -25,6 +29,8 @@ class ModelDeployment:
     engine: dict[str, Any]
     # Who may use the model (chalicelib/access.py); None: everyone.
     access: AccessRule | None = None
+    # The most completion tokens one request may ask for (chalicelib/ceilings.py).
+    max_tokens: int = DEFAULT_MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Registry:
                         endpoints=tuple(m.get("endpoints", [])),
                         engine=dict(m["engine"]),
                         access=AccessRule.from_dict(m.get("access")),
+                        max_tokens=int(m.get("max_tokens", DEFAULT_MAX_TOKENS)),
                     )
                     for m in e.get("models", [])
                 ),

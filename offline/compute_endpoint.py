@@ -232,6 +232,7 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
             given = (self.headers.get("Authorization") or "").encode()
             if hmac.compare_digest(given, expected):
                 return True
+            self.close_connection = True  # an unread body must not be parsed as a request
             self._send(401, {"error": "this endpoint needs the stack's token"})
             return False
 

@@ -7,13 +7,19 @@
 Order: local AWS (reuses whatever already answers at AWS_ENDPOINT_URL, e.g. LocalStack; else
 starts the embedded moto server) → resources from infra/resources.yaml → a dev API key → the
 compute endpoint (engines warm) → poller(s) → API. ``.first/local.env`` is written last, so a
-script that sources it sees a healthy stack.
+script that sources it sees a healthy stack; ``.first/stack.json`` (mode 0600) names each
+process's pid and the compute endpoint's per-stack secret, for tests and ``down``.
+
+While it runs, a supervisor restarts whatever dies (``offline.supervisor``); only Ctrl-C, SIGTERM
+or ``make down`` stops the stack.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,9 +29,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from chalicelib.settings import REPO_ROOT
+from offline.supervisor import Child, Supervisor
 
 TINY_MODEL = "first/tiny-chat"
 
@@ -41,10 +49,16 @@ class StackConfig:
     compute_workers: int = 2
     visibility_timeout_s: int = 10
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The compute endpoint answers only holders of this (any local user can reach its port).
+    endpoint_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @property
     def env_file(self) -> Path:
         return self.home / "local.env"
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "stack.json"
 
     @property
     def logs(self) -> Path:
@@ -70,6 +84,7 @@ class StackConfig:
                 "FIRST_STAGE": self.stage,
                 "FIRST_HOME": str(self.home),
                 "FIRST_LOCAL_ENDPOINT_URL": self.compute_url,
+                "FIRST_LOCAL_ENDPOINT_TOKEN": self.endpoint_token,
                 "FIRST_POLLER_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
@@ -123,27 +138,41 @@ def build_tiny_model(home: Path) -> Path:
     return out
 
 
-class Stack:
-    def __init__(self, config: StackConfig) -> None:
-        self.config = config
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.api_key: str | None = None
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically, readable by this user only (it holds keys and secrets)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        self.config.logs.mkdir(parents=True, exist_ok=True)
-        log = open(self.config.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            cwd=REPO_ROOT,
-            env=self.config.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Own session: Ctrl-C reaches only this orchestrator, which stops the children
-            # in order (API first, AWS last) instead of every process dying at once.
-            start_new_session=True,
-        )
-        self.procs.append((name, proc))
-        return proc
+
+class Stack:
+    def __init__(self, config: StackConfig, log: Any = None) -> None:
+        self.config = config
+        self.api_key: str | None = None
+        self._say = log or (lambda line: print(line, flush=True))
+        self.supervisor = Supervisor(self._say, on_restart=self._restarted)
+
+    def _spawner(self, name: str, args: list[str]) -> Any:
+        def spawn() -> subprocess.Popen[bytes]:
+            self.config.logs.mkdir(parents=True, exist_ok=True)
+            log = open(self.config.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child's
+            return subprocess.Popen(
+                [sys.executable, "-m", *args],
+                cwd=REPO_ROOT,
+                env=self.config.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own session: Ctrl-C reaches only this orchestrator, which stops the children
+                # in order (API first, AWS last) instead of every process dying at once.
+                start_new_session=True,
+            )
+
+        return spawn
+
+    def _add(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        return self.supervisor.add(name, self._spawner(name, args)).proc
 
     def start(self) -> None:
         c = self.config
@@ -152,26 +181,43 @@ class Stack:
         build_tiny_model(c.home)
         if not answers(c.aws_url):
             port = urlparse(c.aws_url).port or 4566
-            proc = self._spawn("aws", ["offline.aws_server", "--port", str(port)])
+            proc = self._add("aws", ["offline.aws_server", "--port", str(port)])
             wait_until(lambda: answers(c.aws_url), "local AWS endpoint", 30, proc)
         self._deploy_resources()
         self.api_key = self._create_dev_key()
-        proc = self.start_compute()
+        args = ["offline.compute_endpoint", "--port", str(c.compute_port)]
+        proc = self._add("compute", [*args, "--workers", str(c.compute_workers)])
         wait_until(lambda: answers(f"{c.compute_url}/health"), "compute endpoint", 180, proc)
         for i in range(c.pollers):
-            self.start_poller(i)
-        proc = self._spawn("api", ["offline.api_server", "--port", str(c.api_port)])
+            self._add(f"poller-{i}", ["chalicelib.poller.main"])
+        proc = self._add("api", ["offline.api_server", "--port", str(c.api_port)])
         wait_until(lambda: answers(f"{c.api_url}/health"), "API", 60, proc)
+        self._write_state()
         self._write_env_file()
 
-    def start_compute(self) -> subprocess.Popen[bytes]:
-        args = ["offline.compute_endpoint", "--port", str(self.config.compute_port)]
-        return self._spawn("compute", [*args, "--workers", str(self.config.compute_workers)])
+    def supervise(self) -> None:
+        """One round of the supervisor: restart what is due, record the new pids."""
+        if self.supervisor.check():
+            self._write_state()
 
-    def start_poller(self, index: int = 0) -> subprocess.Popen[bytes]:
-        return self._spawn(f"poller-{index}", ["chalicelib.poller.main"])
+    def _restarted(self, child: Child) -> None:
+        if child.name != "aws":
+            return
+        # moto keeps everything in memory: a restarted one is empty. Requests in flight are
+        # lost with it (say so); the stack itself comes back usable.
+        c = self.config
+        try:
+            wait_until(lambda: answers(c.aws_url), "local AWS endpoint", 30, child.proc)
+            self._deploy_resources()
+            self.api_key = self._create_dev_key()
+            self._write_env_file()
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            self._say(f"local AWS came back but could not be set up again: {exc}")
+            return
+        self._say(f"local AWS restarted empty: resources redeployed, new dev key in {c.env_file}")
 
-    def _first(self, *args: str) -> str:
+    def first(self, *args: str) -> str:
+        """Run the operator CLI against this stack; its output."""
         out = subprocess.run(
             [sys.executable, "-m", "first_cli.main", *args],
             cwd=REPO_ROOT,
@@ -183,10 +229,21 @@ class Stack:
         return out.stdout.strip()
 
     def _deploy_resources(self) -> None:
-        self._first("resources", "deploy")
+        self.first("resources", "deploy")
 
     def _create_dev_key(self) -> str:
-        return self._first("keys", "create", "--user", "dev")
+        return self.first("keys", "create", "--user", "dev")
+
+    def _write_state(self) -> None:
+        c = self.config
+        state = {
+            "pids": self.supervisor.pids(),
+            "orchestrator": os.getpid(),
+            "api_url": c.api_url,
+            "compute_url": c.compute_url,
+            "endpoint_token": c.endpoint_token,
+        }
+        _write_private(c.state_file, json.dumps(state, indent=1))
 
     def _write_env_file(self) -> None:
         c = self.config
@@ -208,23 +265,13 @@ class Stack:
             "FIRST_BUCKET": f"first-{c.stage}-data",
             "FIRST_MODEL": TINY_MODEL,
         }
-        tmp = c.env_file.with_suffix(".tmp")
-        tmp.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
-        tmp.replace(c.env_file)
+        _write_private(c.env_file, "".join(f"{k}={v}\n" for k, v in lines.items()))
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + timeout_s
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        order = ["api", *sorted(n for n in self.supervisor.children if n.startswith("poller"))]
+        self.supervisor.stop([*order, "compute", "aws"], timeout_s)
         self.config.env_file.unlink(missing_ok=True)
+        self.config.state_file.unlink(missing_ok=True)
 
     def banner(self) -> str:
         c = self.config
@@ -243,7 +290,7 @@ Try it:
       messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=16)
   print(r.choices[0].message.content)
 
-Ctrl-C stops everything.
+A process that dies is restarted; Ctrl-C stops everything.
 """
 
 
@@ -261,10 +308,7 @@ def _run(config: StackConfig) -> int:
         stack.start()
         print(stack.banner(), flush=True)
         while not stopping:
-            for name, proc in stack.procs:
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping", flush=True)
-                    stopping = True
+            stack.supervise()
             time.sleep(0.2)
     finally:
         print("stopping FIRST…", flush=True)
@@ -272,67 +316,26 @@ def _run(config: StackConfig) -> int:
     return 0
 
 
-def _pid_file(config: StackConfig) -> Path:
-    return config.home / "stack.pid"
+def _up(config: StackConfig) -> int:
+    from offline.background import BackgroundStack
 
-
-def _up(config: StackConfig, timeout_s: float = 300.0) -> int:
     if config.env_file.exists() and answers(f"{config.api_url}/health"):
         print(f"already up: {config.env_file}")
         return 0
-    config.logs.mkdir(parents=True, exist_ok=True)
-    log = open(config.logs / "stack.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.stack", "run", *_config_args(config)],
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    _pid_file(config).write_text(str(proc.pid))
     try:
-        wait_until(lambda: config.env_file.exists(), "stack", timeout_s, proc)  # type: ignore[arg-type]
+        BackgroundStack(config).start()
     except RuntimeError as exc:
-        print(f"{exc}; last lines of {config.logs}/stack.log:", file=sys.stderr)
-        print((config.logs / "stack.log").read_text()[-3000:], file=sys.stderr)
+        print(exc, file=sys.stderr)
         return 1
     print(f"FIRST is up: {config.api_url}/v1 — environment in {config.env_file}")
     return 0
 
 
 def _down(config: StackConfig) -> int:
-    pid_file = _pid_file(config)
-    if not pid_file.exists():
-        print("not running")
-        return 0
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(200):
-            os.kill(pid, 0)
-            time.sleep(0.1)
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    pid_file.unlink(missing_ok=True)
-    print("FIRST stopped")
+    from offline.background import BackgroundStack
+
+    print("FIRST stopped" if BackgroundStack(config).stop() else "not running")
     return 0
-
-
-def _config_args(c: StackConfig) -> list[str]:
-    return [
-        "--home",
-        str(c.home),
-        "--aws-url",
-        c.aws_url,
-        "--api-port",
-        str(c.api_port),
-        "--compute-port",
-        str(c.compute_port),
-        "--pollers",
-        str(c.pollers),
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         "--compute-port", type=int, default=int(os.environ.get("FIRST_COMPUTE_PORT", "8765"))
     )
     p.add_argument("--pollers", type=int, default=int(os.environ.get("FIRST_POLLERS", "1")))
+    p.add_argument("--workers", type=int, default=int(os.environ.get("FIRST_COMPUTE_WORKERS", "2")))
+    p.add_argument("--visibility-timeout", type=int, default=10)
     a = p.parse_args(argv)
     config = StackConfig(
         home=a.home.resolve(),
@@ -354,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         api_port=a.api_port,
         compute_port=a.compute_port,
         pollers=a.pollers,
+        compute_workers=a.workers,
+        visibility_timeout_s=a.visibility_timeout,
     )
     return {"run": _run, "up": _up, "down": _down}[a.command](config)
 

@@ -1,58 +1,66 @@
-"""API keys (service accounts, the offline stack): hashed in DynamoDB, cached per process."""
+"""API keys (service accounts, the offline stack): hashed in DynamoDB, remembered per process.
+
+Per key, in order: the format and checksum (``stores.keys.well_formed``; a wrong one is refused
+with no AWS call and is not remembered) → this process's memory → one ``GetItem``. Both answers
+are remembered: a key that exists for ``cache_ttl_s`` (the bound on how long a revoked key keeps
+working in a warm process), one that does not for the shorter ``negative_ttl_s``.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+from chalicelib.auth.memo import Memo
 from chalicelib.auth.principal import Principal
 from chalicelib.errors import AuthenticationError
-from chalicelib.stores.keys import KeyStore, hash_key
+from chalicelib.stores.keys import KeyStore, hash_key, well_formed
+
+REFUSED = "Incorrect API key provided."
+
+
+def principal_of(item: dict[str, Any]) -> Principal:
+    return Principal(
+        id=str(item["user"]),
+        username=str(item["user"]),
+        kind=item["kind"],
+        idp_domain=item.get("domain"),
+        groups=frozenset(item.get("groups") or ()),
+    )
 
 
 class ApiKeyAuthenticator:
-    """Looks keys up by hash; a warm process answers from memory for ``cache_ttl_s``.
-
-    The cache bounds how long a revoked key keeps working in a warm process (default 60 s), in
-    exchange for zero DynamoDB reads on the hot path.
-    """
-
     def __init__(
         self,
         keys: KeyStore,
         *,
         cache_ttl_s: float = 60.0,
+        negative_ttl_s: float = 5.0,
+        maxsize: int = 10_000,
+        negative_maxsize: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._keys = keys
-        self._ttl = cache_ttl_s
-        self._clock = clock
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
-        self._lock = threading.Lock()
+        self.memo: Memo[Principal | None] = Memo(
+            maxsize=maxsize,
+            ttl_s=cache_ttl_s,
+            negative_ttl_s=negative_ttl_s,
+            negative_maxsize=negative_maxsize,
+            clock=clock,
+        )
 
     def authenticate(self, token: str) -> Principal:
+        if not well_formed(token):
+            raise AuthenticationError(REFUSED)
         digest = hash_key(token)
-        now = self._clock()
-        with self._lock:
-            hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            principal = hit[1]
+        hit = self.memo.get(digest)
+        if hit is not None:
+            principal = hit.value
         else:
             item = self._keys.lookup(token)
-            principal = (
-                Principal(
-                    id=str(item["user"]),
-                    username=str(item["user"]),
-                    kind=item["kind"],
-                    idp_domain=item.get("domain"),
-                    groups=frozenset(item.get("groups") or ()),
-                )
-                if item
-                else None
-            )
-            with self._lock:
-                self._cache[digest] = (now + self._ttl, principal)
+            principal = principal_of(item) if item else None
+            self.memo.put(digest, principal, negative=principal is None)
         if principal is None:
-            raise AuthenticationError("Incorrect API key provided.")
+            raise AuthenticationError(REFUSED)
         return principal

@@ -1,18 +1,19 @@
 """Globus Auth access tokens → ``Principal``: introspect (cached), then the pure policy check.
 
-Per token, in order: this process's memory (``local_ttl_s``, 0 AWS calls) → the shared DynamoDB
-cache (1 read) → Globus Auth (introspection with identity set and session info; group
-memberships through a dependent token when needed), whose result goes back into both caches for
-min(``cache_ttl_s``, the token's remaining life); an inactive token for ``failure_ttl_s``. The
-cache holds the trimmed introspection, not the verdict, so the policy is re-checked on every call:
-a token that expires, or a rule that tightens, takes effect at once. What a cache cannot see is a
-revocation at Globus: that is noticed within ``cache_ttl_s``.
+Per token, in order: this process's memory (``chalicelib.auth.memo``: ``local_ttl_s``, at most
+``local_maxsize`` entries, 0 AWS calls) → the shared DynamoDB cache (1 read) → Globus Auth
+(introspection with identity set and session info; group memberships through a dependent token
+when needed), whose result goes back into both caches for min(``cache_ttl_s``, the token's
+remaining life); an inactive token for ``failure_ttl_s`` (a negative entry: kept apart in this
+process's memory, so bad tokens cannot evict good ones). The cache holds the trimmed
+introspection, not the verdict, so the policy is re-checked on every call: a token that expires,
+or a rule that tightens, takes effect at once. What a cache cannot see is a revocation at
+Globus: that is noticed within ``cache_ttl_s``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ import globus_sdk
 from globus_sdk.transport import RetryConfig
 
 from chalicelib.auth.cache import IntrospectionCache
+from chalicelib.auth.memo import Memo
 from chalicelib.auth.policy import AuthPolicy
 from chalicelib.auth.principal import Principal
 from chalicelib.errors import UpstreamUnavailableError
@@ -37,8 +39,8 @@ _FIELDS = ("active", "scope", "client_id", "sub", "username", "aud", "exp", "nbf
 _IDENTITY_FIELDS = ("id", "username", "identity_provider", "status")
 # A caller is waiting (and API Gateway cuts at 29 s): one quick retry, not the SDK's five.
 QUICK_RETRY = RetryConfig(max_retries=1, max_sleep=1)
-# Entries kept in memory per process before the oldest are dropped.
-_LOCAL_MAX = 10_000
+# Entries kept in memory per process before the least recently used are dropped.
+LOCAL_MAXSIZE = 10_000
 
 GroupsLookup = Callable[[str], frozenset[str]]
 
@@ -95,6 +97,7 @@ class GlobusAuthenticator:
         cache_ttl_s: float = 600.0,
         failure_ttl_s: float = 30.0,
         local_ttl_s: float = 60.0,
+        local_maxsize: int = LOCAL_MAXSIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._auth = auth_client
@@ -103,18 +106,21 @@ class GlobusAuthenticator:
         self._groups = groups_lookup or GlobusGroups(auth_client)
         self._ttl = cache_ttl_s
         self._failure_ttl = failure_ttl_s
-        self._local_ttl = local_ttl_s
         self._clock = clock
-        self._local: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
+        # Epoch seconds (``clock``), as entries end no later than the token's own expiry.
+        self.memo: Memo[dict[str, Any]] = Memo(
+            maxsize=local_maxsize,
+            ttl_s=local_ttl_s,
+            negative_ttl_s=failure_ttl_s,
+            clock=clock,
+        )
 
     def authenticate(self, token: str) -> Principal:
         key = hash_key(token)
         now = self._clock()
-        with self._lock:
-            hit = self._local.get(key)
-        if hit is not None and hit[0] > now:
-            entry = hit[1]
+        hit = self.memo.get(key)
+        if hit is not None:
+            entry = hit.value
         else:
             cached = self._cache.get(key, now)
             if cached is None or self._stale(cached[0]):
@@ -122,7 +128,7 @@ class GlobusAuthenticator:
                 self._cache.put(key, entry, expires_at)
             else:
                 entry, expires_at = cached
-            self._remember(key, entry, min(expires_at, now + self._local_ttl), now)
+            self.memo.put(key, entry, negative=not entry.get("active"), until=expires_at)
         groups = frozenset(entry["groups"]) if "groups" in entry else None
         return self._policy.check(entry, now, groups)
 
@@ -159,15 +165,6 @@ class GlobusAuthenticator:
         if remaining <= 0:
             return entry, now + self._failure_ttl
         return entry, now + min(self._ttl, remaining)
-
-    def _remember(self, key: str, entry: dict[str, Any], until: float, now: float) -> None:
-        with self._lock:
-            if len(self._local) >= _LOCAL_MAX:
-                for k in [k for k, (t, _) in self._local.items() if t <= now]:
-                    del self._local[k]
-                if len(self._local) >= _LOCAL_MAX:
-                    self._local.clear()
-            self._local[key] = (until, entry)
 
 
 def globus_authenticator(

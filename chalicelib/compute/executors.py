@@ -12,6 +12,7 @@ Both expose ``submit_to_registered_function(function_id, args=..., kwargs=...)``
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
@@ -31,14 +32,24 @@ class TaskLostError(UpstreamUnavailableError):
 
 class LocalEndpointExecutor(Executor):
     def __init__(
-        self, base_url: str, token: str, *, poll_s: float = 20.0, max_waiters: int = 64
+        self,
+        base_url: str,
+        token: str,
+        *,
+        poll_s: float = 20.0,
+        max_waiters: int = 64,
+        unreachable_s: float = 60.0,
     ) -> None:
         import requests
 
         self._base = base_url.rstrip("/")
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"Bearer {token}"
+        # One kept-alive connection per waiting task (requests keeps only 10 by default).
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max_waiters + 8)
+        self._http.mount("http://", adapter)
         self._poll_s = poll_s
+        self._unreachable_s = unreachable_s
         self._waiters = ThreadPoolExecutor(max_waiters, thread_name_prefix="local-task")
         self._lock = threading.Lock()
 
@@ -51,30 +62,24 @@ class LocalEndpointExecutor(Executor):
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> Future[Any]:
-        import requests
-
         body = {"function_id": function_id, "args": list(args or ()), "kwargs": kwargs or {}}
-        try:
-            resp = self._http.post(f"{self._base}/tasks", json=body, timeout=10)
-            resp.raise_for_status()
-        except requests.RequestException as exc:
-            raise UpstreamUnavailableError(f"local endpoint unreachable: {exc}") from exc
-        task_id = resp.json()["task_id"]
-        return self._waiters.submit(self._result, task_id)
+        # Like the Globus Compute service, a submission waits out an endpoint that is
+        # restarting (the caller's lease is kept alive meanwhile) rather than failing at once.
+        resp = self._call("post", "/tasks", json=body, timeout=10)
+        return self._waiters.submit(self._result, resp.json()["task_id"])
 
     def _result(self, task_id: str) -> Any:
-        import requests
-
         while True:
-            try:
-                resp = self._http.get(
-                    f"{self._base}/tasks/{task_id}",
-                    params={"wait": self._poll_s},
-                    timeout=self._poll_s + 10,
-                )
-                resp.raise_for_status()
-            except requests.RequestException as exc:
-                raise UpstreamUnavailableError(f"local endpoint lost task: {exc}") from exc
+            resp = self._call(
+                "get",
+                f"/tasks/{task_id}",
+                params={"wait": self._poll_s},
+                timeout=self._poll_s + 10,
+                lost_ok=True,
+            )
+            if resp.status_code == 404:
+                # The endpoint restarted and forgot its tasks: run the request again.
+                raise TaskLostError(f"the local endpoint no longer knows {task_id}")
             state = resp.json()
             if state["status"] == "success":
                 return state["result"]
@@ -82,6 +87,28 @@ class LocalEndpointExecutor(Executor):
                 raise RemoteTaskError(state.get("exception") or "task failed")
             if state["status"] == "lost":
                 raise TaskLostError(state.get("exception") or "task lost")
+
+    def _call(self, method: str, path: str, *, lost_ok: bool = False, **kw: Any) -> Any:
+        import requests
+
+        deadline = time.monotonic() + self._unreachable_s
+        while True:
+            try:
+                resp = self._http.request(method, f"{self._base}{path}", **kw)
+            except requests.ConnectionError as exc:
+                if time.monotonic() >= deadline:
+                    raise UpstreamUnavailableError(f"local endpoint unreachable: {exc}") from exc
+                time.sleep(1.0)
+                continue
+            except requests.RequestException as exc:
+                raise UpstreamUnavailableError(f"local endpoint failed: {exc}") from exc
+            if resp.status_code == 404 and lost_ok:
+                return resp
+            if resp.status_code >= 400:
+                raise UpstreamUnavailableError(
+                    f"local endpoint answered {resp.status_code} to {method.upper()} {path}"
+                )
+            return resp
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._waiters.shutdown(wait=wait, cancel_futures=cancel_futures)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from chalicelib.protocol.bounds import INT32_MAX, MAX_MESSAGES, MAX_TOOLS, MAX_TOP_LOGPROBS
 from chalicelib.protocol.common import OpenAIModel, SamplingFields
 
 
@@ -16,17 +17,10 @@ class ChatMessage(OpenAIModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     logprobs: bool | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     response_format: dict[str, Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_at_most_four(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return v
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)

@@ -1,17 +1,54 @@
-"""The ``keys`` table: API keys, stored only as SHA-256 hashes."""
+"""The ``keys`` table: API keys, stored only as SHA-256 hashes; and the keys' format.
+
+A key is ``sk-first-`` + 32 random base62 characters (~190 bits) + 6 base62 characters of the
+CRC32 of those 32 (GitHub's token format does the same). The checksum is no secret and no
+protection against someone who means to guess: it lets the API refuse a mistyped, truncated or
+made-up key without reading the table, so random keys cost no DynamoDB read.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
+import string
 import time
+import zlib
 from typing import Any
 
 KEY_PREFIX = "sk-first-"
+BASE62 = string.digits + string.ascii_letters
+BODY_CHARS = 32
+CHECKSUM_CHARS = 6  # 62**6 > 2**32: a CRC32 always fits
+_KEY = re.compile(
+    rf"{re.escape(KEY_PREFIX)}(?P<body>[0-9A-Za-z]{{{BODY_CHARS}}})"
+    rf"(?P<checksum>[0-9A-Za-z]{{{CHECKSUM_CHARS}}})"
+)
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def checksum(body: str) -> str:
+    n = zlib.crc32(body.encode())
+    digits = []
+    for _ in range(CHECKSUM_CHARS):
+        n, d = divmod(n, 62)
+        digits.append(BASE62[d])
+    return "".join(reversed(digits))
+
+
+def new_key() -> str:
+    body = "".join(secrets.choice(BASE62) for _ in range(BODY_CHARS))
+    return KEY_PREFIX + body + checksum(body)
+
+
+def well_formed(key: str) -> bool:
+    """Whether ``key`` has the format and a matching checksum (says nothing of whether it
+    exists): the test the API applies before spending a read on it."""
+    match = _KEY.fullmatch(key)
+    return match is not None and match["checksum"] == checksum(match["body"])
 
 
 class KeyStore:
@@ -32,7 +69,7 @@ class KeyStore:
         ``groups`` and ``domain`` give the key's principal what a Globus identity would have, so
         model access rules and group limits apply to key holders the same way.
         """
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = new_key()
         item: dict[str, Any] = {
             "key_hash": hash_key(key),
             "user": user,

@@ -19,7 +19,8 @@ from openai import OpenAI
 
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
-from offline.stack import Stack, StackConfig, free_port
+from offline.background import BackgroundStack
+from offline.stack import StackConfig, free_port
 
 # Weights that are not there: the model cannot load (503, unavailable).
 BROKEN_MODEL = "first/broken"
@@ -67,7 +68,7 @@ def write_registry(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundStack]:
     # A home of its own: two suites (or a suite and `make up`) never share logs or state.
     home = tmp_path_factory.mktemp("first-home")
     config_dir = tmp_path_factory.mktemp("registry")
@@ -86,7 +87,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "FIRST_WAIT_TIMEOUT_S": "20",
         },
     )
-    s = Stack(config)
+    # Started as `make up` starts it: its own supervisor, so kill -9s meet the real thing.
+    s = BackgroundStack(config)
     try:
         s.start()
         yield s
@@ -95,12 +97,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def client(stack: Stack) -> OpenAI:
+def client(stack: BackgroundStack) -> OpenAI:
     return OpenAI(base_url=f"{stack.config.api_url}/v1", api_key=stack.api_key, max_retries=0)
 
 
 @pytest.fixture(scope="session")
-def services(stack: Stack) -> Iterator[Services]:
+def services(stack: BackgroundStack) -> Iterator[Services]:
     env = stack.config.env()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -112,6 +114,6 @@ def services(stack: Stack) -> Iterator[Services]:
             os.environ[k] = v
 
 
-def create_key(stack: Stack, user: str, *options: str) -> str:
+def create_key(stack: BackgroundStack, user: str, *options: str) -> str:
     """A key for another user, made with the CLI as an operator would."""
-    return stack._first("keys", "create", "--user", user, *options)
+    return stack.first("keys", "create", "--user", user, *options)

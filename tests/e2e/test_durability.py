@@ -7,13 +7,15 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
 from openai import OpenAI
 
 from chalicelib.services import Services
-from offline.stack import Stack
+from offline.background import BackgroundStack
+from offline.stack import answers
 from tests.e2e.conftest import TINY
 
 
@@ -35,41 +37,117 @@ def dispatched_request(services: Services, since: float) -> str | None:
     return None
 
 
-def test_killed_poller_request_completes_exactly_once(
-    client: OpenAI, stack: Stack, services: Services
-) -> None:
-    since = time.time()
-    outcome: dict[str, Any] = {}
+def stats(stack: BackgroundStack) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {stack.endpoint_token}"}
+    return requests.get(f"{stack.config.compute_url}/stats", headers=auth, timeout=5).json()  # type: ignore[no-any-return]
 
+
+def ask_in_background(client: OpenAI, outcome: dict[str, Any], **kw: Any) -> threading.Thread:
     def ask() -> None:
         try:
             outcome["response"] = client.chat.completions.with_raw_response.create(
-                model=TINY,
-                messages=[{"role": "user", "content": "Tell me a long story"}],
-                max_tokens=1200,
-                temperature=0,
+                model=TINY, temperature=0, **kw
             )
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = exc
 
     caller = threading.Thread(target=ask)
     caller.start()
+    return caller
+
+
+def restarted(stack: BackgroundStack, name: str, old_pid: int) -> int | None:
+    pid = stack.pids().get(name)
+    return pid if pid not in (None, old_pid) else None
+
+
+def test_killed_poller_request_completes_exactly_once_and_nothing_else_stops(
+    client: OpenAI, stack: BackgroundStack, services: Services
+) -> None:
+    since = time.time()
+    outcome: dict[str, Any] = {}
+    caller = ask_in_background(
+        client,
+        outcome,
+        messages=[{"role": "user", "content": "Tell me a long story"}],
+        max_tokens=1200,
+    )
     request_id = wait_for(lambda: dispatched_request(services, since), 20, "dispatch")
-    ((name, poller),) = [
-        (n, p) for n, p in stack.procs if n.startswith("poller") and p.poll() is None
-    ]
-    os.kill(poller.pid, signal.SIGKILL)
-    poller.wait()
-    stack.start_poller(index=len(stack.procs))
+    before = stack.pids()
+    os.kill(before["poller-0"], signal.SIGKILL)
     caller.join(60)
 
+    # The client waited through it: the supervisor restarted the poller, whose successor took
+    # the request over once the dead one's short lease ran out, well within the API's wait.
     assert "error" not in outcome, outcome.get("error")
     assert outcome["response"].headers["x-request-id"] == request_id
     record = services.requests.get(request_id)
     assert record is not None and record["status"] == "completed"
     assert record["attempt"] == 2  # claimed by the dead poller, then by its successor
-    runs = requests.get(f"{stack.config.compute_url}/stats").json()["runs"]
-    assert runs[f"task-{request_id}"] == 1  # the engine ran once
+    assert stats(stack)["runs"][f"task-{request_id}"] == 1  # the engine ran once
+    after = stack.pids()
+    assert after["poller-0"] != before["poller-0"]
+    assert {k: v for k, v in after.items() if k != "poller-0"} == {
+        k: v for k, v in before.items() if k != "poller-0"
+    }
+
+
+def test_killed_engine_worker_costs_no_request(client: OpenAI, stack: BackgroundStack) -> None:
+    auth = {"Authorization": f"Bearer {stack.endpoint_token}"}
+    health = requests.get(f"{stack.config.compute_url}/health", headers=auth, timeout=5).json()
+    before = stats(stack)
+    runs_before = sum(before["runs"].values())
+    outcomes: list[dict[str, Any]] = [{} for _ in range(4)]
+    callers = [
+        ask_in_background(
+            client,
+            outcome,
+            messages=[{"role": "user", "content": f"Story number {i}"}],
+            max_tokens=1200,
+        )
+        for i, outcome in enumerate(outcomes)
+    ]
+    wait_for(lambda: sum(stats(stack)["runs"].values()) >= runs_before + 4, 20, "four tasks")
+    time.sleep(0.5)  # let the workers start generating
+    os.kill(health["pids"][0], signal.SIGKILL)
+    for caller in callers:
+        caller.join(90)
+
+    # Every request that the dead worker (and its broken pool) held ran again and answered.
+    errors = [o["error"] for o in outcomes if "error" in o]
+    assert not errors, errors
+    assert all(o["response"].http_response.status_code == 200 for o in outcomes)
+    new = requests.get(f"{stack.config.compute_url}/health", headers=auth, timeout=5).json()
+    assert health["pids"][0] not in new["pids"]
+    assert stats(stack)["lost"] == before["lost"]  # re-run by the endpoint, not given up
+
+
+def test_a_request_answered_is_read_back_completed(client: OpenAI, stack: BackgroundStack) -> None:
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+
+    def one(i: int) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model=TINY, messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=1
+        )
+        request_id = raw.headers["x-request-id"]
+        url = f"{stack.config.api_url}/v1/requests/{request_id}"
+        return str(requests.get(url, headers=headers, timeout=10).json()["status"])
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(one, range(80)))
+    assert statuses == ["completed"] * 80
+
+
+def test_killed_api_server_is_restarted(client: OpenAI, stack: BackgroundStack) -> None:
+    before = stack.pids()
+    os.kill(before["api"], signal.SIGKILL)
+    wait_for(lambda: restarted(stack, "api", before["api"]), 30, "the API to be restarted")
+    wait_for(lambda: answers(f"{stack.config.api_url}/health"), 30, "the API to answer")
+    r = client.chat.completions.create(
+        model=TINY, messages=[{"role": "user", "content": "still there?"}], max_tokens=1
+    )
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert stack.pids()["aws"] == before["aws"]  # state survived: the dev key still works
 
 
 def test_poison_message_ends_in_the_dlq_with_its_request_failed(services: Services) -> None:

@@ -13,6 +13,8 @@ import requests
 from chalicelib.settings import REPO_ROOT
 from offline.stack import free_port
 
+TOKEN = "test-token-0123456789abcdef"
+
 
 def alive(pid: int) -> bool:
     try:
@@ -22,6 +24,19 @@ def alive(pid: int) -> bool:
     # A zombie still answers kill(0); it has exited all the same.
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
+
+
+def test_endpoint_refuses_to_start_without_a_token() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FIRST_LOCAL_ENDPOINT_TOKEN"}
+    out = subprocess.run(
+        [sys.executable, "-m", "offline.compute_endpoint", "--port", "1", "--no-preheat"],
+        cwd=REPO_ROOT,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "FIRST_LOCAL_ENDPOINT_TOKEN" in out.stderr
 
 
 def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint() -> None:
@@ -39,7 +54,7 @@ def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
             "--no-preheat",
         ],
         cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN},
     )
     try:
         deadline = time.monotonic() + 120
@@ -52,12 +67,21 @@ def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
                 time.sleep(0.2)
         (worker,) = health["pids"]
         task = {"function_id": "local:health", "args": [{"request_id": "req_same"}]}
-        first = requests.post(f"{url}/tasks", json=task, timeout=5).json()["task_id"]
-        second = requests.post(f"{url}/tasks", json=task, timeout=5).json()["task_id"]
+        http = requests.Session()
+        # Without the stack's token nothing but /health answers: not tasks, not results.
+        assert http.post(f"{url}/tasks", json=task, timeout=5).status_code == 401
+        assert http.get(f"{url}/stats", timeout=5).status_code == 401
+        wrong = {"Authorization": "Bearer not-the-token"}
+        assert http.get(f"{url}/tasks/x", headers=wrong, timeout=5).status_code == 401
+        http.headers["Authorization"] = f"Bearer {TOKEN}"
+        bad = http.post(f"{url}/tasks", data=b"{", timeout=5)
+        assert bad.status_code == 400
+        first = http.post(f"{url}/tasks", json=task, timeout=5).json()["task_id"]
+        second = http.post(f"{url}/tasks", json=task, timeout=5).json()["task_id"]
         assert first == second == "task-req_same"
-        state = requests.get(f"{url}/tasks/{first}", params={"wait": 30}, timeout=40).json()
+        state = http.get(f"{url}/tasks/{first}", params={"wait": 30}, timeout=40).json()
         assert state["status"] == "success" and state["result"]["status"] == "ok"
-        assert requests.get(f"{url}/stats", timeout=5).json()["runs"] == {"task-req_same": 1}
+        assert http.get(f"{url}/stats", timeout=5).json()["runs"] == {"task-req_same": 1}
 
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

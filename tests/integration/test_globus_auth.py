@@ -248,3 +248,26 @@ def test_settings_switch_globus_on_beside_api_keys(
     off = Services(Settings(stage=stage, registry_path=registry))
     with pytest.raises(AuthenticationError):
         off.authenticator.authenticate(token())
+
+
+def test_process_memory_is_bounded_and_bad_tokens_do_not_evict_good_ones(
+    services: Services, globus_http: responses.RequestsMock, moto_server: Moto
+) -> None:
+    client = globus_sdk.ConfidentialAppAuthClient(GATEWAY, "secret", retry_config=QUICK_RETRY)
+    cache = IntrospectionCache(services.dynamodb.Table(services.settings.auth_cache_table_name))
+    auth = GlobusAuthenticator(client, cache, AuthPolicy.create(GATEWAY), local_maxsize=4)
+    answer(globus_http)
+    good = token()
+    auth.authenticate(good)
+    globus_http.replace(
+        responses.POST, f"https://auth.globus.org{INTROSPECT}", json={"active": False}
+    )
+    for _ in range(12):
+        with pytest.raises(AuthenticationError):
+            auth.authenticate(token())
+    assert auth.memo.counts() == (1, 4)
+    moto_server.reset()
+    before = globus_calls(globus_http)
+    assert auth.authenticate(good).id == ALICE
+    assert moto_server.calls()["total"] == 0
+    assert globus_calls(globus_http) == before

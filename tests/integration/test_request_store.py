@@ -6,6 +6,7 @@ import pytest
 
 from chalicelib.services import Services
 from chalicelib.stores.requests import RequestConflictError
+from tests.integration.conftest import Moto
 
 
 def new_id() -> str:
@@ -51,3 +52,21 @@ def test_expired_records_read_as_missing(services: Services) -> None:
         ExpressionAttributeValues={":p": 1},
     )
     assert store.get(rid) is None
+
+
+def test_someone_elses_request_reads_exactly_like_a_missing_one(
+    services: Services, moto_server: Moto
+) -> None:
+    store, rid = services.requests, new_id()
+    store.create({"request_id": rid, "owner": "alice", "payload": "x" * 20_000})
+    assert store.get_owned(rid, "alice") is not None
+
+    def wire(request_id: str) -> tuple[int, int]:
+        moto_server.reset()
+        assert store.get_owned(request_id, "mallory") is None
+        calls = moto_server.calls()
+        return calls["total"], calls["bytes_out"]
+
+    # Same calls, same bytes back: nothing of alice's record leaves DynamoDB for mallory, so
+    # the answer's size and timing cannot tell an existing id from a made-up one.
+    assert wire(rid) == wire(new_id())

@@ -1,0 +1,119 @@
+"""Test helper: which AWS calls our code makes, and whether an IAM policy document allows them.
+
+``CallRecorder`` hooks a boto3 ``Session``'s botocore events (register it before the session
+makes its clients): ``before-parameter-build`` keeps each call's parameters, ``before-call`` (the
+call is about to be sent) records the service, the operation and the resources it names, as
+ARNs. ``iam_action`` maps an operation to the IAM action AWS checks (not always its name:
+``DeleteMessageBatch`` is authorised as ``sqs:DeleteMessage``). ``allows`` evaluates the
+``Allow``/``Deny`` statements of a policy with ``fnmatch`` on Action (case-insensitive, as IAM)
+and Resource; conditions and ``NotAction``/``NotResource`` are not modelled and are refused.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import boto3
+
+ACCOUNT = "123456789012"
+
+# Operations whose IAM action is not ``<service>:<operation>``.
+IAM_ACTIONS: dict[tuple[str, str], str] = {
+    ("sqs", "DeleteMessageBatch"): "sqs:DeleteMessage",
+    ("sqs", "SendMessageBatch"): "sqs:SendMessage",
+    ("sqs", "ChangeMessageVisibilityBatch"): "sqs:ChangeMessageVisibility",
+    ("s3", "HeadObject"): "s3:GetObject",
+    ("s3", "ListObjects"): "s3:ListBucket",
+    ("s3", "ListObjectsV2"): "s3:ListBucket",
+    ("s3", "HeadBucket"): "s3:ListBucket",
+}
+
+
+def iam_action(service: str, operation: str) -> str:
+    return IAM_ACTIONS.get((service, operation), f"{service}:{operation}")
+
+
+@dataclass(frozen=True)
+class Call:
+    service: str
+    operation: str
+    resource: str
+
+    @property
+    def action(self) -> str:
+        return iam_action(self.service, self.operation)
+
+
+def _tables(params: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    if "TableName" in params:
+        index = params.get("IndexName")
+        names.append(params["TableName"] + (f"/index/{index}" if index else ""))
+    names += list(params.get("RequestItems") or {})
+    for item in params.get("TransactItems") or []:
+        names += [op["TableName"] for op in item.values() if "TableName" in op]
+    return names
+
+
+def resources(service: str, region: str, params: dict[str, Any]) -> list[str]:
+    """The ARNs a call names (what IAM matches ``Resource`` against)."""
+    if service == "dynamodb":
+        return [f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{t}" for t in _tables(params)]
+    if service == "sqs":
+        name = params.get("QueueName") or str(params.get("QueueUrl", "")).rsplit("/", 1)[-1]
+        return [f"arn:aws:sqs:{region}:{ACCOUNT}:{name}"]
+    if service == "s3":
+        bucket = params.get("Bucket", "")
+        key = params.get("Key")
+        return [f"arn:aws:s3:::{bucket}/{key}" if key is not None else f"arn:aws:s3:::{bucket}"]
+    return ["*"]
+
+
+class CallRecorder:
+    def __init__(self, session: boto3.Session) -> None:
+        self._calls: list[Call] = []
+        self._lock = threading.Lock()
+        session.events.register("before-parameter-build", self._keep_params)
+        session.events.register("before-call", self._record)
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def _keep_params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["recorded_params"] = dict(params)
+
+    def _record(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        service = model.service_model.service_name
+        params = context.get("recorded_params") or {}
+        region = context.get("client_region") or "us-east-1"
+        found = [Call(service, model.name, r) for r in resources(service, region, params)]
+        with self._lock:
+            self._calls += found
+
+
+def _listed(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _matches(statement: dict[str, Any], action: str, resource: str) -> bool:
+    unsupported = {"NotAction", "NotResource", "Condition", "NotPrincipal"} & set(statement)
+    if unsupported:
+        raise ValueError(f"statement {statement.get('Sid')} uses {sorted(unsupported)}")
+    return any(
+        fnmatchcase(action.lower(), pattern.lower()) for pattern in _listed(statement["Action"])
+    ) and any(fnmatchcase(resource, pattern) for pattern in _listed(statement["Resource"]))
+
+
+def allows(policy: dict[str, Any], action: str, resource: str) -> bool:
+    """True when an ``Allow`` statement matches and no ``Deny`` does (IAM's order)."""
+    matching = [s for s in policy["Statement"] if _matches(s, action, resource)]
+    return any(s["Effect"] == "Allow" for s in matching) and not any(
+        s["Effect"] == "Deny" for s in matching
+    )

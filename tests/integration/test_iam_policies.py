@@ -1,0 +1,313 @@
+"""The production IAM policies allow every AWS call the API and the poller make.
+
+Each side runs on its own boto3 session with a ``CallRecorder`` (tests/iam.py), against the moto
+server, through the real components: the API's ``Services`` (gateway, reply listener, keys,
+limits, blobs with a payload too large to go inline, the Globus auth cache) and a real ``Poller``
+whose executor answers in process, plus the poller-side stores on the paths a happy request
+does not take (fail, extend, heartbeat, delete). Every recorded (action, resource), with this
+test's stage renamed ``prod``, must be allowed by that side's policy document.
+
+To cover a new call: add a step to ``STEPS`` (a function of the ``World``; either side's
+services, or both) or make an existing step reach it, and name its action in
+``API_MUST_EXERCISE`` / ``POLLER_MUST_EXERCISE`` so the check cannot pass by the call going
+unmade. A new operation whose IAM action is not ``<service>:<Operation>`` goes in
+``tests.iam.IAM_ACTIONS``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from chalicelib.auth.cache import IntrospectionCache
+from chalicelib.auth.principal import Principal
+from chalicelib.compute.executors import ExecutorPool
+from chalicelib.errors import FirstError
+from chalicelib.logs import get_logger
+from chalicelib.poller import planning
+from chalicelib.poller.leases import Leases
+from chalicelib.poller.worker import Poller
+from chalicelib.protocol import ChatCompletionRequest
+from chalicelib.services import Services
+from chalicelib.settings import REPO_ROOT, Settings
+from chalicelib.stores.deleter import BatchDeleter
+from tests.iam import Call, CallRecorder, allows
+
+API_POLICY = REPO_ROOT / ".chalice" / "policy-prod.json"
+POLLER_POLICY = REPO_ROOT / "infra" / "iam" / "poller-policy.json"
+MODEL = "first/tiny-chat"
+# Big enough to go to S3 both ways (the test's inline limit is 1 KB).
+BIG_TEXT = "x" * 4096
+
+# (action, resource pattern in prod) each side must have made, or the check proves nothing.
+API_MUST_EXERCISE = {
+    ("dynamodb:GetItem", "table/first-prod-keys"),
+    ("dynamodb:PutItem", "table/first-prod-requests"),
+    ("dynamodb:UpdateItem", "table/first-prod-requests"),
+    ("dynamodb:Query", "table/first-prod-requests"),
+    ("dynamodb:GetItem", "table/first-prod-auth-cache"),
+    ("dynamodb:PutItem", "table/first-prod-auth-cache"),
+    ("dynamodb:UpdateItem", "table/first-prod-limits"),
+    ("sqs:GetQueueUrl", ":first-prod-interactive"),
+    ("sqs:SendMessage", ":first-prod-interactive"),
+    ("sqs:CreateQueue", ":first-prod-reply-"),
+    ("sqs:ReceiveMessage", ":first-prod-reply-"),
+    ("sqs:DeleteMessage", ":first-prod-reply-"),
+    ("sqs:DeleteQueue", ":first-prod-reply-"),
+    ("s3:PutObject", "first-prod-data/requests/"),
+    ("s3:GetObject", "first-prod-data/requests/"),
+    ("s3:GetObject", "first-prod-data/registry/"),
+}
+POLLER_MUST_EXERCISE = {
+    ("sqs:GetQueueUrl", ":first-prod-interactive"),
+    ("sqs:ReceiveMessage", ":first-prod-interactive"),
+    ("sqs:ChangeMessageVisibility", ":first-prod-interactive"),
+    ("sqs:DeleteMessage", ":first-prod-interactive"),
+    ("sqs:SendMessage", ":first-prod-reply-"),
+    ("dynamodb:UpdateItem", "table/first-prod-requests"),
+    ("dynamodb:UpdateItem", "table/first-prod-limits"),
+    ("s3:GetObject", "first-prod-data/requests/"),
+    ("s3:PutObject", "first-prod-data/requests/"),
+    ("s3:GetObject", "first-prod-data/registry/"),
+}
+
+
+class AnsweringExecutor(Executor):
+    """Stands in for Globus Compute: answers every task at once, with a large response."""
+
+    def submit_to_registered_function(
+        self,
+        function_id: str,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Future[Any]:
+        task = (args or [{}])[0]
+        future: Future[Any] = Future()
+        future.set_result(
+            {
+                "response": {
+                    "id": f"chatcmpl-{task['request_id']}",
+                    "object": "chat.completion",
+                    "model": MODEL,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": BIG_TEXT},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+                },
+                "engine_time_ms": 1.0,
+            }
+        )
+        return future
+
+
+@dataclass
+class Side:
+    services: Services
+    recorder: CallRecorder
+
+
+@dataclass
+class World:
+    stage: str
+    api: Side
+    poller: Side
+    key: str
+    state: dict[str, Any]
+
+    def principal(self) -> Principal:
+        return self.api.services.authenticator.authenticate(self.key)
+
+
+def request() -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": [{"role": "user", "content": BIG_TEXT}], "max_tokens": 8}
+    )
+
+
+# --- what the API does -------------------------------------------------------------------
+
+
+def api_interactive_request(w: World) -> None:
+    """Authenticate, admit, record (payload to S3), enqueue, wait for the notice, fetch by id;
+    a real poller answers with a result too large for the record (to S3)."""
+    ps = w.poller.services
+    poller = Poller(
+        settings=ps.settings,
+        registry=ps.registry,
+        queue=ps.interactive_queue,
+        requests=ps.requests,
+        blobs=ps.blobs,
+        replies=ps.reply_sender,
+        executors=ExecutorPool(lambda endpoint: AnsweringExecutor()),
+        logger=get_logger("first-poller-test"),
+        limits=ps.limit_store,
+    )
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    try:
+        principal = w.principal()
+        done = w.api.services.gateway.run(principal, "chat_completions", request())
+        assert done.response["choices"][0]["message"]["content"] == BIG_TEXT
+        view = w.api.services.gateway.fetch(principal, done.request_id)
+        assert view["status"] == "completed"
+    finally:
+        poller.stopping.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def api_request_the_poller_fails(w: World) -> None:
+    """A request a poller fails (see ``poller_fails_a_request``): the API reads the failure."""
+    gateway = w.api.services.gateway
+    principal = w.principal()
+    admission = gateway.admit(principal, request())
+    request_id = gateway.submit(principal, "chat_completions", request(), admission.hold)
+    w.state["failing"] = (request_id, admission.hold)
+    poller_fails_a_request(w)
+    with pytest.raises(FirstError):
+        gateway.wait(request_id, 10)
+    assert gateway.fetch(principal, request_id)["status"] == "failed"
+
+
+def api_request_that_could_not_be_queued(w: World) -> None:
+    """What the gateway does when the enqueue fails: fail the record, give the counters back."""
+    api = w.api.services
+    request_id = f"req_iam_{w.stage}_unqueued"
+    api.requests.create({"request_id": request_id, "owner": "nobody", "model": MODEL})
+    api.requests.fail(request_id, {"status_code": 503})
+    hold = api.gateway.admit(w.principal(), request()).hold
+    assert hold is not None
+    api.limit_store.release(hold, 0)
+
+
+def api_globus_auth_cache(w: World) -> None:
+    cache = IntrospectionCache(
+        w.api.services.dynamodb.Table(w.api.services.settings.auth_cache_table_name)
+    )
+    cache.put("0" * 64, {"active": False}, 4102444800)
+    assert cache.get("0" * 64) is not None
+
+
+def api_container_goes_away(w: World) -> None:
+    """Flush the received notices' deletes and delete the reply queue."""
+    w.api.services.reply_listener.close(delete_queue=True)
+
+
+STEPS: list[Callable[[World], None]] = [
+    api_interactive_request,
+    api_request_the_poller_fails,
+    api_request_that_could_not_be_queued,
+    api_globus_auth_cache,
+    api_container_goes_away,
+]
+
+
+# --- what the poller does beyond a happy request (run inside the API steps above) ------------
+
+
+def poller_fails_a_request(w: World) -> None:
+    """Receive, back off, heartbeat, claim, fail, notify, release, delete."""
+    ps = w.poller.services
+    request_id, hold = w.state["failing"]
+    queue = ps.interactive_queue
+    messages: list[dict[str, Any]] = []
+    while not messages:
+        messages = queue.receive(10, 1, ps.settings.poller_visibility_timeout_s)
+    (message,) = messages
+    assert planning.request_id_of(message) == request_id
+    receipt = message["ReceiptHandle"]
+    queue.extend(receipt, 30)
+    leases = Leases(queue, 30, get_logger("first-poller-test"))
+    leases.hold(receipt)
+    leases.beat()
+    leases.close()
+    assert leases.counts["heartbeats"] == 1
+    record = ps.requests.claim(request_id)
+    failure = planning.engine_failure(request_id, "iam test")
+    ps.requests.fail(request_id, failure)
+    assert ps.reply_sender.send(record["reply_to"], {"request_id": request_id, "status": "failed"})
+    ps.limit_store.release(hold, 0)
+    deleter = BatchDeleter(ps.sqs, queue.url, max_delay_s=60)
+    deleter.add(receipt)
+    deleter.close()
+    assert deleter.failures == 0
+
+
+# --- the check ---------------------------------------------------------------------------
+
+
+def recording_side(settings: Settings) -> Side:
+    session = boto3.Session(region_name="us-east-1")
+    recorder = CallRecorder(session)  # before any client is made: clients copy the handlers
+    return Side(Services(settings, session=session), recorder)
+
+
+@pytest.fixture
+def world(stage: str, services: Services) -> Iterator[World]:
+    bucket = services.settings.bucket_name
+    registry_key = f"registry/{stage}.json"
+    limits_key = f"registry/limits-{stage}.json"
+    registry = (REPO_ROOT / "infra" / "deployments" / "local.json").read_text()
+    services.s3.put_object(Bucket=bucket, Key=registry_key, Body=registry.encode())
+    limits = {
+        "default": {
+            "requests_per_minute": 10_000,
+            "tokens_per_minute": 10**9,
+            "max_concurrent": 50,
+        },
+        "models": {MODEL: {"tokens_per_minute": 10**9}},
+    }
+    services.s3.put_object(Bucket=bucket, Key=limits_key, Body=json.dumps(limits).encode())
+    settings = Settings(
+        stage=stage,
+        registry_path=f"s3://{bucket}/{registry_key}",
+        limits_path=f"s3://{bucket}/{limits_key}",
+        inline_limit_bytes=1024,
+        poller_visibility_timeout_s=2,
+        poller_wait_time_s=1,
+        wait_timeout_s=10,
+    )
+    # Keys are made by operators (`first keys create`), not by either side.
+    key = services.keys.create("iam-test-user")
+    yield World(stage, recording_side(settings), recording_side(settings), key, {})
+
+
+def to_prod(call: Call, stage: str) -> tuple[str, str]:
+    return call.action, call.resource.replace(f"first-{stage}-", "first-prod-")
+
+
+def exercised(calls: list[Call], stage: str) -> set[tuple[str, str]]:
+    return {to_prod(c, stage) for c in calls}
+
+
+def denied(policy_path: Path, calls: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    policy = json.loads(policy_path.read_text())
+    return sorted((a, r) for a, r in calls if not allows(policy, a, r))
+
+
+def covers(calls: set[tuple[str, str]], needed: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The needed (action, resource part) pairs no recorded call matches."""
+    return {(a, part) for a, part in needed if not any(a == x and part in r for x, r in calls)}
+
+
+def test_production_policies_allow_every_call_each_side_makes(world: World) -> None:
+    for step in STEPS:
+        step(world)
+    api_calls = exercised(world.api.recorder.calls, world.stage)
+    poller_calls = exercised(world.poller.recorder.calls, world.stage)
+    assert covers(api_calls, API_MUST_EXERCISE) == set(), "the API no longer makes these"
+    assert covers(poller_calls, POLLER_MUST_EXERCISE) == set(), "the poller no longer makes these"
+    assert denied(API_POLICY, api_calls) == [], f"{API_POLICY.name} refuses these"
+    assert denied(POLLER_POLICY, poller_calls) == [], f"{POLLER_POLICY.name} refuses these"

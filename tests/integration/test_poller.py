@@ -1,0 +1,167 @@
+"""The poller against moto: record before notice, a lease kept by heartbeat, lost tasks re-run.
+
+The compute side is an injected executor (the seam the poller already has); everything else is
+the real poller, stores and queues on the moto server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+from chalicelib.auth import Principal
+from chalicelib.compute.executors import ExecutorPool, TaskLostError
+from chalicelib.logs import get_logger
+from chalicelib.poller.worker import Poller
+from chalicelib.protocol import ChatCompletionRequest
+from chalicelib.services import Services
+from chalicelib.settings import REPO_ROOT, Settings
+
+MODEL = "first/tiny-chat"
+USER = Principal(id="alice", username="alice", kind="user")
+
+
+def response(request_id: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": 1,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hi"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+class ScriptedExecutor:
+    """Runs each task through ``behave(task, attempt)`` on a thread, as an endpoint would."""
+
+    def __init__(self, behave: Callable[[dict[str, Any], int], Any]) -> None:
+        self.behave = behave
+        self.attempts: dict[str, int] = {}
+
+    def submit_to_registered_function(
+        self, function_id: str, args: Any = (), kwargs: Any = None
+    ) -> Future[Any]:
+        task = args[0]
+        n = self.attempts[task["request_id"]] = self.attempts.get(task["request_id"], 0) + 1
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self.behave(task, n))
+            except Exception as exc:  # noqa: BLE001 - handed to the poller as the task's outcome
+                future.set_exception(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+@pytest.fixture
+def services(stage: str) -> Services:
+    registry = REPO_ROOT / "infra" / "deployments" / "local.json"
+    return Services(
+        Settings(
+            stage=stage,
+            poller_visibility_timeout_s=2,
+            wait_timeout_s=20,
+            registry_path=str(registry),
+        )
+    )
+
+
+@pytest.fixture
+def run_poller(services: Services) -> Iterator[Callable[[ScriptedExecutor], Poller]]:
+    pollers: list[tuple[Poller, threading.Thread]] = []
+
+    def start(executor: ScriptedExecutor) -> Poller:
+        poller = Poller(
+            settings=services.settings,
+            registry=services.registry,
+            queue=services.interactive_queue,
+            requests=services.requests,
+            blobs=services.blobs,
+            replies=services.reply_sender,
+            executors=ExecutorPool(lambda endpoint: executor),  # type: ignore[arg-type,return-value]
+            logger=get_logger("test-poller"),
+        )
+        thread = threading.Thread(target=poller.run, daemon=True)
+        thread.start()
+        pollers.append((poller, thread))
+        return poller
+
+    yield start
+    for poller, thread in pollers:
+        poller.stopping.set()
+        thread.join(30)
+
+
+def submit(services: Services, text: str = "hello") -> str:
+    req = ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 1}
+    )
+    return services.gateway.submit(USER, "chat_completions", req)
+
+
+def test_the_record_is_completed_before_the_notice_arrives(
+    services: Services, run_poller: Callable[[ScriptedExecutor], Poller]
+) -> None:
+    run_poller(ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])}))
+    listener = services.reply_listener
+    for _ in range(10):
+        request_id = submit(services)
+        notice = listener.wait(request_id, 20)
+        assert notice is not None and notice["status"] == "completed"
+        record = services.requests.get(request_id)  # read at once, on the notice
+        assert record is not None and record["status"] == "completed"
+
+
+def test_a_running_request_keeps_its_lease_past_the_visibility_timeout(
+    services: Services, run_poller: Callable[[ScriptedExecutor], Poller]
+) -> None:
+    lease_s = services.settings.poller_visibility_timeout_s
+
+    def slow(task: dict[str, Any], n: int) -> Any:
+        time.sleep(lease_s * 3)
+        return {"response": response(task["request_id"])}
+
+    executor = ScriptedExecutor(slow)
+    poller = run_poller(executor)
+    request_id = submit(services)
+    done = services.gateway.wait(request_id, lease_s * 3 + 15)
+    assert done.response["id"] == f"chatcmpl-{request_id}"
+    record = services.requests.get(request_id)
+    assert record is not None and record["attempt"] == 1  # never taken over while alive
+    assert executor.attempts[request_id] == 1
+    assert poller._leases.counts["heartbeats"] >= 2
+
+
+def test_a_task_lost_with_its_worker_is_run_again_and_answers(
+    services: Services, run_poller: Callable[[ScriptedExecutor], Poller]
+) -> None:
+    def flaky(task: dict[str, Any], n: int) -> Any:
+        if n == 1:
+            raise TaskLostError("worker lost")
+        return {"response": response(task["request_id"])}
+
+    executor = ScriptedExecutor(flaky)
+    run_poller(executor)
+    request_id = submit(services)
+    done = services.gateway.wait(request_id, 20)
+    assert done.response["choices"][0]["message"]["content"] == "hi"
+    assert executor.attempts[request_id] == 2
+    record = services.requests.get(request_id)
+    assert record is not None and record["status"] == "completed" and record["attempt"] == 2
