@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice import Response
+from chalice.app import Request, Response
 
 from chalicelib import sse
 from chalicelib.auth import Principal, bearer_token
@@ -31,7 +31,17 @@ from chalicelib.services import Services
 app = ThreadSafeChalice(app_name="first")
 services = Services()
 logger = get_logger("first-api")
-route = openai_route(logger, lambda: app.current_request)
+
+
+def _request() -> Request:
+    """The request being served; Chalice sets it before any view runs."""
+    request = app.current_request
+    if request is None:  # only reachable outside a request: a wiring bug, not a client error
+        raise RuntimeError("no current request")
+    return request
+
+
+route = openai_route(logger, _request)
 app.register_middleware(openai_errors, "http")
 # Bodies are parsed as JSON whatever they are labelled (`curl -d` sends form encoding), so a
 # mislabelled body gets an OpenAI 400 rather than Chalice's own 415.
@@ -39,17 +49,17 @@ BODY_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/pla
 
 
 def _principal(log: dict[str, Any]) -> Principal:
-    principal = services.authenticator.authenticate(bearer_token(app.current_request.headers))
+    principal = services.authenticator.authenticate(bearer_token(_request().headers))
     log["user"] = principal.id
     return principal
 
 
 def _completion(log: dict[str, Any], function: str, model: type[GatewayRequest]) -> Response:
     principal = _principal(log)
-    raw = check_size(app.current_request, services.settings.max_body_bytes)
+    raw = check_size(_request(), services.settings.max_body_bytes)
     req = parse_body(raw, model)
     log["model"] = req.model
-    wait_s = preferred_wait_s(app.current_request.headers)
+    wait_s = preferred_wait_s(_request().headers)
     done: Completed = services.gateway.run(principal, function, req, wait_s)
     usage = done.response.get("usage") or {}
     log.update(

@@ -42,6 +42,44 @@ def local_stack(home: Path | None = None) -> Iterator[dict[str, str]]:
         stack.stop()
 
 
+def stack_pids(env: dict[str, str]) -> dict[str, int]:
+    """Each process of the stack (from its ``stack.json``), the compute workers included."""
+    state = json.loads((Path(env["FIRST_HOME"]) / "stack.json").read_text())
+    pids = {name: int(pid) for name, pid in state["pids"].items()}
+    compute = pids.get("compute")
+    for i, child in enumerate(children(compute) if compute else []):
+        pids[f"compute-worker-{i}"] = child
+    return pids
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used, read from the OS."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = cpu_s(pid)
+        except OSError:
+            continue
+    return out
+
+
 def aws_calls(endpoint: str, reset: bool = False) -> dict[str, Any]:
     """The embedded moto server's call counter (absent on LocalStack)."""
     req = urllib.request.Request(f"{endpoint}/_first/calls", method="DELETE" if reset else "GET")

@@ -20,7 +20,14 @@ from typing import Any
 import requests
 from openai import OpenAI
 
-from bench.common import apply_env, aws_calls, local_stack, percentile
+from bench.common import (
+    apply_env,
+    aws_calls,
+    cpu_snapshot,
+    local_stack,
+    percentile,
+    stack_pids,
+)
 from chalicelib.settings import REPO_ROOT
 
 MODEL = "first/tiny-chat"
@@ -49,14 +56,19 @@ def phase(env: dict[str, str], concurrency: int, n: int, max_tokens: int) -> dic
     for _ in range(min(4, n)):  # warm connections and engines
         one(client, max_tokens)
     aws = env["AWS_ENDPOINT_URL"]
+    pids = stack_pids(env)
     aws_calls(aws, reset=True)
+    cpu_before = cpu_snapshot(pids)
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda _: one(client, max_tokens), range(n)))
     wall = time.perf_counter() - start
+    cpu_after = cpu_snapshot(pids)
     calls = aws_calls(aws)
     ids = [r["request_id"] for r in results]
-    runs = requests.get(f"{env['FIRST_LOCAL_ENDPOINT_URL']}/stats", timeout=5).json()["runs"]
+    auth = {"Authorization": f"Bearer {env['FIRST_LOCAL_ENDPOINT_TOKEN']}"}
+    stats_url = f"{env['FIRST_LOCAL_ENDPOINT_URL']}/stats"
+    runs = requests.get(stats_url, headers=auth, timeout=5).json()["runs"]
     engine_runs = [runs.get(f"task-{i}", 0) for i in ids]
     added = [r["added_ms"] for r in results]
     return {
@@ -73,9 +85,19 @@ def phase(env: dict[str, str], concurrency: int, n: int, max_tokens: int) -> dic
         "aws_calls_by_operation": {
             k: round(v / n, 2) for k, v in sorted(calls["by_operation"].items())
         },
+        # CPU milliseconds per request in each process (the engine workers summed).
+        "cpu_ms_per_request": cpu_per_request(cpu_before, cpu_after, n),
         "lost": n - len(set(ids)),
         "engine_runs_not_once": sum(1 for r in engine_runs if r != 1),
     }
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name in before.keys() & after.keys():
+        key = "compute-workers" if name.startswith("compute-worker") else name
+        out[key] = out.get(key, 0.0) + (after[name] - before[name]) * 1000 / n
+    return {k: round(v, 2) for k, v in sorted(out.items())}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,9 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         apply_env(env)
         out = [phase(env, c, args.requests, t) for t in args.max_tokens for c in args.concurrency]
     print(
-        "| concurrency | req/s | added p50 ms | added p99 ms | engine p50 ms | AWS calls/req | lost | engine runs ≠ 1 |"
+        "| concurrency | max_tokens | req/s | added p50 ms | added p99 ms | engine p50 ms"
+        " | AWS calls/req | AWS bytes/req | lost | engine runs ≠ 1 |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in out:
         print(
             f"| {r['concurrency']} | {r['max_tokens']} | {r['requests_per_s']} | "
@@ -100,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     for r in out:
         print(f"calls per request at concurrency {r['concurrency']}: {r['aws_calls_by_operation']}")
+        print(f"CPU ms per request at concurrency {r['concurrency']}: {r['cpu_ms_per_request']}")
     results = REPO_ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     (results / "interactive.json").write_text(json.dumps(out, indent=2) + "\n")

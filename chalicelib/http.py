@@ -11,8 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from chalice import Chalice, Response
-from chalice.app import Request
+from chalice.app import Chalice, Request, Response
 
 from chalicelib.errors import FirstError, PayloadTooLargeError
 
@@ -42,7 +41,9 @@ def error_response(exc: FirstError) -> Response:
 
 
 def check_size(request: Request, limit: int) -> bytes:
-    raw: bytes = request.raw_body or b""
+    # Chalice declares ``str | bytes``; it encodes a text body, but narrow rather than trust it.
+    body = request.raw_body or b""
+    raw = body.encode() if isinstance(body, str) else body
     if len(raw) > limit:
         raise PayloadTooLargeError(
             f"The request body is {len(raw)} bytes; the limit is {limit} bytes."
@@ -140,7 +141,7 @@ class ThreadSafeChalice(Chalice):
 
     _local = threading.local()
 
-    @property  # type: ignore[override]
+    @property
     def current_request(self) -> Request | None:
         return getattr(self._local, "request", None)
 
@@ -148,7 +149,7 @@ class ThreadSafeChalice(Chalice):
     def current_request(self, value: Request | None) -> None:
         self._local.request = value
 
-    @property  # type: ignore[override]
+    @property
     def lambda_context(self) -> Any:
         return getattr(self._local, "context", None)
 

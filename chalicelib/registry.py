@@ -39,7 +39,8 @@ class Endpoint:
     endpoint_id: str
     executor: str
     max_inflight: int
-    functions: dict[str, str | None]
+    # Function name → Globus Compute function ID; a null (unregistered) ID is dropped at load.
+    functions: dict[str, str]
     models: tuple[ModelDeployment, ...] = field(default_factory=tuple)
 
 
@@ -65,7 +66,7 @@ class Registry:
                 endpoint_id=e["endpoint_id"],
                 executor=e.get("executor", "globus"),
                 max_inflight=int(e.get("max_inflight", 16)),
-                functions=dict(e.get("functions", {})),
+                functions={k: v for k, v in e.get("functions", {}).items() if v},
                 models=tuple(
                     ModelDeployment(
                         model=m["model"],

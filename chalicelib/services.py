@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 from botocore.config import Config
@@ -35,6 +35,8 @@ _CLIENT_CONFIG = Config(
     read_timeout=30,
     tcp_keepalive=True,
 )
+# The AWS services FIRST calls; boto3's stubs pick a client's type by the literal name.
+AwsService = Literal["cloudformation", "dynamodb", "s3", "sqs"]
 
 
 class Services:
@@ -42,7 +44,7 @@ class Services:
         self.settings = settings or Settings()
         self._session = session or boto3.Session(region_name=self.settings.region)
 
-    def client(self, service: str) -> Any:
+    def client(self, service: AwsService) -> Any:
         return self._session.client(service, config=_CLIENT_CONFIG)
 
     @cached_property

@@ -87,9 +87,10 @@ class BackgroundStack:
 
     def _read_state(self) -> dict[str, Any]:
         try:
-            return json.loads(self.config.state_file.read_text())  # type: ignore[no-any-return]
+            state = json.loads(self.config.state_file.read_text())
         except (OSError, ValueError):
             return {}
+        return state if isinstance(state, dict) else {}
 
     def env(self) -> dict[str, str]:
         """``local.env`` as a dict."""

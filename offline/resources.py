@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -27,14 +27,21 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
         return {suffix: loader.construct_scalar(node)}
     if isinstance(node, yaml.SequenceNode):
         return {suffix: loader.construct_sequence(node)}
-    return {suffix: loader.construct_mapping(node)}  # type: ignore[arg-type]
+    if isinstance(node, yaml.MappingNode):
+        return {suffix: loader.construct_mapping(node)}
+    raise yaml.constructor.ConstructorError(
+        None, None, f"unexpected node for !{suffix}", node.start_mark
+    )
 
 
 _CfnLoader.add_multi_constructor("!", _tag)
 
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
-    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    template = yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    if not isinstance(template, dict):
+        raise ValueError(f"{path}: a CloudFormation template is a mapping")
+    return template
 
 
 def deploy(
@@ -60,7 +67,7 @@ def deploy(
     while True:
         stack = _stack(cloudformation, name)
         status = stack["StackStatus"] if stack else "MISSING"
-        if status.endswith("_COMPLETE") and "ROLLBACK" not in status:
+        if stack and status.endswith("_COMPLETE") and "ROLLBACK" not in status:
             break
         if "FAILED" in status or "ROLLBACK" in status or time.monotonic() > deadline:
             raise RuntimeError(f"stack {name} did not deploy: {status}")
@@ -71,7 +78,7 @@ def deploy(
 
 def _stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
     try:
-        return cloudformation.describe_stacks(StackName=name)["Stacks"][0]  # type: ignore[no-any-return]
+        return cast("dict[str, Any]", cloudformation.describe_stacks(StackName=name)["Stacks"][0])
     except cloudformation.exceptions.ClientError:
         return None
 

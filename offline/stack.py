@@ -258,6 +258,7 @@ class Stack:
             "FIRST_STAGE": c.stage,
             "FIRST_HOME": str(c.home),
             "FIRST_LOCAL_ENDPOINT_URL": c.compute_url,
+            "FIRST_LOCAL_ENDPOINT_TOKEN": c.endpoint_token,
             "FIRST_REQUESTS_TABLE": f"first-{c.stage}-requests",
             "FIRST_KEYS_TABLE": f"first-{c.stage}-keys",
             "FIRST_INTERACTIVE_QUEUE": f"first-{c.stage}-interactive",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -23,7 +24,7 @@ class Authenticator(Protocol):
         ...
 
 
-def bearer_token(headers: dict[str, str]) -> str:
+def bearer_token(headers: Mapping[str, str]) -> str:
     """The token from ``Authorization: Bearer …`` (header names are case-insensitive)."""
     value = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
     if not value:

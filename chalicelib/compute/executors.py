@@ -15,10 +15,23 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from chalicelib.errors import UpstreamUnavailableError
 from chalicelib.registry import Endpoint
+
+
+class TaskExecutor(Protocol):
+    """What the poller holds: the part of Globus Compute's ``Executor`` API it uses."""
+
+    def submit_to_registered_function(
+        self,
+        function_id: str,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Future[Any]: ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
 
 
 class RemoteTaskError(Exception):
@@ -118,12 +131,12 @@ class LocalEndpointExecutor(Executor):
 class ExecutorPool:
     """One executor per registry endpoint, created on first use."""
 
-    def __init__(self, factory: Callable[[Endpoint], Executor]) -> None:
+    def __init__(self, factory: Callable[[Endpoint], TaskExecutor]) -> None:
         self._factory = factory
-        self._executors: dict[str, Executor] = {}
+        self._executors: dict[str, TaskExecutor] = {}
         self._lock = threading.Lock()
 
-    def get(self, endpoint: Endpoint) -> Executor:
+    def get(self, endpoint: Endpoint) -> TaskExecutor:
         with self._lock:
             if endpoint.name not in self._executors:
                 self._executors[endpoint.name] = self._factory(endpoint)
@@ -138,14 +151,14 @@ class ExecutorPool:
 
 def default_factory(
     local_endpoint_url: str, local_endpoint_token: str = ""
-) -> Callable[[Endpoint], Executor]:
-    def make(endpoint: Endpoint) -> Executor:
+) -> Callable[[Endpoint], TaskExecutor]:
+    def make(endpoint: Endpoint) -> TaskExecutor:
         if endpoint.executor == "local":
             return LocalEndpointExecutor(local_endpoint_url, local_endpoint_token)
         # Imported here: the Lambda package never needs it, and it is the poller's only tie
         # to the Globus Compute web service (it authenticates on first submit).
         from globus_compute_sdk import Executor as GlobusComputeExecutor
 
-        return GlobusComputeExecutor(endpoint_id=endpoint.endpoint_id)  # type: ignore[no-any-return]
+        return GlobusComputeExecutor(endpoint_id=endpoint.endpoint_id)
 
     return make

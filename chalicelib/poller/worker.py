@@ -213,7 +213,7 @@ class Poller:
         with self._lock:
             self._inflight[endpoint.name] = self._inflight.get(endpoint.name, 0) + 1
         try:
-            future = self._executors.get(endpoint).submit_to_registered_function(  # type: ignore[attr-defined]
+            future = self._executors.get(endpoint).submit_to_registered_function(
                 function_id, args=(task,)
             )
             try:

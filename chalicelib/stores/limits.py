@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
@@ -94,7 +94,9 @@ class LimitStore:
         except ClientError as exc:
             if not _conditional_failure(exc):
                 raise
-            raw = exc.response.get("Item") or {}  # wire format: the resource layer leaves it raw
+            # Wire format: the resource layer leaves it raw. The stubs' error response has no
+            # "Item" key; ReturnValuesOnConditionCheckFailure puts the old item there.
+            raw = cast("dict[str, Any]", exc.response.get("Item") or {})
             old = _ints({k: _DESERIALIZE.deserialize(v) for k, v in raw.items()})
             if update.lease and may_reset and old.get("expires_at", 0) <= now:
                 return self._reset(update, now, old)

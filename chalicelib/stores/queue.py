@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from chalicelib.stores.sends import GroupSender
+
 
 class RequestQueue:
-    def __init__(self, client: Any, url: str) -> None:
+    def __init__(self, client: Any, url: str, sender: GroupSender | None = None) -> None:
         self.client = client
         self.url = url
+        # Concurrent requests of one process share SendMessageBatch calls.
+        self._sender = sender or GroupSender(client)
 
     def send(self, body: dict[str, Any]) -> None:
-        self.client.send_message(QueueUrl=self.url, MessageBody=json.dumps(body))
+        self._sender.send(self.url, json.dumps(body))
 
     def receive(self, max_messages: int, wait_s: int, visibility_s: int) -> list[dict[str, Any]]:
         out = self.client.receive_message(

@@ -25,6 +25,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.stores.deleter import BatchDeleter
+from chalicelib.stores.sends import GroupSender, SendFailedError
 
 REPLY_QUEUE_ATTRIBUTES = {"MessageRetentionPeriod": "60", "VisibilityTimeout": "43200"}
 
@@ -35,17 +36,17 @@ def process_queue_name(prefix: str) -> str:
 
 
 class ReplySender:
-    """The poller's side: one send per finished request."""
+    """The poller's side: one notice per finished request (batched with concurrent ones)."""
 
     def __init__(self, client: Any) -> None:
-        self._sqs = client
+        self._sender = GroupSender(client)
 
     def send(self, queue_url: str, notice: dict[str, Any] | str) -> bool:
         """Send a notice (a dict, or its JSON text); False when the waiter's queue is gone."""
         body = notice if isinstance(notice, str) else json.dumps(notice)
         try:
-            self._sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-        except ClientError:
+            self._sender.send(queue_url, body)
+        except SendFailedError:
             # The waiting process is gone (queue deleted): the record already holds the truth.
             return False
         return True

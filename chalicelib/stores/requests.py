@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
@@ -41,6 +41,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _plain_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in item.items()}
+
+
 def _dynamo(value: Any) -> Any:
     return json.loads(json.dumps(value), parse_float=Decimal)
 
@@ -68,7 +72,7 @@ class RequestStore:
         if item is None or int(item.get("expires_at", 0)) < time.time():
             # AWS deletes expired TTL items late (moto never does): treat them as gone.
             return None
-        return _plain(item)
+        return _plain_item(item)
 
     def get_owned(self, request_id: str, owner: str) -> dict[str, Any] | None:
         """The record if ``owner`` owns it, else None, and the same work either way.
@@ -144,10 +148,14 @@ class RequestStore:
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-            old = exc.response.get("Item")  # wire format: the resource layer leaves it raw
+            # Wire format: the resource layer leaves it raw. The stubs' error response has no
+            # "Item" key; ReturnValuesOnConditionCheckFailure puts the old item there.
+            old = cast("dict[str, Any] | None", exc.response.get("Item"))
             current = (
-                _plain({k: _DESERIALIZE.deserialize(v) for k, v in old.items()}) if old else None
+                _plain_item({k: _DESERIALIZE.deserialize(v) for k, v in old.items()})
+                if old
+                else None
             )
             state = current["status"] if current else "missing"
             raise RequestConflictError(f"request {request_id} is {state}", current) from exc
-        return _plain(out.get("Attributes", {}))
+        return _plain_item(out.get("Attributes", {}))
