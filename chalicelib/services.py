@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.config import Config
@@ -22,11 +22,18 @@ from chalicelib.limits import LimitsConfig
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore
+from chalicelib.stores.connections import ConnectionStore
 from chalicelib.stores.keys import KeyStore
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener, ReplySender, process_queue_name
 from chalicelib.stores.requests import RequestStore
+from chalicelib.stores.websocket import ConnectionPoster
+
+if TYPE_CHECKING:
+    from chalicelib.streaming.notifier import StreamNotifier
+    from chalicelib.streaming.relay import Relay
+    from chalicelib.streaming.service import StreamService
 
 # Long polls hold a connection for up to 20 s; many threads share each client.
 _CLIENT_CONFIG = Config(
@@ -50,6 +57,10 @@ class Services:
     @cached_property
     def dynamodb(self) -> Any:
         return self._session.resource("dynamodb", config=_CLIENT_CONFIG)
+
+    @cached_property
+    def dynamodb_client(self) -> Any:
+        return self.client("dynamodb")
 
     @cached_property
     def sqs(self) -> Any:
@@ -87,8 +98,11 @@ class Services:
 
     @cached_property
     def requests(self) -> RequestStore:
-        table = self.dynamodb.Table(self.settings.requests_table_name)
-        return RequestStore(table, ttl_s=self.settings.request_ttl_s)
+        return RequestStore(
+            self.dynamodb_client,
+            self.settings.requests_table_name,
+            ttl_s=self.settings.request_ttl_s,
+        )
 
     @cached_property
     def keys(self) -> KeyStore:
@@ -140,3 +154,54 @@ class Services:
             limits_config=self.limits,
             limit_store=self.limit_store if self.limits is not None else None,
         )
+
+    # -- streaming over the WebSocket API (chalicelib/streaming) ------------------------------
+
+    @cached_property
+    def connections(self) -> ConnectionStore:
+        table = self.dynamodb.Table(self.settings.connections_table_name)
+        return ConnectionStore(table, ttl_s=self.settings.connection_ttl_s)
+
+    @cached_property
+    def connection_poster(self) -> ConnectionPoster:
+        # The management endpoint is per WebSocket API: from settings, not AWS_ENDPOINT_URL.
+        endpoint = self.settings.websocket_management_url
+        client = self._session.client(
+            "apigatewaymanagementapi", endpoint_url=endpoint, config=_CLIENT_CONFIG
+        )
+        return ConnectionPoster(client)
+
+    @cached_property
+    def relay(self) -> Relay:
+        from chalicelib.streaming.relay import Relay
+
+        return Relay(self.settings.stream_key_bytes, self.connection_poster)
+
+    @cached_property
+    def streams(self) -> StreamService:
+        from chalicelib.logs import get_logger
+        from chalicelib.streaming.service import StreamService
+
+        return StreamService(
+            settings=self.settings,
+            authenticator=self.authenticator,
+            connections=self.connections,
+            poster=self.connection_poster,
+            gateway=self.gateway,
+            registry=self.registry,
+            requests=self.requests,
+            queue=self.interactive_queue,
+            blobs=self.blobs,
+            logger=get_logger("first-streams"),
+            limit_store=self.limit_store if self.limits is not None else None,
+        )
+
+    def stream_notifier(self) -> StreamNotifier | None:
+        """The poller's streaming side, or None when streaming is not configured."""
+        from chalicelib.logs import get_logger
+        from chalicelib.streaming.notifier import StreamNotifier
+
+        s = self.settings
+        if not (s.stream_key and s.stream_relay_url and s.websocket_management_url):
+            return None
+        return StreamNotifier(s, self.connection_poster, get_logger("first-poller"))

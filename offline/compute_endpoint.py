@@ -9,9 +9,11 @@ HTTP, JSON in and out, 127.0.0.1 only. Every route but ``/health`` needs the sta
 ``Authorization: Bearer …``: any user of the machine can reach a loopback port, and task results
 are users' completions::
 
-    POST /tasks        {"function_id": "local:<name>", "args": [...], "kwargs": {...}}
-                       → {"task_id"}; a task whose first argument carries a request_id is keyed
-                       by it, so resubmitting the same request attaches to the existing task.
+    POST /tasks?wait=S {"function_id": "local:<name>", "args": [...], "kwargs": {...}}
+                       → {"task_id", "status", ...} as GET /tasks/<id> below, after waiting up
+                       to S seconds (0: at once); a task whose first argument carries a
+                       request_id is keyed by it, so resubmitting the same request attaches to
+                       the existing task.
     GET  /tasks/<id>?wait=S  → {"status": "pending"|"success"|"failed"|"lost",
                                 "result"|"exception"}
     GET  /health       → {"status": "ok", "workers": N, "pids": [...]}
@@ -271,10 +273,12 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             if not self._authorized():
                 return
-            if self.path != "/tasks":
+            url = urlparse(self.path)
+            if url.path != "/tasks":
                 self._send(404, {"error": "not found"})
                 return
             try:
+                wait_s = min(float(parse_qs(url.query).get("wait", ["0"])[0]), 60.0)
                 length = int(self.headers.get("Content-Length") or "")
                 if not 0 < length <= MAX_BODY_BYTES:
                     raise ValueError(length)
@@ -285,7 +289,10 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self._send(400, {"error": f"bad task: {type(exc).__name__}"})
                 return
-            self._send(200, {"task_id": table.submit(function_id, args, kwargs)})
+            task_id = table.submit(function_id, args, kwargs)
+            # ?wait=S: submit and collect in one round trip when the task finishes within S.
+            state = table.state(task_id, wait_s) if wait_s > 0 else {"status": "pending"}
+            self._send(200, {"task_id": task_id, **(state or {"status": "pending"})})
 
     return Handler
 

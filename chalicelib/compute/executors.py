@@ -76,13 +76,19 @@ class LocalEndpointExecutor(Executor):
         kwargs: dict[str, Any] | None = None,
     ) -> Future[Any]:
         body = {"function_id": function_id, "args": list(args or ()), "kwargs": kwargs or {}}
+        return self._waiters.submit(self._run, body)
+
+    def _run(self, body: dict[str, Any]) -> Any:
+        # Submit and wait in one round trip: a short task is collected by its submission.
         # Like the Globus Compute service, a submission waits out an endpoint that is
         # restarting (the caller's lease is kept alive meanwhile) rather than failing at once.
-        resp = self._call("post", "/tasks", json=body, timeout=10)
-        return self._waiters.submit(self._result, resp.json()["task_id"])
-
-    def _result(self, task_id: str) -> Any:
+        state = self._call(
+            "post", "/tasks", json=body, params={"wait": self._poll_s}, timeout=self._poll_s + 10
+        ).json()
         while True:
+            if state["status"] != "pending":
+                return self._outcome(state)
+            task_id = state["task_id"]
             resp = self._call(
                 "get",
                 f"/tasks/{task_id}",
@@ -93,13 +99,15 @@ class LocalEndpointExecutor(Executor):
             if resp.status_code == 404:
                 # The endpoint restarted and forgot its tasks: run the request again.
                 raise TaskLostError(f"the local endpoint no longer knows {task_id}")
-            state = resp.json()
-            if state["status"] == "success":
-                return state["result"]
-            if state["status"] == "failed":
-                raise RemoteTaskError(state.get("exception") or "task failed")
-            if state["status"] == "lost":
-                raise TaskLostError(state.get("exception") or "task lost")
+            state = {"task_id": task_id, **resp.json()}
+
+    @staticmethod
+    def _outcome(state: dict[str, Any]) -> Any:
+        if state["status"] == "success":
+            return state["result"]
+        if state["status"] == "failed":
+            raise RemoteTaskError(state.get("exception") or "task failed")
+        raise TaskLostError(state.get("exception") or f"task {state['status']}")
 
     def _call(self, method: str, path: str, *, lost_ok: bool = False, **kw: Any) -> Any:
         import requests

@@ -8,18 +8,15 @@ non-terminal state, so a redelivered message never completes a request twice.
 
 from __future__ import annotations
 
-import json
 import time
-from decimal import Decimal
 from typing import Any, cast
 
-from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
+from chalicelib.stores.dynamo import from_wire, to_wire
 
 TERMINAL = ("completed", "failed")
-_DESERIALIZE = TypeDeserializer()
 
 
 class RequestConflictError(StoreError):
@@ -30,28 +27,13 @@ class RequestConflictError(StoreError):
         self.current = current
 
 
-def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; hand out ints/floats."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _plain_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in item.items()}
-
-
-def _dynamo(value: Any) -> Any:
-    return json.loads(json.dumps(value), parse_float=Decimal)
-
-
 class RequestStore:
-    def __init__(self, table: Any, *, ttl_s: int = 7 * 24 * 3600) -> None:
-        self._table = table
+    """On the low-level DynamoDB client: this table is on every request's path twice (API and
+    poller), and the resource layer costs several times the CPU per call."""
+
+    def __init__(self, client: Any, table_name: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
+        self._ddb = client
+        self.table_name = table_name
         self._ttl_s = ttl_s
 
     def create(self, item: dict[str, Any]) -> None:
@@ -63,16 +45,21 @@ class RequestStore:
             "created_at": round(now, 3),
             "expires_at": int(now) + self._ttl_s,
         }
-        self._table.put_item(
-            Item=_dynamo(record), ConditionExpression="attribute_not_exists(request_id)"
+        self._ddb.put_item(
+            TableName=self.table_name,
+            Item=to_wire(record),
+            ConditionExpression="attribute_not_exists(request_id)",
         )
 
     def get(self, request_id: str) -> dict[str, Any] | None:
-        item = self._table.get_item(Key={"request_id": request_id}, ConsistentRead=True).get("Item")
+        out = self._ddb.get_item(
+            TableName=self.table_name, Key=_key(request_id), ConsistentRead=True
+        )
+        item = from_wire(out["Item"]) if out.get("Item") else None
         if item is None or int(item.get("expires_at", 0)) < time.time():
             # AWS deletes expired TTL items late (moto never does): treat them as gone.
             return None
-        return _plain_item(item)
+        return item
 
     def get_owned(self, request_id: str, owner: str) -> dict[str, Any] | None:
         """The record if ``owner`` owns it, else None, and the same work either way.
@@ -81,19 +68,18 @@ class RequestStore:
         server-side, so a foreign id returns the same empty page as a missing one, and the
         time to answer cannot tell them apart (a ``GetItem`` returns the foreign item whole).
         """
-        out = self._table.query(
+        out = self._ddb.query(
+            TableName=self.table_name,
             KeyConditionExpression="request_id = :id",
             FilterExpression="#o = :owner AND expires_at >= :now",
             ExpressionAttributeNames={"#o": "owner"},
-            ExpressionAttributeValues={
-                ":id": request_id,
-                ":owner": owner,
-                ":now": int(time.time()),
-            },
+            ExpressionAttributeValues=to_wire(
+                {":id": request_id, ":owner": owner, ":now": int(time.time())}
+            ),
             ConsistentRead=True,
         )
         items = out.get("Items") or []
-        return _plain(items[0]) if items else None
+        return from_wire(items[0]) if items else None
 
     def claim(self, request_id: str) -> dict[str, Any]:
         """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call)."""
@@ -136,26 +122,27 @@ class RequestStore:
         returns: str,
     ) -> dict[str, Any]:
         try:
-            out = self._table.update_item(
-                Key={"request_id": request_id},
+            out = self._ddb.update_item(
+                TableName=self.table_name,
+                Key=_key(request_id),
                 UpdateExpression=update,
                 ConditionExpression=f"attribute_exists(request_id) AND {condition}",
                 ExpressionAttributeNames={"#s": "status", **(names or {})},
-                ExpressionAttributeValues=_dynamo({**values, ":now": round(time.time(), 3)}),
+                ExpressionAttributeValues=to_wire({**values, ":now": round(time.time(), 3)}),
                 ReturnValues=returns,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-            # Wire format: the resource layer leaves it raw. The stubs' error response has no
-            # "Item" key; ReturnValuesOnConditionCheckFailure puts the old item there.
+            # The stubs' error response has no "Item" key;
+            # ReturnValuesOnConditionCheckFailure puts the old item there.
             old = cast("dict[str, Any] | None", exc.response.get("Item"))
-            current = (
-                _plain_item({k: _DESERIALIZE.deserialize(v) for k, v in old.items()})
-                if old
-                else None
-            )
+            current = from_wire(old) if old else None
             state = current["status"] if current else "missing"
             raise RequestConflictError(f"request {request_id} is {state}", current) from exc
-        return _plain_item(out.get("Attributes", {}))
+        return from_wire(out.get("Attributes", {}))
+
+
+def _key(request_id: str) -> dict[str, Any]:
+    return {"request_id": {"S": request_id}}
