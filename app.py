@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice.app import Request, Response
+from chalice.app import Request, Response, WebsocketEvent
 
 from chalicelib import sse
 from chalicelib.auth import Principal, bearer_token
@@ -29,6 +29,8 @@ from chalicelib.protocol.common import GatewayRequest, SamplingFields
 from chalicelib.services import Services
 
 app = ThreadSafeChalice(app_name="first")
+# The WebSocket routes below (streaming, issue 8) are behind Chalice's feature flag.
+app.experimental_feature_flags.update({"WEBSOCKETS"})
 services = Services()
 logger = get_logger("first-api")
 

@@ -9,6 +9,7 @@
     ├── PermissionDeniedError       403 invalid_request_error
     ├── NotFoundError               404 invalid_request_error
     │   └── ModelNotFoundError      404 invalid_request_error, code model_not_found
+    ├── StreamGoneError             410 invalid_request_error, code connection_gone
     ├── RateLimitError              429 requests, Retry-After
     ├── EngineFailedError           500 server_error (carries the request id)
     ├── UpstreamUnavailableError    503 server_error
@@ -84,6 +85,15 @@ class NotFoundError(FirstError):
 
 class ModelNotFoundError(NotFoundError):
     CODE = "model_not_found"
+
+
+class StreamGoneError(FirstError):
+    """The stream relay's answer when the client's WebSocket connection is closed: the HPC
+    function stops generating."""
+
+    STATUS_CODE = 410
+    ERROR_TYPE = "invalid_request_error"
+    CODE = "connection_gone"
 
 
 class RateLimitError(FirstError):

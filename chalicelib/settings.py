@@ -99,11 +99,28 @@ class Settings(BaseSettings):
         "globus_service_clients",
         mode="before",
     )
+    # Streaming over the WebSocket API (issue 8; docs/operations.md). The capability tokens the
+    # poller mints for streaming tasks are signed with this key (a secret-store value on AWS,
+    # random per stack offline); without it the WebSocket routes refuse to stream.
+    stream_key: SecretStr | None = None
+    # Where HPC functions push their chunks: the relay route of this API (…/relay/push).
+    stream_relay_url: str | None = None
+    # The WebSocket API's management endpoint (https://{api-id}.execute-api.{region}
+    # .amazonaws.com/{stage} on AWS; the local API server offline).
+    websocket_management_url: str | None = None
+    # A capability token outlives any generation; API Gateway closes a connection after 2 h.
+    stream_token_ttl_s: int = 2 * 3600
+    connection_ttl_s: int = 2 * 3600
+    # The HPC function's sender pushes what it has every this many ms, or at this many tokens.
+    stream_flush_ms: float = 50.0
+    stream_flush_tokens: int = 16
+
     @classmethod
     def _str_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
+    connections_table: str | None = None
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
@@ -155,6 +172,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def limits_source(self) -> str | None:
+    @cached_property
+    def connections_table_name(self) -> str:
+        return self.connections_table or self.resource("connections")
+
+    @property
+    def stream_key_bytes(self) -> bytes:
+        return self.stream_key.get_secret_value().encode() if self.stream_key else b""
+
         """``limits_path``, else ``infra/limits/<stage>.json`` if that exists, else None."""
         if self.limits_path:
             return self.limits_path

@@ -23,6 +23,7 @@ def build(services: Services) -> Poller:
         executors=ExecutorPool(default_factory(s.local_endpoint_url, s.local_endpoint_token_value)),
         logger=get_logger("first-poller"),
         limits=services.limit_store,
+        streams=services.stream_notifier(),
     )
 
 

@@ -53,6 +53,9 @@ def outcome_of(
             "engine_time_ms": float(result.get("engine_time_ms") or 0.0),
             "endpoint": endpoint,
         }
+        if isinstance(result.get("stream_stats"), dict):
+            # A streamed run's own account: timings, pushes, whether the client went away.
+            fields["stream_stats"] = result["stream_stats"]
         return "completed", fields, response
     if isinstance(result, dict) and isinstance(result.get("error"), dict):
         return (

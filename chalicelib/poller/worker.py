@@ -32,6 +32,7 @@ from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplySender
 from chalicelib.stores.requests import RequestConflictError, RequestStore
+from chalicelib.streaming.notifier import StreamNotifier
 
 # Waits before re-claiming a request whose record is not there yet.
 CLAIM_RETRY_S = (0.01, 0.05, 0.25)
@@ -54,6 +55,7 @@ class Poller:
         executors: ExecutorPool,
         logger: Logger,
         limits: LimitStore | None = None,
+        streams: StreamNotifier | None = None,
     ) -> None:
         self._s = settings
         self._registry = registry
@@ -64,6 +66,8 @@ class Poller:
         self._executors = executors
         self._log = logger
         self._limits = limits
+        # Streaming requests: the capability for the task, the final frame (chalicelib/streaming).
+        self._streams = streams
         self._inflight: dict[str, int] = {}
         self._active = 0
         self._workers = ThreadPoolExecutor(settings.poller_max_inflight, "poller")
@@ -208,7 +212,19 @@ class Poller:
             self._registry.candidates(record["model"], function), dict(self._inflight)
         )
         body = self._blobs.load(record, "payload")
-        task = {"request_id": request_id, "engine": deployment.engine, "body": body}
+        task: dict[str, Any] = {
+            "request_id": request_id,
+            "engine": deployment.engine,
+            "body": body,
+        }
+        if record.get("stream"):
+            if self._streams is not None:
+                task["stream"] = self._streams.task_fields(request_id, record["stream"])
+            else:
+                self.counts["streams_unconfigured"] += 1
+                self._log.warning(
+                    "streaming not configured: runs unstreamed", extra={"request_id": request_id}
+                )
         function_id = endpoint.functions[function]
         with self._lock:
             self._inflight[endpoint.name] = self._inflight.get(endpoint.name, 0) + 1
@@ -263,6 +279,9 @@ class Poller:
             )
             if not self._replies.send(record["reply_to"], notice):
                 self.counts["notices_undelivered"] += 1
+        if record.get("stream") and self._streams is not None:
+            # After the record: a client that has its done frame reads the request completed.
+            self._streams.finished(request_id, record["stream"], status, fields)
         usage = fields.get("usage") or {}
         if record.get("limits") and self._limits is not None:
             # Only the write that made the request terminal gets here: released exactly once.

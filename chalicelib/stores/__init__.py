@@ -4,7 +4,8 @@ Stores raise their own errors, never HTTP ones; the HTTP edge (or the caller) tr
 
     StoreError
     ├── BlobNotFoundError      an S3 object that should be there is not
-    └── RequestConflictError   a conditional write on a request record lost
+    ├── RequestConflictError   a conditional write on a request record lost
+    └── ConnectionGoneError    a WebSocket connection is closed (``GoneException``)
 """
 
 

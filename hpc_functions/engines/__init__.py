@@ -86,6 +86,11 @@ def run_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
     """
     if kind not in TASK_KINDS:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {TASK_KINDS}")
+    if task.get("stream") and kind != "embeddings":
+        # Chunks pushed to the gateway's relay as they are generated (hpc_functions.streaming).
+        from hpc_functions.streaming import run_stream_task
+
+        return run_stream_task(kind, task)
     try:
         engine = get_engine(task["engine"])
         method = getattr(engine, kind)

@@ -25,6 +25,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,21 @@ class TransformersEngine:
     def _render_chat(self, messages: list[dict[str, Any]]) -> str:
         if not messages:
             raise EngineError("messages must not be empty", param="messages")
+    def stream_chat_completions(
+        self, body: dict[str, Any], cancel: threading.Event | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Chat completion chunks as tokens are generated; ``cancel`` stops generation."""
+        from hpc_functions.engines.transformers_stream import stream_chat
+
+        return stream_chat(self, body, cancel)
+
+    def stream_completions(
+        self, body: dict[str, Any], cancel: threading.Event | None = None
+    ) -> Iterator[dict[str, Any]]:
+        from hpc_functions.engines.transformers_stream import stream_completions
+
+        return stream_completions(self, body, cancel)
+
         if not self.tokenizer.chat_template:
             raise EngineError(
                 f"model {self.served_name!r} has no chat template; use /v1/completions",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -131,12 +132,19 @@ class VllmEngine:
 
     # -- streaming -----------------------------------------------------------------------
 
-    def stream_chat_completions(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Yield vLLM's chunks in order, ending with the usage chunk (``choices: []``)."""
-        return self._stream("/chat/completions", body)
+    def stream_chat_completions(
+        self, body: dict[str, Any], cancel: threading.Event | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield vLLM's chunks in order, ending with the usage chunk (``choices: []``).
 
-    def stream_completions(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        return self._stream("/completions", body)
+        Once ``cancel`` is set the stream ends early: closing the response makes vLLM abort
+        the request and free its GPU slot."""
+        return self._stream("/chat/completions", body, cancel)
+
+    def stream_completions(
+        self, body: dict[str, Any], cancel: threading.Event | None = None
+    ) -> Iterator[dict[str, Any]]:
+        return self._stream("/completions", body, cancel)
 
     # -- readiness -----------------------------------------------------------------------
 
@@ -225,7 +233,9 @@ class VllmEngine:
         log.info("vllm %s -> 200 in %.1f ms", path, (time.perf_counter() - started) * 1000)
         return result
 
-    def _stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _stream(
+        self, path: str, body: dict[str, Any], cancel: threading.Event | None = None
+    ) -> Iterator[dict[str, Any]]:
         import requests
 
         started = time.perf_counter()
@@ -256,6 +266,9 @@ class VllmEngine:
                     _restore_model(chunk, requested)
                     chunks += 1
                     yield chunk
+                    if cancel is not None and cancel.is_set():
+                        log.info("vllm %s stream: cancelled after %d chunks", path, chunks)
+                        return
             except requests.RequestException as exc:
                 # urllib3 raises ProtocolError (wrapped as ChunkedEncodingError) when the
                 # server process dies mid-response; a read timeout lands here too.

@@ -1,0 +1,65 @@
+"""The server frames of the WebSocket protocol (JSON text), built in one place.
+
+Every frame carries the client's ``id`` (its reference for the request) and the gateway's
+``request_id`` (null only for a request refused before it had one)::
+
+    {"type": "chunk", "id", "request_id", "seq", "data": <chat.completion.chunk | text_completion>}
+    {"type": "done",  "id", "request_id", "usage": {prompt_tokens, completion_tokens,
+                                                    total_tokens}, "timing": {...}}
+    {"type": "error", "id", "request_id", "error": {OpenAI error object}, "status": int}
+
+``seq`` numbers the HPC function's pushes (1, 2, …; one push may carry several chunks, which
+share it): a client that sees a ``seq`` at or below the last it took for that ``id`` is looking at
+a retried push and drops it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chalicelib.errors import FirstError
+
+
+def _text(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def chunk(client_ref: str | None, request_id: str, seq: int, data: dict[str, Any]) -> str:
+    return _text(
+        {"type": "chunk", "id": client_ref, "request_id": request_id, "seq": seq, "data": data}
+    )
+
+
+def done(
+    client_ref: str | None,
+    request_id: str,
+    usage: dict[str, Any],
+    timing: dict[str, Any] | None = None,
+) -> str:
+    frame: dict[str, Any] = {
+        "type": "done",
+        "id": client_ref,
+        "request_id": request_id,
+        "usage": {
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+            "total_tokens": int(usage.get("total_tokens") or 0),
+        },
+    }
+    if timing:
+        frame["timing"] = timing
+    return _text(frame)
+
+
+def error(client_ref: Any, request_id: str | None, exc: FirstError) -> str:
+    body = exc.to_body()["error"]
+    return _text(
+        {
+            "type": "error",
+            "id": client_ref,
+            "request_id": request_id if request_id is not None else exc.request_id,
+            "error": body,
+            "status": exc.STATUS_CODE,
+        }
+    )

@@ -1,0 +1,68 @@
+"""The poller's side of streaming: the capability for a streaming task, and the last frame.
+
+``task_fields`` is what an HPC function needs to push (the relay URL, a capability token for
+this request and connection, the coalescing settings). ``finished`` posts ``done`` (with usage)
+or ``error`` once the outcome is stored, so a client that has its ``done`` reads the request
+completed, and ``GET /v1/requests/{id}`` agrees with what streamed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.errors import error_from_result
+from chalicelib.settings import Settings
+from chalicelib.stores.websocket import ConnectionGoneError, ConnectionPoster
+from chalicelib.streaming import frames
+from chalicelib.streaming.tokens import mint_for
+
+
+class StreamNotifier:
+    def __init__(self, settings: Settings, poster: ConnectionPoster, logger: Logger) -> None:
+        self._s = settings
+        self._poster = poster
+        self._log = logger
+        self.counts: Counter[str] = Counter()
+
+    def task_fields(self, request_id: str, stream: dict[str, Any]) -> dict[str, Any]:
+        token = mint_for(
+            self._s.stream_key_bytes,
+            request_id,
+            str(stream["connection_id"]),
+            stream.get("ref"),
+            self._s.stream_token_ttl_s,
+        )
+        return {
+            "relay_url": self._s.stream_relay_url,
+            "token": token,
+            "flush_ms": self._s.stream_flush_ms,
+            "flush_tokens": self._s.stream_flush_tokens,
+        }
+
+    def finished(
+        self, request_id: str, stream: dict[str, Any], status: str, fields: dict[str, Any]
+    ) -> bool:
+        """Post the final frame; False when the client is gone (the record holds the truth)."""
+        ref = stream.get("ref")
+        if status == "completed":
+            text = frames.done(
+                ref, request_id, fields.get("usage") or {}, fields.get("stream_stats")
+            )
+        else:
+            exc = error_from_result(
+                fields.get("error") or {}, int(fields.get("status_code") or 500), request_id
+            )
+            text = frames.error(ref, request_id, exc)
+        try:
+            self._poster.post(str(stream["connection_id"]), text)
+        except ConnectionGoneError:
+            self.counts["final_frames_undelivered"] += 1
+            return False
+        except Exception:  # noqa: BLE001 - the result is stored; the client can fetch it by id
+            self.counts["final_frame_errors"] += 1
+            self._log.exception("final stream frame failed", extra={"request_id": request_id})
+            return False
+        return True

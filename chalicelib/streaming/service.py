@@ -1,0 +1,235 @@
+"""The WebSocket routes' work: ``$connect`` authenticates, ``$default`` admits and enqueues a
+streaming request, ``$disconnect`` forgets the connection.
+
+A ``$default`` message is ``{"action": "chat.completions" | "completions", "id": CLIENT_REF,
+"body": {…OpenAI request body…}}``. It goes through the REST route's checks (validation, model
+access, the model's ceiling, rate limits) and the same record + queue, with the connection and
+the client's reference on the record; the handler returns at once, and the answer travels as
+frames (``frames``): refusals from here, chunks from the HPC node through the relay, the final
+``done`` or ``error`` from the poller once the result is stored. Many requests may be in flight
+on one connection.
+
+Cancelling on ``$disconnect`` needs no bookkeeping: the relay's next post to the closed
+connection meets ``GoneException`` and tells the HPC function to stop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.auth import Principal, bearer_token
+from chalicelib.auth.chain import ChainAuthenticator
+from chalicelib.ceilings import check_max_tokens
+from chalicelib.errors import (
+    AuthenticationError,
+    BadRequestError,
+    FirstError,
+    UpstreamUnavailableError,
+)
+from chalicelib.gateway import Gateway, new_request_id
+from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+from chalicelib.protocol.common import GatewayRequest
+from chalicelib.registry import Registry
+from chalicelib.settings import Settings
+from chalicelib.stores.blobs import BlobStore, dumps
+from chalicelib.stores.connections import ConnectionStore
+from chalicelib.stores.limits import LimitStore
+from chalicelib.stores.queue import RequestQueue
+from chalicelib.stores.requests import RequestStore
+from chalicelib.stores.websocket import ConnectionGoneError, ConnectionPoster
+from chalicelib.streaming import frames
+
+ACTIONS: dict[str, tuple[str, type[GatewayRequest]]] = {
+    "chat.completions": ("chat_completions", ChatCompletionRequest),
+    "completions": ("completions", CompletionRequest),
+}
+# A client's reference is echoed in every frame; keep it a short string.
+MAX_CLIENT_REF_CHARS = 128
+
+
+def connect_token(event: Mapping[str, Any]) -> str:
+    """The caller's token: ``Authorization: Bearer …``, or ``?token=`` (browsers cannot set
+    headers on a WebSocket)."""
+    headers = event.get("headers") or {}
+    if any(k.lower() == "authorization" for k in headers):
+        return bearer_token(headers)
+    token = (event.get("queryStringParameters") or {}).get("token")
+    if token:
+        return str(token)
+    return bearer_token(headers)  # raises: no credentials at all
+
+
+class StreamService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        authenticator: ChainAuthenticator,
+        connections: ConnectionStore,
+        poster: ConnectionPoster,
+        gateway: Gateway,
+        registry: Registry,
+        requests: RequestStore,
+        queue: RequestQueue,
+        blobs: BlobStore,
+        logger: Logger,
+        limit_store: LimitStore | None = None,
+    ) -> None:
+        self._s = settings
+        self._auth = authenticator
+        self._connections = connections
+        self._poster = poster
+        self._gateway = gateway
+        self._registry = registry
+        self._requests = requests
+        self._queue = queue
+        self._blobs = blobs
+        self._log = logger
+        self._limit_store = limit_store
+        self.counts: Counter[str] = Counter()
+
+    # -- $connect / $disconnect -----------------------------------------------------------
+
+    def connect(self, connection_id: str, event: Mapping[str, Any]) -> dict[str, Any]:
+        """API Gateway refuses the handshake when ``$connect`` answers other than 2xx."""
+        try:
+            principal = self._auth.authenticate(connect_token(event))
+        except FirstError as exc:
+            self._log.info("websocket refused", extra={"status": exc.STATUS_CODE})
+            return {"statusCode": exc.STATUS_CODE, "body": json.dumps(exc.to_body())}
+        self._connections.put(connection_id, principal)
+        self._log.info("websocket connected", extra={"user": principal.id})
+        return {"statusCode": 200}
+
+    def disconnect(self, connection_id: str) -> None:
+        self._connections.delete(connection_id)
+
+    # -- $default ---------------------------------------------------------------------------
+
+    def message(self, connection_id: str, text: str) -> str | None:
+        """Admit and enqueue one request; the request id, or None after an error frame."""
+        ref: Any = None
+        try:
+            frame = self._frame(text)
+            ref = frame.get("id")
+            principal = self._connections.principal(connection_id)
+            if principal is None:
+                raise AuthenticationError("This connection is not authenticated; reconnect.")
+            function, model = self._action(frame)
+            req = parse_body(json.dumps(frame.get("body")).encode(), model)
+            request_id = self._open(principal, connection_id, ref, function, req)
+        except FirstError as exc:
+            self._refuse(connection_id, ref, exc)
+            return None
+        self._log.info(
+            "stream request queued",
+            extra={"request_id": request_id, "user": principal.id, "model": req.model},
+        )
+        return request_id
+
+    def _frame(self, text: str) -> dict[str, Any]:
+        try:
+            frame = json.loads(text)
+        except ValueError as exc:
+            raise BadRequestError("The message is not valid JSON.") from exc
+        if not isinstance(frame, dict):
+            raise BadRequestError('The message must be {"action", "id", "body"}.')
+        ref = frame.get("id")
+        if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_CLIENT_REF_CHARS):
+            frame["id"] = None
+            raise BadRequestError(
+                f"id must be a string of at most {MAX_CLIENT_REF_CHARS} characters.", param="id"
+            )
+        if not isinstance(frame.get("body"), dict):
+            raise BadRequestError("body must be a JSON object (an OpenAI request).", param="body")
+        return frame
+
+    def _action(self, frame: dict[str, Any]) -> tuple[str, type[GatewayRequest]]:
+        action = frame.get("action")
+        if action not in ACTIONS:
+            raise BadRequestError(
+                f"Unknown action {action!r}; expected one of {sorted(ACTIONS)}.", param="action"
+            )
+        return ACTIONS[str(action)]
+
+    def _open(
+        self,
+        principal: Principal,
+        connection_id: str,
+        ref: str | None,
+        function: str,
+        req: GatewayRequest,
+    ) -> str:
+        if not self._s.stream_key:
+            raise UpstreamUnavailableError("Streaming is not configured on this gateway.")
+        self._gateway.authorize(principal, req.model, function)
+        check_max_tokens(self._registry.model(req.model), req)
+        admission = self._gateway.admit(principal, req)
+        try:
+            return self._enqueue(principal, connection_id, ref, function, req, admission.hold)
+        except Exception:
+            if admission.hold is not None and self._limit_store is not None:
+                self._limit_store.release(admission.hold, 0)
+            raise
+
+    def _enqueue(
+        self,
+        principal: Principal,
+        connection_id: str,
+        ref: str | None,
+        function: str,
+        req: GatewayRequest,
+        hold: dict[str, Any] | None,
+    ) -> str:
+        request_id = new_request_id()
+        item = {
+            "request_id": request_id,
+            "owner": principal.id,
+            "model": req.model,
+            "function": function,
+            # What makes the poller stream: the connection the frames go to, and the client's
+            # reference they carry.
+            "stream": {"connection_id": connection_id, **({"ref": ref} if ref else {})},
+            **({"limits": hold} if hold else {}),
+            **self._blobs.fields(
+                "payload",
+                dumps(req.engine_body()),
+                f"requests/{request_id}/payload.json",
+                self._s.inline_limit_bytes,
+            ),
+        }
+        # The record before the message: no reply listener waits here, so nothing is gained
+        # by racing them, and a poller never meets a message without its record.
+        self._requests.create(item)
+        try:
+            self._queue.send({"request_id": request_id})
+        except Exception as exc:
+            self._requests.fail(
+                request_id,
+                {
+                    "error": {
+                        "message": "The request could not be queued.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "unavailable",
+                    },
+                    "status_code": 503,
+                },
+            )
+            raise UpstreamUnavailableError(
+                "The request could not be queued; try again.", request_id=request_id
+            ) from exc
+        return request_id
+
+    def _refuse(self, connection_id: str, ref: Any, exc: FirstError) -> None:
+        self.counts[f"refused_{exc.STATUS_CODE}"] += 1
+        try:
+            self._poster.post(connection_id, frames.error(ref, exc.request_id, exc))
+        except ConnectionGoneError:
+            self.counts["refusals_undelivered"] += 1
+            self._log.info("refusal not delivered: connection gone")

@@ -1,0 +1,351 @@
+"""Streaming on the HPC node: the engine's chunks, coalesced, pushed to the gateway's relay.
+
+A streaming task carries ``"stream": {"relay_url", "token", "flush_ms", "flush_tokens"}`` (the
+poller mints the capability token). The engine's chunks are read in this thread and handed to a
+background sender, so generation never waits on the network; the sender pushes what has gathered
+as soon as a token is there and the last push is more than ``flush_ms`` old, or ``flush_tokens``
+tokens have gathered, one push at a time, numbered from 1, each retried with the same number
+(the relay and the clients drop what they already have). A 410 from the relay means the client
+is gone: generation is cancelled and the function returns what ran. The function's result is
+the plain one (the whole response, assembled from the chunks) plus ``stream_stats``, so the
+gateway stores it exactly as a non-streamed result.
+
+Self-contained like every HPC function: no chalicelib, no boto3; ``requests`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PUSH_RETRIES = 3
+PUSH_BACKOFF_S = (0.05, 0.2, 0.5)
+PUSH_TIMEOUT_S = (5.0, 15.0)
+# How long the end of a stream may wait for its last pushes.
+CLOSE_TIMEOUT_S = 30.0
+
+
+# -- coalescing (pure) ----------------------------------------------------------------------
+
+
+def _choice_tokens(choice: dict[str, Any]) -> int:
+    delta = choice.get("delta")
+    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    return 1 if text else 0
+
+
+class Coalescer:
+    """Merges consecutive chunks per choice into one chunk per choice; says when to flush.
+
+    ``due`` is true once at least one token is pending and either ``flush_tokens`` are pending
+    or the last flush is ``flush_s`` old (the first token flushes at once). A chunk with a
+    finish reason is due at once: the client learns the end without waiting.
+    """
+
+    def __init__(self, flush_tokens: int, flush_s: float) -> None:
+        self.flush_tokens = max(1, flush_tokens)
+        self.flush_s = max(0.0, flush_s)
+        self._template: dict[str, Any] | None = None
+        self._choices: dict[int, dict[str, Any]] = {}
+        self.tokens = 0
+        self._finished = False
+        self.last_flush = float("-inf")
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._choices)
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        """Take one engine chunk (usage-only chunks carry no choices and are ignored)."""
+        choices = chunk.get("choices") or []
+        if not choices:
+            return
+        if self._template is None:
+            self._template = {k: v for k, v in chunk.items() if k not in ("choices", "usage")}
+        for choice in choices:
+            self.tokens += _choice_tokens(choice)
+            self._merge(choice)
+
+    def _merge(self, choice: dict[str, Any]) -> None:
+        index = int(choice.get("index") or 0)
+        current = self._choices.get(index)
+        if current is None:
+            merged = {k: v for k, v in choice.items()}
+            if isinstance(choice.get("delta"), dict):
+                merged["delta"] = dict(choice["delta"])
+            self._choices[index] = merged
+        elif isinstance(choice.get("delta"), dict):
+            delta = current["delta"]
+            for key, value in choice["delta"].items():
+                if key == "content" and value is not None:
+                    delta["content"] = (delta.get("content") or "") + value
+                elif key not in delta or delta[key] is None:
+                    delta[key] = value
+        else:
+            current["text"] = (current.get("text") or "") + (choice.get("text") or "")
+        if choice.get("finish_reason") is not None:
+            self._choices[index]["finish_reason"] = choice["finish_reason"]
+            self._finished = True
+
+    def due(self, now: float) -> bool:
+        if self._finished and self._choices:
+            return True
+        if self.tokens == 0:
+            return False
+        return self.tokens >= self.flush_tokens or now - self.last_flush >= self.flush_s
+
+    def wait_s(self, now: float) -> float | None:
+        """How long until ``due`` turns true by time alone (None: only a new token can)."""
+        if self.tokens == 0:
+            return None
+        return max(0.0, self.last_flush + self.flush_s - now)
+
+    def take(self, now: float) -> list[dict[str, Any]]:
+        """The pending chunks, merged (one per choice, by index); resets the batch."""
+        template = self._template or {}
+        out = [{**template, "choices": [self._choices[i]]} for i in sorted(self._choices)]
+        self._choices = {}
+        self.tokens = 0
+        self._finished = False
+        self.last_flush = now
+        return out
+
+
+# -- the sender ------------------------------------------------------------------------------
+
+
+class RelayGoneError(Exception):
+    """The relay refused the stream for good (410 gone, or the token refused)."""
+
+
+class RelaySender:
+    """A background thread that pushes coalesced chunks to the relay, in order."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        flush_ms: float = 50.0,
+        flush_tokens: int = 16,
+        on_gone: Any = None,
+        session: Any = None,
+    ) -> None:
+        import requests
+
+        self.url = url
+        self._session = session or requests.Session()
+        self._session.headers["Authorization"] = f"Bearer {token}"
+        self._coalescer = Coalescer(flush_tokens, flush_ms / 1000.0)
+        self._cond = threading.Condition()
+        self._closing = False
+        self._on_gone = on_gone
+        self.gone = False
+        self.seq = 0
+        self.stats: dict[str, Any] = {"pushes": 0, "push_retries": 0, "push_failures": 0}
+        self.first_push_at: float | None = None
+        self._thread = threading.Thread(target=self._run, name="relay-sender", daemon=True)
+        self._thread.start()
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        with self._cond:
+            if self.gone:
+                return
+            self._coalescer.add(chunk)
+            self._cond.notify()
+
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Push what is left, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self.stats["push_failures"] += 1
+            log.warning("relay sender still busy after %.0f s; leaving it", timeout_s)
+
+    def _next_batch(self) -> list[dict[str, Any]] | None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                c = self._coalescer
+                if self.gone:
+                    return None
+                if c.pending and (self._closing or c.due(now)):
+                    return c.take(now)
+                if self._closing:
+                    return None
+                self._cond.wait(c.wait_s(now))
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self.seq += 1
+            try:
+                self._push({"seq": self.seq, "chunks": batch})
+            except RelayGoneError as exc:
+                log.info("stream stopped by the relay: %s", exc)
+                with self._cond:
+                    self.gone = True
+                if self._on_gone is not None:
+                    self._on_gone()
+                return
+            except Exception as exc:  # noqa: BLE001 - counted; the result is stored anyway
+                self.stats["push_failures"] += 1
+                log.warning("push %d lost after retries: %s", self.seq, type(exc).__name__)
+
+    def _push(self, body: dict[str, Any]) -> None:
+        import requests
+
+        for attempt in range(PUSH_RETRIES + 1):
+            try:
+                resp = self._session.post(self.url, json=body, timeout=PUSH_TIMEOUT_S)
+            except requests.RequestException:
+                if attempt == PUSH_RETRIES:
+                    raise
+            else:
+                with resp:
+                    status = resp.status_code
+                if status < 300:
+                    self.stats["pushes"] += 1
+                    if self.first_push_at is None:
+                        self.first_push_at = time.time()
+                    return
+                if status in (401, 403, 410):
+                    raise RelayGoneError(f"HTTP {status}")
+                if status < 500 and status != 429 or attempt == PUSH_RETRIES:
+                    raise RuntimeError(f"relay answered HTTP {status}")
+            self.stats["push_retries"] += 1
+            time.sleep(PUSH_BACKOFF_S[min(attempt, len(PUSH_BACKOFF_S) - 1)])
+
+
+# -- assembling the plain response ---------------------------------------------------------
+
+
+class Assembler:
+    """Builds the non-streamed response from the chunks (what the gateway stores)."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, Any] | None = None
+        self.texts: dict[int, str] = {}
+        self.finish: dict[int, str | None] = {}
+        self.usage: dict[str, Any] | None = None
+        self.token_chunks = 0
+
+    def add(self, chunk: dict[str, Any]) -> bool:
+        """Take a chunk; True when it carried a token."""
+        if self.first is None:
+            self.first = chunk
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        tokens = 0
+        for choice in chunk.get("choices") or []:
+            index = int(choice.get("index") or 0)
+            delta = choice.get("delta")
+            piece = (delta.get("content") if isinstance(delta, dict) else choice.get("text")) or ""
+            self.texts[index] = self.texts.get(index, "") + piece
+            tokens += 1 if piece else 0
+            if choice.get("finish_reason") is not None or index not in self.finish:
+                self.finish[index] = choice.get("finish_reason")
+        self.token_chunks += tokens
+        return tokens > 0
+
+    def response(self, kind: str) -> dict[str, Any]:
+        first = self.first or {}
+        chat = kind == "chat_completions"
+        choices: list[dict[str, Any]] = []
+        for index in sorted(self.texts) or [0]:
+            text = self.texts.get(index, "")
+            finish = self.finish.get(index) or "stop"
+            if chat:
+                message = {"role": "assistant", "content": text, "refusal": None}
+                choices.append(
+                    {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
+                )
+            else:
+                choices.append(
+                    {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+                )
+        usage = self.usage or {"prompt_tokens": 0, "completion_tokens": self.token_chunks}
+        usage = {
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        response: dict[str, Any] = {
+            "id": first.get("id"),
+            "object": "chat.completion" if chat else "text_completion",
+            "created": first.get("created") or int(time.time()),
+            "model": first.get("model"),
+            "choices": choices,
+            "usage": usage,
+        }
+        if first.get("system_fingerprint"):
+            response["system_fingerprint"] = first["system_fingerprint"]
+        return response
+
+
+# -- the task ---------------------------------------------------------------------------------
+
+
+def run_stream_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
+    """Run one streaming task; the plain result plus ``stream_stats``."""
+    from hpc_functions.engines import get_engine
+    from hpc_functions.engines.base import EngineError
+
+    stream = task["stream"]
+    started_at = time.time()
+    started = time.perf_counter()
+    cancel = threading.Event()
+    sender: RelaySender | None = None
+    assembler = Assembler()
+    first_token_at: float | None = None
+    body = dict(task["body"])
+    # vLLM then reports usage on every chunk: exact counts even for a stream cut short.
+    body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    try:
+        engine = get_engine(task["engine"])
+        method = getattr(engine, f"stream_{kind}", None)
+        if method is None:
+            raise EngineError(f"this engine cannot stream {kind}", param="stream")
+        chunks: Iterator[dict[str, Any]] = method(body, cancel=cancel)
+        sender = RelaySender(
+            str(stream["relay_url"]),
+            str(stream["token"]),
+            flush_ms=float(stream.get("flush_ms") or 50.0),
+            flush_tokens=int(stream.get("flush_tokens") or 16),
+            on_gone=cancel.set,
+        )
+        try:
+            for chunk in chunks:
+                if assembler.add(chunk) and first_token_at is None:
+                    first_token_at = time.time()
+                sender.add(chunk)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+    except EngineError as exc:
+        if sender is not None:
+            sender.close()
+        return exc.to_result()
+    finished_at = time.time()
+    engine_time_ms = (time.perf_counter() - started) * 1000.0
+    sender.close()
+    response = assembler.response(kind)
+    max_tokens = task["body"].get("max_completion_tokens") or task["body"].get("max_tokens")
+    stats = {
+        "started_at": round(started_at, 6),
+        "first_token_at": None if first_token_at is None else round(first_token_at, 6),
+        "first_push_at": None if sender.first_push_at is None else round(sender.first_push_at, 6),
+        "finished_at": round(finished_at, 6),
+        "completion_tokens": response["usage"]["completion_tokens"],
+        "max_tokens": max_tokens,
+        "cancelled": cancel.is_set(),
+        **sender.stats,
+    }
+    return {"response": response, "engine_time_ms": engine_time_ms, "stream_stats": stats}
