@@ -135,3 +135,31 @@ def embeddings(log: dict[str, Any]) -> Response:
 def get_request(log: dict[str, Any], request_id: str) -> Response:
     log["request_id"] = request_id
     return json_response(services.gateway.fetch(_principal(log), request_id))
+
+
+# -- streaming: API Gateway's WebSocket API and the stream relay (chalicelib/streaming) --------
+
+
+@app.on_ws_connect()
+def ws_connect(event: WebsocketEvent) -> dict[str, Any]:
+    return services.streams.connect(event.connection_id, event.to_dict())
+
+
+@app.on_ws_message()
+def ws_message(event: WebsocketEvent) -> None:
+    services.streams.message(event.connection_id, event.body)
+
+
+@app.on_ws_disconnect()
+def ws_disconnect(event: WebsocketEvent) -> None:
+    services.streams.disconnect(event.connection_id)
+
+
+@app.route("/relay/push", methods=["POST"], content_types=BODY_TYPES)
+@route
+def relay_push(log: dict[str, Any]) -> Response:
+    """An HPC function's coalesced chunks, authorized by the request's capability token."""
+    raw = check_size(_request(), services.settings.max_body_bytes)
+    delivery = services.relay.push(bearer_token(_request().headers), raw)
+    log.update(request_id=delivery.request_id, seq=delivery.seq, frames=delivery.posted)
+    return json_response({"seq": delivery.seq, "frames": delivery.posted})
