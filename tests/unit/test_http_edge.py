@@ -29,3 +29,26 @@ def test_prefer_wait_is_read_case_insensitively_among_other_preferences() -> Non
     assert preferred_wait_s({"prefer": "respond-async, wait=0.5"}) == 0.5
     assert preferred_wait_s({"Prefer": "handling=lenient"}) is None
     assert preferred_wait_s({}) is None
+
+
+def test_a_store_error_reaches_the_client_as_a_plain_500_without_internal_names() -> None:
+    from chalice.test import Client
+
+    from chalicelib.http import openai_route
+    from chalicelib.logs import get_logger
+    from chalicelib.stores.blobs import BlobNotFoundError
+
+    app = ThreadSafeChalice(app_name="t")
+    route = openai_route(get_logger("t"), lambda: app.current_request)
+
+    @app.route("/boom")
+    @route
+    def boom(log: dict[str, object]) -> None:
+        raise BlobNotFoundError("s3://first-prod-data/requests/req_1/result.json does not exist")
+
+    with Client(app) as client:
+        response = client.http.get("/boom")
+    assert response.status_code == 500
+    error = response.json_body["error"]
+    assert error["type"] == "server_error" and "s3://" not in error["message"]
+    assert "first-prod-data" not in response.body.decode()
