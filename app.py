@@ -163,3 +163,89 @@ def relay_push(log: dict[str, Any]) -> Response:
     delivery = services.relay.push(bearer_token(_request().headers), raw)
     log.update(request_id=delivery.request_id, seq=delivery.seq, frames=delivery.posted)
     return json_response({"seq": delivery.seq, "frames": delivery.posted})
+
+# ----- Files and Batches (chalicelib/batch; docs/operations.md "Batch") ----------------------
+
+FORM_TYPES = ["multipart/form-data"]
+# API Gateway passes a multipart body to the Lambda base64-encoded only for binary media types.
+app.api.binary_types.extend(t for t in FORM_TYPES if t not in app.api.binary_types)
+
+
+def _query() -> dict[str, str]:
+    return dict(_request().query_params or {})
+
+
+@app.route("/v1/files", methods=["POST"], content_types=FORM_TYPES)
+@route
+def upload_file(log: dict[str, Any]) -> Response:
+    principal = _principal(log)
+    raw = check_size(_request(), services.settings.max_body_bytes)
+    content_type = _request().headers.get("content-type", "")
+    return json_response(services.batch_api.upload(principal, content_type, raw))
+
+
+# Files larger than the API's payload limit: a presigned POST straight to S3 (README, "Batch").
+@app.route("/v1/files/uploads", methods=["POST"], content_types=BODY_TYPES)
+@route
+def create_file_upload(log: dict[str, Any]) -> Response:
+    principal = _principal(log)
+    raw = check_size(_request(), services.settings.max_body_bytes)
+    return json_response(services.batch_api.create_upload(principal, raw))
+
+
+@app.route("/v1/files", methods=["GET"])
+@route
+def list_files(log: dict[str, Any]) -> Response:
+    return json_response(services.batch_api.list_files(_principal(log), _query()))
+
+
+@app.route("/v1/files/{file_id}", methods=["GET", "DELETE"])
+@route
+def file_route(log: dict[str, Any], file_id: str) -> Response:
+    principal = _principal(log)
+    if _request().method == "DELETE":
+        return json_response(services.batch_api.delete_file(principal, file_id))
+    return json_response(services.batch_api.get_file(principal, file_id))
+
+
+@app.route("/v1/files/{file_id}/content", methods=["GET"])
+@route
+def file_content(log: dict[str, Any], file_id: str) -> Response:
+    content = services.batch_api.file_content(_principal(log), file_id)
+    if content.redirect_url is not None:
+        return Response(body="", status_code=307, headers={"Location": content.redirect_url})
+    return Response(
+        body=(content.data or b"").decode("utf-8", "replace"),
+        status_code=200,
+        headers={"Content-Type": "application/jsonl"},
+    )
+
+
+@app.route("/v1/batches", methods=["POST"], content_types=BODY_TYPES)
+@route
+def create_batch(log: dict[str, Any]) -> Response:
+    principal = _principal(log)
+    raw = check_size(_request(), services.settings.max_body_bytes)
+    batch = services.batch_api.create_batch(principal, raw)
+    log["batch_id"] = batch["id"]
+    return json_response(batch)
+
+
+@app.route("/v1/batches", methods=["GET"])
+@route
+def list_batches(log: dict[str, Any]) -> Response:
+    return json_response(services.batch_api.list_batches(_principal(log), _query()))
+
+
+@app.route("/v1/batches/{batch_id}", methods=["GET"])
+@route
+def retrieve_batch(log: dict[str, Any], batch_id: str) -> Response:
+    log["batch_id"] = batch_id
+    return json_response(services.batch_api.get_batch(_principal(log), batch_id))
+
+
+@app.route("/v1/batches/{batch_id}/cancel", methods=["POST"], content_types=BODY_TYPES)
+@route
+def cancel_batch(log: dict[str, Any], batch_id: str) -> Response:
+    log["batch_id"] = batch_id
+    return json_response(services.batch_api.cancel_batch(_principal(log), batch_id))

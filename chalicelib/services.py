@@ -21,16 +21,20 @@ from chalicelib.gateway import Gateway
 from chalicelib.limits import LimitsConfig
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
+from chalicelib.stores.batches import BatchStore
 from chalicelib.stores.blobs import BlobStore
 from chalicelib.stores.connections import ConnectionStore
+from chalicelib.stores.files import FileStore
 from chalicelib.stores.keys import KeyStore
 from chalicelib.stores.limits import LimitStore
+from chalicelib.stores.objects import ObjectStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener, ReplySender, process_queue_name
 from chalicelib.stores.requests import RequestStore
 from chalicelib.stores.websocket import ConnectionPoster
 
 if TYPE_CHECKING:
+    from chalicelib.batch.api import BatchApi
     from chalicelib.streaming.notifier import StreamNotifier
     from chalicelib.streaming.relay import Relay
     from chalicelib.streaming.service import StreamService
@@ -205,3 +209,39 @@ class Services:
         if not (s.stream_key and s.stream_relay_url and s.websocket_management_url):
             return None
         return StreamNotifier(s, self.connection_poster, get_logger("first-poller"))
+
+    # ----- batch (chalicelib/batch) ------------------------------------------------------
+
+    @cached_property
+    def file_store(self) -> FileStore:
+        return FileStore(self.dynamodb.Table(self.settings.files_table_name))
+
+    @cached_property
+    def batch_store(self) -> BatchStore:
+        return BatchStore(self.dynamodb.Table(self.settings.batches_table_name))
+
+    @cached_property
+    def objects(self) -> ObjectStore:
+        """The data bucket, for files, shards and outputs (streamed, presigned)."""
+        return ObjectStore(self.s3, self.settings.bucket_name)
+
+    @cached_property
+    def drop_objects(self) -> ObjectStore:
+        return ObjectStore(self.s3, self.settings.drop_bucket_name)
+
+    @cached_property
+    def batch_queue(self) -> RequestQueue:
+        url = self.sqs.get_queue_url(QueueName=self.settings.batch_queue_name)["QueueUrl"]
+        return RequestQueue(self.sqs, url)
+
+    @cached_property
+    def batch_api(self) -> BatchApi:
+        from chalicelib.batch.api import BatchApi
+
+        return BatchApi(
+            settings=self.settings,
+            files=self.file_store,
+            batches=self.batch_store,
+            objects=self.objects,
+            queue=self.batch_queue,
+        )

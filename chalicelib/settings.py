@@ -76,29 +76,36 @@ class Settings(BaseSettings):
     poller_visibility_timeout_s: int = 10
     poller_max_inflight: int = 32
     poller_wait_time_s: int = 20
+    # A request whose endpoints are all at capacity waits in its poller this long for a slot.
+    poller_slot_wait_s: float = 60.0
+    # Circuit breaker per endpoint (chalicelib/router.py): consecutive infrastructure failures
+    # that open it, the cooldown before one probe; an endpoint unheard of this long is offline.
+    circuit_failures_to_open: int = 3
+    circuit_cooldown_s: float = 30.0
+    endpoint_stale_s: float = 30.0
     # After this many receives a message goes to the DLQ (redrive policy in the template).
     max_receive_count: int = 3
+
+    # Batch (docs/operations.md "Batch"): lines per shard (one HPC task each); shards of all
+    # batches one batch worker runs at once (batch's share of endpoint capacity, so a running
+    # batch never takes every worker from interactive requests); tries per shard before its
+    # lines go to the error file; the batch worker's lease on a batch message.
+    batch_shard_lines: int = 64
+    batch_max_inflight_shards: int = 1
+    batch_shard_attempts: int = 3
+    batch_visibility_timeout_s: int = 30
+    # OpenAI's limits per input file.
+    batch_max_requests: int = 50_000
+    batch_max_file_bytes: int = 200 * 1024 * 1024
+    # Presigned URLs (shard inputs/outputs for HPC nodes; uploads and downloads of big files).
+    presigned_url_ttl_s: int = 6 * 3600
+    # File contents up to this size are answered in the response; larger ones redirect to S3.
+    file_content_inline_bytes: int = 5 * 1024 * 1024
 
     local_endpoint_url: str = "http://127.0.0.1:8765"
     # The offline compute endpoint's per-stack secret (offline.stack makes one for each stack).
     local_endpoint_token: SecretStr | None = None
 
-    # Resource name overrides; default to first-<stage>-<name>.
-    requests_table: str | None = None
-    keys_table: str | None = None
-    auth_cache_table: str | None = None
-    limits_table: str | None = None
-    interactive_queue: str | None = None
-    bucket: str | None = None
-    reply_queue_prefix: str | None = None
-
-    @field_validator(
-        "globus_allowed_domains",
-        "globus_policies",
-        "globus_groups",
-        "globus_service_clients",
-        mode="before",
-    )
     # Streaming over the WebSocket API (issue 8; docs/operations.md). The capability tokens the
     # poller mints for streaming tasks are signed with this key (a secret-store value on AWS,
     # random per stack offline); without it the WebSocket routes refuse to stream.
@@ -115,12 +122,33 @@ class Settings(BaseSettings):
     stream_flush_ms: float = 50.0
     stream_flush_tokens: int = 16
 
+    # Resource name overrides; default to first-<stage>-<name>.
+    requests_table: str | None = None
+    keys_table: str | None = None
+    auth_cache_table: str | None = None
+    limits_table: str | None = None
+    endpoints_table: str | None = None
+    connections_table: str | None = None
+    interactive_queue: str | None = None
+    bucket: str | None = None
+    reply_queue_prefix: str | None = None
+    files_table: str | None = None
+    batches_table: str | None = None
+    batch_queue: str | None = None
+    drop_bucket: str | None = None
+
+    @field_validator(
+        "globus_allowed_domains",
+        "globus_policies",
+        "globus_groups",
+        "globus_service_clients",
+        mode="before",
+    )
     @classmethod
     def _str_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-    connections_table: str | None = None
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
@@ -153,6 +181,18 @@ class Settings(BaseSettings):
         return self.limits_table or self.resource("limits")
 
     @cached_property
+    def endpoints_table_name(self) -> str:
+        return self.endpoints_table or self.resource("endpoints")
+
+    @cached_property
+    def connections_table_name(self) -> str:
+        return self.connections_table or self.resource("connections")
+
+    @property
+    def stream_key_bytes(self) -> bytes:
+        return self.stream_key.get_secret_value().encode() if self.stream_key else b""
+
+    @cached_property
     def interactive_queue_name(self) -> str:
         return self.interactive_queue or self.resource("interactive")
 
@@ -165,6 +205,22 @@ class Settings(BaseSettings):
         return self.reply_queue_prefix or self.resource("reply")
 
     @cached_property
+    def files_table_name(self) -> str:
+        return self.files_table or self.resource("files")
+
+    @cached_property
+    def batches_table_name(self) -> str:
+        return self.batches_table or self.resource("batches")
+
+    @cached_property
+    def batch_queue_name(self) -> str:
+        return self.batch_queue or self.resource("batch")
+
+    @cached_property
+    def drop_bucket_name(self) -> str:
+        return self.drop_bucket or self.resource("drop")
+
+    @cached_property
     def registry_file(self) -> Path:
         if self.registry_path:
             return Path(self.registry_path)
@@ -172,14 +228,6 @@ class Settings(BaseSettings):
 
     @cached_property
     def limits_source(self) -> str | None:
-    @cached_property
-    def connections_table_name(self) -> str:
-        return self.connections_table or self.resource("connections")
-
-    @property
-    def stream_key_bytes(self) -> bytes:
-        return self.stream_key.get_secret_value().encode() if self.stream_key else b""
-
         """``limits_path``, else ``infra/limits/<stage>.json`` if that exists, else None."""
         if self.limits_path:
             return self.limits_path

@@ -47,9 +47,17 @@ def health(task: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"status": "ok", "engines": warm_engines()}
 
 
+def batch_shard(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one shard of a batch in throughput mode (``hpc_functions.batch``)."""
+    from hpc_functions.batch import run_shard
+
+    return run_shard(task)
+
+
 FUNCTIONS = {
     "chat_completions": chat_completions,
     "completions": completions,
     "embeddings": embeddings,
     "health": health,
+    "batch_shard": batch_shard,
 }

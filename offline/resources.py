@@ -1,8 +1,10 @@
 """Deploy ``infra/resources.yaml`` to the local AWS endpoint (moto server or LocalStack).
 
 The template is the one source of truth. moto's CloudFormation creates the tables, queues
-(with redrive) and bucket but leaves TTL disabled, so this applies every table's
-``TimeToLiveSpecification`` with direct calls afterwards; ``tests`` check the result.
+(with redrive) and bucket but leaves TTL disabled and ignores a bucket's
+``NotificationConfiguration``, so this applies every table's ``TimeToLiveSpecification`` and
+every bucket's queue notifications (the drop folder) with direct calls afterwards; ``tests``
+check the result.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def deploy(
     parameters: dict[str, str] | None = None,
     template: Path = TEMPLATE,
     timeout_s: float = 60.0,
+    s3: Any = None,
+    sqs: Any = None,
 ) -> dict[str, str]:
     """Create (or reuse) the stack ``first-<stage>``; returns its outputs."""
     name = f"first-{stage}"
@@ -73,6 +77,12 @@ def deploy(
             raise RuntimeError(f"stack {name} did not deploy: {status}")
         time.sleep(0.2)
     _apply_ttl(dynamodb, load_template(template), stage)
+    _apply_notifications(
+        s3 or _like(cloudformation, "s3"),
+        sqs or _like(cloudformation, "sqs"),
+        load_template(template),
+        stage,
+    )
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
@@ -98,4 +108,51 @@ def _apply_ttl(dynamodb: Any, template: dict[str, Any], stage: str) -> None:
         dynamodb.update_time_to_live(
             TableName=table,
             TimeToLiveSpecification={"AttributeName": spec["AttributeName"], "Enabled": True},
+        )
+
+
+def _like(client: Any, service: str) -> Any:
+    """A client for ``service`` at the same endpoint and region as ``client``."""
+    import boto3
+
+    return boto3.client(
+        service, region_name=client.meta.region_name, endpoint_url=client.meta.endpoint_url
+    )
+
+
+def _name(value: Any, stage: str) -> str:
+    return str(value["Sub"] if isinstance(value, dict) else value).replace("${Stage}", stage)
+
+
+def _apply_notifications(s3: Any, sqs: Any, template: dict[str, Any], stage: str) -> None:
+    """Each bucket's ``QueueConfigurations`` (queues named by ``!GetAtt <Queue>.Arn``)."""
+    resources = template["Resources"]
+    for resource in resources.values():
+        if resource["Type"] != "AWS::S3::Bucket":
+            continue
+        props = resource["Properties"]
+        queues = (props.get("NotificationConfiguration") or {}).get("QueueConfigurations") or []
+        if not queues:
+            continue
+        configs = []
+        for q in queues:
+            logical = str(q["Queue"]["GetAtt"]).removesuffix(".Arn")
+            queue_name = _name(resources[logical]["Properties"]["QueueName"], stage)
+            url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+            rules = ((q.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []
+            config: dict[str, Any] = {
+                "QueueArn": arn["Attributes"]["QueueArn"],
+                "Events": [q["Event"]],
+            }
+            if rules:
+                config["Filter"] = {
+                    "Key": {
+                        "FilterRules": [{"Name": r["Name"], "Value": r["Value"]} for r in rules]
+                    }
+                }
+            configs.append(config)
+        s3.put_bucket_notification_configuration(
+            Bucket=_name(props["BucketName"], stage),
+            NotificationConfiguration={"QueueConfigurations": configs},
         )

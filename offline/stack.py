@@ -190,6 +190,7 @@ class Stack:
         wait_until(lambda: answers(f"{c.compute_url}/health"), "compute endpoint", 180, proc)
         for i in range(c.pollers):
             self._add(f"poller-{i}", ["chalicelib.poller.main"])
+        self._add("batch", ["chalicelib.batch.main"])
         proc = self._add("api", ["offline.api_server", "--port", str(c.api_port)])
         wait_until(lambda: answers(f"{c.api_url}/health"), "API", 60, proc)
         self._write_state()
@@ -264,12 +265,15 @@ class Stack:
             "FIRST_INTERACTIVE_QUEUE": f"first-{c.stage}-interactive",
             "FIRST_INTERACTIVE_DLQ": f"first-{c.stage}-interactive-dlq",
             "FIRST_BUCKET": f"first-{c.stage}-data",
+            "FIRST_DROP_BUCKET": f"first-{c.stage}-drop",
+            "FIRST_BATCH_QUEUE": f"first-{c.stage}-batch",
             "FIRST_MODEL": TINY_MODEL,
         }
         _write_private(c.env_file, "".join(f"{k}={v}\n" for k, v in lines.items()))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         order = ["api", *sorted(n for n in self.supervisor.children if n.startswith("poller"))]
+        order += [n for n in self.supervisor.children if n == "batch"]
         self.supervisor.stop([*order, "compute", "aws"], timeout_s)
         self.config.env_file.unlink(missing_ok=True)
         self.config.state_file.unlink(missing_ok=True)

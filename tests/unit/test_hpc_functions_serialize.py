@@ -11,6 +11,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,51 @@ for job in json.load(sys.stdin):
 """
 
 
-def _tasks(tiny_model_dir: Path) -> dict[str, tuple[Any, ...]]:
+class Presigned:
+    """Stands in for S3 behind presigned URLs: GET /in answers the shard, PUT stores the body."""
+
+    def __init__(self, shard: bytes) -> None:
+        self.objects: dict[str, bytes] = {"/in": shard}
+        store = self.objects
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                data = store[self.path]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self) -> None:  # noqa: N802
+                store[self.path] = self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def presigned() -> Iterator[Presigned]:
+    lines = [
+        {"custom_id": f"c{i}", "body": {"messages": [{"role": "user", "content": f"Hi {i}"}]}}
+        for i in range(3)
+    ]
+    lines[0]["body"]["max_tokens"] = 4
+    lines[1]["body"]["max_tokens"] = 4
+    lines[2]["body"]["max_tokens"] = 0  # refused by the engine: goes to the error object
+    shard = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    server = Presigned(shard)
+    yield server
+    server.server.shutdown()
+
+
+def _tasks(tiny_model_dir: Path, presigned: Presigned) -> dict[str, tuple[Any, ...]]:
     chat_engine = {"kind": "transformers", "model": "tiny-llama", "path": str(tiny_model_dir)}
     embedding_engine = {
         "kind": "transformers",
@@ -55,13 +102,25 @@ def _tasks(tiny_model_dir: Path) -> dict[str, tuple[Any, ...]]:
         "embeddings": (
             {"request_id": "r3", "engine": embedding_engine, "body": {"input": ["a", "b"]}},
         ),
+        "batch_shard": (
+            {
+                "request_id": "b1-shard-0-try-1",
+                "engine": chat_engine,
+                "function": "chat_completions",
+                "batch_id": "b1",
+                "shard": 0,
+                "input_url": f"{presigned.url}/in",
+                "output_url": f"{presigned.url}/out",
+                "error_url": f"{presigned.url}/err",
+            },
+        ),
         # Last, so that it sees the engines the other tasks loaded.
         "health": ({},),
     }
 
 
 @pytest.fixture(scope="module")
-def worker_results(tiny_model_dir: Path) -> dict[str, Any]:
+def worker_results(tiny_model_dir: Path, presigned: Presigned) -> dict[str, Any]:
     serializer = ComputeSerializer()
     jobs = [
         {
@@ -69,7 +128,7 @@ def worker_results(tiny_model_dir: Path) -> dict[str, Any]:
             "fn": serializer.serialize(hpc_functions.FUNCTIONS[name]),
             "args": serializer.serialize(args),
         }
-        for name, args in _tasks(tiny_model_dir).items()
+        for name, args in _tasks(tiny_model_dir, presigned).items()
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(
@@ -88,9 +147,10 @@ def worker_results(tiny_model_dir: Path) -> dict[str, Any]:
 
 
 def test_every_registered_function_has_a_serialised_run(
-    worker_results: dict[str, Any], tiny_model_dir: Path
+    worker_results: dict[str, Any], tiny_model_dir: Path, presigned: Presigned
 ) -> None:
-    assert set(hpc_functions.FUNCTIONS) == set(_tasks(tiny_model_dir)) == set(worker_results)
+    tasks = _tasks(tiny_model_dir, presigned)
+    assert set(hpc_functions.FUNCTIONS) == set(tasks) == set(worker_results)
 
 
 def test_chat_completions_runs_deserialised(worker_results: dict[str, Any]) -> None:
@@ -119,3 +179,19 @@ def test_health_reports_the_warm_engines(worker_results: dict[str, Any]) -> None
         "status": "ok",
         "engines": ["tiny-llama", "all-minilm-l6-v2"],
     }
+
+
+def test_batch_shard_runs_deserialised_through_presigned_urls(
+    worker_results: dict[str, Any], presigned: Presigned
+) -> None:
+    result = worker_results["batch_shard"]
+    assert (result["lines"], result["completed"], result["failed"]) == (3, 2, 1)
+    output = [json.loads(line) for line in presigned.objects["/out"].splitlines()]
+    errors = [json.loads(line) for line in presigned.objects["/err"].splitlines()]
+    assert [line["custom_id"] for line in output] == ["c0", "c1"]
+    assert all(line["response"]["status_code"] == 200 for line in output)
+    assert output[0]["response"]["body"]["object"] == "chat.completion"
+    assert output[0]["id"].startswith("batch_req_") and output[0]["error"] is None
+    assert errors[0]["custom_id"] == "c2"
+    assert errors[0]["response"]["status_code"] == 400
+    assert errors[0]["response"]["body"]["error"]["param"] == "max_tokens"

@@ -1,0 +1,469 @@
+"""The batch worker: consumes the batch queue and drives each batch to a final status.
+
+A message is ``{"owner", "batch_id"}`` (the API created the batch) or an S3 event notification
+(the drop folder; ``s3:TestEvent`` is dropped). The worker holds the message while the batch
+runs (a heartbeat extends its visibility), and deletes it once the batch is final. If the worker
+dies, the message reappears and a worker resumes the batch from its record:
+
+1. ``validating``: the input is read line by line (never whole), checked (``LineChecker``) and
+   written to S3 as shards of ``batch_shard_lines`` lines as it goes; any problem → ``failed``
+   with ``errors.data`` naming lines. Otherwise → ``in_progress`` with the total and shard count.
+2. ``in_progress``: every shard not yet in ``done_shards`` becomes one HPC task
+   (``hpc_functions.batch.run_shard``) with presigned URLs for its input and outputs; at most
+   ``batch_max_inflight_shards`` at once over all batches (batch's share of the endpoints). A
+   shard's task id is stable (``<batch>-shard-<n>-try-<k>``): a restarted worker re-attaches to
+   a task still running rather than running its lines again. A failing shard is tried
+   ``batch_shard_attempts`` times, then its lines go to the error file. Each finished shard is
+   counted once (``BatchStore.record_shard``); its answer says whether a cancel arrived.
+3. ``finalizing``: shard outputs are concatenated in shard order (= input order) through a
+   temporary file into the output and error files → ``completed`` (or ``cancelled`` after a
+   cancel, ``expired`` past the 24 h window, both keeping the finished lines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.access import may_use
+from chalicelib.auth import Principal
+from chalicelib.batch.api import dumps_line, principal_from
+from chalicelib.batch.drop import DropObject, drop_objects
+from chalicelib.ceilings import check_max_tokens
+from chalicelib.compute.executors import ExecutorPool
+from chalicelib.poller.leases import Leases
+from chalicelib.protocol.batches import COMPLETION_WINDOW_S, ENDPOINTS, LineChecker, batch_object
+from chalicelib.protocol.common import GatewayRequest
+from chalicelib.registry import Registry
+from chalicelib.settings import Settings
+from chalicelib.stores.batches import TERMINAL, BatchConflictError, BatchExistsError, BatchStore
+from chalicelib.stores.files import FileIdTakenError, FileStore, sortable_id
+from chalicelib.stores.objects import ObjectStore
+from chalicelib.stores.queue import RequestQueue
+
+SHARD_FUNCTION = "batch_shard"
+# Batches one worker drives at once (their shards share ``batch_max_inflight_shards``).
+MAX_BATCHES = 4
+
+
+class WorkerStopped(Exception):
+    """Raised by the signal handler to cut an idle long-poll short (see ``main``)."""
+
+
+class Interrupted(Exception):
+    """The worker is stopping mid-batch: the message stays, a worker resumes the batch."""
+
+
+def shard_key(batch_id: str, kind: str, n: int) -> str:
+    return f"batches/{batch_id}/{kind}/{n:06d}.jsonl"
+
+
+class BatchWorker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        queue: RequestQueue,
+        batches: BatchStore,
+        files: FileStore,
+        data: ObjectStore,
+        drop: ObjectStore,
+        executors: ExecutorPool,
+        logger: Logger,
+    ) -> None:
+        self._s = settings
+        self._registry = registry
+        self._queue = queue
+        self._batches = batches
+        self._files = files
+        self._data = data
+        self._drop = drop
+        self._executors = executors
+        self._log = logger
+        self._shards = ThreadPoolExecutor(max(1, settings.batch_max_inflight_shards), "shard")
+        self._pool = ThreadPoolExecutor(MAX_BATCHES, "batch")
+        self._active = 0
+        self._inflight: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._leases = Leases(queue, settings.batch_visibility_timeout_s, logger)
+        self.stopping = threading.Event()
+        self.receiving = False
+        # Failures that were handled (retried, logged): what an operator counts.
+        self.counts: Counter[str] = Counter()
+
+    # ----- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._log.info("batch worker started", extra={"queue": self._queue.url})
+        while not self.stopping.is_set():
+            with self._lock:
+                free = MAX_BATCHES - self._active
+            if free <= 0:
+                time.sleep(0.05)
+                continue
+            try:
+                self.receiving = True
+                messages = self._queue.receive(
+                    free, self._s.poller_wait_time_s, self._s.batch_visibility_timeout_s
+                )
+            except WorkerStopped:
+                break
+            except Exception:  # noqa: BLE001 - AWS hiccup: log, back off, keep polling
+                self.counts["receive_errors"] += 1
+                self._log.exception("receive failed")
+                self.stopping.wait(1.0)
+                continue
+            finally:
+                self.receiving = False
+            for message in messages:
+                with self._lock:
+                    self._active += 1
+                self._leases.hold(message["ReceiptHandle"])
+                self._pool.submit(self._handle_guarded, message)
+        self._pool.shutdown(wait=True)
+        self._shards.shutdown(wait=True)
+        self._leases.close()
+        self._executors.shutdown()
+
+    def _handle_guarded(self, message: dict[str, Any]) -> None:
+        receipt = message["ReceiptHandle"]
+        try:
+            self.handle(message)
+        except Interrupted as exc:
+            self._log.info(
+                "stopping mid-batch; it resumes on redelivery", extra={"batch": str(exc)}
+            )
+        except Exception:  # noqa: BLE001 - left for redelivery: the batch resumes from its record
+            self.counts["batch_errors"] += 1
+            self._log.exception("batch message failed; it will be redelivered")
+        else:
+            self._queue.client.delete_message(QueueUrl=self._queue.url, ReceiptHandle=receipt)
+        finally:
+            self._leases.release(receipt)
+            with self._lock:
+                self._active -= 1
+
+    def handle(self, message: dict[str, Any]) -> None:
+        body = json.loads(message["Body"])
+        if not isinstance(body, dict) or body.get("Event") == "s3:TestEvent":
+            return
+        if "Records" in body:
+            for obj in drop_objects(body):
+                self.process(*self._start_drop(obj))
+            return
+        self.process(str(body["owner"]), str(body["batch_id"]))
+
+    def _start_drop(self, obj: DropObject) -> tuple[str, str]:
+        """The batch this inbox object version starts: made once, however often it is seen."""
+        batch_id, new = self._batches.claim_source(obj.source, sortable_id("batch_"))
+        if not new:
+            self.counts["drop_duplicates"] += 1
+            self._log.info("drop object seen before", extra={"key": obj.key, "batch": batch_id})
+        now = int(time.time())
+        # Made already on an earlier delivery: resume it.
+        with contextlib.suppress(BatchExistsError):
+            self._batches.create(
+                {
+                    "owner": obj.owner,
+                    "batch_id": batch_id,
+                    "endpoint": "",
+                    "input_file_id": f"s3://{obj.bucket}/{obj.key}",
+                    "input_bucket": obj.bucket,
+                    "input_key": obj.key,
+                    "input_version": obj.version_id,
+                    "sequencer": obj.sequencer,
+                    "drop_name": obj.name,
+                    "completion_window": "24h",
+                    "created_at": now,
+                    "expires_at": now + COMPLETION_WINDOW_S,
+                    "principal": {"id": obj.owner, "username": obj.owner},
+                }
+            )
+        return obj.owner, batch_id
+
+    # ----- one batch -----------------------------------------------------------------------
+
+    def process(self, owner: str, batch_id: str) -> None:
+        record = self._batches.get(owner, batch_id)
+        if record is None:
+            self.counts["unknown_batches"] += 1
+            self._log.error("message for unknown batch", extra={"batch": batch_id})
+            return
+        log = {"batch": batch_id, "owner": owner}
+        if record["status"] in TERMINAL:
+            return
+        if record["status"] == "validating":
+            record = self._validate(record)
+        if record["status"] == "in_progress":
+            record = self._run_shards(record)
+        if record["status"] in ("in_progress", "cancelling", "finalizing"):
+            record = self._finalize(record)
+        self._log.info(
+            "batch finished",
+            extra={**log, "status": record["status"], "total": record.get("total")},
+        )
+
+    def _may_use(self, principal: Principal, endpoint: str, model: str) -> bool:
+        function = ENDPOINTS[endpoint][0]
+        served = [
+            c
+            for c in self._registry.candidates(model, function)
+            if c[0].functions.get(SHARD_FUNCTION)
+        ]
+        return bool(served) and may_use(principal, self._registry.access(model))
+
+    def _ceiling(self, req: GatewayRequest) -> None:
+        check_max_tokens(self._registry.model(req.model), req)
+
+    def _validate(self, record: dict[str, Any]) -> dict[str, Any]:
+        batch_id, owner = record["batch_id"], record["owner"]
+        principal = principal_from(record["principal"])
+        checker = LineChecker(
+            endpoint=record.get("endpoint") or "",
+            may_use=lambda model: self._may_use(principal, checker.endpoint, model),
+            ceiling=self._ceiling,
+            max_requests=self._s.batch_max_requests,
+        )
+        source = self._data.in_bucket(record["input_bucket"])
+        size = 0
+        shard: list[bytes] = []
+        shards = 0
+        for raw in source.lines(record["input_key"], record.get("input_version")):
+            size += len(raw) + 1
+            if size > self._s.batch_max_file_bytes:
+                checker._error(
+                    "file_too_large",
+                    f"The file is larger than {self._s.batch_max_file_bytes} bytes.",
+                    None,
+                )
+                break
+            line = checker.check(raw)
+            if line is None or checker.errors:
+                continue
+            shard.append(dumps_line(line))
+            if len(shard) == self._s.batch_shard_lines:
+                self._data.put_bytes(shard_key(batch_id, "in", shards), b"".join(shard))
+                shards, shard = shards + 1, []
+        errors = checker.finish()
+        if not errors and shard:
+            self._data.put_bytes(shard_key(batch_id, "in", shards), b"".join(shard))
+            shards += 1
+        try:
+            if errors:
+                record = self._batches.transition(
+                    owner, batch_id, "failed", ("validating",), {"errors": errors}
+                )
+            else:
+                record = self._batches.transition(
+                    owner,
+                    batch_id,
+                    "in_progress",
+                    ("validating",),
+                    {
+                        "total": checker.requests,
+                        "shard_count": shards,
+                        "model": checker.model,
+                        "endpoint": checker.endpoint,
+                    },
+                )
+        except BatchConflictError as exc:
+            if exc.current is None:
+                raise
+            record = exc.current  # cancelled while validating: finalize with nothing done
+            if record["status"] == "cancelling" and not errors:
+                record = self._batches.set_fields(
+                    owner,
+                    batch_id,
+                    {"total": checker.requests, "shard_count": 0, "endpoint": checker.endpoint},
+                    status="cancelling",
+                )
+        self._publish(record)
+        return record
+
+    def _run_shards(self, record: dict[str, Any]) -> dict[str, Any]:
+        done = set(record.get("done_shards") or [])
+        pending = [n for n in range(int(record["shard_count"])) if n not in done]
+        stop = threading.Event()
+        futures = [self._shards.submit(self._shard, record, n, stop) for n in pending]
+        for future in futures:
+            future.result()
+        if self.stopping.is_set():
+            raise Interrupted(record["batch_id"])
+        latest = self._batches.get(record["owner"], record["batch_id"])
+        assert latest is not None
+        return latest
+
+    def _shard(self, record: dict[str, Any], n: int, stop: threading.Event) -> None:
+        batch_id, owner = record["batch_id"], record["owner"]
+        if stop.is_set() or self.stopping.is_set():
+            return
+        if time.time() > float(record["expires_at"]):
+            stop.set()
+            return
+        completed, failed = self._run_task(record, n)
+        item = self._batches.record_shard(owner, batch_id, n, completed, failed)
+        if item is None:
+            self.counts["shards_counted_before"] += 1
+            return
+        if item["status"] != "in_progress":
+            stop.set()  # cancelling: no new shards
+        self._publish(item)
+
+    def _run_task(self, record: dict[str, Any], n: int) -> tuple[int, int]:
+        """Run shard ``n`` (bounded tries): its (completed, failed) line counts."""
+        batch_id = record["batch_id"]
+        ttl = self._s.presigned_url_ttl_s
+        function = ENDPOINTS[record["endpoint"]][0]
+        candidates = [
+            c
+            for c in self._registry.candidates(record["model"], function)
+            if c[0].functions.get(SHARD_FUNCTION)
+        ]
+        last: Exception | None = None
+        for attempt in range(1, self._s.batch_shard_attempts + 1):
+            if not candidates:
+                last = RuntimeError(f"no endpoint runs {SHARD_FUNCTION} for {record['model']}")
+                break
+            # The endpoint with the most spare batch capacity (this worker's own count).
+            endpoint, deployment = min(
+                candidates,
+                key=lambda c: self._inflight.get(c[0].name, 0) / max(1, c[0].max_inflight),
+            )
+            task = {
+                "request_id": f"{batch_id}-shard-{n}-try-{attempt}",
+                "engine": deployment.engine,
+                "function": function,
+                "batch_id": batch_id,
+                "shard": n,
+                "input_url": self._data.presign_get(shard_key(batch_id, "in", n), ttl),
+                "output_url": self._data.presign_put(shard_key(batch_id, "out", n), ttl),
+                "error_url": self._data.presign_put(shard_key(batch_id, "err", n), ttl),
+            }
+            with self._lock:
+                self._inflight[endpoint.name] = self._inflight.get(endpoint.name, 0) + 1
+            try:
+                executor = self._executors.get(endpoint)
+                future = executor.submit_to_registered_function(
+                    endpoint.functions[SHARD_FUNCTION], args=(task,)
+                )
+                result = future.result()
+                return int(result["completed"]), int(result["failed"])
+            except Exception as exc:  # noqa: BLE001 - retried, then the lines fail
+                last = exc
+                self.counts["shard_errors"] += 1
+                self._log.exception(
+                    "shard failed", extra={"batch": batch_id, "shard": n, "attempt": attempt}
+                )
+            finally:
+                with self._lock:
+                    self._inflight[endpoint.name] -= 1
+        return 0, self._fail_shard(batch_id, n, f"{type(last).__name__}: {last}")
+
+    def _fail_shard(self, batch_id: str, n: int, detail: str) -> int:
+        """Every line of a shard that could not be run goes to the error file."""
+        lines = []
+        for raw in self._data.lines(shard_key(batch_id, "in", n)):
+            line = json.loads(raw)
+            lines.append(
+                dumps_line(
+                    {
+                        "id": f"batch_req_{sortable_id('')}",
+                        "custom_id": line["custom_id"],
+                        "response": None,
+                        "error": {
+                            "code": "shard_failed",
+                            "message": f"The request could not be run: {detail}"[:1000],
+                        },
+                    }
+                )
+            )
+        self._data.put_bytes(shard_key(batch_id, "out", n), b"")
+        self._data.put_bytes(shard_key(batch_id, "err", n), b"".join(lines))
+        return len(lines)
+
+    def _finalize(self, record: dict[str, Any]) -> dict[str, Any]:
+        batch_id, _owner = record["batch_id"], record["owner"]
+        status = record["status"]
+        if status == "in_progress":
+            expired = time.time() > float(record["expires_at"])
+            final = "expired" if expired else "completed"
+            if not expired:
+                record = self._transition(record, "finalizing", ("in_progress",))
+                if record["status"] != "finalizing":
+                    return self._finalize(record) if record["status"] not in TERMINAL else record
+        elif status == "cancelling":
+            final = "cancelled"
+        else:
+            final = "completed"
+        done = sorted(int(n) for n in record.get("done_shards") or [])
+        fields: dict[str, Any] = {}
+        for kind, suffix, field in (
+            ("out", "output", "output_file_id"),
+            ("err", "errors", "error_file_id"),
+        ):
+            with tempfile.NamedTemporaryFile(prefix=f"{batch_id}-{kind}-") as tmp:
+                size = sum(self._data.download_to(shard_key(batch_id, kind, n), tmp) for n in done)
+                tmp.flush()
+                if record.get("drop_name"):
+                    self._drop.upload_file(Path(tmp.name), self._outbox(record, f"{suffix}.jsonl"))
+                if size:
+                    fields[field] = self._output_file(record, suffix, Path(tmp.name), size)
+        record = self._transition(record, final, (record["status"],), fields)
+        self._publish(record)
+        return record
+
+    def _output_file(self, record: dict[str, Any], suffix: str, path: Path, size: int) -> str:
+        batch_id = record["batch_id"]
+        # Deterministic: a finalize run twice (a worker died in it) makes one file, not two.
+        file_id = f"file-{batch_id.removeprefix('batch_')}-{suffix}"
+        key = f"batches/{batch_id}/{suffix}.jsonl"
+        self._data.upload_file(path, key)
+        with contextlib.suppress(FileIdTakenError):
+            self._files.create(
+                {
+                    "owner": record["owner"],
+                    "file_id": file_id,
+                    "filename": f"{batch_id}_{suffix}.jsonl",
+                    "purpose": "batch_output",
+                    "bytes": size,
+                    "status": "processed",
+                    "key": key,
+                }
+            )
+        return file_id
+
+    def _transition(
+        self,
+        record: dict[str, Any],
+        to: str,
+        allowed_from: tuple[str, ...],
+        fields: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        try:
+            return self._batches.transition(
+                record["owner"], record["batch_id"], to, allowed_from, fields
+            )
+        except BatchConflictError as exc:
+            if exc.current is None:
+                raise
+            return exc.current  # a cancel (or a peer) got there first: go on from there
+
+    def _outbox(self, record: dict[str, Any], suffix: str) -> str:
+        return f"outbox/{record['owner']}/{record['drop_name']}.{suffix}"
+
+    def _publish(self, record: dict[str, Any]) -> None:
+        """A drop-folder batch's object as ``outbox/<owner>/NAME.status.json``."""
+        if not record.get("drop_name"):
+            return
+        body = json.dumps(batch_object(record), indent=1).encode()
+        self._drop.put_bytes(self._outbox(record, "status.json"), body, "application/json")

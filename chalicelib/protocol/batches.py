@@ -1,0 +1,221 @@
+"""OpenAI Files and Batches: the create-batch body, the objects as OpenAI renders them, and the
+validation of one input line (pure; the batch worker streams the file through it).
+
+An input line is ``{"custom_id", "method": "POST", "url": <the batch's endpoint>, "body"}``; an
+output line ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from chalicelib.errors import BadRequestError
+from chalicelib.protocol.chat import ChatCompletionRequest
+from chalicelib.protocol.common import GatewayRequest, OpenAIModel, load_json
+from chalicelib.protocol.completions import CompletionRequest
+from chalicelib.protocol.embeddings import EmbeddingRequest
+
+# Batch endpoint (the line's ``url``) → (gateway function, request model).
+ENDPOINTS: dict[str, tuple[str, type[GatewayRequest]]] = {
+    "/v1/chat/completions": ("chat_completions", ChatCompletionRequest),
+    "/v1/completions": ("completions", CompletionRequest),
+    "/v1/embeddings": ("embeddings", EmbeddingRequest),
+}
+COMPLETION_WINDOW_S = 24 * 3600
+# errors.data lists at most this many problems (the count of the rest is in the last message).
+MAX_LISTED_ERRORS = 100
+
+
+class CreateBatchRequest(OpenAIModel):
+    input_file_id: str = Field(min_length=1)
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = None
+
+
+def file_object(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record["file_id"],
+        "object": "file",
+        "bytes": int(record.get("bytes") or 0),
+        "created_at": int(record["created_at"]),
+        "filename": record.get("filename") or "",
+        "purpose": record.get("purpose") or "batch",
+        "status": record.get("status") or "processed",
+        "expires_at": record.get("expires_at"),
+        "status_details": record.get("status_details"),
+    }
+
+
+_STAMPS = (
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+def batch_object(record: dict[str, Any]) -> dict[str, Any]:
+    errors = record.get("errors")
+    return {
+        "id": record["batch_id"],
+        "object": "batch",
+        "endpoint": record["endpoint"],
+        "model": record.get("model"),
+        "errors": {"object": "list", "data": errors} if errors else None,
+        "input_file_id": record["input_file_id"],
+        "completion_window": record.get("completion_window", "24h"),
+        "status": record["status"],
+        "output_file_id": record.get("output_file_id"),
+        "error_file_id": record.get("error_file_id"),
+        "created_at": int(record["created_at"]),
+        "expires_at": record.get("expires_at"),
+        **{stamp: record.get(stamp) for stamp in _STAMPS},
+        "request_counts": {
+            "total": int(record.get("total") or 0),
+            "completed": int(record.get("completed_count") or 0),
+            "failed": int(record.get("failed_count") or 0),
+        },
+        "metadata": record.get("metadata"),
+    }
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@dataclass
+class LineChecker:
+    """Checks a batch file line by line; keeps only what must be remembered across lines (the
+    custom_ids seen, the model) and the first ``MAX_LISTED_ERRORS`` problems.
+
+    ``may_use(model)`` says whether the caller may use ``model`` for the batch's endpoint;
+    ``ceiling(request)`` raises ``BadRequestError`` for a request over the model's limits.
+    """
+
+    endpoint: str
+    may_use: Any
+    ceiling: Any = None
+    max_requests: int = 50_000
+    model: str | None = None
+    lines: int = 0
+    requests: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_count: int = 0
+    _seen: set[str] = field(default_factory=set)
+
+    def check(self, raw: bytes) -> dict[str, Any] | None:
+        """The next line as ``{"custom_id", "body"}`` (the engine body), or None (blank or bad)."""
+        self.lines += 1
+        if not raw.strip():
+            return None
+        self.requests += 1
+        if self.requests == self.max_requests + 1:
+            self._error(
+                "too_many_requests",
+                f"The file has more than {self.max_requests} requests.",
+                None,
+            )
+        try:
+            return self._check(raw)
+        except _LineError as exc:
+            self._error(exc.code, exc.message, exc.param)
+            return None
+
+    def _check(self, raw: bytes) -> dict[str, Any]:
+        try:
+            line = load_json(raw)
+        except BadRequestError as exc:
+            message = exc.message.replace("request body", "line")
+            raise _LineError("invalid_json_line", message) from None
+        if not isinstance(line, dict):
+            raise _LineError("invalid_json_line", "The line must be a JSON object.")
+        custom_id = line.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            raise _LineError(
+                "missing_custom_id", "custom_id must be a non-empty string.", "custom_id"
+            )
+        if custom_id in self._seen:
+            raise _LineError(
+                "duplicate_custom_id", f"custom_id '{custom_id}' is used twice.", "custom_id"
+            )
+        self._seen.add(custom_id)
+        if line.get("method", "POST") != "POST":
+            raise _LineError("invalid_method", "method must be POST.", "method")
+        if not self.endpoint and line.get("url") in ENDPOINTS:
+            self.endpoint = str(line["url"])  # the drop folder: the first line names it
+        if line.get("url") != self.endpoint:
+            raise _LineError(
+                "mismatched_endpoint",
+                f"url must be the batch's endpoint {self.endpoint or list(ENDPOINTS)}, "
+                f"not {line.get('url')!r}.",
+                "url",
+            )
+        body = line.get("body")
+        if not isinstance(body, dict):
+            raise _LineError("invalid_body", "body must be a JSON object.", "body")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _LineError("missing_model", "body.model is required.", "body.model")
+        if self.model is None:
+            if not self.may_use(model):
+                raise _LineError(
+                    "model_not_found",
+                    f"The model '{model}' does not exist or is not served for {self.endpoint}.",
+                    "body.model",
+                )
+            self.model = model
+        elif model != self.model:
+            raise _LineError(
+                "mismatched_model",
+                f"Every line must use one model ('{self.model}'), not '{model}'.",
+                "body.model",
+            )
+        if body.get("stream"):
+            raise _LineError("invalid_body", "stream is not supported in a batch.", "body.stream")
+        _, request_model = ENDPOINTS[self.endpoint]
+        try:
+            req = request_model.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(["body", *(str(p) for p in first["loc"])])
+            raise _LineError("invalid_body", f"Invalid {param}: {first['msg']}", param) from None
+        if self.ceiling is not None:
+            try:
+                self.ceiling(req)
+            except BadRequestError as exc:
+                raise _LineError("invalid_body", exc.message, f"body.{exc.param}") from None
+        return {"custom_id": custom_id, "body": req.engine_body()}
+
+    def _error(self, code: str, message: str, param: str | None) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append(
+                {"code": code, "line": self.lines, "message": message, "param": param}
+            )
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The errors of the whole file (empty: it is valid)."""
+        if self.requests == 0 and not self.errors:
+            self._error("empty_file", "The file has no requests.", None)
+        return self.errors
+
+
+class _LineError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param

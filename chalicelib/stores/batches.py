@@ -1,0 +1,200 @@
+"""The ``batches`` table: one item per batch, keyed by (owner, batch_id); shards are counted on it.
+
+Status moves only forward, by conditional writes::
+
+    validating → in_progress → finalizing → completed
+    validating → failed
+    validating | in_progress → cancelling → cancelled
+    in_progress → expired
+
+Each transition stamps ``<status>_at``. A shard's result is counted by one conditional update
+that adds its number to ``done_shards`` and its line counts to the counters together, on the
+condition that the number is not there yet: a shard reported twice (a redelivered message, a
+worker that restarted) is counted once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from boto3.dynamodb.types import TypeDeserializer
+from botocore.exceptions import ClientError
+
+from chalicelib.stores import StoreError
+from chalicelib.stores.dynamo import dynamo, plain
+
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL = ("completed", "failed", "cancelled", "expired")
+_DESERIALIZE = TypeDeserializer()
+
+
+class BatchExistsError(StoreError):
+    """A batch with this id exists already (the drop folder's duplicate events land here)."""
+
+
+class BatchConflictError(StoreError):
+    """A conditional write on a batch lost: it is not in the state the caller expected."""
+
+    def __init__(self, message: str, current: dict[str, Any] | None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+def _failed(exc: ClientError) -> bool:
+    return exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+class BatchStore:
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def create(self, item: dict[str, Any]) -> dict[str, Any]:
+        now = int(time.time())
+        record = {
+            "status": "validating",
+            "created_at": now,
+            "completed_count": 0,
+            "failed_count": 0,
+            "total": 0,
+            **item,
+        }
+        try:
+            self._table.put_item(
+                Item=dynamo(record), ConditionExpression="attribute_not_exists(batch_id)"
+            )
+        except ClientError as exc:
+            if _failed(exc):
+                raise BatchExistsError(f"batch {item['batch_id']} exists") from exc
+            raise
+        return record
+
+    def claim_source(self, source: str, batch_id: str) -> tuple[str, bool]:
+        """Bind ``source`` (a drop-folder object version) to ``batch_id`` once: the batch id it
+        is bound to, and whether this call bound it. The marker lives in a partition no user
+        owns (``source#…``), so listing a user's batches never sees it."""
+        key = {"owner": f"source#{source}", "batch_id": "-"}
+        try:
+            self._table.put_item(
+                Item={**key, "target": batch_id, "created_at": int(time.time())},
+                ConditionExpression="attribute_not_exists(batch_id)",
+            )
+            return batch_id, True
+        except ClientError as exc:
+            if not _failed(exc):
+                raise
+        item = self._table.get_item(Key=key, ConsistentRead=True)["Item"]
+        return str(item["target"]), False
+
+    def get(self, owner: str, batch_id: str) -> dict[str, Any] | None:
+        item = self._table.get_item(
+            Key={"owner": owner, "batch_id": batch_id}, ConsistentRead=True
+        ).get("Item")
+        return plain(item) if item else None
+
+    def list(
+        self, owner: str, *, limit: int, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` of the owner's batches, newest first, after the id ``after``."""
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": "#o = :o",
+            "ExpressionAttributeNames": {"#o": "owner"},
+            "ExpressionAttributeValues": {":o": owner},
+            "ScanIndexForward": False,
+            "Limit": limit + 1,
+        }
+        if after:
+            kwargs["ExclusiveStartKey"] = {"owner": owner, "batch_id": after}
+        page = self._table.query(**kwargs)
+        items = [plain(i) for i in page.get("Items", [])]
+        return items[:limit], len(items) > limit
+
+    def transition(
+        self,
+        owner: str,
+        batch_id: str,
+        to: str,
+        allowed_from: tuple[str, ...],
+        fields: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``allowed_from`` → ``to``, stamping ``<to>_at`` and setting ``fields``; the new item."""
+        fields = {**(fields or {}), f"{to}_at": int(time.time())}
+        return self._update(
+            owner,
+            batch_id,
+            "SET #s = :to, " + ", ".join(f"#f{i} = :f{i}" for i in range(len(fields))),
+            "#s IN (" + ", ".join(f":a{i}" for i in range(len(allowed_from))) + ")",
+            {
+                ":to": to,
+                **{f":a{i}": s for i, s in enumerate(allowed_from)},
+                **{f":f{i}": v for i, v in enumerate(fields.values())},
+            },
+            {f"#f{i}": k for i, k in enumerate(fields)},
+        )
+
+    def set_fields(
+        self, owner: str, batch_id: str, fields: dict[str, Any], *, status: str
+    ) -> dict[str, Any]:
+        """Set ``fields`` while the batch is in ``status``; the new item."""
+        return self._update(
+            owner,
+            batch_id,
+            "SET " + ", ".join(f"#f{i} = :f{i}" for i in range(len(fields))),
+            "#s = :status",
+            {":status": status, **{f":f{i}": v for i, v in enumerate(fields.values())}},
+            {f"#f{i}": k for i, k in enumerate(fields)},
+        )
+
+    def record_shard(
+        self, owner: str, batch_id: str, shard: int, completed: int, failed: int
+    ) -> dict[str, Any] | None:
+        """Count a finished shard once: the new item, or None when it was counted before."""
+        try:
+            return self._update(
+                owner,
+                batch_id,
+                "ADD done_shards :shard, completed_count :c, failed_count :f",
+                "NOT contains(done_shards, :n)",
+                {":shard": {shard}, ":n": shard, ":c": completed, ":f": failed},
+                {},
+            )
+        except BatchConflictError as exc:
+            if exc.current is None:
+                raise
+            return None
+
+    def _update(
+        self,
+        owner: str,
+        batch_id: str,
+        update: str,
+        condition: str,
+        values: dict[str, Any],
+        names: dict[str, str],
+    ) -> dict[str, Any]:
+        # Sets go as they are (a number set); everything else through the Decimal conversion.
+        converted = {k: v if isinstance(v, set) else dynamo(v) for k, v in values.items()}
+        kwargs: dict[str, Any] = {}
+        all_names = {**({"#s": "status"} if "#s" in update + condition else {}), **names}
+        if all_names:
+            kwargs["ExpressionAttributeNames"] = all_names
+        try:
+            out = self._table.update_item(
+                Key={"owner": owner, "batch_id": batch_id},
+                UpdateExpression=update,
+                ConditionExpression=f"attribute_exists(batch_id) AND ({condition})",
+                ExpressionAttributeValues=converted,
+                **kwargs,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _failed(exc):
+                raise
+            old = cast("dict[str, Any] | None", exc.response.get("Item"))
+            current = (
+                plain({k: _DESERIALIZE.deserialize(v) for k, v in old.items()}) if old else None
+            )
+            state = current["status"] if current else "missing"
+            raise BatchConflictError(f"batch {batch_id} is {state}", current) from exc
+        return cast("dict[str, Any]", plain(out.get("Attributes", {})))

@@ -1,0 +1,116 @@
+"""S3 objects read and written whole or streamed: files, batch shards, outputs, the drop folder.
+
+``BlobStore`` keeps small JSON payloads; this adapter moves bytes without holding them (line
+iterators, file uploads) and signs URLs for those who hold no AWS credentials (HPC nodes, and
+clients uploading or downloading files larger than API Gateway's payload limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.stores import StoreError
+
+
+class ObjectNotFoundError(StoreError):
+    pass
+
+
+def _missing(exc: ClientError) -> bool:
+    return exc.response["Error"]["Code"] in ("NoSuchKey", "404", "NotFound")
+
+
+class ObjectStore:
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._s3 = client
+        self.bucket = bucket
+
+    def in_bucket(self, bucket: str) -> ObjectStore:
+        """The same client on another bucket (a batch's input may be in the drop bucket)."""
+        return self if bucket == self.bucket else ObjectStore(self._s3, bucket)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/jsonl") -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def upload_file(self, path: Path, key: str, content_type: str = "application/jsonl") -> None:
+        """Upload a local file (multipart above 8 MB, by boto3's transfer manager)."""
+        self._s3.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
+
+    def get_bytes(self, key: str) -> bytes:
+        return bytes(self._get(key)["Body"].read())
+
+    def lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+        """The object's lines, streamed (each without its newline); never the whole body."""
+        body = self._get(key, version_id)["Body"]
+        try:
+            yield from body.iter_lines(chunk_size=64 * 1024, keepends=False)
+        finally:
+            body.close()
+
+    def _get(self, key: str, version_id: str | None = None) -> Any:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            return self._s3.get_object(**kwargs)
+        except ClientError as exc:
+            if _missing(exc):
+                raise ObjectNotFoundError(f"s3://{self.bucket}/{key} does not exist") from exc
+            raise
+
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes, or None when there is no such object."""
+        try:
+            return int(self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def presign_get(self, key: str, ttl_s: int) -> str:
+        return str(
+            self._s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl_s
+            )
+        )
+
+    def presign_put(self, key: str, ttl_s: int) -> str:
+        return str(
+            self._s3.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl_s
+            )
+        )
+
+    def presign_post(self, key: str, max_bytes: int, ttl_s: int) -> dict[str, Any]:
+        """A browser-style upload form (``url`` + ``fields``); S3 itself refuses a body over
+        ``max_bytes`` (the ``content-length-range`` condition)."""
+        out = self._s3.generate_presigned_post(
+            Bucket=self.bucket,
+            Key=key,
+            Conditions=[["content-length-range", 1, max_bytes]],
+            ExpiresIn=ttl_s,
+        )
+        return {"url": str(out["url"]), "fields": dict(out["fields"])}
+
+    def download_to(self, key: str, out: Any) -> int:
+        """Copy the object into the binary file ``out`` in chunks; the bytes copied (0 when
+        the object does not exist)."""
+        try:
+            body = self._get(key)["Body"]
+        except ObjectNotFoundError:
+            return 0
+        copied = 0
+        try:
+            for chunk in body.iter_chunks(chunk_size=1024 * 1024):
+                out.write(chunk)
+                copied += len(chunk)
+        finally:
+            body.close()
+        return copied
