@@ -85,6 +85,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundStack]
             "FIRST_REGISTRY_PATH": str(registry),
             "FIRST_LIMITS_PATH": str(limits),
             "FIRST_WAIT_TIMEOUT_S": "20",
+            # Batch: small shards (several per test batch), a short lease on batch messages.
+            "FIRST_BATCH_SHARD_LINES": "4",
+            "FIRST_BATCH_VISIBILITY_TIMEOUT_S": "5",
         },
     )
     # Started as `make up` starts it: its own supervisor, so kill -9s meet the real thing.

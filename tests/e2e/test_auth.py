@@ -91,10 +91,32 @@ def _a_request(client: OpenAI) -> str:
     return f"/v1/requests/{raw.headers['x-request-id']}"
 
 
+def _a_file(client: OpenAI) -> str:
+    data = b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {}}\n'
+    return client.files.create(file=("a.jsonl", data), purpose="batch").id
+
+
+def _a_batch(client: OpenAI) -> str:
+    return client.batches.create(
+        input_file_id=_a_file(client), endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
+
+
+def _a_cancelled_batch(client: OpenAI) -> str:
+    # Cancel answers its owner 200 again once cancelled, whatever the worker has done meanwhile.
+    batch_id = _a_batch(client)
+    client.batches.cancel(batch_id)
+    return f"/v1/batches/{batch_id}/cancel"
+
+
 # Every route that takes an id, and how to make an object its owner can fetch. A new id route
 # (batches, files, …) fails the walk below until it is added here.
 OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
     "/v1/requests/{request_id}": _a_request,
+    "/v1/files/{file_id}": lambda c: f"/v1/files/{_a_file(c)}",
+    "/v1/files/{file_id}/content": lambda c: f"/v1/files/{_a_file(c)}/content",
+    "/v1/batches/{batch_id}": lambda c: f"/v1/batches/{_a_batch(c)}",
+    "/v1/batches/{batch_id}/cancel": _a_cancelled_batch,
 }
 # Id routes of objects nobody owns: who may see a model is decided by its access rule (groups),
 # tested with the hidden model in test_a_model_outside_your_groups_is_unlisted_and_answers_model_not_found.
