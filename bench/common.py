@@ -33,6 +33,7 @@ def local_stack(home: Path | None = None) -> Iterator[dict[str, str]]:
         aws_url=f"http://127.0.0.1:{free_port()}",
         api_port=free_port(),
         compute_port=free_port(),
+        ws_port=free_port(),
     )
     stack = BackgroundStack(config)
     try:

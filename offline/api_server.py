@@ -32,6 +32,7 @@ from chalice.config import Config
 from chalice.local import ForbiddenError, LocalGateway, LocalGatewayException
 
 from chalicelib.http import error_body
+from offline.ws_gateway import Connections, WsGateway
 
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
 # A keep-alive connection with no request for this long is closed. Every socket read waits at
@@ -78,8 +79,11 @@ class ApiServer(ThreadingHTTPServer):
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        connections: Connections | None = None,
     ) -> None:
         self.gateway = LocalGateway(app, Config.create(chalice_app=app, app_name=app.app_name))
+        # The WebSocket API's management routes (/@connections/{id}), when one runs beside.
+        self.connections = connections
         self.idle_timeout_s = idle_timeout_s
         self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
@@ -228,6 +232,10 @@ class _Handler(BaseHTTPRequestHandler):
         if length and body is None:
             return
         path = urlsplit(self.path).path
+        if path.startswith("/@connections/") and self.server.connections is not None:
+            status, headers, payload = self.server.connections.manage(self.command, path, body)
+            self._send(status, headers, payload)
+            return
         try:
             response = self.server.gateway.handle_request(
                 method=self.command, path=self.path, headers=dict(self.headers), body=body
@@ -270,10 +278,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="FIRST local API server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--ws-port", type=int, help="serve the WebSocket API on this port too")
     args = parser.parse_args(argv)
     from app import app
 
-    server = ApiServer(app, args.host, args.port)
+    connections = Connections() if args.ws_port else None
+    server = ApiServer(app, args.host, args.port, connections=connections)
+    if connections is not None:
+        ws = WsGateway(app, args.host, args.ws_port, connections=connections)
+        threading.Thread(target=ws.serve_forever, name="ws-gateway", daemon=True).start()
     server.serve_forever()
 
 

@@ -105,6 +105,11 @@ class BackgroundStack:
     def endpoint_token(self) -> str:
         return str(self._read_state()["endpoint_token"])
 
+    @property
+    def stream_key(self) -> str:
+        """The key the running stack signs streaming capability tokens with."""
+        return str(self._read_state()["stream_key"])
+
     def pids(self) -> dict[str, int]:
         """The pid of each process of the stack, as the supervisor last recorded them."""
         return {k: int(v) for k, v in self._read_state().get("pids", {}).items()}
@@ -133,6 +138,8 @@ def config_args(c: StackConfig) -> list[str]:
         str(c.api_port),
         "--compute-port",
         str(c.compute_port),
+        "--ws-port",
+        str(c.ws_port),
         "--pollers",
         str(c.pollers),
         "--workers",

@@ -45,12 +45,16 @@ class StackConfig:
     aws_url: str = "http://127.0.0.1:4566"
     api_port: int = 8000
     compute_port: int = 8765
+    # The WebSocket API (streaming), served by the API process beside the REST routes.
+    ws_port: int = 8001
     pollers: int = 1
     compute_workers: int = 2
     visibility_timeout_s: int = 10
     extra_env: dict[str, str] = field(default_factory=dict)
     # The compute endpoint answers only holders of this (any local user can reach its port).
     endpoint_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Signs the per-request capability tokens HPC functions push chunks with (per stack).
+    stream_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @property
     def env_file(self) -> Path:
@@ -67,6 +71,10 @@ class StackConfig:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}"
 
     @property
     def compute_url(self) -> str:
@@ -86,6 +94,9 @@ class StackConfig:
                 "FIRST_LOCAL_ENDPOINT_URL": self.compute_url,
                 "FIRST_LOCAL_ENDPOINT_TOKEN": self.endpoint_token,
                 "FIRST_POLLER_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
+                "FIRST_STREAM_KEY": self.stream_key,
+                "FIRST_STREAM_RELAY_URL": f"{self.api_url}/relay/push",
+                "FIRST_WEBSOCKET_MANAGEMENT_URL": self.api_url,
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",
@@ -191,7 +202,8 @@ class Stack:
         for i in range(c.pollers):
             self._add(f"poller-{i}", ["chalicelib.poller.main"])
         self._add("batch", ["chalicelib.batch.main"])
-        proc = self._add("api", ["offline.api_server", "--port", str(c.api_port)])
+        api_args = ["--port", str(c.api_port), "--ws-port", str(c.ws_port)]
+        proc = self._add("api", ["offline.api_server", *api_args])
         wait_until(lambda: answers(f"{c.api_url}/health"), "API", 60, proc)
         self._write_state()
         self._write_env_file()
@@ -243,6 +255,7 @@ class Stack:
             "api_url": c.api_url,
             "compute_url": c.compute_url,
             "endpoint_token": c.endpoint_token,
+            "stream_key": c.stream_key,
         }
         _write_private(c.state_file, json.dumps(state, indent=1))
 
@@ -252,6 +265,7 @@ class Stack:
         lines = {
             "OPENAI_BASE_URL": f"{c.api_url}/v1",
             "OPENAI_API_KEY": self.api_key or "",
+            "FIRST_WS_URL": c.ws_url,
             "AWS_ENDPOINT_URL": c.aws_url,
             "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
             "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
@@ -283,6 +297,7 @@ class Stack:
         return f"""
 FIRST is up (stage {c.stage}).
   API            {c.api_url}/v1
+  WebSocket API  {c.ws_url}   (streaming; `first proxy` serves it as SSE)
   API key (dev)  {self.api_key}
   local AWS      {c.aws_url}
   logs           {c.logs}/
@@ -351,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--aws-url", default=os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"))
     p.add_argument("--api-port", type=int, default=int(os.environ.get("FIRST_API_PORT", "8000")))
+    p.add_argument("--ws-port", type=int, default=int(os.environ.get("FIRST_WS_PORT", "8001")))
     p.add_argument(
         "--compute-port", type=int, default=int(os.environ.get("FIRST_COMPUTE_PORT", "8765"))
     )
@@ -363,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         aws_url=a.aws_url,
         api_port=a.api_port,
         compute_port=a.compute_port,
+        ws_port=a.ws_port,
         pollers=a.pollers,
         compute_workers=a.workers,
         visibility_timeout_s=a.visibility_timeout,

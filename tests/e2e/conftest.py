@@ -80,6 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundStack]
         aws_url=f"http://127.0.0.1:{free_port()}",
         api_port=free_port(),
         compute_port=free_port(),
+        ws_port=free_port(),
         visibility_timeout_s=5,
         extra_env={
             "FIRST_REGISTRY_PATH": str(registry),
