@@ -8,6 +8,9 @@ first keys create --user NAME [--service] [--group G ...] [--domain D]
 first keys revoke --hash HASH
 first resources deploy                        deploy infra/resources.yaml (local endpoint)
 first functions register --endpoint NAME      register hpc_functions with Globus Compute
+first proxy [--port P]                        a local OpenAI-compatible server that streams
+                                              for real (WebSocket → SSE); see the README
+first local endpoint stop|start NAME          take a local endpoint of `make up` down / back
 """
 
 from __future__ import annotations
@@ -97,6 +100,31 @@ def _functions_register(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
+def _local_endpoint(args: argparse.Namespace, services: Services) -> int:
+    from first_cli.local import StackControlError, endpoint
+
+    try:
+        print(endpoint(services.settings.home, args.verb, args.name))
+    except StackControlError as exc:
+        print(f"first: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _proxy(args: argparse.Namespace, services: Services) -> int:
+    import os
+
+    from first_cli.proxy import serve
+
+    gateway = args.gateway or os.environ.get("FIRST_API_URL") or os.environ.get("OPENAI_BASE_URL")
+    ws_url = args.ws_url or os.environ.get("FIRST_WS_URL")
+    if not gateway or not ws_url:
+        print("first: set --gateway and --ws-url (or FIRST_API_URL, FIRST_WS_URL)", file=sys.stderr)
+        return 2
+    serve(gateway, ws_url, os.environ.get("OPENAI_API_KEY"), args.port, args.host)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="first", description="FIRST gateway operations")
     p.add_argument("--stage", help="stage (default: FIRST_STAGE or 'local')")
@@ -130,6 +158,22 @@ def parser() -> argparse.ArgumentParser:
     # Also accepted after the subcommand: `first functions register --stage prod ...`.
     reg.add_argument("--stage", dest="stage_override", help=argparse.SUPPRESS)
     reg.set_defaults(run=_functions_register)
+
+    local = sub.add_parser("local", help="the offline stack (make up)").add_subparsers(
+        dest="action", required=True
+    )
+    ep = local.add_parser("endpoint", help="stop or start one local endpoint (a 'cluster')")
+    ep.add_argument("verb", choices=["stop", "start"])
+    ep.add_argument("name", help="its name in infra/deployments/local.json, e.g. local-b")
+    ep.set_defaults(run=_local_endpoint)
+    proxy = sub.add_parser("proxy", help="local OpenAI-compatible server that streams for real")
+    proxy.add_argument("--port", type=int, default=8088)
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument(
+        "--gateway", help="the gateway's URL (default FIRST_API_URL/OPENAI_BASE_URL)"
+    )
+    proxy.add_argument("--ws-url", help="the WebSocket API's URL (default FIRST_WS_URL)")
+    proxy.set_defaults(run=_proxy)
     return p
 
 

@@ -3,14 +3,15 @@
 Every frame carries the client's ``id`` (its reference for the request) and the gateway's
 ``request_id`` (null only for a request refused before it had one)::
 
-    {"type": "chunk", "id", "request_id", "seq", "data": <chat.completion.chunk | text_completion>}
+    {"type": "chunk", "id", "request_id", "seq", "part",
+     "data": <chat.completion.chunk | text_completion chunk>}
     {"type": "done",  "id", "request_id", "usage": {prompt_tokens, completion_tokens,
                                                     total_tokens}, "timing": {...}}
     {"type": "error", "id", "request_id", "error": {OpenAI error object}, "status": int}
 
-``seq`` numbers the HPC function's pushes (1, 2, …; one push may carry several chunks, which
-share it): a client that sees a ``seq`` at or below the last it took for that ``id`` is looking at
-a retried push and drops it.
+``seq`` numbers the HPC function's pushes (1, 2, …) and ``part`` the chunks of one push (0, 1,
+…; one per choice): a client that sees a ``(seq, part)`` at or below the last it took for that
+``id`` is looking at a retried push and drops it.
 """
 
 from __future__ import annotations
@@ -25,9 +26,18 @@ def _text(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"))
 
 
-def chunk(client_ref: str | None, request_id: str, seq: int, data: dict[str, Any]) -> str:
+def chunk(
+    client_ref: str | None, request_id: str, seq: int, part: int, data: dict[str, Any]
+) -> str:
     return _text(
-        {"type": "chunk", "id": client_ref, "request_id": request_id, "seq": seq, "data": data}
+        {
+            "type": "chunk",
+            "id": client_ref,
+            "request_id": request_id,
+            "seq": seq,
+            "part": part,
+            "data": data,
+        }
     )
 
 

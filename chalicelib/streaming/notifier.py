@@ -60,6 +60,9 @@ class StreamNotifier:
             self._poster.post(str(stream["connection_id"]), text)
         except ConnectionGoneError:
             self.counts["final_frames_undelivered"] += 1
+            self._log.info(
+                "final frame not delivered: client gone", extra={"request_id": request_id}
+            )
             return False
         except Exception:  # noqa: BLE001 - the result is stored; the client can fetch it by id
             self.counts["final_frame_errors"] += 1

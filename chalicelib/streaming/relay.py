@@ -60,10 +60,10 @@ class Relay:
             self.counts["duplicate_pushes"] += 1
             return Delivery(claims.request_id, seq, 0)
         try:
-            for data in chunks:
+            for part, data in enumerate(chunks):
                 self._poster.post(
                     claims.connection_id,
-                    frames.chunk(claims.client_ref, claims.request_id, seq, data),
+                    frames.chunk(claims.client_ref, claims.request_id, seq, part, data),
                 )
         except ConnectionGoneError as exc:
             self.counts["gone"] += 1

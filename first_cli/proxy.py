@@ -1,0 +1,232 @@
+"""``first proxy``: an OpenAI-compatible server on the user's machine, in front of the gateway.
+
+Any OpenAI SDK or tool pointed at it (``OPENAI_BASE_URL=http://127.0.0.1:8088/v1``) streams for
+real: ``stream=true`` chat and completions go over the gateway's WebSocket API and come back as
+incremental SSE, chunk by chunk as the HPC node pushes them (the gateway's REST route can only
+send a buffered SSE body, since a Lambda returns one body). Everything else is forwarded as is;
+a non-streaming call that outlives the gateway's wait (504 carrying the request id) is collected
+by id (``GET /v1/requests/{id}``), so long generations just work.
+
+The caller's ``Authorization`` is used when it sends one, else the proxy's own key.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx2 as httpx  # the OpenAI SDK's HTTP client, installed with it
+
+from first_cli.client import StreamClient, StreamError
+
+STREAM_ACTIONS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+# How long a 504'd request is collected for, and how often its record is read.
+COLLECT_TIMEOUT_S = 3600.0
+COLLECT_INTERVAL_S = 1.0
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "content-encoding",
+}
+
+
+class Proxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, gateway_url: str, ws_url: str, api_key: str | None, host: str, port: int
+    ) -> None:
+        self.gateway_url = gateway_url.rstrip("/").removesuffix("/v1")
+        self.ws_url = ws_url
+        self.api_key = api_key
+        self.http = httpx.Client(base_url=self.gateway_url, timeout=httpx.Timeout(60.0))
+        self._streams: dict[str, StreamClient] = {}
+        self._lock = threading.Lock()
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def stream_client(self, api_key: str) -> StreamClient:
+        """One WebSocket connection per API key, shared by its concurrent streams."""
+        with self._lock:
+            client = self._streams.get(api_key)
+            if client is None or client.closed:
+                client = StreamClient(self.ws_url, api_key)
+                self._streams[api_key] = client
+            return client
+
+    def server_close(self) -> None:
+        super().server_close()
+        for client in self._streams.values():
+            client.close()
+        self.http.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: Proxy
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _key(self) -> str | None:
+        header = self.headers.get("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        return (
+            token.strip() if scheme.lower() == "bearer" and token.strip() else self.server.api_key
+        )
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802
+        raw = self._body()
+        path = self.path.split("?", 1)[0]
+        if path in STREAM_ACTIONS:
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("stream"):
+                self._stream(STREAM_ACTIONS[path], body)
+                return
+        self._forward(raw)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._forward(None)
+
+    do_DELETE = do_GET
+
+    def _forward(self, raw: bytes | None) -> None:
+        key = self._key()
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        try:
+            resp = self.server.http.request(self.command, self.path, headers=headers, content=raw)
+            if resp.status_code == 504:
+                resp = self._collect(resp, headers) or resp
+        except httpx.HTTPError as exc:
+            self._send_json(502, _error(502, f"The gateway could not be reached: {exc}"))
+            return
+        self.send_response(resp.status_code)
+        for name, value in resp.headers.items():
+            if name.lower() not in _HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(resp.content)))
+        self.end_headers()
+        self.wfile.write(resp.content)
+
+    def _collect(self, timeout: httpx.Response, headers: dict[str, str]) -> httpx.Response | None:
+        """A 504 names the request: read it by id until it finishes; its result as a response."""
+        request_id = timeout.headers.get("x-request-id")
+        if not request_id:
+            return None
+        deadline = time.monotonic() + COLLECT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            view = self.server.http.get(f"/v1/requests/{request_id}", headers=headers)
+            if view.status_code != 200:
+                return view
+            record = view.json()
+            if record.get("status") == "completed":
+                return httpx.Response(
+                    200, json=record["result"], headers={"x-request-id": request_id}
+                )
+            if record.get("status") == "failed":
+                error = record.get("error") or {}
+                status = 400 if error.get("type") == "invalid_request_error" else 500
+                return httpx.Response(
+                    status, json={"error": error}, headers={"x-request-id": request_id}
+                )
+            time.sleep(COLLECT_INTERVAL_S)
+        return None
+
+    def _stream(self, action: str, body: dict[str, Any]) -> None:
+        key = self._key()
+        if not key:
+            self._send_json(401, _error(401, "No API key: send Authorization: Bearer …"))
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        try:
+            client = self.server.stream_client(key)
+            frames = client.frames(action, body)
+            first = next(frames)
+        except StreamError as exc:
+            self._send_json(exc.status, {"error": exc.error})
+            return
+        if first["type"] == "error":
+            self._send_json(int(first.get("status") or 500), {"error": first["error"]})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        if first.get("request_id"):
+            self.send_header("x-request-id", first["request_id"])
+        self.end_headers()
+        last: dict[str, Any] | None = None
+        frame: dict[str, Any] | None = first
+        try:
+            while frame is not None:
+                if frame["type"] == "chunk":
+                    last = frame["data"]
+                    self._event(last)
+                elif frame["type"] == "done":
+                    if include_usage and last is not None:
+                        base = {k: last[k] for k in ("id", "object", "created", "model")}
+                        self._event({**base, "choices": [], "usage": frame["usage"]})
+                elif frame["type"] == "error":
+                    self._event({"error": frame["error"]})
+                frame = next(frames, None)
+        except StreamError as exc:
+            self._event({"error": exc.error})
+        except (BrokenPipeError, ConnectionResetError):
+            frames.close()  # the caller left: stop reading (the gateway cancels on disconnect)
+            return
+        self._event("[DONE]")
+        self._write(b"")
+
+    def _event(self, obj: Any) -> None:
+        data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+        self._write(f"data: {data}\n\n".encode())
+
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def serve(gateway_url: str, ws_url: str, api_key: str | None, port: int, host: str) -> None:
+    proxy = Proxy(gateway_url, ws_url, api_key, host, port)
+    print(f"first proxy on {proxy.url}/v1 → {proxy.gateway_url} (streams via {ws_url})", flush=True)
+    try:
+        proxy.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proxy.server_close()
