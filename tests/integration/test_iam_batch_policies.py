@@ -1,0 +1,129 @@
+"""The production IAM policies allow every AWS call batch makes: the API's Files and Batches
+routes (``.chalice/policy-prod.json``) and the batch worker (``infra/iam/batch-worker-policy.json``),
+each recorded on its own boto3 session against the moto server through the real components
+(``BatchApi``; a real ``BatchWorker`` whose executor runs the real ``batch_shard`` function),
+for an API batch and a drop-folder batch. The method is ``test_iam_policies``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import requests
+
+from chalicelib.auth import Principal
+from chalicelib.batch.worker import BatchWorker
+from chalicelib.compute.executors import ExecutorPool
+from chalicelib.logs import get_logger
+from chalicelib.settings import REPO_ROOT, Settings
+from tests.integration.test_batch import InProcessEndpoint, lines, registry_path  # noqa: F401 - fixture
+from tests.integration.test_iam_policies import (
+    API_POLICY,
+    covers,
+    denied,
+    exercised,
+    recording_side,
+)
+
+WORKER_POLICY = REPO_ROOT / "infra" / "iam" / "batch-worker-policy.json"
+API_MUST_EXERCISE = {
+    ("dynamodb:PutItem", "table/first-prod-files"),
+    ("dynamodb:GetItem", "table/first-prod-files"),
+    ("dynamodb:Query", "table/first-prod-files"),
+    ("dynamodb:DeleteItem", "table/first-prod-files"),
+    ("dynamodb:PutItem", "table/first-prod-batches"),
+    ("dynamodb:GetItem", "table/first-prod-batches"),
+    ("dynamodb:Query", "table/first-prod-batches"),
+    ("dynamodb:UpdateItem", "table/first-prod-batches"),
+    ("sqs:SendMessage", ":first-prod-batch"),
+    ("s3:PutObject", "first-prod-data/files/"),
+    ("s3:GetObject", "first-prod-data/files/"),
+    ("s3:DeleteObject", "first-prod-data/files/"),
+    ("s3:GetObject", "first-prod-data/batches/"),
+}
+WORKER_MUST_EXERCISE = {
+    ("sqs:ReceiveMessage", ":first-prod-batch"),
+    ("sqs:DeleteMessage", ":first-prod-batch"),
+    ("dynamodb:UpdateItem", "table/first-prod-batches"),
+    ("dynamodb:PutItem", "table/first-prod-batches"),
+    ("dynamodb:PutItem", "table/first-prod-files"),
+    ("s3:GetObject", "first-prod-data/files/"),
+    ("s3:PutObject", "first-prod-data/batches/"),
+    ("s3:GetObject", "first-prod-data/batches/"),
+    ("s3:GetObject", "first-prod-drop/inbox/"),
+    ("s3:PutObject", "first-prod-drop/outbox/"),
+}
+
+
+def test_batch_policies_allow_every_call_each_side_makes(
+    stage: str,
+    registry_path: Path,  # noqa: F811 - the fixture imported above
+) -> None:
+    settings = Settings(
+        stage=stage,
+        registry_path=str(registry_path),
+        batch_shard_lines=2,
+        batch_visibility_timeout_s=5,
+        poller_wait_time_s=1,
+    )
+    api, worker_side = recording_side(settings), recording_side(settings)
+    ws = worker_side.services
+    worker = BatchWorker(
+        settings=settings,
+        registry=ws.registry,
+        queue=ws.batch_queue,
+        batches=ws.batch_store,
+        files=ws.file_store,
+        data=ws.objects,
+        drop=ws.drop_objects,
+        executors=ExecutorPool(lambda e: InProcessEndpoint()),
+        logger=get_logger("first-batch-iam"),
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        user = Principal(id="iam-batch", username="iam-batch")
+        batch_api = api.services.batch_api
+        req = requests.Request(
+            "POST", "http://x", files={"file": ("a.jsonl", lines(3))}, data={"purpose": "batch"}
+        ).prepare()
+        body = req.body if isinstance(req.body, bytes) else b""
+        file_id = batch_api.upload(user, req.headers["Content-Type"], body)["id"]
+        create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}
+        batch = batch_api.create_batch(
+            user, json.dumps({**create, "completion_window": "24h"}).encode()
+        )
+        # A user's write (drop-folder-user-policy.json), not the worker's: its own client.
+        boto3.client("s3", region_name="us-east-1").put_object(
+            Bucket=settings.drop_bucket_name, Key="inbox/iam-batch/d.jsonl", Body=lines(2)
+        )
+        deadline = time.monotonic() + 60
+        while (
+            batch_api.get_batch(user, batch["id"])["status"] != "completed"
+            or len(batch_api.list_batches(user, {})["data"]) < 2
+            or any(b["status"] != "completed" for b in batch_api.list_batches(user, {})["data"])
+        ):
+            assert time.monotonic() < deadline, "batches did not complete"
+            time.sleep(0.1)
+        done = batch_api.get_batch(user, batch["id"])
+        assert batch_api.file_content(user, done["output_file_id"]).data
+        batch_api.list_files(user, {})
+        later = batch_api.create_batch(
+            user, json.dumps({**create, "completion_window": "24h"}).encode()
+        )
+        batch_api.cancel_batch(user, later["id"])
+        assert batch_api.file_content(user, file_id).data == lines(3)
+        batch_api.delete_file(user, file_id)
+    finally:
+        worker.stopping.set()
+        thread.join(timeout=30)
+    api_calls = exercised(api.recorder.calls, stage)
+    worker_calls = exercised(worker_side.recorder.calls, stage)
+    assert covers(api_calls, API_MUST_EXERCISE) == set()
+    assert covers(worker_calls, WORKER_MUST_EXERCISE) == set()
+    assert denied(API_POLICY, api_calls) == []
+    assert denied(WORKER_POLICY, worker_calls) == []
