@@ -294,9 +294,6 @@ class TransformersEngine:
             ),
         }
 
-    def _render_chat(self, messages: list[dict[str, Any]]) -> str:
-        if not messages:
-            raise EngineError("messages must not be empty", param="messages")
     def stream_chat_completions(
         self, body: dict[str, Any], cancel: threading.Event | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -312,6 +309,9 @@ class TransformersEngine:
 
         return stream_completions(self, body, cancel)
 
+    def _render_chat(self, messages: list[dict[str, Any]]) -> str:
+        if not messages:
+            raise EngineError("messages must not be empty", param="messages")
         if not self.tokenizer.chat_template:
             raise EngineError(
                 f"model {self.served_name!r} has no chat template; use /v1/completions",
