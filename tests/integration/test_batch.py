@@ -55,11 +55,15 @@ class InProcessEndpoint:
 def registry_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hpc_functions.build_tiny_model import build
 
-    model = build(tmp_path_factory.mktemp("models") / "tiny-chat")
-    data = json.loads((REPO_ROOT / "infra" / "deployments" / "local.json").read_text())
-    data["endpoints"][0]["models"][0]["engine"]["path"] = str(model)
-    path = tmp_path_factory.mktemp("registry") / "local.json"
-    path.write_text(json.dumps(data))
+    # One model directory per session, whichever module asks first: one engine config, so the
+    # in-process engines load it once (two loads at once in one process race in transformers).
+    base = tmp_path_factory.getbasetemp() / "batch-shared"
+    path = base / "local.json"
+    if not path.exists():
+        model = build(base / "tiny-chat")
+        data = json.loads((REPO_ROOT / "infra" / "deployments" / "local.json").read_text())
+        data["endpoints"][0]["models"][0]["engine"]["path"] = str(model)
+        path.write_text(json.dumps(data))
     return path
 
 
