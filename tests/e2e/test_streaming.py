@@ -1,0 +1,219 @@
+"""Streaming over the WebSocket API on the local stack: a real ``websockets`` client, and the real
+OpenAI SDK through ``first proxy``.
+
+Incremental arrival is shown with timestamps against the engine's own timings (the ``done``
+frame carries them; the stack runs on this machine, so the clocks agree), never with sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from openai import OpenAI
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from chalicelib.services import Services
+from chalicelib.streaming.tokens import mint_for
+from first_cli.client import StreamClient
+from first_cli.proxy import Proxy
+from offline.background import BackgroundStack
+from offline.stack import free_port
+from tests.e2e.conftest import TINY, create_key
+
+HELLO = [{"role": "user", "content": "Hello there"}]
+RECV_TIMEOUT_S = 60.0
+
+
+def ws_connect(stack: BackgroundStack, key: str | None = None) -> ClientConnection:
+    token = key or stack.api_key
+    return connect(stack.config.ws_url, additional_headers={"Authorization": f"Bearer {token}"})
+
+
+def send(ws: ClientConnection, ref: str, **body: Any) -> None:
+    ws.send(json.dumps({"action": "chat.completions", "id": ref, "body": {"model": TINY, **body}}))
+
+
+def frames_until_done(ws: ClientConnection, ref: str | None = None) -> list[dict[str, Any]]:
+    """Frames (with their arrival time) until the ``done``/``error`` of ``ref`` (or any)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        frame = json.loads(ws.recv(timeout=RECV_TIMEOUT_S))
+        frame["_at"] = time.time()
+        out.append(frame)
+        if frame["type"] in ("done", "error") and (ref is None or frame["id"] == ref):
+            return out
+
+
+def text_of(frames: list[dict[str, Any]]) -> str:
+    return "".join(
+        f["data"]["choices"][0]["delta"].get("content") or ""
+        for f in frames
+        if f["type"] == "chunk"
+    )
+
+
+def wait_for_record(services: Services, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        record = services.requests.get(request_id)
+        if record is not None and record["status"] in ("completed", "failed"):
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"{request_id} did not finish")
+
+
+def test_chunks_arrive_while_the_engine_still_generates(stack: BackgroundStack) -> None:
+    with ws_connect(stack) as ws:
+        send(ws, "a", messages=HELLO, max_tokens=64, temperature=0)
+        frames = frames_until_done(ws, "a")
+    chunks = [f for f in frames if f["type"] == "chunk"]
+    done = frames[-1]
+    assert done["type"] == "done" and done["usage"]["completion_tokens"] == 64
+    timing = done["timing"]
+    assert len(chunks) >= 2 and [c["seq"] for c in chunks] == sorted(c["seq"] for c in chunks)
+    # The first chunk was in the client's hands before the engine produced its last token.
+    assert chunks[0]["_at"] < timing["finished_at"]
+    assert timing["first_token_at"] <= timing["first_push_at"] < timing["finished_at"]
+
+
+def test_streamed_text_equals_the_plain_answer_and_the_stored_record(
+    stack: BackgroundStack, client: OpenAI, services: Services
+) -> None:
+    params: dict[str, Any] = {"messages": HELLO, "max_tokens": 24, "temperature": 0, "seed": 3}
+    plain = client.chat.completions.create(model=TINY, **params)
+    with ws_connect(stack) as ws:
+        send(ws, "same", **params)
+        frames = frames_until_done(ws, "same")
+    assert text_of(frames) == plain.choices[0].message.content
+    done = frames[-1]
+    assert plain.usage is not None and done["usage"] == plain.usage.model_dump(exclude_none=True)
+    # Stored as a non-streamed result: fetchable by id, with its usage.
+    view = requests.get(
+        f"{stack.config.api_url}/v1/requests/{done['request_id']}",
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+        timeout=10,
+    ).json()
+    assert view["status"] == "completed"
+    assert view["result"]["choices"][0]["message"]["content"] == text_of(frames)
+    assert view["result"]["usage"] == done["usage"]
+
+
+def test_two_requests_multiplexed_on_one_connection(stack: BackgroundStack) -> None:
+    results: dict[str, list[dict[str, Any]]] = {}
+    with StreamClient(stack.config.ws_url, stack.api_key) as streams:
+
+        def run(name: str, max_tokens: int) -> None:
+            body = {"model": TINY, "messages": HELLO, "max_tokens": max_tokens, "temperature": 0}
+            results[name] = list(streams.frames("chat.completions", body))
+
+        threads = [threading.Thread(target=run, args=(n, m)) for n, m in (("x", 40), ("y", 12))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(RECV_TIMEOUT_S)
+    x, y = results["x"], results["y"]
+    assert x[-1]["type"] == y[-1]["type"] == "done"
+    assert x[-1]["usage"]["completion_tokens"] == 40 and y[-1]["usage"]["completion_tokens"] == 12
+    assert len({f["request_id"] for f in x}) == 1 and len({f["request_id"] for f in y}) == 1
+    assert x[0]["request_id"] != y[0]["request_id"] and x[0]["id"] != y[0]["id"]
+
+
+def test_a_client_that_disconnects_stops_the_generation(
+    stack: BackgroundStack, services: Services
+) -> None:
+    asked = 1500
+    # The tiny model's end-of-text token is banned: only the disconnect can end it early.
+    ws = ws_connect(stack)
+    send(ws, "long", messages=HELLO, max_tokens=asked, temperature=0, logit_bias={"2": -100})
+    first = json.loads(ws.recv(timeout=RECV_TIMEOUT_S))
+    assert first["type"] == "chunk"
+    ws.close()
+    record = wait_for_record(services, first["request_id"])
+    assert record["status"] == "completed"
+    assert record["stream_stats"]["cancelled"] is True
+    assert record["usage"]["completion_tokens"] < asked
+
+
+def test_a_bad_token_is_refused_at_connect(stack: BackgroundStack) -> None:
+    with pytest.raises(InvalidStatus) as caught:
+        ws_connect(stack, "not-a-key")
+    assert caught.value.response.status_code == 401
+    assert json.loads(caught.value.response.body)["error"]["code"] == "invalid_api_key"
+
+
+def test_validation_and_unknown_models_come_back_as_error_frames(stack: BackgroundStack) -> None:
+    with ws_connect(stack) as ws:
+        send(ws, "bad", messages=[])
+        (bad,) = frames_until_done(ws, "bad")
+        send(ws, "nope", model="no/such-model", messages=HELLO)
+        (nope,) = frames_until_done(ws, "nope")
+    assert bad["status"] == 400 and bad["request_id"] is None
+    assert bad["error"]["param"] == "messages"
+    assert nope["status"] == 404 and nope["error"]["code"] == "model_not_found"
+
+
+def test_another_user_s_request_never_streams_to_you(stack: BackgroundStack) -> None:
+    other = create_key(stack, "stream-other")
+    with ws_connect(stack) as mine, ws_connect(stack, other) as theirs:
+        send(mine, "mine", messages=HELLO, max_tokens=32, temperature=0)
+        send(theirs, "theirs", messages=HELLO, max_tokens=8, temperature=0)
+        my_frames = frames_until_done(mine, "mine")
+        their_frames = frames_until_done(theirs, "theirs")
+    my_ids = {f["request_id"] for f in my_frames}
+    assert {f["id"] for f in their_frames} == {"theirs"}
+    assert not my_ids & {f["request_id"] for f in their_frames}
+
+
+def test_the_relay_refuses_forged_and_expired_capability_tokens(stack: BackgroundStack) -> None:
+    url = f"{stack.config.api_url}/relay/push"
+    body = {"seq": 1, "chunks": [{"choices": []}]}
+    forged = mint_for(b"not the stack's key", "req_x", "conn", None, 600)
+    expired = mint_for(stack.stream_key.encode(), "req_x", "conn", None, -1)
+    for token, code in ((forged, "invalid_stream_token"), (expired, "expired_stream_token")):
+        resp = requests.post(
+            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert resp.status_code == 401 and resp.json()["error"]["code"] == code
+    genuine = mint_for(stack.stream_key.encode(), "req_x", "no-such-connection", None, 600)
+    resp = requests.post(url, json=body, headers={"Authorization": f"Bearer {genuine}"}, timeout=10)
+    assert resp.status_code == 410 and resp.json()["error"]["code"] == "connection_gone"
+
+
+@pytest.fixture(scope="module")
+def proxy(stack: BackgroundStack) -> Iterator[Proxy]:
+    p = Proxy(stack.config.api_url, stack.config.ws_url, stack.api_key, "127.0.0.1", free_port())
+    threading.Thread(target=p.serve_forever, daemon=True).start()
+    yield p
+    p.shutdown()
+    p.server_close()
+
+
+def test_the_openai_sdk_streams_for_real_through_first_proxy(proxy: Proxy, client: OpenAI) -> None:
+    sdk = OpenAI(base_url=f"{proxy.url}/v1", api_key="unused-the-proxy-has-one", max_retries=0)
+    sdk = sdk.with_options(api_key=client.api_key)
+    params: dict[str, Any] = {"model": TINY, "messages": HELLO, "max_tokens": 48, "temperature": 0}
+    plain = sdk.chat.completions.create(**params)  # forwarded as is
+    arrivals: list[float] = []
+    chunks = []
+    for chunk in sdk.chat.completions.create(
+        **params, stream=True, stream_options={"include_usage": True}
+    ):
+        arrivals.append(time.time())
+        chunks.append(chunk)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
+    # Several SSE events, arriving over time rather than as one buffered body.
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) >= 2 and arrivals[0] < arrivals[-1]
+    completion = sdk.completions.create(
+        model=TINY, prompt="Once upon", max_tokens=6, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in completion if c.choices)

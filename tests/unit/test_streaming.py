@@ -1,0 +1,229 @@
+"""The pure parts of streaming: capability tokens, coalescing, frames, assembling, the relay."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from chalicelib.errors import AuthenticationError, StreamGoneError
+from chalicelib.stores.websocket import ConnectionGoneError
+from chalicelib.streaming import frames
+from chalicelib.streaming.relay import Relay
+from chalicelib.streaming.tokens import StreamClaims, StreamTokenError, mint, mint_for, verify
+from hpc_functions.streaming import Assembler, Coalescer
+
+KEY = b"k" * 32
+NOW = 1_800_000_000.0
+
+
+def chat_chunk(
+    content: str | None = None, finish: str | None = None, **delta: Any
+) -> dict[str, Any]:
+    if content is not None:
+        delta["content"] = content
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [choice],
+    }
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+def test_a_minted_token_verifies_to_its_claims() -> None:
+    token = mint_for(KEY, "req_1", "conn=", "ref-1", 60, now=NOW)
+    assert verify(KEY, token, now=NOW + 59) == StreamClaims(
+        "req_1", "conn=", "ref-1", int(NOW) + 60
+    )
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (mint_for(b"another key" * 3, "req_1", "c", None, 60, now=NOW), "bad signature"),
+        ("nodot", "malformed"),
+        ("", "malformed"),
+    ],
+)
+def test_forged_or_malformed_tokens_are_refused(token: str, reason: str) -> None:
+    with pytest.raises(StreamTokenError) as caught:
+        verify(KEY, token, now=NOW)
+    assert caught.value.reason == reason
+
+
+def test_a_token_whose_claims_were_edited_is_refused() -> None:
+    token = mint(KEY, StreamClaims("req_1", "conn-a", None, int(NOW) + 60))
+    other = mint(KEY, StreamClaims("req_1", "conn-b", None, int(NOW) + 60))
+    forged = other.split(".")[0] + "." + token.split(".")[1]
+    with pytest.raises(StreamTokenError, match="bad signature"):
+        verify(KEY, forged, now=NOW)
+
+
+def test_an_expired_token_is_refused() -> None:
+    token = mint_for(KEY, "req_1", "c", None, 60, now=NOW)
+    with pytest.raises(StreamTokenError, match="expired"):
+        verify(KEY, token, now=NOW + 60)
+
+
+# -- coalescing ------------------------------------------------------------------------------
+
+
+def test_the_first_token_flushes_at_once_then_every_interval_or_n_tokens() -> None:
+    c = Coalescer(flush_tokens=3, flush_s=0.05)
+    c.add(chat_chunk("", role="assistant"))
+    assert not c.due(0.0)  # a role alone is no token: it waits for the first one
+    c.add(chat_chunk("Hel"))
+    assert c.due(0.0)
+    assert c.take(0.0) == [chat_chunk("Hel", role="assistant")]
+    c.add(chat_chunk("lo"))
+    assert not c.due(0.01) and c.wait_s(0.01) == pytest.approx(0.04)
+    assert c.due(0.05)
+    c.add(chat_chunk(" wor"))
+    c.add(chat_chunk("ld"))
+    assert c.due(0.01 + 0.0)  # three tokens pending
+    assert c.take(0.06)[0]["choices"][0]["delta"] == {"content": "lo world"}
+    assert c.wait_s(0.07) is None  # nothing pending: only a token can make it due
+
+
+def test_a_finish_flushes_at_once_and_rides_with_the_text() -> None:
+    c = Coalescer(flush_tokens=100, flush_s=10.0)
+    c.take(0.0)
+    c.add(chat_chunk("end"))
+    assert not c.due(0.1)
+    c.add(chat_chunk(finish="stop"))
+    assert c.due(0.1)
+    (merged,) = c.take(0.1)
+    assert merged["choices"][0] == {
+        "index": 0,
+        "delta": {"content": "end"},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
+
+
+def test_completion_chunks_merge_per_choice_and_usage_chunks_are_left_out() -> None:
+    c = Coalescer(flush_tokens=16, flush_s=0.05)
+
+    def text(index: int, piece: str) -> dict[str, Any]:
+        choice = {"index": index, "text": piece, "logprobs": None, "finish_reason": None}
+        return {
+            "id": "x",
+            "object": "text_completion",
+            "created": 1,
+            "model": "m",
+            "choices": [choice],
+        }
+
+    for chunk in (text(0, "a"), text(1, "b"), text(0, "c"), text(1, "d")):
+        c.add(chunk)
+    c.add({"id": "x", "object": "text_completion", "choices": [], "usage": {"prompt_tokens": 1}})
+    out = c.take(0.0)
+    assert [o["choices"][0]["text"] for o in out] == ["ac", "bd"]
+    assert all("usage" not in o for o in out)
+
+
+def test_the_assembled_response_is_the_plain_one() -> None:
+    a = Assembler()
+    for chunk in (
+        chat_chunk("", role="assistant"),
+        chat_chunk("Hi"),
+        chat_chunk(" you"),
+        chat_chunk(finish="length"),
+    ):
+        a.add(chunk)
+    a.add(
+        {
+            "id": "c1",
+            "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        }
+    )
+    response = a.response("chat_completions")
+    assert response["object"] == "chat.completion" and response["id"] == "c1"
+    assert response["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hi you", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "length",
+        }
+    ]
+    assert response["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+# -- frames and the relay ------------------------------------------------------------------
+
+
+def test_frames_carry_the_client_reference_and_the_request_id() -> None:
+    assert json.loads(frames.chunk("r", "req_1", 2, 0, {"x": 1})) == {
+        "type": "chunk",
+        "id": "r",
+        "request_id": "req_1",
+        "seq": 2,
+        "part": 0,
+        "data": {"x": 1},
+    }
+    done = json.loads(
+        frames.done("r", "req_1", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+    )
+    assert done == {
+        "type": "done",
+        "id": "r",
+        "request_id": "req_1",
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+    error = json.loads(frames.error(None, None, AuthenticationError("no")))
+    assert error["status"] == 401 and error["request_id"] is None
+    assert error["error"]["code"] == "invalid_api_key"
+
+
+class RecordingPoster:
+    """A fake Management API: records posts; a connection in ``gone`` raises as AWS does."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.gone: set[str] = set()
+
+    def post(self, connection_id: str, text: str) -> None:
+        if connection_id in self.gone:
+            raise ConnectionGoneError(connection_id)
+        self.posts.append((connection_id, json.loads(text)))
+
+
+def push(seq: int, *pieces: str) -> bytes:
+    return json.dumps({"seq": seq, "chunks": [chat_chunk(p) for p in pieces]}).encode()
+
+
+def test_the_relay_posts_each_chunk_to_the_token_s_connection_once() -> None:
+    poster = RecordingPoster()
+    relay = Relay(KEY, poster)  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    assert relay.push(token, push(1, "a", "b")).posted == 2
+    assert relay.push(token, push(1, "a", "b")).posted == 0  # a retry: not shown twice
+    assert relay.push(token, push(2, "c")).posted == 1
+    assert [(c, f["seq"], f["part"], f["id"]) for c, f in poster.posts] == [
+        ("conn-a", 1, 0, "ref"),
+        ("conn-a", 1, 1, "ref"),
+        ("conn-a", 2, 0, "ref"),
+    ]
+
+
+def test_the_relay_refuses_forged_tokens_and_answers_gone_for_closed_connections() -> None:
+    poster = RecordingPoster()
+    relay = Relay(KEY, poster)  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError) as caught:
+        relay.push(mint_for(b"x" * 32, "req_1", "conn-a", None, 60), push(1, "a"))
+    assert caught.value.code == "invalid_stream_token"
+    with pytest.raises(AuthenticationError) as caught:
+        relay.push(mint_for(KEY, "req_1", "conn-a", None, -1), push(1, "a"))
+    assert caught.value.code == "expired_stream_token"
+    poster.gone.add("conn-a")
+    with pytest.raises(StreamGoneError) as gone:
+        relay.push(mint_for(KEY, "req_1", "conn-a", None, 60), push(1, "a"))
+    assert gone.value.STATUS_CODE == 410 and poster.posts == []
