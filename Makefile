@@ -25,8 +25,9 @@ up: $(STAMP)   ## the same in the background; returns once healthy (.first/local
 down:
 	$(PY) -m offline.stack down
 
-test: $(STAMP) ## the full suite: lint, unit, integration, end-to-end
+test: $(STAMP) ## the full suite: lint, types, unit, integration, end-to-end
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 unit: $(STAMP)
@@ -41,6 +42,7 @@ e2e: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 bench: $(STAMP) ## uses the `make up` stack, or starts one for the run
 	$(PY) -m bench.interactive

@@ -8,6 +8,7 @@ from chalice.app import Request, Response, WebsocketEvent
 
 from chalicelib import sse
 from chalicelib.auth import Principal, bearer_token
+from chalicelib.fleet import require_operator
 from chalicelib.gateway import Completed
 from chalicelib.http import (
     ThreadSafeChalice,
@@ -101,7 +102,9 @@ def list_models(log: dict[str, Any]) -> Response:
 def retrieve_model_route(log: dict[str, Any], model: str) -> Response:
     principal = _principal(log)
     log["model"] = model_id = model_id_from_path(model)
-    return json_response(retrieve_model(services.registry, principal, model_id))
+    return json_response(
+        services.fleet.annotate(retrieve_model(services.registry, principal, model_id))
+    )
 
 
 @app.route("/v1/models/{model}/{name}", methods=["GET"])
@@ -109,7 +112,16 @@ def retrieve_model_route(log: dict[str, Any], model: str) -> Response:
 def retrieve_model_by_path(log: dict[str, Any], model: str, name: str) -> Response:
     principal = _principal(log)
     log["model"] = model_id = model_id_from_path(model, name)
-    return json_response(retrieve_model(services.registry, principal, model_id))
+    return json_response(
+        services.fleet.annotate(retrieve_model(services.registry, principal, model_id))
+    )
+
+
+@app.route("/v1/endpoints", methods=["GET"])
+@route
+def list_endpoints(log: dict[str, Any]) -> Response:
+    require_operator(_principal(log), services.settings.operator_groups)
+    return json_response(services.fleet.endpoints())
 
 
 @app.route("/v1/chat/completions", methods=["POST"], content_types=BODY_TYPES)
@@ -163,6 +175,7 @@ def relay_push(log: dict[str, Any]) -> Response:
     delivery = services.relay.push(bearer_token(_request().headers), raw)
     log.update(request_id=delivery.request_id, seq=delivery.seq, frames=delivery.posted)
     return json_response({"seq": delivery.seq, "frames": delivery.posted})
+
 
 # ----- Files and Batches (chalicelib/batch; docs/operations.md "Batch") ----------------------
 

@@ -33,6 +33,7 @@ def local_stack(home: Path | None = None) -> Iterator[dict[str, str]]:
         aws_url=f"http://127.0.0.1:{free_port()}",
         api_port=free_port(),
         compute_port=free_port(),
+        compute_b_port=free_port(),
         ws_port=free_port(),
     )
     stack = BackgroundStack(config)
@@ -47,10 +48,23 @@ def stack_pids(env: dict[str, str]) -> dict[str, int]:
     """Each process of the stack (from its ``stack.json``), the compute workers included."""
     state = json.loads((Path(env["FIRST_HOME"]) / "stack.json").read_text())
     pids = {name: int(pid) for name, pid in state["pids"].items()}
-    compute = pids.get("compute")
-    for i, child in enumerate(children(compute) if compute else []):
-        pids[f"compute-worker-{i}"] = child
+    for name in [n for n in pids if n.startswith("compute")]:
+        for i, child in enumerate(children(pids[name])):
+            pids[f"{name}-worker-{i}"] = child
     return pids
+
+
+def engine_runs(env: dict[str, str]) -> dict[str, int]:
+    """How often each task ran, summed over every local endpoint of the stack."""
+    import requests
+
+    state = json.loads((Path(env["FIRST_HOME"]) / "stack.json").read_text())
+    auth = {"Authorization": f"Bearer {state['endpoint_token']}"}
+    runs: dict[str, int] = {}
+    for url in state["compute_urls"].values():
+        for task, n in requests.get(f"{url}/stats", headers=auth, timeout=5).json()["runs"].items():
+            runs[task] = runs.get(task, 0) + int(n)
+    return runs
 
 
 def children(pid: int) -> list[int]:

@@ -17,13 +17,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import requests
 from openai import OpenAI
 
 from bench.common import (
     apply_env,
     aws_calls,
     cpu_snapshot,
+    engine_runs,
     local_stack,
     percentile,
     stack_pids,
@@ -66,10 +66,8 @@ def phase(env: dict[str, str], concurrency: int, n: int, max_tokens: int) -> dic
     cpu_after = cpu_snapshot(pids)
     calls = aws_calls(aws)
     ids = [r["request_id"] for r in results]
-    auth = {"Authorization": f"Bearer {env['FIRST_LOCAL_ENDPOINT_TOKEN']}"}
-    stats_url = f"{env['FIRST_LOCAL_ENDPOINT_URL']}/stats"
-    runs = requests.get(stats_url, headers=auth, timeout=5).json()["runs"]
-    engine_runs = [runs.get(f"task-{i}", 0) for i in ids]
+    runs = engine_runs(env)
+    runs_per_request = [runs.get(f"task-{i}", 0) for i in ids]
     added = [r["added_ms"] for r in results]
     return {
         "concurrency": concurrency,
@@ -88,14 +86,20 @@ def phase(env: dict[str, str], concurrency: int, n: int, max_tokens: int) -> dic
         # CPU milliseconds per request in each process (the engine workers summed).
         "cpu_ms_per_request": cpu_per_request(cpu_before, cpu_after, n),
         "lost": n - len(set(ids)),
-        "engine_runs_not_once": sum(1 for r in engine_runs if r != 1),
+        "engine_runs_not_once": sum(1 for r in runs_per_request if r != 1),
     }
 
 
 def cpu_per_request(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for name in before.keys() & after.keys():
-        key = "compute-workers" if name.startswith("compute-worker") else name
+        key = (
+            "engine workers"
+            if "-worker-" in name
+            else "compute endpoints"
+            if name.startswith("compute")
+            else name
+        )
         out[key] = out.get(key, 0.0) + (after[name] - before[name]) * 1000 / n
     return {k: round(v, 2) for k, v in sorted(out.items())}
 

@@ -23,7 +23,15 @@ import openai
 import requests
 from openai import OpenAI
 
-from bench.common import apply_env, aws_calls, cpu_snapshot, local_stack, percentile, stack_pids
+from bench.common import (
+    apply_env,
+    aws_calls,
+    cpu_snapshot,
+    engine_runs,
+    local_stack,
+    percentile,
+    stack_pids,
+)
 from bench.interactive import cpu_per_request
 from chalicelib.settings import REPO_ROOT
 
@@ -92,9 +100,7 @@ def level(env: dict[str, str], clients: int, per_client: int, max_tokens: int) -
     timed_out = [r["request_id"] for r in results if r["status"] == 504 and r.get("request_id")]
     ok_ids = [r["request_id"] for r in results if r["status"] == 200]
     ms = [r["ms"] for r in results]
-    auth = {"Authorization": f"Bearer {env['FIRST_LOCAL_ENDPOINT_TOKEN']}"}
-    stats = requests.get(f"{env['FIRST_LOCAL_ENDPOINT_URL']}/stats", headers=auth, timeout=5)
-    runs_by_task = stats.json()["runs"]
+    runs_by_task = engine_runs(env)
     return {
         "clients": clients,
         "requests": len(results),

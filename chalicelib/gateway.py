@@ -27,6 +27,7 @@ from chalicelib.errors import (
     WaitTimeoutError,
     error_from_result,
 )
+from chalicelib.fleet import Fleet
 from chalicelib.models_view import model_object
 from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
@@ -88,6 +89,7 @@ class Gateway:
         replies: ReplyListener,
         limits_config: limits.LimitsConfig | None = None,
         limit_store: LimitStore | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -97,6 +99,7 @@ class Gateway:
         self._replies = replies
         self._limits = limits_config
         self._limit_store = limit_store
+        self._fleet = fleet
 
     def list_models(self, principal: Principal) -> dict[str, Any]:
         """The models the caller may use; the others are not listed."""
@@ -105,6 +108,8 @@ class Gateway:
             for m in self._registry.model_ids()
             if (dep := self._registry.model(m)) is not None and may_use(principal, dep.access)
         ]
+        if self._fleet is not None:
+            data = [self._fleet.annotate(m) for m in data]
         return {"object": "list", "data": data}
 
     def run(

@@ -42,6 +42,10 @@ class Endpoint:
     # Function name → Globus Compute function ID; a null (unregistered) ID is dropped at load.
     functions: dict[str, str]
     models: tuple[ModelDeployment, ...] = field(default_factory=tuple)
+    # Ties in load go to the higher priority (e.g. the cluster with the faster GPUs).
+    priority: int = 0
+    # The offline stack's local endpoints only: where the endpoint listens.
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Registry:
                 endpoint_id=e["endpoint_id"],
                 executor=e.get("executor", "globus"),
                 max_inflight=int(e.get("max_inflight", 16)),
+                priority=int(e.get("priority", 0)),
+                url=e.get("url"),
                 functions={k: v for k, v in e.get("functions", {}).items() if v},
                 models=tuple(
                     ModelDeployment(

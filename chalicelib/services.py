@@ -17,13 +17,16 @@ from botocore.config import Config
 from chalicelib.access import uses_groups
 from chalicelib.auth.apikeys import ApiKeyAuthenticator
 from chalicelib.auth.chain import ChainAuthenticator
+from chalicelib.fleet import Fleet
 from chalicelib.gateway import Gateway
 from chalicelib.limits import LimitsConfig
 from chalicelib.registry import Registry
+from chalicelib.router import CircuitPolicy
 from chalicelib.settings import Settings
 from chalicelib.stores.batches import BatchStore
 from chalicelib.stores.blobs import BlobStore
 from chalicelib.stores.connections import ConnectionStore
+from chalicelib.stores.endpoints import EndpointStore
 from chalicelib.stores.files import FileStore
 from chalicelib.stores.keys import KeyStore
 from chalicelib.stores.limits import LimitStore
@@ -109,6 +112,10 @@ class Services:
         )
 
     @cached_property
+    def endpoint_store(self) -> EndpointStore:
+        return EndpointStore(self.dynamodb_client, self.settings.endpoints_table_name)
+
+    @cached_property
     def keys(self) -> KeyStore:
         return KeyStore(self.dynamodb.Table(self.settings.keys_table_name))
 
@@ -157,6 +164,25 @@ class Services:
             replies=self.reply_listener,
             limits_config=self.limits,
             limit_store=self.limit_store if self.limits is not None else None,
+            fleet=self.fleet,
+        )
+
+    @cached_property
+    def circuit_policy(self) -> CircuitPolicy:
+        s = self.settings
+        return CircuitPolicy(
+            failures_to_open=s.circuit_failures_to_open,
+            cooldown_s=s.circuit_cooldown_s,
+            stale_s=s.endpoint_stale_s,
+        )
+
+    @cached_property
+    def fleet(self) -> Fleet:
+        return Fleet(
+            self.registry,
+            self.endpoint_store,
+            self.circuit_policy,
+            queue_depth=self.interactive_queue.depth,
         )
 
     # -- streaming over the WebSocket API (chalicelib/streaming) ------------------------------

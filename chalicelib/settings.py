@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     globus_policies: StrList = Field(default_factory=list)
     globus_groups: StrList = Field(default_factory=list)
     globus_service_clients: StrList = Field(default_factory=list)
+    # Members of these groups (Globus groups, or the groups on an API key) are operators:
+    # they may read GET /v1/endpoints. Empty: nobody.
+    operator_groups: StrList = Field(default_factory=list)
     # Introspection results are shared through DynamoDB for min(this, token expiry); refusals
     # (inactive tokens) for the shorter time so a bad token does not hammer Globus Auth.
     globus_cache_ttl_s: int = 600
@@ -142,6 +145,7 @@ class Settings(BaseSettings):
         "globus_policies",
         "globus_groups",
         "globus_service_clients",
+        "operator_groups",
         mode="before",
     )
     @classmethod

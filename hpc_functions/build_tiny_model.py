@@ -107,7 +107,8 @@ def _build_model(tokenizer: Any) -> Any:
         **MODEL_CONFIG,
     )
     torch.manual_seed(SEED)
-    return LlamaForCausalLM(config).to(torch.float32).eval()
+    # transformers wraps ``to`` with functools.wraps, which typeshed types as unbound.
+    return LlamaForCausalLM(config).to(torch.float32).eval()  # type: ignore[arg-type]
 
 
 def build(out_dir: str | Path) -> Path:

@@ -138,6 +138,8 @@ def config_args(c: StackConfig) -> list[str]:
         str(c.api_port),
         "--compute-port",
         str(c.compute_port),
+        "--compute-b-port",
+        str(c.compute_b_port),
         "--ws-port",
         str(c.ws_port),
         "--pollers",

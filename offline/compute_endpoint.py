@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--no-preheat", action="store_true")
+    parser.add_argument("--name", help="the registry endpoint this serves (preheats its models)")
     args = parser.parse_args(argv)
     token = os.environ.get(TOKEN_ENV, "")
     if len(token) < 16:
@@ -333,7 +334,12 @@ def main(argv: list[str] | None = None) -> None:
     preheat = (
         []
         if args.no_preheat
-        else [m.engine for e in registry.endpoints if e.executor == "local" for m in e.models]
+        else [
+            m.engine
+            for e in registry.endpoints
+            if e.executor == "local" and args.name in (None, e.name)
+            for m in e.models
+        ]
     )
     serve(args.host, args.port, args.workers, preheat, token)
 

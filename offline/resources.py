@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -111,7 +111,7 @@ def _apply_ttl(dynamodb: Any, template: dict[str, Any], stage: str) -> None:
         )
 
 
-def _like(client: Any, service: str) -> Any:
+def _like(client: Any, service: Literal["s3", "sqs"]) -> Any:
     """A client for ``service`` at the same endpoint and region as ``client``."""
     import boto3
 

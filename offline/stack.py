@@ -36,6 +36,8 @@ from chalicelib.settings import REPO_ROOT
 from offline.supervisor import Child, Supervisor
 
 TINY_MODEL = "first/tiny-chat"
+# The group whose members may read the operator routes; the dev key is in it.
+OPERATORS = "first-operators"
 
 
 @dataclass
@@ -45,6 +47,9 @@ class StackConfig:
     aws_url: str = "http://127.0.0.1:4566"
     api_port: int = 8000
     compute_port: int = 8765
+    # A second, smaller "cluster", so federation (routing, failover) runs offline.
+    compute_b_port: int = 8766
+    compute_b_workers: int = 1
     # The WebSocket API (streaming), served by the API process beside the REST routes.
     ws_port: int = 8001
     pollers: int = 1
@@ -80,6 +85,18 @@ class StackConfig:
     def compute_url(self) -> str:
         return f"http://127.0.0.1:{self.compute_port}"
 
+    @property
+    def compute_b_url(self) -> str:
+        return f"http://127.0.0.1:{self.compute_b_port}"
+
+    def local_endpoints(self) -> dict[str, tuple[int, int]]:
+        """The registry's local endpoints (``infra/deployments/local.json``): name → (port,
+        workers). Each runs as the stack's child ``compute-<name>``."""
+        return {
+            "local-a": (self.compute_port, self.compute_workers),
+            "local-b": (self.compute_b_port, self.compute_b_workers),
+        }
+
     def env(self) -> dict[str, str]:
         """The environment every process of the stack runs with."""
         env = dict(os.environ)
@@ -92,7 +109,9 @@ class StackConfig:
                 "FIRST_STAGE": self.stage,
                 "FIRST_HOME": str(self.home),
                 "FIRST_LOCAL_ENDPOINT_URL": self.compute_url,
+                "FIRST_LOCAL_ENDPOINT_B_URL": self.compute_b_url,
                 "FIRST_LOCAL_ENDPOINT_TOKEN": self.endpoint_token,
+                "FIRST_OPERATOR_GROUPS": OPERATORS,
                 "FIRST_POLLER_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
                 "FIRST_STREAM_KEY": self.stream_key,
                 "FIRST_STREAM_RELAY_URL": f"{self.api_url}/relay/push",
@@ -196,9 +215,13 @@ class Stack:
             wait_until(lambda: answers(c.aws_url), "local AWS endpoint", 30, proc)
         self._deploy_resources()
         self.api_key = self._create_dev_key()
-        args = ["offline.compute_endpoint", "--port", str(c.compute_port)]
-        proc = self._add("compute", [*args, "--workers", str(c.compute_workers)])
-        wait_until(lambda: answers(f"{c.compute_url}/health"), "compute endpoint", 180, proc)
+        started = []
+        for name, (port, workers) in c.local_endpoints().items():
+            args = ["offline.compute_endpoint", "--port", str(port), "--name", name]
+            started.append((port, self._add(f"compute-{name}", [*args, "--workers", str(workers)])))
+        for port, proc in started:
+            url = f"http://127.0.0.1:{port}/health"
+            wait_until(lambda u=url: answers(u), "compute endpoint", 180, proc)
         for i in range(c.pollers):
             self._add(f"poller-{i}", ["chalicelib.poller.main"])
         self._add("batch", ["chalicelib.batch.main"])
@@ -209,9 +232,30 @@ class Stack:
         self._write_env_file()
 
     def supervise(self) -> None:
-        """One round of the supervisor: restart what is due, record the new pids."""
-        if self.supervisor.check():
+        """One round of the supervisor: act on control requests, restart what is due, record
+        the new pids."""
+        changed = self._control()
+        if self.supervisor.check() or changed:
             self._write_state()
+
+    def _control(self) -> bool:
+        """``first local endpoint stop|start NAME`` leaves ``control/<verb>-<child>`` files."""
+        folder = self.config.home / "control"
+        if not folder.is_dir():
+            return False
+        changed = False
+        for request in sorted(folder.iterdir()):
+            verb, _, child = request.name.partition("-")
+            request.unlink(missing_ok=True)
+            if child not in self.supervisor.children or verb not in ("stop", "start"):
+                self._say(f"ignored control request {request.name}")
+                continue
+            if verb == "stop":
+                self.supervisor.hold(child)
+            else:
+                self.supervisor.release(child)
+            changed = True
+        return changed
 
     def _restarted(self, child: Child) -> None:
         if child.name != "aws":
@@ -245,15 +289,20 @@ class Stack:
         self.first("resources", "deploy")
 
     def _create_dev_key(self) -> str:
-        return self.first("keys", "create", "--user", "dev")
+        # The local stack's developer is its operator too (GET /v1/endpoints).
+        return self.first("keys", "create", "--user", "dev", "--group", OPERATORS)
 
     def _write_state(self) -> None:
         c = self.config
         state = {
             "pids": self.supervisor.pids(),
+            "held": self.supervisor.held(),
             "orchestrator": os.getpid(),
             "api_url": c.api_url,
             "compute_url": c.compute_url,
+            "compute_urls": {
+                name: f"http://127.0.0.1:{port}" for name, (port, _) in c.local_endpoints().items()
+            },
             "endpoint_token": c.endpoint_token,
             "stream_key": c.stream_key,
         }
@@ -273,6 +322,7 @@ class Stack:
             "FIRST_STAGE": c.stage,
             "FIRST_HOME": str(c.home),
             "FIRST_LOCAL_ENDPOINT_URL": c.compute_url,
+            "FIRST_LOCAL_ENDPOINT_B_URL": c.compute_b_url,
             "FIRST_LOCAL_ENDPOINT_TOKEN": c.endpoint_token,
             "FIRST_REQUESTS_TABLE": f"first-{c.stage}-requests",
             "FIRST_KEYS_TABLE": f"first-{c.stage}-keys",
@@ -288,7 +338,8 @@ class Stack:
     def stop(self, timeout_s: float = 10.0) -> None:
         order = ["api", *sorted(n for n in self.supervisor.children if n.startswith("poller"))]
         order += [n for n in self.supervisor.children if n == "batch"]
-        self.supervisor.stop([*order, "compute", "aws"], timeout_s)
+        computes = sorted(n for n in self.supervisor.children if n.startswith("compute"))
+        self.supervisor.stop([*order, *computes, "aws"], timeout_s)
         self.config.env_file.unlink(missing_ok=True)
         self.config.state_file.unlink(missing_ok=True)
 
@@ -370,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--compute-port", type=int, default=int(os.environ.get("FIRST_COMPUTE_PORT", "8765"))
     )
+    p.add_argument(
+        "--compute-b-port", type=int, default=int(os.environ.get("FIRST_COMPUTE_B_PORT", "8766"))
+    )
     p.add_argument("--pollers", type=int, default=int(os.environ.get("FIRST_POLLERS", "1")))
     p.add_argument("--workers", type=int, default=int(os.environ.get("FIRST_COMPUTE_WORKERS", "2")))
     p.add_argument("--visibility-timeout", type=int, default=10)
@@ -379,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         aws_url=a.aws_url,
         api_port=a.api_port,
         compute_port=a.compute_port,
+        compute_b_port=a.compute_b_port,
         ws_port=a.ws_port,
         pollers=a.pollers,
         compute_workers=a.workers,

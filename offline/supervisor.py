@@ -32,6 +32,8 @@ class Child:
     crashes_in_a_row: int = 0
     restarts: int = 0
     restart_at: float | None = None
+    # Taken down on purpose (`first local endpoint stop`): not restarted until released.
+    held: bool = False
 
 
 class Supervisor:
@@ -52,7 +54,35 @@ class Supervisor:
         return child
 
     def pids(self) -> dict[str, int]:
-        return {name: c.proc.pid for name, c in self.children.items()}
+        return {name: c.proc.pid for name, c in self.children.items() if not c.held}
+
+    def held(self) -> list[str]:
+        return sorted(name for name, c in self.children.items() if c.held)
+
+    def hold(self, name: str, timeout_s: float = 10.0) -> None:
+        """Stop ``name`` and keep it down (an operator's or a test's choice, not a crash)."""
+        child = self.children[name]
+        child.held = True
+        child.restart_at = None
+        if child.proc.poll() is None:
+            child.proc.terminate()
+            try:
+                child.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        self._log(f"{name} stopped on request; held down")
+
+    def release(self, name: str) -> None:
+        """Start a held ``name`` again now."""
+        child = self.children[name]
+        if not child.held:
+            return
+        child.held = False
+        child.crashes_in_a_row = 0
+        child.proc = child.spawn()
+        child.started_at = self._clock()
+        self._log(f"{name} started on request (pid {child.proc.pid})")
 
     def check(self) -> bool:
         """Notice exits and restart what is due; True when any process was restarted."""
@@ -60,7 +90,7 @@ class Supervisor:
         restarted = False
         for child in self.children.values():
             code = child.proc.poll()
-            if code is None:
+            if code is None or child.held:
                 continue
             if child.restart_at is None:
                 up_s = now - child.started_at

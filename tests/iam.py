@@ -32,6 +32,15 @@ IAM_ACTIONS: dict[tuple[str, str], str] = {
 }
 
 
+# TransactWriteItems is no IAM action: each item is authorised as one of these.
+_TRANSACT_ACTIONS = {
+    "Update": "UpdateItem",
+    "Put": "PutItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+
+
 def iam_action(service: str, operation: str) -> str:
     return IAM_ACTIONS.get((service, operation), f"{service}:{operation}")
 
@@ -91,7 +100,16 @@ class CallRecorder:
         service = model.service_model.service_name
         params = context.get("recorded_params") or {}
         region = context.get("client_region") or "us-east-1"
-        found = [Call(service, model.name, r) for r in resources(service, region, params)]
+        if model.name == "TransactWriteItems":
+            # IAM authorises each item of a transaction as its own action on its own table.
+            found = [
+                Call(service, _TRANSACT_ACTIONS[kind], r)
+                for item in params.get("TransactItems") or []
+                for kind, op in item.items()
+                for r in resources(service, region, op)
+            ]
+        else:
+            found = [Call(service, model.name, r) for r in resources(service, region, params)]
         with self._lock:
             self._calls += found
 

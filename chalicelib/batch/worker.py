@@ -228,7 +228,7 @@ class BatchWorker:
     def _validate(self, record: dict[str, Any]) -> dict[str, Any]:
         batch_id, owner = record["batch_id"], record["owner"]
         principal = principal_from(record["principal"])
-        checker = LineChecker(
+        checker: LineChecker = LineChecker(
             endpoint=record.get("endpoint") or "",
             may_use=lambda model: self._may_use(principal, checker.endpoint, model),
             ceiling=self._ceiling,

@@ -51,7 +51,7 @@ class LocalEndpointExecutor(Executor):
         *,
         poll_s: float = 20.0,
         max_waiters: int = 64,
-        unreachable_s: float = 60.0,
+        unreachable_s: float = 10.0,
     ) -> None:
         import requests
 
@@ -162,7 +162,8 @@ def default_factory(
 ) -> Callable[[Endpoint], TaskExecutor]:
     def make(endpoint: Endpoint) -> TaskExecutor:
         if endpoint.executor == "local":
-            return LocalEndpointExecutor(local_endpoint_url, local_endpoint_token)
+            # Each local "cluster" of the offline stack listens on its own URL.
+            return LocalEndpointExecutor(endpoint.url or local_endpoint_url, local_endpoint_token)
         # Imported here: the Lambda package never needs it, and it is the poller's only tie
         # to the Globus Compute web service (it authenticates on first submit).
         from globus_compute_sdk import Executor as GlobusComputeExecutor

@@ -7,12 +7,15 @@ from types import FrameType
 
 from chalicelib.compute.executors import ExecutorPool, default_factory
 from chalicelib.logs import get_logger
+from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.worker import Poller, PollerStopped
 from chalicelib.services import Services
 
 
 def build(services: Services) -> Poller:
     s = services.settings
+    logger = get_logger("first-poller")
+    policy = services.circuit_policy
     return Poller(
         settings=s,
         registry=services.registry,
@@ -21,7 +24,10 @@ def build(services: Services) -> Poller:
         blobs=services.blobs,
         replies=services.reply_sender,
         executors=ExecutorPool(default_factory(s.local_endpoint_url, s.local_endpoint_token_value)),
-        logger=get_logger("first-poller"),
+        logger=logger,
+        endpoints=services.endpoint_store,
+        board=StatusBoard(services.registry, services.endpoint_store, logger),
+        policy=policy,
         limits=services.limit_store,
         streams=services.stream_notifier(),
     )

@@ -12,6 +12,7 @@ goes on to the DLQ. Only the function's own exception fails a request at once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -23,19 +24,26 @@ from aws_lambda_powertools import Logger
 from chalicelib import limits, router
 from chalicelib.compute.executors import ExecutorPool, RemoteTaskError
 from chalicelib.poller import planning
+from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.leases import Leases
-from chalicelib.registry import Registry
+from chalicelib.registry import Endpoint, ModelDeployment, Registry
+from chalicelib.router import CircuitPolicy
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.deleter import BatchDeleter
+from chalicelib.stores.endpoints import EndpointStore
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplySender
-from chalicelib.stores.requests import RequestConflictError, RequestStore
+from chalicelib.stores.requests import RequestConflictError, RequestStore, Slot
 from chalicelib.streaming.notifier import StreamNotifier
 
 # Waits before re-claiming a request whose record is not there yet.
 CLAIM_RETRY_S = (0.01, 0.05, 0.25)
+
+
+class NoEndpointError(Exception):
+    """No endpoint could take the request now; it is retried after a backoff."""
 
 
 class PollerStopped(Exception):
@@ -54,8 +62,11 @@ class Poller:
         replies: ReplySender,
         executors: ExecutorPool,
         logger: Logger,
+        endpoints: EndpointStore,
+        board: StatusBoard,
         limits: LimitStore | None = None,
         streams: StreamNotifier | None = None,
+        policy: CircuitPolicy | None = None,
     ) -> None:
         self._s = settings
         self._registry = registry
@@ -66,9 +77,12 @@ class Poller:
         self._executors = executors
         self._log = logger
         self._limits = limits
+        # Shared endpoint status (capacity, circuits, heartbeats) and the routing policy.
+        self._endpoints = endpoints
+        self._board = board
+        self._policy = policy or CircuitPolicy()
         # Streaming requests: the capability for the task, the final frame (chalicelib/streaming).
         self._streams = streams
-        self._inflight: dict[str, int] = {}
         self._active = 0
         self._workers = ThreadPoolExecutor(settings.poller_max_inflight, "poller")
         self._lock = threading.Lock()
@@ -82,6 +96,7 @@ class Poller:
 
     def run(self) -> None:
         self._log.info("poller started", extra={"queue": self._queue.url})
+        self._board.start()
         while not self.stopping.is_set():
             free = self._free_slots()
             if free == 0:
@@ -107,6 +122,7 @@ class Poller:
                 self._leases.hold(message["ReceiptHandle"])
                 self._workers.submit(self._handle_guarded, message)
         self._workers.shutdown(wait=True)
+        self._board.close()
         self._leases.close()
         self._deleter.close()
         self._executors.shutdown()
@@ -162,7 +178,7 @@ class Poller:
             claim_ms=round((t1 - t0) * 1000, 1),
         )
         try:
-            status, fields, response = self._run(request_id, record)
+            status, fields, response, slot = self._run(request_id, record)
         except Exception as exc:  # noqa: BLE001 - any failure here is retried, then DLQ'd
             self.counts["run_errors"] += 1
             self._log.exception("request could not be run", extra=log)
@@ -182,7 +198,7 @@ class Poller:
                 self._retry_later(message)
             return  # not deleted: redelivered, or on to the DLQ after the final try
         log["run_ms"] = round((time.perf_counter() - t1) * 1000, 1)
-        self._finish(request_id, record, status, fields, response, log)
+        self._finish(request_id, record, status, fields, response, log, slot)
         self._deleter.add(receipt)
 
     def _retry_later(self, message: dict[str, Any]) -> None:
@@ -206,12 +222,105 @@ class Poller:
             time.sleep(delay)
         return self._requests.claim(request_id)
 
-    def _run(self, request_id: str, record: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
-        function = record["function"]
-        endpoint, deployment = router.choose(
-            self._registry.candidates(record["model"], function), dict(self._inflight)
-        )
+    def _run(
+        self, request_id: str, record: dict[str, Any]
+    ) -> tuple[str, dict[str, Any], Any, Slot]:
+        """Run the request on the best endpoint that has room; fail over on infrastructure
+        failures. Returns the outcome and the slot the request holds (released by ``_finish``).
+        """
+        candidates = self._registry.candidates(record["model"], record["function"])
         body = self._blobs.load(record, "payload")
+        held: str | None = record.get("slot")  # taken by a predecessor that died
+        failed_on: set[str] = set()
+        deadline = time.monotonic() + self._s.poller_slot_wait_s
+        while True:
+            ranked = [
+                c
+                for c in router.rank(candidates, self._board.statuses(), time.time(), self._policy)
+                if c[0].name not in failed_on
+            ]
+            if not ranked:
+                raise NoEndpointError(
+                    f"no endpoint can run {record['model']} now (offline, circuit open, or"
+                    f" failed: {sorted(failed_on)})"
+                )
+            for endpoint, deployment in ranked:
+                slot = self._endpoints.slot(endpoint.name, endpoint.max_inflight)
+                if not self._enter(request_id, endpoint.name, slot, held):
+                    continue
+                held = endpoint.name
+                try:
+                    status, fields, response = self._run_on(
+                        request_id, record, endpoint, deployment, body
+                    )
+                except Exception as exc:  # noqa: BLE001 - the endpoint's failure: fail over
+                    self._requests.give_slot_back(request_id, slot)
+                    held = None
+                    self._endpoint_failed(endpoint.name, request_id, exc)
+                    failed_on.add(endpoint.name)
+                    break  # rank again without it
+                self._endpoint_ok(endpoint.name)
+                return status, fields, response, slot
+            else:
+                # Every usable endpoint is at capacity: the request waits for a slot here, its
+                # message kept invisible by the heartbeat, rather than burn a delivery.
+                if time.monotonic() > deadline:
+                    raise NoEndpointError("every endpoint serving the model stayed full")
+                self._board.wait_for_change(0.25)
+
+    def _enter(self, request_id: str, name: str, slot: Slot, held: str | None) -> bool:
+        """Hold a slot on endpoint ``name`` (inheriting a dead predecessor's if it is there)."""
+        if held == name:
+            return True
+        if held is not None:
+            # Someone else may have moved it already: then there is nothing to give back.
+            with contextlib.suppress(RequestConflictError):
+                self._requests.give_slot_back(request_id, self._endpoints.slot(held, 0))
+        status = self._board.statuses().get(name)
+        half_open = (
+            status is not None
+            and router.circuit(status, time.time(), self._policy) == router.HALF_OPEN
+        )
+        # One probe per cooldown: whoever wins the conditional write sends it.
+        if half_open and status is not None:
+            open_until = status.opened_at + self._policy.cooldown_s
+            if not self._endpoints.take_probe(name, open_until):
+                return False
+        return self._requests.take_slot(request_id, slot)
+
+    def _endpoint_failed(self, name: str, request_id: str, exc: Exception) -> None:
+        self.counts["endpoint_failures"] += 1
+        self._log.warning(
+            "endpoint failed; failing over",
+            extra={"endpoint": name, "request_id": request_id, "error": type(exc).__name__},
+        )
+        try:
+            self._endpoints.record_failure(name, self._policy.failures_to_open)
+        except Exception:  # noqa: BLE001 - the circuit learns on the next failure
+            self.counts["circuit_write_errors"] += 1
+            self._log.exception("circuit not updated", extra={"endpoint": name})
+        # This poller acts on what it just learnt at once; peers within a refresh (1 s).
+        self._board.refresh()
+
+    def _endpoint_ok(self, name: str) -> None:
+        status = self._board.statuses().get(name)
+        if status is None or status.failures == 0:
+            return
+        try:
+            self._endpoints.record_success(name)
+        except Exception:  # noqa: BLE001 - it closes on the next success
+            self.counts["circuit_write_errors"] += 1
+            self._log.exception("circuit not closed", extra={"endpoint": name})
+        self._board.refresh()
+
+    def _run_on(
+        self,
+        request_id: str,
+        record: dict[str, Any],
+        endpoint: Endpoint,
+        deployment: ModelDeployment,
+        body: Any,
+    ) -> tuple[str, dict[str, Any], Any]:
         task: dict[str, Any] = {
             "request_id": request_id,
             "engine": deployment.engine,
@@ -225,23 +334,17 @@ class Poller:
                 self._log.warning(
                     "streaming not configured: runs unstreamed", extra={"request_id": request_id}
                 )
-        function_id = endpoint.functions[function]
-        with self._lock:
-            self._inflight[endpoint.name] = self._inflight.get(endpoint.name, 0) + 1
+        function_id = endpoint.functions[record["function"]]
+        future = self._executors.get(endpoint).submit_to_registered_function(
+            function_id, args=(task,)
+        )
         try:
-            future = self._executors.get(endpoint).submit_to_registered_function(
-                function_id, args=(task,)
-            )
-            try:
-                # The heartbeat keeps the message invisible however long this takes.
-                result = future.result()
-            except RemoteTaskError as exc:
-                # The function itself raised on the node: a definite failure, not retried.
-                failure = planning.engine_failure(request_id, str(exc))
-                return "failed", {**failure, "endpoint": endpoint.name}, None
-        finally:
-            with self._lock:
-                self._inflight[endpoint.name] -= 1
+            # The heartbeat keeps the message invisible however long this takes.
+            result = future.result()
+        except RemoteTaskError as exc:
+            # The function itself raised on the node: the request's failure, not retried.
+            failure = planning.engine_failure(request_id, str(exc))
+            return "failed", {**failure, "endpoint": endpoint.name}, None
         return planning.outcome_of(request_id, result, endpoint=endpoint.name)
 
     def _finish(
@@ -252,6 +355,7 @@ class Poller:
         fields: dict[str, Any],
         response: Any,
         log: dict[str, Any],
+        slot: Slot | None = None,
     ) -> None:
         result_text = None
         if status == "completed":
@@ -266,9 +370,9 @@ class Poller:
         # the same task result (tasks are keyed by request id) and writes it.
         try:
             if status == "completed":
-                self._requests.complete(request_id, fields)
+                self._requests.complete(request_id, fields, slot=slot)
             else:
-                self._requests.fail(request_id, fields)
+                self._requests.fail(request_id, fields, slot=slot)
         except RequestConflictError as exc:
             current = exc.current["status"] if exc.current else None
             self._log.info("already finished by another poller", extra={**log, "status": current})

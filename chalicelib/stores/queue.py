@@ -33,6 +33,13 @@ class RequestQueue:
             QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=visibility_s
         )
 
+    def depth(self) -> int:
+        """Messages waiting (visible) in the queue: approximate, as SQS reports it."""
+        out = self.client.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(out["Attributes"]["ApproximateNumberOfMessages"])
+
     def extend_many(self, receipts: list[str], visibility_s: int) -> list[str]:
         """Extend several messages' visibility, ten per call; the receipts that failed."""
         failed: list[str] = []

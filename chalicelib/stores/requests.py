@@ -9,6 +9,7 @@ non-terminal state, so a redelivered message never completes a request twice.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 from botocore.exceptions import ClientError
@@ -91,24 +92,65 @@ class RequestStore:
             returns="ALL_NEW",
         )
 
-    def complete(self, request_id: str, fields: dict[str, Any]) -> None:
-        self._finish(request_id, "completed", fields)
+    def complete(
+        self, request_id: str, fields: dict[str, Any], *, slot: Slot | None = None
+    ) -> None:
+        self._finish(request_id, "completed", fields, slot)
 
-    def fail(self, request_id: str, fields: dict[str, Any]) -> None:
-        self._finish(request_id, "failed", fields)
+    def fail(self, request_id: str, fields: dict[str, Any], *, slot: Slot | None = None) -> None:
+        self._finish(request_id, "failed", fields, slot)
 
-    def _finish(self, request_id: str, status: str, fields: dict[str, Any]) -> None:
+    def _finish(
+        self, request_id: str, status: str, fields: dict[str, Any], slot: Slot | None
+    ) -> None:
+        """Make the request terminal; with ``slot``, give its endpoint slot back in the same
+        transaction: only the write that finishes the request releases it, exactly once."""
         # Nothing returned: the caller has the fields, and echoing the result back costs bytes.
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         values = {f":f{i}": v for i, v in enumerate(fields.values())}
         sets = ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
+        update = f"SET #s = :status, finished_at = :now{', ' + sets if sets else ''}"
+        condition = "#s IN (:queued, :dispatched)"
+        values = {":status": status, ":queued": "queued", ":dispatched": "dispatched", **values}
+        if slot is not None:
+            update += " REMOVE slot"
+            condition += " AND slot = :slot"
+            values[":slot"] = slot.endpoint
         self._update(
             request_id,
-            f"SET #s = :status, finished_at = :now{', ' + sets if sets else ''}",
-            "#s IN (:queued, :dispatched)",
-            {":status": status, ":queued": "queued", ":dispatched": "dispatched", **values},
+            update,
+            condition,
+            values,
             names,
             returns="NONE",
+            also=slot.release if slot else None,
+        )
+
+    def take_slot(self, request_id: str, slot: Slot) -> bool:
+        """Count the request against its endpoint's capacity (shared by every poller) and note
+        the slot on the record, in one transaction; False when the endpoint is full."""
+        try:
+            self._update(
+                request_id,
+                "SET slot = :slot",
+                "#s = :dispatched AND attribute_not_exists(slot)",
+                {":slot": slot.endpoint, ":dispatched": "dispatched"},
+                returns="NONE",
+                also=slot.acquire,
+            )
+        except SlotUnavailableError:
+            return False
+        return True
+
+    def give_slot_back(self, request_id: str, slot: Slot) -> None:
+        """The request leaves its endpoint unfinished (failover): release exactly once."""
+        self._update(
+            request_id,
+            "REMOVE slot",
+            "slot = :slot",
+            {":slot": slot.endpoint},
+            returns="NONE",
+            also=slot.release,
         )
 
     def _update(
@@ -120,7 +162,11 @@ class RequestStore:
         names: dict[str, str] | None = None,
         *,
         returns: str,
+        also: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        if also is not None:
+            self._transact(request_id, update, condition, values, names, also)
+            return {}
         try:
             out = self._ddb.update_item(
                 TableName=self.table_name,
@@ -142,6 +188,61 @@ class RequestStore:
             state = current["status"] if current else "missing"
             raise RequestConflictError(f"request {request_id} is {state}", current) from exc
         return from_wire(out.get("Attributes", {}))
+
+    def _transact(
+        self,
+        request_id: str,
+        update: str,
+        condition: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None,
+        also: dict[str, Any],
+    ) -> None:
+        record: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": _key(request_id),
+            "UpdateExpression": update,
+            "ConditionExpression": f"attribute_exists(request_id) AND {condition}",
+            "ExpressionAttributeNames": {"#s": "status", **(names or {})},
+            "ExpressionAttributeValues": to_wire({**values, ":now": round(time.time(), 3)}),
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if "#s" not in update and "#s" not in condition:
+            del record["ExpressionAttributeNames"]["#s"]
+        if not record["ExpressionAttributeNames"]:
+            del record["ExpressionAttributeNames"]
+        try:
+            self._ddb.transact_write_items(TransactItems=[{"Update": record}, {"Update": also}])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = cast("list[dict[str, Any]]", exc.response.get("CancellationReasons") or [])
+            mine = reasons[0] if reasons else {}
+            if mine.get("Code") == "ConditionalCheckFailed":
+                old = mine.get("Item")
+                current = from_wire(old) if old else None
+                state = current["status"] if current else "missing"
+                raise RequestConflictError(f"request {request_id} is {state}", current) from exc
+            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
+                raise SlotUnavailableError(f"no free slot for {request_id}") from exc
+            raise
+
+
+class SlotUnavailableError(StoreError):
+    """The endpoint was at capacity (its conditional counter refused)."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One unit of an endpoint's capacity, held by a request while it runs there.
+
+    ``acquire`` and ``release`` are the endpoints table's halves of the transactions
+    (``chalicelib/stores/endpoints.py`` builds them).
+    """
+
+    endpoint: str
+    acquire: dict[str, Any]
+    release: dict[str, Any]
 
 
 def _key(request_id: str) -> dict[str, Any]:

@@ -132,7 +132,8 @@ class _OpenAISampler(LogitsProcessor):
                 probs = _top_p_filter(probs, p.top_p)
             chosen = torch.multinomial(probs, 1, generator=self.generator)
         out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, chosen, 0.0)
+        # transformers declares the legacy FloatTensor; torch types its ops as returning Tensor.
+        return out.scatter_(1, chosen, 0.0)  # type: ignore[return-value]
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -185,7 +186,8 @@ class TransformersEngine:
     def _load_generative(self, dtype: Any) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=dtype)
-        self.model = model.to(self.device).eval()
+        # transformers wraps ``to`` with functools.wraps, which typeshed types as unbound.
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -200,7 +202,8 @@ class TransformersEngine:
         self.context_window = int(
             getattr(model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
         )
-        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        # torch types Module attribute lookup as Tensor | Module; num_embeddings is an int.
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)  # type: ignore[arg-type]
 
     def _load_embedding(self, dtype: Any) -> None:
         modules = self._read_json("modules.json") or []
@@ -320,13 +323,16 @@ class TransformersEngine:
             )
         plain = [_plain_message(m) for m in messages]
         try:
-            return self.tokenizer.apply_chat_template(
+            rendered = self.tokenizer.apply_chat_template(
                 plain, tokenize=False, add_generation_prompt=True
             )
         except Exception as exc:  # jinja's TemplateError: the template refused these messages
             raise EngineError(
                 f"chat template rejected the messages: {exc}", param="messages"
             ) from exc
+        # tokenize=False renders text; the signature has no overloads to say so.
+        assert isinstance(rendered, str)
+        return rendered
 
     def _prompt_ids(self, prompt: Any) -> list[list[int]]:
         if isinstance(prompt, str):
@@ -454,6 +460,8 @@ class TransformersEngine:
         length = next((i for i, t in enumerate(row) if t in ends), len(row))
         tokens = row[:length]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        # One id list decodes to one string; the signature has no overloads to say so.
+        assert isinstance(text, str)
         cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
         if cut >= 0:
             # generate stopped right after the token that completed the stop string.
@@ -527,6 +535,7 @@ class TransformersEngine:
             raise EngineError("input must be a non-empty string or list", param="input")
         if all(isinstance(t, int) for t in raw):
             raw = [raw]
+        ids: list[list[int]]
         if all(isinstance(t, str) for t in raw):
             ids = self.tokenizer(raw, add_special_tokens=True, truncation=False)["input_ids"]
         elif all(isinstance(t, list) and all(isinstance(i, int) for i in t) for t in raw):

@@ -80,12 +80,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundStack]
         aws_url=f"http://127.0.0.1:{free_port()}",
         api_port=free_port(),
         compute_port=free_port(),
+        compute_b_port=free_port(),
         ws_port=free_port(),
         visibility_timeout_s=5,
         extra_env={
             "FIRST_REGISTRY_PATH": str(registry),
             "FIRST_LIMITS_PATH": str(limits),
             "FIRST_WAIT_TIMEOUT_S": "20",
+            # A stopped endpoint shows offline within seconds (probes come every 5 s).
+            "FIRST_ENDPOINT_STALE_S": "12",
             # Batch: small shards (several per test batch), a short lease on batch messages.
             "FIRST_BATCH_SHARD_LINES": "4",
             "FIRST_BATCH_VISIBILITY_TIMEOUT_S": "5",

@@ -37,9 +37,19 @@ def dispatched_request(services: Services, since: float) -> str | None:
     return None
 
 
-def stats(stack: BackgroundStack) -> dict[str, Any]:
+def stats(stack: BackgroundStack, url: str | None = None) -> dict[str, Any]:
+    """One local endpoint's /stats, or (no url) every endpoint's runs and losses summed."""
     auth = {"Authorization": f"Bearer {stack.endpoint_token}"}
-    return requests.get(f"{stack.config.compute_url}/stats", headers=auth, timeout=5).json()  # type: ignore[no-any-return]
+    if url is not None:
+        return requests.get(f"{url}/stats", headers=auth, timeout=5).json()  # type: ignore[no-any-return]
+    runs: dict[str, int] = {}
+    lost = 0
+    for each in (stack.config.compute_url, stack.config.compute_b_url):
+        one = stats(stack, each)
+        lost += int(one["lost"])
+        for task, n in one["runs"].items():
+            runs[task] = runs.get(task, 0) + int(n)
+    return {"runs": runs, "lost": lost}
 
 
 def ask_in_background(client: OpenAI, outcome: dict[str, Any], **kw: Any) -> threading.Thread:
@@ -94,7 +104,8 @@ def test_killed_poller_request_completes_exactly_once_and_nothing_else_stops(
 
 def test_killed_engine_worker_costs_no_request(client: OpenAI, stack: BackgroundStack) -> None:
     auth = {"Authorization": f"Bearer {stack.endpoint_token}"}
-    health = requests.get(f"{stack.config.compute_url}/health", headers=auth, timeout=5).json()
+    url = stack.config.compute_url
+    health = requests.get(f"{url}/health", headers=auth, timeout=5).json()
     before = stats(stack)
     runs_before = sum(before["runs"].values())
     outcomes: list[dict[str, Any]] = [{} for _ in range(4)]
@@ -117,7 +128,7 @@ def test_killed_engine_worker_costs_no_request(client: OpenAI, stack: Background
     errors = [o["error"] for o in outcomes if "error" in o]
     assert not errors, errors
     assert all(o["response"].http_response.status_code == 200 for o in outcomes)
-    new = requests.get(f"{stack.config.compute_url}/health", headers=auth, timeout=5).json()
+    new = requests.get(f"{url}/health", headers=auth, timeout=5).json()
     assert health["pids"][0] not in new["pids"]
     assert stats(stack)["lost"] == before["lost"]  # re-run by the endpoint, not given up
 

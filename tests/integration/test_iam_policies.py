@@ -33,6 +33,7 @@ from chalicelib.compute.executors import ExecutorPool
 from chalicelib.errors import FirstError
 from chalicelib.logs import get_logger
 from chalicelib.poller import planning
+from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.leases import Leases
 from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
@@ -152,6 +153,13 @@ def api_interactive_request(w: World) -> None:
         replies=ps.reply_sender,
         executors=ExecutorPool(lambda endpoint: AnsweringExecutor()),
         logger=get_logger("first-poller-test"),
+        endpoints=ps.endpoint_store,
+        board=StatusBoard(
+            ps.registry,
+            ps.endpoint_store,
+            get_logger("first-poller-test"),
+            probes={"local": lambda endpoint: True},
+        ),
         limits=ps.limit_store,
     )
     thread = threading.Thread(target=poller.run, daemon=True)

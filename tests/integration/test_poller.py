@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from chalicelib.auth import Principal
 from chalicelib.compute.executors import ExecutorPool, TaskLostError
 from chalicelib.logs import get_logger
+from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
@@ -77,17 +79,31 @@ def services(stage: str) -> Services:
         Settings(
             stage=stage,
             poller_visibility_timeout_s=2,
+            poller_wait_time_s=1,
             wait_timeout_s=20,
             registry_path=str(registry),
+            # A reply queue per test: an earlier test's listener must not take this one's notices.
+            reply_queue_prefix=f"first-{stage}-reply-{uuid.uuid4().hex[:6]}",
         )
     )
 
 
 @pytest.fixture
-def run_poller(services: Services) -> Iterator[Callable[[ScriptedExecutor], Poller]]:
+def run_poller(services: Services) -> Iterator[Callable[..., Poller]]:
     pollers: list[tuple[Poller, threading.Thread]] = []
+    # Each test starts from endpoints nobody has heard of: no failures, no open circuit.
+    client = services.dynamodb_client
+    for endpoint in services.registry.endpoints:
+        client.delete_item(
+            TableName=services.settings.endpoints_table_name, Key={"name": {"S": endpoint.name}}
+        )
 
-    def start(executor: ScriptedExecutor) -> Poller:
+    def start(
+        executor: ScriptedExecutor, per_endpoint: dict[str, ScriptedExecutor] | None = None
+    ) -> Poller:
+        def pick(endpoint: Any) -> ScriptedExecutor:
+            return (per_endpoint or {}).get(endpoint.name, executor)
+
         poller = Poller(
             settings=services.settings,
             registry=services.registry,
@@ -95,8 +111,15 @@ def run_poller(services: Services) -> Iterator[Callable[[ScriptedExecutor], Poll
             requests=services.requests,
             blobs=services.blobs,
             replies=services.reply_sender,
-            executors=ExecutorPool(lambda endpoint: executor),  # type: ignore[arg-type,return-value]
+            executors=ExecutorPool(pick),  # type: ignore[arg-type]
             logger=get_logger("test-poller"),
+            endpoints=services.endpoint_store,
+            board=StatusBoard(
+                services.registry,
+                services.endpoint_store,
+                get_logger("test-poller"),
+                probes={"local": lambda endpoint: True},
+            ),
         )
         thread = threading.Thread(target=poller.run, daemon=True)
         thread.start()
@@ -149,19 +172,42 @@ def test_a_running_request_keeps_its_lease_past_the_visibility_timeout(
     assert poller._leases.counts["heartbeats"] >= 2
 
 
-def test_a_task_lost_with_its_worker_is_run_again_and_answers(
-    services: Services, run_poller: Callable[[ScriptedExecutor], Poller]
+def test_a_task_lost_with_its_worker_fails_over_to_the_other_endpoint(
+    services: Services, run_poller: Callable[..., Poller]
 ) -> None:
-    def flaky(task: dict[str, Any], n: int) -> Any:
-        if n == 1:
-            raise TaskLostError("worker lost")
-        return {"response": response(task["request_id"])}
+    def lost(task: dict[str, Any], n: int) -> Any:
+        raise TaskLostError("worker lost")
 
-    executor = ScriptedExecutor(flaky)
-    run_poller(executor)
+    broken = ScriptedExecutor(lost)
+    healthy = ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])})
+    poller = run_poller(healthy, {"local-a": broken})
     request_id = submit(services)
     done = services.gateway.wait(request_id, 20)
     assert done.response["choices"][0]["message"]["content"] == "hi"
-    assert executor.attempts[request_id] == 2
+    # Tried on local-a (preferred: higher priority), lost there, run on local-b in the same
+    # attempt: no redelivery, no wait for a backoff.
+    assert broken.attempts[request_id] == 1 and healthy.attempts[request_id] == 1
     record = services.requests.get(request_id)
-    assert record is not None and record["status"] == "completed" and record["attempt"] == 2
+    assert record is not None and record["status"] == "completed" and record["attempt"] == 1
+    assert record["endpoint"] == "local-b" and "slot" not in record
+    assert poller.counts["endpoint_failures"] == 1
+    inflight = {n: s.inflight for n, s in services.endpoint_store.statuses().items()}
+    assert inflight.get("local-a", 0) == 0 and inflight.get("local-b", 0) == 0  # all given back
+
+
+def test_the_circuit_opens_after_three_failures_and_traffic_goes_elsewhere(
+    services: Services, run_poller: Callable[..., Poller]
+) -> None:
+    def lost(task: dict[str, Any], n: int) -> Any:
+        raise TaskLostError("worker lost")
+
+    broken = ScriptedExecutor(lost)
+    healthy = ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])})
+    run_poller(healthy, {"local-a": broken})
+    for i in range(5):
+        request_id = submit(services, f"hello {i}")
+        services.gateway.wait(request_id, 20)
+    assert len(broken.attempts) == 3  # then its circuit opened: no more traffic to local-a
+    assert len(healthy.attempts) == 5
+    status = services.endpoint_store.statuses()["local-a"]
+    assert status.failures == 3 and status.opened_at > 0

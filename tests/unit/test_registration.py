@@ -83,14 +83,14 @@ def test_rest_of_the_registry_is_preserved_with_two_space_indent(registry: Path)
 def test_only_the_named_endpoint_changes_and_other_function_ids_stay(registry: Path) -> None:
     data = json.loads(registry.read_text())
     other = {**data["endpoints"][0], "name": "aurora", "functions": {"health": "keep-me"}}
-    data["endpoints"][0]["functions"]["batch_shard"] = "existing-id"
+    data["endpoints"][0]["functions"]["site_probe"] = "existing-id"
     data["endpoints"].append(other)
     registry.write_text(json.dumps(data))
 
     ids = register_functions(registry, "polaris", RecordingClient())
 
     polaris, aurora = json.loads(registry.read_text())["endpoints"]
-    assert polaris["functions"] == {**ids, "batch_shard": "existing-id"}
+    assert polaris["functions"] == {**ids, "site_probe": "existing-id"}
     assert aurora["functions"] == {"health": "keep-me"}
 
 

@@ -1,24 +1,93 @@
-"""Routing picks the least-loaded endpoint relative to its capacity."""
+"""Routing over the shared endpoint status: warmth, capacity, load, priority; circuits; health."""
 
 import pytest
 
 from chalicelib import router
 from chalicelib.errors import ModelNotFoundError
 from chalicelib.registry import Endpoint, ModelDeployment
+from chalicelib.router import CircuitPolicy, EndpointStatus
 
 DEP = ModelDeployment("m", "o", ("chat_completions",), {"kind": "transformers"})
+NOW = 10_000.0
+POLICY = CircuitPolicy(failures_to_open=3, cooldown_s=30.0, stale_s=30.0)
 
 
-def endpoint(name: str, capacity: int) -> Endpoint:
-    return Endpoint(name, name, "globus", capacity, {"chat_completions": "f"}, (DEP,))
+def endpoint(name: str, capacity: int, priority: int = 0) -> Endpoint:
+    return Endpoint(
+        name, name, "globus", capacity, {"chat_completions": "f"}, (DEP,), priority=priority
+    )
+
+
+def status(name: str, **kw: object) -> EndpointStatus:
+    fields: dict[str, object] = {"last_seen": NOW - 1, "models": {"m": router.HOT}, **kw}
+    return EndpointStatus(name, **fields)  # type: ignore[arg-type]
+
+
+def names(ranked: list[tuple[Endpoint, ModelDeployment]]) -> list[str]:
+    return [e.name for e, _ in ranked]
 
 
 def test_least_loaded_relative_to_capacity_wins() -> None:
     a, b = endpoint("a", 4), endpoint("b", 16)
-    chosen, _ = router.choose([(a, DEP), (b, DEP)], {"a": 1, "b": 2})
-    assert chosen.name == "b"
+    statuses = {"a": status("a", inflight=1), "b": status("b", inflight=2)}
+    assert names(router.rank([(a, DEP), (b, DEP)], statuses, NOW, POLICY)) == ["b", "a"]
+
+
+def test_hot_beats_cold_and_spare_capacity_beats_full() -> None:
+    a, b, c = endpoint("a", 4), endpoint("b", 4), endpoint("c", 4)
+    statuses = {
+        "a": status("a", models={"m": router.COLD}),
+        "b": status("b", inflight=4),  # hot but full
+        "c": status("c", inflight=3),  # hot, one slot left
+    }
+    assert names(router.rank([(a, DEP), (b, DEP), (c, DEP)], statuses, NOW, POLICY)) == [
+        "c",
+        "b",
+        "a",
+    ]
+
+
+def test_priority_breaks_ties_in_load() -> None:
+    a, b = endpoint("a", 4, priority=0), endpoint("b", 4, priority=5)
+    statuses = {"a": status("a"), "b": status("b")}
+    assert names(router.rank([(a, DEP), (b, DEP)], statuses, NOW, POLICY))[0] == "b"
+
+
+def test_an_endpoint_not_heard_from_is_skipped() -> None:
+    a, b = endpoint("a", 4), endpoint("b", 4)
+    statuses = {"a": status("a", last_seen=NOW - 31), "b": status("b")}
+    assert names(router.rank([(a, DEP), (b, DEP)], statuses, NOW, POLICY)) == ["b"]
+    assert router.choose([(a, DEP)], statuses, NOW, POLICY) is None
+    assert router.choose([(a, DEP)], {}, NOW, POLICY) is None  # never heard from
+
+
+def test_circuit_opens_at_n_failures_half_opens_after_cooldown_for_one_probe() -> None:
+    closed = status("a", failures=2)
+    assert router.circuit(closed, NOW, POLICY) == router.CLOSED
+    opened = status("a", failures=3, opened_at=NOW - 10)
+    assert router.circuit(opened, NOW, POLICY) == router.OPEN
+    cooled = status("a", failures=3, opened_at=NOW - 31)
+    assert router.circuit(cooled, NOW, POLICY) == router.HALF_OPEN
+    probing = status("a", failures=3, opened_at=NOW - 31, probe_at=NOW - 0.5)
+    assert router.circuit(probing, NOW, POLICY) == router.OPEN  # its one probe is out
+    a, b = endpoint("a", 4), endpoint("b", 4)
+    ranked = router.rank([(a, DEP), (b, DEP)], {"a": opened, "b": status("b")}, NOW, POLICY)
+    assert names(ranked) == ["b"]
+    ranked = router.rank([(a, DEP)], {"a": cooled}, NOW, POLICY)
+    assert names(ranked) == ["a"]  # half-open: offered, the store decides who probes
+
+
+def test_model_status_is_its_warmest_deployment_and_unavailable_when_down() -> None:
+    a = endpoint("a", 4)
+    assert router.model_status(a, "m", status("a"), NOW, POLICY) == router.HOT
+    assert router.model_status(a, "m", None, NOW, POLICY) == router.UNAVAILABLE
+    opened = status("a", failures=3, opened_at=NOW)
+    assert router.model_status(a, "m", opened, NOW, POLICY) == router.UNAVAILABLE
+    assert router.model_status(a, "x", status("a"), NOW, POLICY) == router.COLD
+    assert router.overall_status([router.COLD, router.HOT]) == router.HOT
+    assert router.overall_status([]) == router.UNAVAILABLE
 
 
 def test_no_candidate_is_model_not_found() -> None:
     with pytest.raises(ModelNotFoundError):
-        router.choose([], {})
+        router.rank([], {}, NOW)

@@ -1,0 +1,108 @@
+"""What users and operators see of the deployments: pure views over the shared status.
+
+``GET /v1/models`` items gain ``status`` (the model's warmest deployment: hot | starting | cold |
+unavailable); the operator route ``GET /v1/endpoints`` lists every endpoint with its status,
+circuit, in-flight and capacity, plus the interactive queue's depth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from chalicelib import router
+from chalicelib.auth import Principal
+from chalicelib.errors import PermissionDeniedError
+from chalicelib.registry import Registry
+from chalicelib.router import CircuitPolicy, EndpointStatus
+from chalicelib.stores.endpoints import EndpointStore
+
+
+def model_status(
+    registry: Registry,
+    model: str,
+    statuses: Mapping[str, EndpointStatus],
+    now: float,
+    policy: CircuitPolicy,
+) -> str:
+    per_deployment = [
+        router.model_status(e, model, statuses.get(e.name), now, policy)
+        for e in registry.endpoints
+        if any(m.model == model for m in e.models)
+    ]
+    return router.overall_status(per_deployment)
+
+
+def endpoints_view(
+    registry: Registry,
+    statuses: Mapping[str, EndpointStatus],
+    now: float,
+    policy: CircuitPolicy,
+    queue_depth: int | None,
+) -> dict[str, Any]:
+    data = []
+    for e in registry.endpoints:
+        status = statuses.get(e.name)
+        online = router.online(status, now, policy)
+        data.append(
+            {
+                "name": e.name,
+                "object": "endpoint",
+                "status": "online" if online else "offline",
+                "circuit": router.circuit(status, now, policy) if status else router.CLOSED,
+                "inflight": status.inflight if status else 0,
+                "capacity": e.max_inflight,
+                "consecutive_failures": status.failures if status else 0,
+                "last_seen": round(status.last_seen, 3) if status and status.last_seen else None,
+                "models": {
+                    m.model: router.model_status(e, m.model, status, now, policy) for m in e.models
+                },
+            }
+        )
+    return {"object": "list", "data": data, "queue_depth": queue_depth}
+
+
+def require_operator(principal: Principal, operator_groups: list[str]) -> None:
+    if not operator_groups or not principal.groups & set(operator_groups):
+        raise PermissionDeniedError(
+            "This route is for operators (a member of FIRST_OPERATOR_GROUPS).", code="forbidden"
+        )
+
+
+class Fleet:
+    """The shared endpoint status as the API reads it: one Scan per ``cache_s`` at most."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: EndpointStore,
+        policy: CircuitPolicy,
+        *,
+        queue_depth: Callable[[], int] | None = None,
+        cache_s: float = 1.0,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._policy = policy
+        self._queue_depth = queue_depth
+        self._cache_s = cache_s
+        self._cached: tuple[float, dict[str, EndpointStatus]] = (0.0, {})
+
+    def statuses(self) -> dict[str, EndpointStatus]:
+        at, statuses = self._cached
+        if time.monotonic() - at > self._cache_s:
+            statuses = self._store.statuses()
+            self._cached = (time.monotonic(), statuses)
+        return statuses
+
+    def annotate(self, model: dict[str, Any]) -> dict[str, Any]:
+        """A model object with its ``status`` (hot | starting | cold | unavailable)."""
+        status = model_status(
+            self._registry, model["id"], self.statuses(), time.time(), self._policy
+        )
+        return {**model, "status": status}
+
+    def endpoints(self) -> dict[str, Any]:
+        depth = self._queue_depth() if self._queue_depth is not None else None
+        return endpoints_view(self._registry, self.statuses(), time.time(), self._policy, depth)
