@@ -23,6 +23,8 @@ def build(services: Services) -> BatchWorker:
         drop=services.drop_objects,
         executors=ExecutorPool(default_factory(s.local_endpoint_url, s.local_endpoint_token_value)),
         logger=get_logger("first-batch"),
+        endpoints=services.endpoint_store,
+        policy=services.circuit_policy,
     )
 
 

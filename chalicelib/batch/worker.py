@@ -34,6 +34,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from chalicelib import router
 from chalicelib.access import may_use
 from chalicelib.auth import Principal
 from chalicelib.batch.api import dumps_line, principal_from
@@ -46,6 +47,7 @@ from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.batches import TERMINAL, BatchConflictError, BatchExistsError, BatchStore
+from chalicelib.stores.endpoints import EndpointStore
 from chalicelib.stores.files import FileIdTakenError, FileStore, sortable_id
 from chalicelib.stores.objects import ObjectStore
 from chalicelib.stores.queue import RequestQueue
@@ -80,6 +82,8 @@ class BatchWorker:
         drop: ObjectStore,
         executors: ExecutorPool,
         logger: Logger,
+        endpoints: EndpointStore | None = None,
+        policy: router.CircuitPolicy | None = None,
     ) -> None:
         self._s = settings
         self._registry = registry
@@ -90,6 +94,10 @@ class BatchWorker:
         self._drop = drop
         self._executors = executors
         self._log = logger
+        # Shared endpoint status (``None``: every candidate is taken as usable, e.g. in tests).
+        self._endpoints = endpoints
+        self._policy = policy or router.CircuitPolicy()
+        self._statuses: dict[str, router.EndpointStatus] = {}
         self._shards = ThreadPoolExecutor(max(1, settings.batch_max_inflight_shards), "shard")
         self._pool = ThreadPoolExecutor(MAX_BATCHES, "batch")
         self._active = 0
@@ -274,6 +282,7 @@ class BatchWorker:
                         "shard_count": shards,
                         "model": checker.model,
                         "endpoint": checker.endpoint,
+                        "shard_endpoints": {},
                     },
                 )
         except BatchConflictError as exc:
@@ -329,16 +338,32 @@ class BatchWorker:
             for c in self._registry.candidates(record["model"], function)
             if c[0].functions.get(SHARD_FUNCTION)
         ]
+        # Where this shard's latest try went: a restarted worker resumes from that try, on that
+        # endpoint, so it attaches to the task still running there instead of running it again.
+        placed = (record.get("shard_endpoints") or {}).get(str(n))
+        placed_on, first = (str(placed[0]), int(placed[1])) if placed else (None, 1)
         last: Exception | None = None
-        for attempt in range(1, self._s.batch_shard_attempts + 1):
-            if not candidates:
-                last = RuntimeError(f"no endpoint runs {SHARD_FUNCTION} for {record['model']}")
-                break
-            # The endpoint with the most spare batch capacity (this worker's own count).
+        for attempt in range(first, self._s.batch_shard_attempts + 1):
+            usable = self._usable(candidates)
+            while not usable:
+                # Every endpoint offline or its circuit open: wait, spending no try (24 h window).
+                if self.stopping.wait(self._policy.cooldown_s / 3):
+                    raise Interrupted(batch_id)
+                if time.time() > float(record["expires_at"]):
+                    return 0, self._fail_shard(batch_id, n, "no endpoint was usable in time")
+                usable = self._usable(candidates)
+            prefer = placed_on if attempt == first else None
+            # The router's order (offline endpoints and open circuits skipped), then the
+            # endpoint with the most spare batch capacity (this worker's own count) first.
             endpoint, deployment = min(
-                candidates,
-                key=lambda c: self._inflight.get(c[0].name, 0) / max(1, c[0].max_inflight),
+                usable,
+                key=lambda c: (
+                    c[0].name != prefer,
+                    self._inflight.get(c[0].name, 0) / max(1, c[0].max_inflight),
+                ),
             )
+            if (endpoint.name, attempt) != (placed_on, first):
+                self._batches.place_shard(record["owner"], batch_id, n, endpoint.name, attempt)
             task = {
                 "request_id": f"{batch_id}-shard-{n}-try-{attempt}",
                 "engine": deployment.engine,
@@ -368,6 +393,17 @@ class BatchWorker:
                 with self._lock:
                     self._inflight[endpoint.name] -= 1
         return 0, self._fail_shard(batch_id, n, f"{type(last).__name__}: {last}")
+
+    def _usable(self, candidates: list[router.Candidate]) -> list[router.Candidate]:
+        """The candidates the router would use now, best first (shared status, one Scan)."""
+        if self._endpoints is None:
+            return candidates
+        try:
+            self._statuses = self._endpoints.statuses()
+        except Exception:  # noqa: BLE001 - route on the last known statuses
+            self.counts["status_errors"] += 1
+            self._log.exception("endpoint statuses could not be read")
+        return router.rank(candidates, self._statuses, time.time(), self._policy)
 
     def _fail_shard(self, batch_id: str, n: int, detail: str) -> int:
         """Every line of a shard that could not be run goes to the error file."""

@@ -145,6 +145,24 @@ class BatchStore:
             {f"#f{i}": k for i, k in enumerate(fields)},
         )
 
+    def place_shard(
+        self, owner: str, batch_id: str, shard: int, endpoint: str, attempt: int
+    ) -> None:
+        """Note where shard ``shard``'s try ``attempt`` runs (``shard_endpoints``, made when the
+        batch went in_progress), so a worker that resumes the batch attaches to it."""
+        try:
+            self._update(
+                owner,
+                batch_id,
+                "SET shard_endpoints.#n = :placed",
+                "attribute_exists(shard_endpoints)",
+                {":placed": [endpoint, attempt]},
+                {"#n": str(shard)},
+            )
+        except BatchConflictError as exc:
+            if exc.current is None:
+                raise
+
     def record_shard(
         self, owner: str, batch_id: str, shard: int, completed: int, failed: int
     ) -> dict[str, Any] | None:
