@@ -77,10 +77,14 @@ class Settings(BaseSettings):
     # held message each third of it, so a message that reappears means its poller died, and a
     # peer takes the request over within this many seconds: well inside the API's wait.
     poller_visibility_timeout_s: int = 10
-    poller_max_inflight: int = 32
+    # Requests one poller holds at once: running, or waiting in its fair line for a slot. Far
+    # above the endpoints' slots, so a flood is received here rather than left in SQS ahead of
+    # everyone else's requests (the fair-share bound holds for floods up to this size).
+    poller_max_inflight: int = 128
     poller_wait_time_s: int = 20
-    # A request whose endpoints are all at capacity waits in its poller this long for a slot.
-    poller_slot_wait_s: float = 60.0
+    # A request whose endpoints are all at capacity waits in its poller's line this long for a
+    # slot (its lease kept alive) before it is put back on the queue with a backoff.
+    poller_slot_wait_s: float = 900.0
     # Circuit breaker per endpoint (chalicelib/router.py): consecutive infrastructure failures
     # that open it, the cooldown before one probe; an endpoint unheard of this long is offline.
     circuit_failures_to_open: int = 3

@@ -25,6 +25,7 @@ from chalicelib import limits, router
 from chalicelib.compute.executors import ExecutorPool, RemoteTaskError
 from chalicelib.poller import planning
 from chalicelib.poller.board import StatusBoard
+from chalicelib.poller.fairness import FairGate
 from chalicelib.poller.leases import Leases
 from chalicelib.registry import Endpoint, ModelDeployment, Registry
 from chalicelib.router import CircuitPolicy
@@ -81,6 +82,8 @@ class Poller:
         self._endpoints = endpoints
         self._board = board
         self._policy = policy or CircuitPolicy()
+        # Who gets the next free slot among the requests this poller holds.
+        self._gate = FairGate()
         # Streaming requests: the capability for the task, the final frame (chalicelib/streaming).
         self._streams = streams
         self._active = 0
@@ -126,6 +129,11 @@ class Poller:
         self._leases.close()
         self._deleter.close()
         self._executors.shutdown()
+
+    @property
+    def waiting_for_slots(self) -> int:
+        """Requests this poller holds that wait in its fair line for an endpoint slot."""
+        return self._gate.waiting()
 
     def _free_slots(self) -> int:
         with self._lock:
@@ -227,28 +235,51 @@ class Poller:
     ) -> tuple[str, dict[str, Any], Any, Slot]:
         """Run the request on the best endpoint that has room; fail over on infrastructure
         failures. Returns the outcome and the slot the request holds (released by ``_finish``).
+
+        Requests wait for slots in a fair line (``fairness``): the next free slot goes to the
+        owner with the fewest requests running here, so one user's flood cannot hold another
+        user's request behind it.
         """
         candidates = self._registry.candidates(record["model"], record["function"])
         body = self._blobs.load(record, "payload")
         held: str | None = record.get("slot")  # taken by a predecessor that died
         failed_on: set[str] = set()
         deadline = time.monotonic() + self._s.poller_slot_wait_s
-        while True:
-            ranked = [
-                c
-                for c in router.rank(candidates, self._board.statuses(), time.time(), self._policy)
-                if c[0].name not in failed_on
-            ]
-            if not ranked:
-                raise NoEndpointError(
-                    f"no endpoint can run {record['model']} now (offline, circuit open, or"
-                    f" failed: {sorted(failed_on)})"
-                )
-            for endpoint, deployment in ranked:
-                slot = self._endpoints.slot(endpoint.name, endpoint.max_inflight)
-                if not self._enter(request_id, endpoint.name, slot, held):
+        with self._gate.line(str(record.get("owner") or "")) as place:
+            while True:
+                if not place.wait_turn(0.25):
+                    self._check(deadline)
                     continue
+                ranked = [
+                    c
+                    for c in router.rank(
+                        candidates, self._board.statuses(), time.time(), self._policy
+                    )
+                    if c[0].name not in failed_on
+                ]
+                # A request re-claimed from a dead poller goes back to the endpoint it was
+                # running on: its task is still there (keyed by request id), so it attaches.
+                ranked.sort(key=lambda c: c[0].name != held)
+                if not ranked:
+                    raise NoEndpointError(
+                        f"no endpoint can run {record['model']} now (offline, circuit open, or"
+                        f" failed: {sorted(failed_on)})"
+                    )
+                chosen = None
+                for endpoint, deployment in ranked:
+                    slot = self._endpoints.slot(endpoint.name, endpoint.max_inflight)
+                    if self._enter(request_id, endpoint.name, slot, held):
+                        chosen = (endpoint, deployment, slot)
+                        break
+                if chosen is None:
+                    # Every usable endpoint is at capacity: wait for a slot here, first in
+                    # line, the message kept invisible by the heartbeat.
+                    self._check(deadline)
+                    self._board.wait_for_change(0.25)
+                    continue
+                endpoint, deployment, slot = chosen
                 held = endpoint.name
+                place.start()
                 try:
                     status, fields, response = self._run_on(
                         request_id, record, endpoint, deployment, body
@@ -258,15 +289,15 @@ class Poller:
                     held = None
                     self._endpoint_failed(endpoint.name, request_id, exc)
                     failed_on.add(endpoint.name)
-                    break  # rank again without it
+                    place.back_in_line()
+                    continue
                 self._endpoint_ok(endpoint.name)
                 return status, fields, response, slot
-            else:
-                # Every usable endpoint is at capacity: the request waits for a slot here, its
-                # message kept invisible by the heartbeat, rather than burn a delivery.
-                if time.monotonic() > deadline:
-                    raise NoEndpointError("every endpoint serving the model stayed full")
-                self._board.wait_for_change(0.25)
+
+    @staticmethod
+    def _check(deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise NoEndpointError("every endpoint serving the model stayed full")
 
     def _enter(self, request_id: str, name: str, slot: Slot, held: str | None) -> bool:
         """Hold a slot on endpoint ``name`` (inheriting a dead predecessor's if it is there)."""

@@ -211,3 +211,46 @@ def test_the_circuit_opens_after_three_failures_and_traffic_goes_elsewhere(
     assert len(healthy.attempts) == 5
     status = services.endpoint_store.statuses()["local-a"]
     assert status.failures == 3 and status.opened_at > 0
+
+
+def test_one_users_flood_does_not_hold_another_users_request_behind_it(
+    services: Services, run_poller: Callable[..., Poller]
+) -> None:
+    order: list[str] = []
+    release: dict[str, threading.Event] = {}
+    lock = threading.Lock()
+
+    def held_until_released(task: dict[str, Any], n: int) -> Any:
+        gate = threading.Event()
+        with lock:
+            order.append(task["request_id"])
+            release[task["request_id"]] = gate
+        gate.wait(60)
+        return {"response": response(task["request_id"])}
+
+    poller = run_poller(ScriptedExecutor(held_until_released))
+    slots = sum(e.max_inflight for e in services.registry.endpoints)  # 4 + 2
+    flood = [submit(services, f"flood {i}") for i in range(20)]
+    wait_until(lambda: len(order) == slots, "the flood to fill every slot")
+    quiet = services.gateway.submit(
+        Principal(id="bob", username="bob", kind="user"),
+        "chat_completions",
+        ChatCompletionRequest.model_validate(
+            {"model": MODEL, "messages": [{"role": "user", "content": "me too"}]}
+        ),
+    )
+    wait_until(lambda: poller.waiting_for_slots == 20 - slots + 1, "every request held")
+    with lock:
+        release[order[0]].set()  # one slot frees
+    wait_until(lambda: len(order) == slots + 1, "the next start")
+    assert order[slots] == quiet  # bob's first request took it, ahead of 14 older ones
+    for request_id in flood + [quiet]:
+        wait_until(lambda r=request_id: r in release, "every request started")
+        release[request_id].set()
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
