@@ -50,6 +50,9 @@ REQUEST_QUEUE_SIZE = 1024
 MAX_URL_BYTES = 8192
 MAX_HEADER_BYTES = 10240
 
+# The management API's path, under an optional stage: ``[/{stage}]/@connections/{id}``.
+_MANAGEMENT_PATH = re.compile(r"^(?:/[^/@]+)?(/@connections/.*)$")
+
 # The `code` of errors this server answers itself.
 _CODES = {
     404: "unknown_url",
@@ -232,8 +235,12 @@ class _Handler(BaseHTTPRequestHandler):
         if length and body is None:
             return
         path = urlsplit(self.path).path
-        if path.startswith("/@connections/") and self.server.connections is not None:
-            status, headers, payload = self.server.connections.manage(self.command, path, body)
+        # A management client's endpoint may name the stage, as on AWS (…amazonaws.com/{stage}).
+        managed = _MANAGEMENT_PATH.match(path)
+        if managed and self.server.connections is not None:
+            status, headers, payload = self.server.connections.manage(
+                self.command, managed.group(1), body
+            )
             self._send(status, headers, payload)
             return
         try:

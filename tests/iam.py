@@ -2,8 +2,8 @@
 
 ``CallRecorder`` hooks a boto3 ``Session``'s botocore events (register it before the session
 makes its clients): ``before-parameter-build`` keeps each call's parameters, ``before-call`` (the
-call is about to be sent) records the service, the operation and the resources it names, as
-ARNs. ``iam_action`` maps an operation to the IAM action AWS checks (not always its name:
+call is about to be sent, so a call its server refuses is recorded too) records the service, the
+operation and the resources it names, as ARNs. ``iam_action`` maps an operation to the IAM action AWS checks (not always its name:
 ``DeleteMessageBatch`` is authorised as ``sqs:DeleteMessage``). ``allows`` evaluates the
 ``Allow``/``Deny`` statements of a policy with ``fnmatch`` on Action (case-insensitive, as IAM)
 and Resource; conditions and ``NotAction``/``NotResource`` are not modelled and are refused.
@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import boto3
 
@@ -29,6 +30,11 @@ IAM_ACTIONS: dict[tuple[str, str], str] = {
     ("s3", "ListObjects"): "s3:ListBucket",
     ("s3", "ListObjectsV2"): "s3:ListBucket",
     ("s3", "HeadBucket"): "s3:ListBucket",
+    # The WebSocket API's management API: one action for posting, describing and closing;
+    # the resource names the HTTP method (``resources``).
+    ("apigatewaymanagementapi", "PostToConnection"): "execute-api:ManageConnections",
+    ("apigatewaymanagementapi", "GetConnection"): "execute-api:ManageConnections",
+    ("apigatewaymanagementapi", "DeleteConnection"): "execute-api:ManageConnections",
 }
 
 
@@ -67,8 +73,27 @@ def _tables(params: dict[str, Any]) -> list[str]:
     return names
 
 
-def resources(service: str, region: str, params: dict[str, Any]) -> list[str]:
-    """The ARNs a call names (what IAM matches ``Resource`` against)."""
+def connection_arn(region: str, url: str, method: str) -> str:
+    """``…:{api-id}/{stage}/{METHOD}/@connections/{id}`` for a management API request URL.
+
+    On AWS the client's endpoint is ``https://{api-id}.execute-api.{region}.amazonaws.com/{stage}``;
+    a local emulation (``offline.ws_gateway``) has no API id, and is named ``local``.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    api_id = host.split(".", 1)[0] if ".execute-api." in host else "local"
+    stage, _, connection = unquote(parts.path).partition("/@connections/")
+    return (
+        f"arn:aws:execute-api:{region}:{ACCOUNT}:{api_id}/{stage.strip('/')}/{method}"
+        f"/@connections/{connection}"
+    )
+
+
+def resources(
+    service: str, region: str, params: dict[str, Any], request: dict[str, Any] | None = None
+) -> list[str]:
+    """The ARNs a call names (what IAM matches ``Resource`` against); ``request`` is botocore's
+    request dict (its ``url`` and ``method``), which the management API's ARNs are made of."""
     if service == "dynamodb":
         return [f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{t}" for t in _tables(params)]
     if service == "sqs":
@@ -78,6 +103,8 @@ def resources(service: str, region: str, params: dict[str, Any]) -> list[str]:
         bucket = params.get("Bucket", "")
         key = params.get("Key")
         return [f"arn:aws:s3:::{bucket}/{key}" if key is not None else f"arn:aws:s3:::{bucket}"]
+    if service == "apigatewaymanagementapi" and request is not None:
+        return [connection_arn(region, request["url"], request["method"])]
     return ["*"]
 
 
@@ -96,9 +123,13 @@ class CallRecorder:
     def _keep_params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["recorded_params"] = dict(params)
 
-    def _record(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+    def _record(
+        self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        # before-call's ``params`` is botocore's request dict (url, method, body); the call's
+        # own parameters were kept by ``_keep_params``.
+        request, params = params, context.get("recorded_params") or {}
         service = model.service_model.service_name
-        params = context.get("recorded_params") or {}
         region = context.get("client_region") or "us-east-1"
         if model.name == "TransactWriteItems":
             # IAM authorises each item of a transaction as its own action on its own table.
@@ -109,7 +140,9 @@ class CallRecorder:
                 for r in resources(service, region, op)
             ]
         else:
-            found = [Call(service, model.name, r) for r in resources(service, region, params)]
+            found = [
+                Call(service, model.name, r) for r in resources(service, region, params, request)
+            ]
         with self._lock:
             self._calls += found
 

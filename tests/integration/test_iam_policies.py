@@ -4,7 +4,11 @@ Each side runs on its own boto3 session with a ``CallRecorder`` (tests/iam.py), 
 server, through the real components: the API's ``Services`` (gateway, reply listener, keys,
 limits, blobs with a payload too large to go inline, the Globus auth cache) and a real ``Poller``
 whose executor answers in process, plus the poller-side stores on the paths a happy request
-does not take (fail, extend, heartbeat, delete). Every recorded (action, resource), with this
+does not take (fail, extend, heartbeat, delete). Streaming runs the API's WebSocket routes through
+the local WebSocket API emulation (``offline.ws_gateway``: $connect, $default, $disconnect), the
+relay posting an HPC node's push and the poller posting ``done``, each through a real
+``apigatewaymanagementapi`` client whose endpoint (the local server, under the stage ``api`` as
+on AWS) gives the calls their ``execute-api`` ARNs. Every recorded (action, resource), with this
 test's stage renamed ``prod``, must be allowed by that side's policy document.
 
 To cover a new call: add a step to ``STEPS`` (a function of the ``World``; either side's
@@ -26,6 +30,8 @@ from typing import Any
 
 import boto3
 import pytest
+from chalice.app import Chalice, WebsocketEvent
+from websockets.sync.client import connect
 
 from chalicelib.auth.cache import IntrospectionCache
 from chalicelib.auth.principal import Principal
@@ -40,6 +46,11 @@ from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 from chalicelib.stores.deleter import BatchDeleter
+from chalicelib.streaming.notifier import StreamNotifier
+from chalicelib.streaming.relay import Relay
+from offline.api_server import ApiServer
+from offline.stack import free_port
+from offline.ws_gateway import Connections, WsGateway
 from tests.iam import Call, CallRecorder, allows
 
 API_POLICY = REPO_ROOT / ".chalice" / "policy-prod.json"
@@ -47,6 +58,9 @@ POLLER_POLICY = REPO_ROOT / "infra" / "iam" / "poller-policy.json"
 MODEL = "first/tiny-chat"
 # Big enough to go to S3 both ways (the test's inline limit is 1 KB).
 BIG_TEXT = "x" * 4096
+# Chalice names the WebSocket API's stage as the REST API's (``api_gateway_stage``).
+WS_STAGE = "api"
+TIMEOUT_S = 30.0
 
 # (action, resource pattern in prod) each side must have made, or the check proves nothing.
 API_MUST_EXERCISE = {
@@ -66,6 +80,10 @@ API_MUST_EXERCISE = {
     ("s3:PutObject", "first-prod-data/requests/"),
     ("s3:GetObject", "first-prod-data/requests/"),
     ("s3:GetObject", "first-prod-data/registry/"),
+    ("dynamodb:PutItem", "table/first-prod-connections"),
+    ("dynamodb:GetItem", "table/first-prod-connections"),
+    ("dynamodb:DeleteItem", "table/first-prod-connections"),
+    ("execute-api:ManageConnections", f"/{WS_STAGE}/POST/@connections/"),
 }
 POLLER_MUST_EXERCISE = {
     ("sqs:GetQueueUrl", ":first-prod-interactive"),
@@ -78,6 +96,7 @@ POLLER_MUST_EXERCISE = {
     ("s3:GetObject", "first-prod-data/requests/"),
     ("s3:PutObject", "first-prod-data/requests/"),
     ("s3:GetObject", "first-prod-data/registry/"),
+    ("execute-api:ManageConnections", f"/{WS_STAGE}/POST/@connections/"),
 }
 
 
@@ -113,6 +132,30 @@ class AnsweringExecutor(Executor):
         return future
 
 
+class StreamingExecutor(AnsweringExecutor):
+    """An HPC function that streams: one push through the API's relay, then the answer."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    def submit_to_registered_function(
+        self,
+        function_id: str,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Future[Any]:
+        task = (args or [{}])[0]
+        chunk = {
+            "id": f"chatcmpl-{task['request_id']}",
+            "object": "chat.completion.chunk",
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}],
+        }
+        push = json.dumps({"seq": 1, "chunks": [chunk]}).encode()
+        assert self._relay.push(task["stream"]["token"], push).posted == 1
+        return super().submit_to_registered_function(function_id, args, kwargs)
+
+
 @dataclass
 class Side:
     services: Services
@@ -126,6 +169,8 @@ class World:
     poller: Side
     key: str
     state: dict[str, Any]
+    websocket: WsGateway
+    disconnected: threading.Event
 
     def principal(self) -> Principal:
         return self.api.services.authenticator.authenticate(self.key)
@@ -140,18 +185,16 @@ def request() -> ChatCompletionRequest:
 # --- what the API does -------------------------------------------------------------------
 
 
-def api_interactive_request(w: World) -> None:
-    """Authenticate, admit, record (payload to S3), enqueue, wait for the notice, fetch by id;
-    a real poller answers with a result too large for the record (to S3)."""
+def poller_of(w: World, executor: Executor, streams: StreamNotifier | None = None) -> Poller:
     ps = w.poller.services
-    poller = Poller(
+    return Poller(
         settings=ps.settings,
         registry=ps.registry,
         queue=ps.interactive_queue,
         requests=ps.requests,
         blobs=ps.blobs,
         replies=ps.reply_sender,
-        executors=ExecutorPool(lambda endpoint: AnsweringExecutor()),
+        executors=ExecutorPool(lambda endpoint: executor),
         logger=get_logger("first-poller-test"),
         endpoints=ps.endpoint_store,
         board=StatusBoard(
@@ -161,7 +204,14 @@ def api_interactive_request(w: World) -> None:
             probes={"local": lambda endpoint: True},
         ),
         limits=ps.limit_store,
+        streams=streams,
     )
+
+
+def api_interactive_request(w: World) -> None:
+    """Authenticate, admit, record (payload to S3), enqueue, wait for the notice, fetch by id;
+    a real poller answers with a result too large for the record (to S3)."""
+    poller = poller_of(w, AnsweringExecutor())
     thread = threading.Thread(target=poller.run, daemon=True)
     thread.start()
     try:
@@ -208,6 +258,31 @@ def api_globus_auth_cache(w: World) -> None:
     assert cache.get("0" * 64) is not None
 
 
+def api_streams_over_the_websocket(w: World) -> None:
+    """$connect records the connection, $default reads it, admits and enqueues; the poller mints
+    the capability and posts ``done``, the relay posts the HPC node's push; $disconnect forgets
+    the connection. A bad message is refused with an error frame (posted by the API)."""
+    streams = w.poller.services.stream_notifier()
+    assert streams is not None, "streaming is configured for both sides"
+    poller = poller_of(w, StreamingExecutor(w.api.services.relay), streams)
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    try:
+        headers = {"Authorization": f"Bearer {w.key}"}
+        with connect(w.websocket.url, additional_headers=headers) as conn:
+            conn.send(json.dumps({"action": "nonsense", "id": "bad", "body": body}))
+            assert json.loads(conn.recv(timeout=TIMEOUT_S))["type"] == "error"
+            conn.send(json.dumps({"action": "chat.completions", "id": "c1", "body": body}))
+            kinds = [json.loads(conn.recv(timeout=TIMEOUT_S))["type"] for _ in range(2)]
+            assert kinds == ["chunk", "done"]
+    finally:
+        poller.stopping.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert w.disconnected.wait(TIMEOUT_S), "$disconnect ran"
+
+
 def api_container_goes_away(w: World) -> None:
     """Flush the received notices' deletes and delete the reply queue."""
     w.api.services.reply_listener.close(delete_queue=True)
@@ -218,6 +293,7 @@ STEPS: list[Callable[[World], None]] = [
     api_request_the_poller_fails,
     api_request_that_could_not_be_queued,
     api_globus_auth_cache,
+    api_streams_over_the_websocket,
     api_container_goes_away,
 ]
 
@@ -256,6 +332,29 @@ def poller_fails_a_request(w: World) -> None:
 # --- the check ---------------------------------------------------------------------------
 
 
+def websocket_app(api: list[Services], disconnected: threading.Event) -> Chalice:
+    """The WebSocket routes as ``app.py`` wires them, on the API side's services."""
+    app = Chalice(app_name="iam-websocket")
+    app.experimental_feature_flags.update({"WEBSOCKETS"})
+    # Chalice's handler wrapper wants a region, as Lambda's environment gives it.
+    app.websocket_api.session = boto3.Session(region_name="us-east-1")
+
+    @app.on_ws_connect()
+    def ws_connect(event: WebsocketEvent) -> dict[str, Any]:
+        return api[0].streams.connect(event.connection_id, event.to_dict())
+
+    @app.on_ws_message()
+    def ws_message(event: WebsocketEvent) -> None:
+        api[0].streams.message(event.connection_id, event.body)
+
+    @app.on_ws_disconnect()
+    def ws_disconnect(event: WebsocketEvent) -> None:
+        api[0].streams.disconnect(event.connection_id)
+        disconnected.set()
+
+    return app
+
+
 def recording_side(settings: Settings) -> Side:
     session = boto3.Session(region_name="us-east-1")
     recorder = CallRecorder(session)  # before any client is made: clients copy the handlers
@@ -278,8 +377,21 @@ def world(stage: str, services: Services) -> Iterator[World]:
         "models": {MODEL: {"tokens_per_minute": 10**9}},
     }
     services.s3.put_object(Bucket=bucket, Key=limits_key, Body=json.dumps(limits).encode())
+    # The local WebSocket API and its management API; the app's handlers find the API side's
+    # services once they exist.
+    api_services: list[Services] = []
+    disconnected = threading.Event()
+    app = websocket_app(api_services, disconnected)
+    connections = Connections()
+    server = ApiServer(app, "127.0.0.1", free_port(), connections=connections)
+    websocket = WsGateway(app, "127.0.0.1", free_port(), stage=WS_STAGE, connections=connections)
+    for serve in (server.serve_forever, websocket.serve_forever):
+        threading.Thread(target=serve, daemon=True).start()
     settings = Settings(
         stage=stage,
+        stream_key="iam-test-stream-key",
+        stream_relay_url="http://127.0.0.1:9/relay/push",  # HPC pushes go in process here
+        websocket_management_url=f"{server.url}/{WS_STAGE}",
         registry_path=f"s3://{bucket}/{registry_key}",
         limits_path=f"s3://{bucket}/{limits_key}",
         inline_limit_bytes=1024,
@@ -289,7 +401,12 @@ def world(stage: str, services: Services) -> Iterator[World]:
     )
     # Keys are made by operators (`first keys create`), not by either side.
     key = services.keys.create("iam-test-user")
-    yield World(stage, recording_side(settings), recording_side(settings), key, {})
+    api = recording_side(settings)
+    api_services.append(api.services)
+    yield World(stage, api, recording_side(settings), key, {}, websocket, disconnected)
+    websocket.shutdown()
+    server.shutdown()
+    server.server_close()
 
 
 def to_prod(call: Call, stage: str) -> tuple[str, str]:

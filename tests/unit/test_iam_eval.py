@@ -1,9 +1,11 @@
 """The test helper that evaluates IAM policies: it must refuse what a policy does not grant."""
 
+import json
 from typing import Any
 
 import pytest
 
+from chalicelib.settings import REPO_ROOT
 from tests.iam import allows, iam_action, resources
 
 QUEUE = "arn:aws:sqs:us-east-1:123456789012:first-prod-reply-host-1"
@@ -60,3 +62,20 @@ def test_resources_named_by_a_call() -> None:
         "arn:aws:dynamodb:eu-west-1:123456789012:table/t/index/i"
     ]
     assert resources("s3", "us-east-1", {"Bucket": "b", "Key": "k/1"}) == ["arn:aws:s3:::b/k/1"]
+
+
+def test_management_api_calls_name_the_connection_on_the_websocket_api_s_stage() -> None:
+    """The ARN AWS checks ``execute-api:ManageConnections`` against: the API id and stage of the
+    client's endpoint, the HTTP method of the operation, the connection."""
+    url = "https://abc123.execute-api.us-east-1.amazonaws.com/api/@connections/Xy%3D"
+    request = {"url": url, "method": "POST"}
+    (arn,) = resources("apigatewaymanagementapi", "us-east-1", {}, request)
+    assert arn == "arn:aws:execute-api:us-east-1:123456789012:abc123/api/POST/@connections/Xy="
+    assert iam_action("apigatewaymanagementapi", "PostToConnection") == (
+        "execute-api:ManageConnections"
+    )
+    policy = json.loads((REPO_ROOT / ".chalice" / "policy-prod.json").read_text())
+    assert allows(policy, "execute-api:ManageConnections", arn)
+    # Posting is all the API does; closing a client's connection is not granted.
+    closing = arn.replace("/POST/", "/DELETE/")
+    assert not allows(policy, "execute-api:ManageConnections", closing)
