@@ -1,5 +1,6 @@
 """The app packages for Lambda without any AWS endpoint, into a template cfn-lint accepts, with
-API Gateway's own errors (unknown route, throttling, body too large …) OpenAI-shaped."""
+API Gateway's own errors (unknown route, throttling, body too large …) OpenAI-shaped, and the
+WebSocket API for streaming beside the REST API, its management URL given to what posts frames."""
 
 import json
 import os
@@ -50,6 +51,7 @@ def test_chalice_package_emits_a_valid_sam_template(tmp_path: Path) -> None:
     # Chalice's own swagger survives the merge, next to the gateway responses.
     assert "/v1/chat/completions" in definition["paths"]
     assert_gateway_responses_are_openai_errors(definition["x-amazon-apigateway-gateway-responses"])
+    assert_websocket_api_streams(sam)
     lint = subprocess.run(
         [
             str(BIN / "cfn-lint"),
@@ -79,3 +81,34 @@ def assert_gateway_responses_are_openai_errors(responses: dict[str, Any]) -> Non
     # A route API Gateway does not know answers 403 "Missing Authentication Token" by default.
     assert responses["MISSING_AUTHENTICATION_TOKEN"]["statusCode"] == "404"
     assert errors["MISSING_AUTHENTICATION_TOKEN"]["code"] == "unknown_url"
+
+
+def assert_websocket_api_streams(sam: dict[str, Any]) -> None:
+    """The WebSocket API (Chalice's ``WEBSOCKETS`` feature) with its three routes, each on its own
+    handler, and the management endpoint of that API's stage in the environment of the functions
+    that post frames (the relay in the REST handler, refusals in ``$default``)."""
+    resources = sam["Resources"]
+    (api,) = [k for k, r in resources.items() if r["Type"] == "AWS::ApiGatewayV2::Api"]
+    assert resources[api]["Properties"]["ProtocolType"] == "WEBSOCKET"
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]["Target"]
+        for r in resources.values()
+        if r["Type"] == "AWS::ApiGatewayV2::Route"
+    }
+    assert set(routes) == {"$connect", "$default", "$disconnect"}
+    handlers = {
+        f["Properties"]["Handler"]
+        for f in resources.values()
+        if f["Type"] == "AWS::Serverless::Function"
+    }
+    assert {"app.ws_connect", "app.ws_message", "app.ws_disconnect"} <= handlers
+    (stage,) = [r for r in resources.values() if r["Type"] == "AWS::ApiGatewayV2::Stage"]
+    expected = (
+        f"https://${{{api}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/"
+        f"{stage['Properties']['StageName']}"
+    )
+    for function in ("APIHandler", "WebsocketMessage"):
+        variables = resources[function]["Properties"]["Environment"]["Variables"]
+        assert variables["FIRST_WEBSOCKET_MANAGEMENT_URL"] == {"Fn::Sub": expected}, function
+    # For the poller's environment, which is deployed outside this template.
+    assert sam["Outputs"]["WebsocketManagementURL"]["Value"] == {"Fn::Sub": expected}
