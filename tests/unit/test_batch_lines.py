@@ -1,0 +1,133 @@
+"""The batch line checker: each kind of bad line named with its line number; what a good line
+becomes; what is remembered across lines (pure, no I/O)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from chalicelib.errors import BadRequestError
+from chalicelib.protocol.batches import MAX_LISTED_ERRORS, LineChecker
+from chalicelib.protocol.common import GatewayRequest
+
+CHAT = "/v1/chat/completions"
+MODEL = "m"
+
+
+def line(custom_id: Any = "a", url: Any = CHAT, **body: Any) -> bytes:
+    content = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **body}
+    row: dict[str, Any] = {"method": "POST", "url": url, "body": content}
+    if custom_id is not None:
+        row["custom_id"] = custom_id
+    return json.dumps(row).encode()
+
+
+def checker(endpoint: str = CHAT, **kw: Any) -> LineChecker:
+    return LineChecker(endpoint=endpoint, may_use=lambda model: model == MODEL, **kw)
+
+
+def check_all(c: LineChecker, *lines: bytes) -> list[dict[str, Any]]:
+    for raw in lines:
+        c.check(raw)
+    return c.finish()
+
+
+def test_a_good_line_becomes_its_custom_id_and_engine_body() -> None:
+    c = checker()
+    out = c.check(line("x-1", temperature=0, top_k=3, stream=False))
+    assert out is not None
+    assert out["custom_id"] == "x-1"
+    assert out["body"]["model"] == MODEL and out["body"]["top_k"] == 3
+    assert "stream" not in out["body"]
+    assert c.finish() == [] and c.model == MODEL and c.requests == 1
+
+
+def test_blank_lines_are_skipped_but_counted_for_line_numbers() -> None:
+    c = checker()
+    errors = check_all(c, line("a"), b"", b"   ", b"{broken")
+    assert c.requests == 2
+    assert [(e["code"], e["line"]) for e in errors] == [("invalid_json_line", 4)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "param"),
+    [
+        (b"{not json", "invalid_json_line", None),
+        (b"[1, 2]", "invalid_json_line", None),
+        (line(custom_id=None), "missing_custom_id", "custom_id"),
+        (line(custom_id=""), "missing_custom_id", "custom_id"),
+        (line(custom_id=7), "missing_custom_id", "custom_id"),
+        (line("a"), "duplicate_custom_id", "custom_id"),
+        (line("b", url="/v1/embeddings"), "mismatched_endpoint", "url"),
+        (line("b", model="other"), "mismatched_model", "body.model"),
+        (line("b", model=""), "missing_model", "body.model"),
+        (line("b", stream=True), "invalid_body", "body.stream"),
+        (line("b", temperature=9), "invalid_body", "body.temperature"),
+        (
+            json.dumps({"custom_id": "b", "method": "GET", "url": CHAT, "body": {}}).encode(),
+            "invalid_method",
+            "method",
+        ),
+        (
+            json.dumps({"custom_id": "b", "method": "POST", "url": CHAT, "body": "x"}).encode(),
+            "invalid_body",
+            "body",
+        ),
+    ],
+)
+def test_each_bad_line_is_named_with_its_line_number(
+    raw: bytes, code: str, param: str | None
+) -> None:
+    # Line 1 is good (it fixes the model and takes custom_id "a"); line 2 is the bad one.
+    errors = check_all(checker(), line("a"), raw)
+    assert errors == [{"code": code, "line": 2, "message": errors[0]["message"], "param": param}]
+
+
+def test_a_model_the_caller_may_not_use_fails_on_its_line() -> None:
+    errors = check_all(checker(), b"", line("a", model="secret"))
+    assert [(e["code"], e["line"], e["param"]) for e in errors] == [
+        ("model_not_found", 2, "body.model")
+    ]
+
+
+def test_the_drop_folder_takes_the_endpoint_from_the_first_line() -> None:
+    c = checker(endpoint="")
+    errors = check_all(c, line("a"), line("b", url="/v1/completions"))
+    assert c.endpoint == CHAT
+    assert [(e["code"], e["line"]) for e in errors] == [("mismatched_endpoint", 2)]
+
+
+def test_a_request_over_the_models_ceiling_is_invalid_body_with_its_param() -> None:
+    def ceiling(req: GatewayRequest) -> None:
+        raise BadRequestError("max_tokens is too large.", param="max_tokens")
+
+    errors = check_all(checker(ceiling=ceiling), line("a", max_tokens=5))
+    assert [(e["code"], e["param"]) for e in errors] == [("invalid_body", "body.max_tokens")]
+
+
+def test_more_requests_than_the_limit_fail_once_at_the_first_extra_line() -> None:
+    errors = check_all(checker(max_requests=2), *(line(f"r{i}") for i in range(4)))
+    assert [(e["code"], e["line"]) for e in errors] == [("too_many_requests", 3)]
+
+
+def test_an_empty_file_fails() -> None:
+    assert [e["code"] for e in check_all(checker(), b"", b"\n")] == ["empty_file"]
+
+
+def test_errors_listed_are_capped_and_all_are_counted() -> None:
+    c = checker()
+    errors = check_all(c, *(b"{bad" for _ in range(MAX_LISTED_ERRORS + 5)))
+    assert len(errors) == MAX_LISTED_ERRORS
+    assert c.error_count == MAX_LISTED_ERRORS + 5
+
+
+def test_embeddings_lines_are_checked_against_the_embeddings_request() -> None:
+    row = {"custom_id": "e", "url": "/v1/embeddings", "body": {"model": MODEL, "input": "hi"}}
+    c = checker(endpoint="/v1/embeddings")
+    out = c.check(json.dumps(row).encode())
+    assert out is not None and out["body"]["input"] == "hi"
+    bad = {**row, "custom_id": "f", "body": {"model": MODEL}}
+    assert c.check(json.dumps(bad).encode()) is None
+    assert c.finish()[0]["param"] == "body.input"
