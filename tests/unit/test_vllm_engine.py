@@ -19,6 +19,7 @@ import pytest
 
 from hpc_functions.engines.base import EngineError, EngineUnavailableError
 from hpc_functions.engines.vllm import VllmEngine, health_url_for
+from hpc_functions.streaming import Assembler
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm"
 SERVED = "meta-llama/Llama-3.1-8B-Instruct"
@@ -50,7 +51,11 @@ STREAM_ROUTES: dict[str, str] = {
     "stream-error-legacy/chat/completions": "chat_stream_error_legacy.sse",
     "drop/chat/completions": "chat_stream.sse",
     "no-done/chat/completions": "chat_stream.sse",
+    "continuous/chat/completions": "chat_stream_continuous.sse",
 }
+# A generation far longer than any test reads: the continuous-usage transcript's content chunk,
+# repeated with its usage counting up, until the client hangs up.
+LONG_TOKENS = 1_000_000
 
 
 class ReplayHandler(BaseHTTPRequestHandler):
@@ -74,7 +79,9 @@ class ReplayHandler(BaseHTTPRequestHandler):
         )
         scenario, _, rest = self.path.lstrip("/").partition("/")
         key = f"{scenario}/{rest.removeprefix('v1/')}"
-        if body.get("stream") and key in STREAM_ROUTES:
+        if body.get("stream") and scenario == "long":
+            self._stream_long()
+        elif body.get("stream") and key in STREAM_ROUTES:
             self._stream(scenario, _events(STREAM_ROUTES[key]))
         elif key in JSON_ROUTES:
             status, name = JSON_ROUTES[key]
@@ -113,6 +120,37 @@ class ReplayHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")
 
+    def _stream_long(self) -> None:
+        role, content = (json.loads(e[len(b"data: ") :]) for e in _events(_CONTINUOUS)[:2])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        sent = 0
+        try:
+            for n in range(LONG_TOKENS + 1):
+                chunk = role if n == 0 else content
+                prompt = chunk["usage"]["prompt_tokens"]
+                chunk["usage"] = {
+                    "prompt_tokens": prompt,
+                    "total_tokens": prompt + n,
+                    "completion_tokens": n,
+                }
+                event = b"data: %s\n\n" % json.dumps(chunk, separators=(",", ":")).encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+                sent += 1
+        except ConnectionError:
+            # The client closed the response: what makes vLLM abort the generation.
+            self.server.aborted_after.append(sent)
+            self.server.aborted.set()
+            self.close_connection = True
+            return
+        self.wfile.write(b"0\r\n\r\n")
+
+
+_CONTINUOUS = "chat_stream_continuous.sse"
+
 
 class ReplayServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -120,6 +158,9 @@ class ReplayServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), ReplayHandler)
         self.requests: list[dict[str, Any]] = []
+        # Set when a client hangs up on the long generation, with the events written by then.
+        self.aborted = threading.Event()
+        self.aborted_after: list[int] = []
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # The adapter hangs up as soon as it sees an error event, while the replay is still
@@ -205,6 +246,51 @@ def test_stream_asks_vllm_for_usage(replay: ReplayServer) -> None:
     sent = replay.requests[-1]["body"]
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
+
+
+def test_stream_asks_for_continuous_usage_and_yields_usage_on_every_chunk(
+    replay: ReplayServer,
+) -> None:
+    """What ``run_stream_task`` sends: usage on every chunk, so a stream cut short still counts."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = list(
+        _engine(replay, "continuous").stream_chat_completions(
+            {**CHAT_BODY, "stream_options": options}
+        )
+    )
+
+    assert replay.requests[-1]["body"]["stream_options"] == options
+    assert all(isinstance(c.get("usage"), dict) for c in chunks)
+    counts = [c["usage"]["completion_tokens"] for c in chunks]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == 3
+    assert chunks[-1]["choices"] == []
+
+
+def test_cancel_mid_stream_closes_the_response_and_reports_fewer_tokens(
+    replay: ReplayServer,
+) -> None:
+    """The client went away after three tokens: the adapter yields nothing more, hangs up on
+    vLLM (which then aborts the request), and the run's usage says three tokens, not the
+    max_tokens asked for."""
+    cancel = threading.Event()
+    assembler = Assembler()
+    body = {
+        **CHAT_BODY,
+        "max_tokens": LONG_TOKENS,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    chunks = []
+    for chunk in _engine(replay, "long").stream_chat_completions(body, cancel=cancel):
+        chunks.append(chunk)
+        assembler.add(chunk)
+        if assembler.token_chunks == 3:
+            cancel.set()
+
+    assert len(chunks) == 4  # the role chunk, then three tokens; nothing after the cancel
+    assert replay.aborted.wait(30), "the adapter never closed vLLM's response"
+    assert replay.aborted_after[-1] < LONG_TOKENS
+    usage = assembler.response("chat_completions")["usage"]
+    assert usage["completion_tokens"] == 3 < body["max_tokens"]
 
 
 def test_completion_stream_yields_chunks_and_usage(replay: ReplayServer) -> None:
