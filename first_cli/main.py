@@ -11,6 +11,8 @@ first functions register --endpoint NAME      register hpc_functions with Globus
 first proxy [--port P]                        a local OpenAI-compatible server that streams
                                               for real (WebSocket → SSE); see the README
 first local endpoint stop|start NAME          take a local endpoint of `make up` down / back
+first batch submit FILE.jsonl [--endpoint E] [--wait] | status ID | results ID [-o FILE]
+            | cancel ID | ls                  OpenAI batches (OPENAI_BASE_URL, OPENAI_API_KEY)
 """
 
 from __future__ import annotations
@@ -125,6 +127,12 @@ def _proxy(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace, services: Services) -> int:
+    from first_cli.batch import run
+
+    return run(args.action, vars(args))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="first", description="FIRST gateway operations")
     p.add_argument("--stage", help="stage (default: FIRST_STAGE or 'local')")
@@ -174,6 +182,24 @@ def parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--ws-url", help="the WebSocket API's URL (default FIRST_WS_URL)")
     proxy.set_defaults(run=_proxy)
+
+    from first_cli.batch import ENDPOINTS
+
+    batches = sub.add_parser("batch", help="OpenAI batches through the gateway")
+    batches.set_defaults(run=_batch)
+    batch = batches.add_subparsers(dest="action", required=True)
+    bsubmit = batch.add_parser("submit", help="upload a JSONL file and start a batch")
+    bsubmit.add_argument("file")
+    bsubmit.add_argument("--endpoint", choices=ENDPOINTS, default=ENDPOINTS[0])
+    bsubmit.add_argument("--wait", action="store_true", help="show progress until it is final")
+    for verb, text in (("status", "the batch object"), ("cancel", "cancel a batch")):
+        batch.add_parser(verb, help=text).add_argument("id")
+    bresults = batch.add_parser("results", help="the output lines (and error lines)")
+    bresults.add_argument("id")
+    bresults.add_argument("-o", "--output", help="write to FILE (errors to FILE.errors.jsonl)")
+    batch.add_parser("ls", help="your batches, newest first").add_argument(
+        "--limit", type=int, default=20
+    )
     return p
 
 

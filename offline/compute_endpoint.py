@@ -17,7 +17,9 @@ are users' completions::
     GET  /tasks/<id>?wait=S  → {"status": "pending"|"success"|"failed"|"lost",
                                 "result"|"exception"}
     GET  /health       → {"status": "ok", "workers": N, "pids": [...]}
-    GET  /stats        → {"runs": {task_id: times the function ran}, "lost": N}
+    GET  /stats        → {"runs": {task_id: times the function ran}, "lost": N,
+                          "spans": {task_id: [submitted, finished or null]}} (epoch seconds of its
+                          last run: tests check how many tasks of a kind overlapped)
 
 A worker that dies (killed, out of memory) breaks the whole process pool and every task running
 in it. That is the infrastructure's failure, not the tasks': the pool is rebuilt and each such
@@ -94,6 +96,7 @@ class TaskTable:
         # task id → (the task's own future, when it was submitted)
         self._tasks: dict[str, tuple[Future[Any], float]] = {}
         self.runs: dict[str, int] = {}
+        self.spans: dict[str, list[float | None]] = {}
         self.lost = 0
         self._lock = threading.Lock()
         # Re-runs after a pool broke are submitted from here, not from the pool's own thread.
@@ -141,6 +144,7 @@ class TaskTable:
         with self._lock:
             pool = self._pool
             self.runs[task_id] = self.runs.get(task_id, 0) + 1
+            self.spans[task_id] = [time.time(), None]
         try:
             inner = pool.submit(_call, function_id, args, kwargs)
         except BrokenProcessPool:
@@ -151,6 +155,11 @@ class TaskTable:
 
         def done(f: Future[Any]) -> None:
             exc = f.exception()
+            with self._lock:
+                # Stamped before the outcome is visible: a task submitted after it was seen
+                # never appears to overlap it.
+                if task_id in self.spans:
+                    self.spans[task_id][1] = time.time()
             if isinstance(exc, BrokenProcessPool):
                 self._replace_pool(pool)
                 if retries_left > 0:
@@ -198,6 +207,7 @@ class TaskTable:
         for tid in [t for t, (f, at) in self._tasks.items() if f.done() and at < cutoff]:
             del self._tasks[tid]
             self.runs.pop(tid, None)
+            self.spans.pop(tid, None)
 
     def _processes(self) -> dict[int, Any]:
         # ProcessPoolExecutor has no public handle on its workers before Python 3.14.
@@ -259,7 +269,8 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
                 return
             elif url.path == "/stats":
                 with table._lock:
-                    self._send(200, {"runs": dict(table.runs), "lost": table.lost})
+                    stats = {"runs": dict(table.runs), "lost": table.lost, "spans": table.spans}
+                    self._send(200, stats)
             elif url.path.startswith("/tasks/"):
                 wait = float(parse_qs(url.query).get("wait", ["0"])[0])
                 state = table.state(url.path.removeprefix("/tasks/"), min(wait, 60.0))
