@@ -3,10 +3,13 @@ started for the run): wall time, lines/s, AWS API calls and bytes per line, and 
 (VmHWM) of every process of the stack.
 
     python -m bench.batch [--lines 2000] [--max-tokens 8] [--interactive-lines 400] [--clients 4]
+                          [--latency-requests 30] [--latency-batch-lines 2000] [--out FILE]
 
 The interactive run sends ``--interactive-lines`` of the same lines one by one from ``--clients``
-threads (the rate is per line, so a shorter run compares fairly). Figures go to
-docs/performance.md ("Batch"); nothing here is asserted.
+threads (the rate is per line, so a shorter run compares fairly). Then the latency of one
+interactive request at a time: its p50 idle, and its p50 while a second batch
+(``--latency-batch-lines``) runs (a run of its own, so its requests do not count in the first
+batch's AWS calls). Figures go to docs/performance.md ("Batch"); nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import statistics
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +33,7 @@ from typing import Any
 from openai import OpenAI
 
 from bench.common import local_stack, stack_pids
+from first_cli.batch import upload
 from offline.background import BackgroundStack
 from offline.stack import StackConfig, free_port
 
@@ -62,8 +69,8 @@ def body(i: int, max_tokens: int) -> dict[str, Any]:
     }
 
 
-def run_batch(client: OpenAI, env: dict[str, str], n: int, max_tokens: int) -> dict[str, Any]:
-    data = b"".join(
+def batch_file(n: int, max_tokens: int) -> bytes:
+    return b"".join(
         json.dumps(
             {
                 "custom_id": f"l{i}",
@@ -75,9 +82,15 @@ def run_batch(client: OpenAI, env: dict[str, str], n: int, max_tokens: int) -> d
         + b"\n"
         for i in range(n)
     )
-    aws(env, reset=True)
-    started = time.perf_counter()
-    file = client.files.create(file=("bench.jsonl", io.BytesIO(data)), purpose="batch")
+
+
+def submit_and_wait(client: OpenAI, data: bytes) -> tuple[Any, int]:
+    """The finished batch and how many times it was polled."""
+    # Over the API's payload limit (a 50,000-line file is ~11 MB): by the presigned POST.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.jsonl"
+        path.write_bytes(data)
+        file = upload(client, path)
     batch = client.batches.create(
         input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
@@ -86,6 +99,14 @@ def run_batch(client: OpenAI, env: dict[str, str], n: int, max_tokens: int) -> d
         time.sleep(2.0)
         polls += 1
         batch = client.batches.retrieve(batch.id)
+    return batch, polls
+
+
+def run_batch(client: OpenAI, env: dict[str, str], n: int, max_tokens: int) -> dict[str, Any]:
+    data = batch_file(n, max_tokens)
+    aws(env, reset=True)
+    started = time.perf_counter()
+    batch, polls = submit_and_wait(client, data)
     wall_s = time.perf_counter() - started
     calls = aws(env)
     counts = batch.request_counts
@@ -122,6 +143,53 @@ def run_interactive(
     }
 
 
+def latency_ms(client: OpenAI, i: int, max_tokens: int) -> float:
+    started = time.perf_counter()
+    client.chat.completions.create(**body(i, max_tokens))
+    return (time.perf_counter() - started) * 1000
+
+
+def run_latency(client: OpenAI, requests: int, batch_lines: int, max_tokens: int) -> dict[str, Any]:
+    """Interactive p50, one request at a time: idle, then while a batch runs."""
+    idle = [latency_ms(client, i, max_tokens) for i in range(requests)]
+    during: list[float] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        i = 0
+        while not done.is_set() and len(during) < 10 * requests:
+            during.append(latency_ms(client, i, max_tokens))
+            i += 1
+
+    asker = threading.Thread(target=ask)
+    started = time.perf_counter()
+    # The batch first: its validation and first shard are under way before the requests.
+    file = client.files.create(
+        file=("latency.jsonl", io.BytesIO(batch_file(batch_lines, max_tokens))), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    while client.batches.retrieve(batch.id).status == "validating":
+        time.sleep(0.1)
+    asker.start()
+    while client.batches.retrieve(batch.id).status not in ("completed", "failed", "cancelled"):
+        time.sleep(0.5)
+    done.set()
+    asker.join()
+    idle_p50, during_p50 = statistics.median(idle), statistics.median(during)
+    return {
+        "requests_idle": len(idle),
+        "requests_during_batch": len(during),
+        "batch_lines": batch_lines,
+        "batch_wall_s": round(time.perf_counter() - started, 1),
+        "p50_idle_ms": round(idle_p50, 1),
+        "p50_during_batch_ms": round(during_p50, 1),
+        "p90_during_batch_ms": round(statistics.quantiles(during, n=10)[-1], 1),
+        "ratio_p50": round(during_p50 / idle_p50, 2),
+    }
+
+
 @contextmanager
 def fresh_stack(home: Path) -> Iterator[dict[str, str]]:
     """A stack of its own on free ports (``--fresh``: not the ``make up`` one, whose code may be
@@ -142,22 +210,31 @@ def main() -> None:
     p.add_argument("--interactive-lines", type=int, default=400)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--latency-requests", type=int, default=30)
+    p.add_argument("--latency-batch-lines", type=int, default=2000, help="0: no latency run")
     p.add_argument("--fresh", action="store_true", help="start a stack of its own")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "batch.json")
     a = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="first-bench-batch-"))
     with fresh_stack(home) if a.fresh else local_stack() as env:
         client = OpenAI(base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"], timeout=120)
         batch = run_batch(client, env, a.lines, a.max_tokens)
         interactive = run_interactive(client, env, a.interactive_lines, a.max_tokens, a.clients)
+        # Peak memory before the latency run: what this file size made it.
+        rss = peak_rss_mb(env)
+        latency = None
+        if a.latency_batch_lines:
+            latency = run_latency(client, a.latency_requests, a.latency_batch_lines, a.max_tokens)
         result = {
+            "shard_lines": os.environ.get("FIRST_BATCH_SHARD_LINES", "default"),
             "batch": batch,
             "interactive": interactive,
             "batch_speedup": round(batch["lines_per_s"] / interactive["lines_per_s"], 2),
-            "peak_rss_mb": peak_rss_mb(env),
+            "latency": latency,
+            "peak_rss_mb": rss,
         }
     print(json.dumps(result, indent=1))
-    out = Path(__file__).parent / "results" / "batch.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
