@@ -293,3 +293,44 @@ def test_a_shard_reported_twice_is_counted_once(batch_services: Services) -> Non
     assert item is not None
     assert (item["completed_count"], item["failed_count"]) == (5, 1)
     assert sorted(item["done_shards"]) == [0, 1]
+
+
+def test_shards_go_only_to_endpoints_the_router_finds_usable(batch_services: Services) -> None:
+    # local-b has no heartbeat (offline): with two shards in flight, its own spare capacity would
+    # have drawn one of them; the shared status keeps every shard on local-a.
+    s = batch_services
+    s.endpoint_store.heartbeat("local-a", capacity=4, models={MODEL: "hot"})
+    by_name = {"local-a": InProcessEndpoint(), "local-b": InProcessEndpoint()}
+    w = BatchWorker(
+        settings=s.settings,
+        registry=s.registry,
+        queue=s.batch_queue,
+        batches=s.batch_store,
+        files=s.file_store,
+        data=s.objects,
+        drop=s.drop_objects,
+        executors=ExecutorPool(lambda e: by_name[e.name]),
+        logger=get_logger("first-batch-test"),
+        endpoints=s.endpoint_store,
+        policy=s.circuit_policy,
+    )
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        user = Principal(id="batch-router", username="batch-router")
+        body = {
+            "input_file_id": upload(s, user, lines(9)),
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        }
+        created = s.batch_api.create_batch(user, json.dumps(body).encode())
+        done = final(s, user, created["id"])
+    finally:
+        w.stopping.set()
+        thread.join(timeout=30)
+    assert done["request_counts"] == {"total": 9, "completed": 9, "failed": 0}
+    assert sorted(by_name["local-a"].runs.values()) == [1, 1, 1]
+    assert not by_name["local-b"].runs
+    placed = s.batch_store.get(user.id, created["id"])
+    assert placed is not None
+    assert placed["shard_endpoints"] == {str(n): ["local-a", 1] for n in range(3)}
