@@ -121,10 +121,11 @@ class BackgroundStack:
             [sys.executable, "-m", "first_cli.main", *args],
             cwd=REPO_ROOT,
             env=env,
-            check=True,
             capture_output=True,
             text=True,
         )
+        if out.returncode != 0:
+            raise RuntimeError(f"first {' '.join(args)} exited {out.returncode}: {out.stderr}")
         return out.stdout.strip()
 
 
