@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -104,7 +105,20 @@ def _a_batch(client: OpenAI) -> str:
 
 def _a_cancelled_batch(client: OpenAI) -> str:
     # Cancel answers its owner 200 again once cancelled, whatever the worker has done meanwhile.
-    batch_id = _a_batch(client)
+    # A batch long enough to still be running when the cancel arrives (a one-line batch may
+    # already have finished, and a finished batch cannot be cancelled).
+    line = {"model": TINY, "messages": HELLO, "max_tokens": 1}
+    data = "".join(
+        json.dumps(
+            {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": line}
+        )
+        + "\n"
+        for i in range(300)
+    ).encode()
+    file_id = client.files.create(file=("long.jsonl", data), purpose="batch").id
+    batch_id = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
     client.batches.cancel(batch_id)
     return f"/v1/batches/{batch_id}/cancel"
 
