@@ -75,8 +75,9 @@ def test_failed_lines_go_to_the_errors_file(stack: BackgroundStack, tmp_path: Pa
 
 
 def test_cancel_and_the_errors_a_user_sees(stack: BackgroundStack, tmp_path: Path) -> None:
+    # Long enough (ten shards run one at a time) to still be running when the cancel lands.
     source = tmp_path / "long.jsonl"
-    source.write_bytes(jsonl(40, max_tokens=8, prefix="long"))
+    source.write_bytes(jsonl(600, max_tokens=8, prefix="long"))
     batch_id = first(stack, "submit", str(source)).stdout.strip()
     cancelled = first(stack, "cancel", batch_id)
     assert cancelled.returncode == 0, cancelled.stderr
