@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import requests
 from openai import OpenAI
@@ -13,6 +11,7 @@ from openai import OpenAI
 from chalicelib.services import Services
 from offline.background import BackgroundStack
 from tests.e2e.conftest import TINY, create_key
+from tests.e2e.test_durability import wait_for
 
 
 def endpoints(stack: BackgroundStack, key: str | None = None) -> requests.Response:
@@ -22,16 +21,6 @@ def endpoints(stack: BackgroundStack, key: str | None = None) -> requests.Respon
 
 def online(stack: BackgroundStack) -> dict[str, str]:
     return {e["name"]: e["status"] for e in endpoints(stack).json()["data"]}
-
-
-def wait_for(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_models_carry_their_status_and_only_operators_see_the_endpoints(
