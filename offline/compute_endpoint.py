@@ -256,6 +256,9 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                # Say so, or a keep-alive client reuses the socket and races its close.
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
