@@ -77,6 +77,10 @@ def openai_route(logger: Logger, get_request: Callable[[], Request]) -> Callable
             except FirstError as exc:
                 log.setdefault("request_id", exc.request_id)
                 log["error_code"] = exc.code
+                if exc.param == "model":
+                    # A name no deployment knows is the caller's text, and text may carry a
+                    # prompt pasted in the wrong field: the client sees it echoed, logs do not.
+                    log.pop("model", None)
                 response = error_response(exc)
             except Exception:
                 logger.exception("unhandled error")

@@ -343,20 +343,24 @@ class Stack:
         self.config.env_file.unlink(missing_ok=True)
         self.config.state_file.unlink(missing_ok=True)
 
-    def banner(self) -> str:
+    def banner(self, show_key: bool = True) -> str:
+        """What ``make run`` prints. The key only on a terminal: ``make up`` (and the e2e suite)
+        send this to ``logs/stack.log``, and no key goes into a log; it is in ``local.env``."""
         c = self.config
+        key = self.api_key if show_key else "(OPENAI_API_KEY in the environment file below)"
+        shown = f'"{self.api_key}"' if show_key else 'os.environ["OPENAI_API_KEY"]'
         return f"""
 FIRST is up (stage {c.stage}).
   API            {c.api_url}/v1
   WebSocket API  {c.ws_url}   (streaming; `first proxy` serves it as SSE)
-  API key (dev)  {self.api_key}
+  API key (dev)  {key}
   local AWS      {c.aws_url}
   logs           {c.logs}/
   environment    {c.env_file}   (source it: set -a; . {c.env_file}; set +a)
 
 Try it:
   from openai import OpenAI
-  client = OpenAI(base_url="{c.api_url}/v1", api_key="{self.api_key}")
+  client = OpenAI(base_url="{c.api_url}/v1", api_key={shown})
   r = client.chat.completions.create(model="{TINY_MODEL}",
       messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=16)
   print(r.choices[0].message.content)
@@ -377,7 +381,7 @@ def _run(config: StackConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         stack.start()
-        print(stack.banner(), flush=True)
+        print(stack.banner(show_key=sys.stdout.isatty()), flush=True)
         while not stopping:
             stack.supervise()
             time.sleep(0.2)
