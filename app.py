@@ -6,11 +6,12 @@ from typing import Any
 
 from chalice.app import Request, Response, WebsocketEvent
 
-from chalicelib import sse
+from chalicelib import openapi, sse
 from chalicelib.auth import Principal, bearer_token
 from chalicelib.fleet import require_operator
 from chalicelib.gateway import Completed
 from chalicelib.http import (
+    JSON,
     ThreadSafeChalice,
     check_size,
     json_response,
@@ -87,6 +88,13 @@ def _completion(log: dict[str, Any], function: str, model: type[GatewayRequest])
 @app.route("/health", methods=["GET"])
 def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@app.route("/openapi.json", methods=["GET"])
+@route
+def openapi_document(log: dict[str, Any]) -> Response:
+    """The public contract (chalicelib/openapi.py); no key needed."""
+    return Response(body=openapi.document_text(app), status_code=200, headers={**JSON})
 
 
 @app.route("/v1/models", methods=["GET"])

@@ -36,6 +36,14 @@ class CreateBatchRequest(OpenAIModel):
     metadata: dict[str, str] | None = None
 
 
+class CreateUploadRequest(OpenAIModel):
+    """``POST /v1/files/uploads``: checked field by field in ``BatchApi.create_upload``; the
+    model is its schema in ``GET /openapi.json``."""
+
+    filename: str = Field(min_length=1)
+    purpose: Literal["batch"]
+
+
 def file_object(record: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": record["file_id"],

@@ -1,0 +1,110 @@
+"""``GET /openapi.json``: every route of the app, request schemas from the pydantic models,
+OpenAI errors, and a document a real validator accepts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+from chalice.config import Config
+from chalice.local import LocalGateway
+from openapi_spec_validator import OpenAPIV31SpecValidator
+
+from app import app
+from chalicelib import openapi
+from chalicelib.errors import BadRequestError, EngineFailedError, FirstError
+from chalicelib.protocol import ChatCompletionRequest
+
+DOC = openapi.build(app)
+
+
+def served(path: str, **headers: str) -> dict[str, Any]:
+    gateway = LocalGateway(app, Config.create(chalice_app=app, app_name="t"))
+    return gateway.handle_request(method="GET", path=path, headers=headers, body=None)
+
+
+def resolver_schema(name: str) -> dict[str, Any]:
+    """A component schema, resolvable on its own (components alongside)."""
+    return {"$ref": f"#/components/schemas/{name}", "components": DOC["components"]}
+
+
+def test_every_route_and_method_of_the_app_is_in_the_document() -> None:
+    assert openapi.undocumented(app) == []
+    served_ops = {(p, m.lower()) for p, methods in app.routes.items() for m in methods}
+    documented = {(p, m) for p, ops in DOC["paths"].items() for m in ops}
+    assert documented == served_ops
+
+
+def test_no_entry_describes_a_route_the_app_does_not_serve() -> None:
+    routes = {(p, m) for p, methods in app.routes.items() for m in methods}
+    assert set(openapi.OPERATIONS) - routes == set()
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    assert DOC["openapi"].startswith("3.1")
+    OpenAPIV31SpecValidator(DOC).validate()
+
+
+def test_request_bodies_are_the_protocol_models_with_defs_as_component_refs() -> None:
+    text = json.dumps(DOC)
+    assert "$defs" not in text
+    body = DOC["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionRequest"
+    }
+    chat = DOC["components"]["schemas"]["ChatCompletionRequest"]
+    assert chat["properties"]["messages"]["items"] == {"$ref": "#/components/schemas/ChatMessage"}
+    assert chat["properties"]["messages"]["maxItems"] == 2048  # bounds.MAX_MESSAGES, from code
+
+
+def test_a_body_the_model_accepts_the_schema_accepts_and_one_it_refuses_the_schema_refuses() -> (
+    None
+):
+    good = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    ChatCompletionRequest.model_validate(good)
+    jsonschema.validate(good, resolver_schema("ChatCompletionRequest"))
+    bad = {**good, "n": 17}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, resolver_schema("ChatCompletionRequest"))
+
+
+@pytest.mark.parametrize("exc", [BadRequestError("x", param="n"), EngineFailedError("y")])
+def test_every_error_response_is_the_openai_error_object(exc: FirstError) -> None:
+    jsonschema.validate(exc.to_body(), resolver_schema("Error"))
+    for path, ops in DOC["paths"].items():
+        for method, op in ops.items():
+            for status in ("4XX", "5XX"):
+                assert op["responses"][status] == {"$ref": "#/components/responses/Error"}, (
+                    path,
+                    method,
+                )
+
+
+def test_only_health_and_the_document_itself_need_no_key() -> None:
+    assert DOC["security"] == [{"bearer": []}]
+    open_ops = {
+        (p, m) for p, ops in DOC["paths"].items() for m, op in ops.items() if "security" in op
+    }
+    assert open_ops == {("/health", "get"), ("/openapi.json", "get")}
+
+
+def test_path_parameters_are_the_route_s_own() -> None:
+    op = DOC["paths"]["/v1/models/{model}/{name}"]["get"]
+    assert [p["name"] for p in op["parameters"] if p["in"] == "path"] == ["model", "name"]
+
+
+def test_the_websocket_protocol_is_described_beside_the_http_routes() -> None:
+    ws = DOC["x-websocket"]
+    assert ws["message"]["properties"]["action"]["enum"] == ["chat.completions", "completions"]
+    assert set(ws["frames"]) == {"chunk", "done", "error"}
+
+
+def test_get_openapi_json_serves_the_document_without_a_key() -> None:
+    response = served("/openapi.json")
+    assert response["statusCode"] == 200
+    assert response["headers"]["Content-Type"] == "application/json"
+    assert json.loads(response["body"]) == DOC
+    # Built once: the second call serves the same cached text.
+    assert openapi.document_text(app) is openapi.document_text(app)
