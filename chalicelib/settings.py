@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     stream_flush_ms: float = 50.0
     stream_flush_tokens: int = 16
 
+    # Usage and metrics (docs/operations.md "Metrics", "Usage"). A usage record per finished
+    # request is kept this long (TTL); long-running processes (poller, batch worker) flush their
+    # EMF metrics this often, and the API after every request.
+    usage_ttl_s: int = 400 * 24 * 3600
+    metrics_namespace: str = "FIRST"
+    metrics_flush_interval_s: float = 10.0
+
     # Resource name overrides; default to first-<stage>-<name>.
     requests_table: str | None = None
     keys_table: str | None = None
@@ -143,6 +150,7 @@ class Settings(BaseSettings):
     batches_table: str | None = None
     batch_queue: str | None = None
     drop_bucket: str | None = None
+    usage_table: str | None = None
 
     @field_validator(
         "globus_allowed_domains",
@@ -227,6 +235,10 @@ class Settings(BaseSettings):
     @cached_property
     def drop_bucket_name(self) -> str:
         return self.drop_bucket or self.resource("drop")
+
+    @cached_property
+    def usage_table_name(self) -> str:
+        return self.usage_table or self.resource("usage")
 
     @cached_property
     def registry_file(self) -> Path:

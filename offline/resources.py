@@ -77,12 +77,9 @@ def deploy(
             raise RuntimeError(f"stack {name} did not deploy: {status}")
         time.sleep(0.2)
     _apply_ttl(dynamodb, load_template(template), stage)
-    _apply_notifications(
-        s3 or _like(cloudformation, "s3"),
-        sqs or _like(cloudformation, "sqs"),
-        load_template(template),
-        stage,
-    )
+    s3 = s3 or _like(cloudformation, "s3")
+    _apply_notifications(s3, sqs or _like(cloudformation, "sqs"), load_template(template), stage)
+    _apply_bucket_protection(s3, load_template(template), stage)
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
@@ -156,3 +153,25 @@ def _apply_notifications(s3: Any, sqs: Any, template: dict[str, Any], stage: str
             Bucket=_name(props["BucketName"], stage),
             NotificationConfiguration={"QueueConfigurations": configs},
         )
+
+
+def _apply_bucket_protection(s3: Any, template: dict[str, Any], stage: str) -> None:
+    """Each bucket's public access block, default encryption and ownership controls, which
+    moto's CloudFormation skips (AWS and LocalStack apply them from the template already)."""
+    for resource in template["Resources"].values():
+        if resource["Type"] != "AWS::S3::Bucket":
+            continue
+        props = resource["Properties"]
+        bucket = _name(props["BucketName"], stage)
+        if block := props.get("PublicAccessBlockConfiguration"):
+            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=block)
+        if encryption := props.get("BucketEncryption"):
+            rules = [
+                {"ApplyServerSideEncryptionByDefault": r["ServerSideEncryptionByDefault"]}
+                for r in encryption["ServerSideEncryptionConfiguration"]
+            ]
+            s3.put_bucket_encryption(
+                Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": rules}
+            )
+        if ownership := props.get("OwnershipControls"):
+            s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=ownership)
