@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 REQS   := requirements.txt requirements-dev.txt hpc_functions/requirements.txt pyproject.toml
 
-.PHONY: run up down test unit integration e2e lint bench clean
+.PHONY: run up down test unit integration e2e lint audit bench clean
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+audit: $(STAMP) ## pip-audit of the pinned requirements; fails only on a known vulnerability
+	$(PY) .ci/audit.py
 
 bench: $(STAMP) ## uses the `make up` stack, or starts one for the run
 	$(PY) -m bench.interactive

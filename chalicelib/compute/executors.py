@@ -3,10 +3,14 @@
 Both expose ``submit_to_registered_function(function_id, args=..., kwargs=...)`` returning a
 ``Future`` of the function's result, so the poller does not know which it holds:
 
-- ``globus_compute_sdk.Executor`` for a real endpoint on an HPC cluster;
+- ``GlobusTasks`` (``chalicelib/compute/globus.py``) for a real endpoint on an HPC cluster; it
+  is also ``Attachable``: ``submit_task`` answers the Globus task id at once (the poller keeps it
+  on the request record) and ``attach(task_id)`` collects a task another poller submitted;
 - ``LocalEndpointExecutor`` for the offline endpoint (``offline.compute_endpoint``),
   which keys tasks by ``request_id``: a poller that restarts and resubmits the same request
   attaches to the task already running instead of running the engine twice.
+
+A warm-up is an ordinary task: ``hpc_functions.warm`` with ``{"engine": ...}`` (``start_warm``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from chalicelib.errors import UpstreamUnavailableError
 from chalicelib.registry import Endpoint
@@ -34,6 +38,25 @@ class TaskExecutor(Protocol):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
 
 
+@runtime_checkable
+class Attachable(Protocol):
+    """An executor whose tasks have ids that outlive the process that submitted them."""
+
+    def submit_task(
+        self,
+        function_id: str,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> tuple[str, Future[Any]]: ...
+
+    def attach(self, task_id: str) -> Future[Any]: ...
+
+
+def start_warm(executor: TaskExecutor, function_id: str, engine: dict[str, Any]) -> Future[Any]:
+    """Ask an endpoint to load a model (``hpc_functions.warm``); the future ends when loaded."""
+    return executor.submit_to_registered_function(function_id, args=({"engine": engine},))
+
+
 class RemoteTaskError(Exception):
     """The function raised on the endpoint; the message is the remote exception's text."""
 
@@ -41,6 +64,11 @@ class RemoteTaskError(Exception):
 class TaskLostError(UpstreamUnavailableError):
     """The endpoint lost the task with its worker: the infrastructure failed, not the request,
     so the poller runs it again (bounded by the queue's redrive)."""
+
+
+class TaskTimeoutError(UpstreamUnavailableError):
+    """A task ran past ``FIRST_TASK_TIMEOUT_S``: the poller moves the request to another
+    deployment (the task itself cannot be cancelled on Globus Compute and is abandoned)."""
 
 
 class LocalEndpointExecutor(Executor):
@@ -164,10 +192,10 @@ def default_factory(
         if endpoint.executor == "local":
             # Each local "cluster" of the offline stack listens on its own URL.
             return LocalEndpointExecutor(endpoint.url or local_endpoint_url, local_endpoint_token)
-        # Imported here: the Lambda package never needs it, and it is the poller's only tie
-        # to the Globus Compute web service (it authenticates on first submit).
-        from globus_compute_sdk import Executor as GlobusComputeExecutor
+        # The poller's only tie to the Globus Compute web service (it authenticates on first
+        # use; the Lambda package never imports it).
+        from chalicelib.compute.globus import GlobusTasks
 
-        return GlobusComputeExecutor(endpoint_id=endpoint.endpoint_id)
+        return GlobusTasks(endpoint.endpoint_id)
 
     return make

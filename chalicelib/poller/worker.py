@@ -17,12 +17,18 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
 from chalicelib import limits, router
-from chalicelib.compute.executors import ExecutorPool, RemoteTaskError
+from chalicelib.compute.executors import (
+    Attachable,
+    ExecutorPool,
+    RemoteTaskError,
+    TaskTimeoutError,
+)
 from chalicelib.poller import planning
 from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.fairness import FairGate
@@ -191,9 +197,9 @@ class Poller:
             self.counts["run_errors"] += 1
             self._log.exception("request could not be run", extra=log)
             if final:
-                detail = (
-                    f"{type(exc).__name__} (gave up after {planning.receive_count(message)} tries)"
-                )
+                # Only our own words reach the client: no endpoint URL, no remote traceback.
+                reason = str(exc) if isinstance(exc, NoEndpointError) else type(exc).__name__
+                detail = f"{reason} (gave up after {planning.receive_count(message)} tries)"
                 self._finish(
                     request_id,
                     record,
@@ -243,7 +249,10 @@ class Poller:
         candidates = self._registry.candidates(record["model"], record["function"])
         body = self._blobs.load(record, "payload")
         held: str | None = record.get("slot")  # taken by a predecessor that died
-        failed_on: set[str] = set()
+        # The predecessor's task on that endpoint (Globus Compute: by its task id).
+        task = record.get("task") or {}
+        attach = str(task["id"]) if held and task.get("endpoint") == held else None
+        failed_on: dict[str, str] = {}
         deadline = time.monotonic() + self._s.poller_slot_wait_s
         with self._gate.line(str(record.get("owner") or "")) as place:
             while True:
@@ -263,7 +272,7 @@ class Poller:
                 if not ranked:
                     raise NoEndpointError(
                         f"no endpoint can run {record['model']} now (offline, circuit open, or"
-                        f" failed: {sorted(failed_on)})"
+                        f" failed: {failed_on})"
                     )
                 chosen = None
                 for endpoint, deployment in ranked:
@@ -280,15 +289,16 @@ class Poller:
                 endpoint, deployment, slot = chosen
                 held = endpoint.name
                 place.start()
+                task_id, attach = (attach if endpoint.name == held else None), None
                 try:
                     status, fields, response = self._run_on(
-                        request_id, record, endpoint, deployment, body
+                        request_id, record, endpoint, deployment, body, task_id
                     )
                 except Exception as exc:  # noqa: BLE001 - the endpoint's failure: fail over
                     self._requests.give_slot_back(request_id, slot)
                     held = None
                     self._endpoint_failed(endpoint.name, request_id, exc)
-                    failed_on.add(endpoint.name)
+                    failed_on[endpoint.name] = type(exc).__name__
                     place.back_in_line()
                     continue
                 self._endpoint_ok(endpoint.name)
@@ -323,7 +333,12 @@ class Poller:
         self.counts["endpoint_failures"] += 1
         self._log.warning(
             "endpoint failed; failing over",
-            extra={"endpoint": name, "request_id": request_id, "error": type(exc).__name__},
+            extra={
+                "endpoint": name,
+                "request_id": request_id,
+                "error": type(exc).__name__,
+                "detail": str(exc)[:500],
+            },
         )
         try:
             self._endpoints.record_failure(name, self._policy.failures_to_open)
@@ -351,6 +366,7 @@ class Poller:
         endpoint: Endpoint,
         deployment: ModelDeployment,
         body: Any,
+        task_id: str | None = None,
     ) -> tuple[str, dict[str, Any], Any]:
         task: dict[str, Any] = {
             "request_id": request_id,
@@ -366,12 +382,30 @@ class Poller:
                     "streaming not configured: runs unstreamed", extra={"request_id": request_id}
                 )
         function_id = endpoint.functions[record["function"]]
-        future = self._executors.get(endpoint).submit_to_registered_function(
-            function_id, args=(task,)
-        )
+        executor = self._executors.get(endpoint)
+        submitted_at = time.time()
+        if isinstance(executor, Attachable):
+            if task_id is not None:
+                # Re-claimed from a poller that died: collect its task, do not run it again.
+                self.counts["tasks_reattached"] += 1
+                future = executor.attach(task_id)
+                submitted_at = float(record.get("task_at") or submitted_at)
+            else:
+                task_id, future = executor.submit_task(function_id, args=(task,))
+                self._requests.note_task(request_id, endpoint.name, task_id)
+        else:
+            # The local endpoint keys tasks by request id: a resubmission attaches by itself.
+            future = executor.submit_to_registered_function(function_id, args=(task,))
+        timeout_s = self._s.task_timeout_s - (time.time() - submitted_at)
         try:
             # The heartbeat keeps the message invisible however long this takes.
-            result = future.result()
+            result = future.result(timeout=max(0.0, timeout_s))
+        except FutureTimeoutError as exc:
+            future.cancel()
+            raise TaskTimeoutError(
+                f"task of {request_id} on {endpoint.name} not done after"
+                f" {self._s.task_timeout_s:g} s"
+            ) from exc
         except RemoteTaskError as exc:
             # The function itself raised on the node: the request's failure, not retried.
             failure = planning.engine_failure(request_id, str(exc))

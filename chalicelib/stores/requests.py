@@ -142,6 +142,22 @@ class RequestStore:
             return False
         return True
 
+    def note_task(self, request_id: str, endpoint: str, task_id: str) -> None:
+        """Keep the endpoint's task id on the record (``task``, submitted at ``task_at``) while the
+        request runs there: a poller that re-claims it attaches to that task, not a new one."""
+        self._update(
+            request_id,
+            "SET #t = :task, task_at = :now",
+            "#s = :dispatched AND slot = :slot",
+            {
+                ":task": {"endpoint": endpoint, "id": task_id},
+                ":dispatched": "dispatched",
+                ":slot": endpoint,
+            },
+            {"#t": "task"},  # a DynamoDB reserved word
+            returns="NONE",
+        )
+
     def give_slot_back(self, request_id: str, slot: Slot) -> None:
         """The request leaves its endpoint unfinished (failover): release exactly once."""
         self._update(

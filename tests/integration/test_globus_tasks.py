@@ -1,0 +1,226 @@
+"""Globus Compute tasks by id: the real ``globus_compute_sdk.Client`` over a recorded web service.
+
+The poller keeps a Globus task id on the request record; a poller that re-claims the request
+(its predecessor died) collects that task instead of submitting the request again; a task that
+runs past ``FIRST_TASK_TIMEOUT_S`` sends the request to another deployment, and with none left
+the request fails with an OpenAI error naming its id. Moto is real, the poller is real; only the
+Globus Compute service's HTTP answers are recorded (``tests/integration/globus_service.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+
+from chalicelib.compute.executors import ExecutorPool, RemoteTaskError, TaskLostError
+from chalicelib.compute.globus import GlobusTasks
+from chalicelib.logs import get_logger
+from chalicelib.poller.board import StatusBoard
+from chalicelib.poller.worker import Poller
+from chalicelib.registry import Endpoint
+from chalicelib.services import Services
+from chalicelib.settings import REPO_ROOT, Settings
+from tests.integration.globus_service import GlobusService, Raised
+from tests.integration.test_poller import MODEL, ScriptedExecutor, response, submit
+
+CHAT_FN = "0b5e4f8a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
+GLOBUS_EP = "5f0c2a9e-7b1d-4c3e-9f8a-1b2c3d4e5f60"
+
+
+@pytest.fixture
+def globus_http() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def registry_file(tmp_path: Path) -> Path:
+    """A Globus cluster (preferred: higher priority) and the local cluster local-b."""
+    local = json.loads((REPO_ROOT / "infra" / "deployments" / "local.json").read_text())
+    b = next(e for e in local["endpoints"] if e["name"] == "local-b")
+    globus = {
+        **b,
+        "name": "globus-a",
+        "endpoint_id": GLOBUS_EP,
+        "executor": "globus",
+        "priority": 5,
+        "functions": {"chat_completions": CHAT_FN},
+    }
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"stage": "it", "endpoints": [globus, b]}))
+    return path
+
+
+def make_services(stage: str, registry_file: Path, **settings: Any) -> Services:
+    return Services(
+        Settings(
+            stage=stage,
+            poller_visibility_timeout_s=2,
+            poller_wait_time_s=1,
+            wait_timeout_s=20,
+            registry_path=str(registry_file),
+            reply_queue_prefix=f"first-{stage}-reply-{uuid.uuid4().hex[:6]}",
+            **settings,
+        )
+    )
+
+
+@pytest.fixture
+def run_poller(stage: str) -> Iterator[Callable[..., Poller]]:
+    pollers: list[tuple[Poller, threading.Thread]] = []
+
+    def start(services: Services, executors: dict[str, Any]) -> Poller:
+        def pick(endpoint: Endpoint) -> Any:
+            return executors[endpoint.name]
+
+        poller = Poller(
+            settings=services.settings,
+            registry=services.registry,
+            queue=services.interactive_queue,
+            requests=services.requests,
+            blobs=services.blobs,
+            replies=services.reply_sender,
+            executors=ExecutorPool(pick),
+            logger=get_logger("test-poller"),
+            endpoints=services.endpoint_store,
+            board=StatusBoard(
+                services.registry,
+                services.endpoint_store,
+                get_logger("test-poller"),
+                probes={"local": lambda e: True, "globus": lambda e: True},
+            ),
+        )
+        thread = threading.Thread(target=poller.run, daemon=True)
+        thread.start()
+        pollers.append((poller, thread))
+        return poller
+
+    yield start
+    for poller, thread in pollers:
+        poller.stopping.set()
+        thread.join(30)
+
+
+def finished(services: Services, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        record = services.requests.get(request_id)
+        if record is not None and record["status"] in ("completed", "failed"):
+            return record
+        assert time.monotonic() < deadline, f"{request_id} never finished"
+        time.sleep(0.05)
+
+
+def test_a_task_is_submitted_by_id_collected_by_polling_and_its_errors_kept_apart(
+    globus_http: responses.RequestsMock,
+) -> None:
+    outcomes = {
+        "ok": lambda n: None if n < 3 else {"response": {"id": "x"}},
+        "raised": lambda n: Raised("Traceback (most recent call last):\nValueError: bad prompt"),
+        "lost": lambda n: Raised("parsl.executors.high_throughput.errors.WorkerLost: gone"),
+    }
+    service = GlobusService(globus_http, lambda task, n: outcomes[task["kind"]](n))
+    tasks = GlobusTasks(GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05)
+    try:
+        task_id, future = tasks.submit_task(CHAT_FN, args=({"kind": "ok"},))
+        assert service.submitted == [task_id]
+        assert future.result(10) == {"response": {"id": "x"}}
+        assert service.reads[task_id] == 3  # polled while pending, then collected
+        with pytest.raises(RemoteTaskError, match="ValueError: bad prompt"):
+            tasks.submit_to_registered_function(CHAT_FN, args=({"kind": "raised"},)).result(10)
+        with pytest.raises(TaskLostError, match="worker lost"):
+            tasks.submit_to_registered_function(CHAT_FN, args=({"kind": "lost"},)).result(10)
+        # A task some other process submitted is collected by its id alone.
+        other = service.add_task({"kind": "ok"})
+        assert tasks.attach(other).result(10) == {"response": {"id": "x"}}
+        assert len(service.submitted) == 3
+    finally:
+        tasks.shutdown(cancel_futures=True)
+
+
+def test_a_reclaimed_request_attaches_to_its_globus_task_instead_of_running_again(
+    stage: str,
+    registry_file: Path,
+    globus_http: responses.RequestsMock,
+    run_poller: Callable[..., Poller],
+) -> None:
+    services = make_services(stage, registry_file)
+    # The task of a poller that died: still running for two reads, then done.
+    service = GlobusService(
+        globus_http, lambda task, n: None if n < 2 else {"response": response(task["request_id"])}
+    )
+    request_id = f"req_{uuid.uuid4().hex}"
+    services.requests.create(
+        {
+            "request_id": request_id,
+            "owner": "alice",
+            "model": MODEL,
+            "function": "chat_completions",
+            "payload": json.dumps({"model": MODEL, "messages": []}),
+        }
+    )
+    services.requests.claim(request_id)
+    slot = services.endpoint_store.slot("globus-a", 4)
+    assert services.requests.take_slot(request_id, slot)
+    task_id = service.add_task({"request_id": request_id})
+    services.requests.note_task(request_id, "globus-a", task_id)
+    # The dead poller's message reappears for the next poller.
+    services.interactive_queue.send({"request_id": request_id})
+
+    never = ScriptedExecutor(lambda task, n: pytest.fail("local-b must not run it"))
+    globus = GlobusTasks(GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05)
+    poller = run_poller(services, {"globus-a": globus, "local-b": never})
+    record = finished(services, request_id)
+    assert record["status"] == "completed" and record["endpoint"] == "globus-a"
+    assert record["attempt"] == 2 and record["task"]["id"] == task_id
+    assert service.submitted == []  # collected, never submitted again
+    assert poller.counts["tasks_reattached"] == 1
+    assert services.endpoint_store.statuses()["globus-a"].inflight == 0  # its slot given back
+
+
+def test_a_task_past_its_timeout_moves_to_another_deployment(
+    stage: str,
+    registry_file: Path,
+    globus_http: responses.RequestsMock,
+    run_poller: Callable[..., Poller],
+) -> None:
+    services = make_services(stage, registry_file, task_timeout_s=1.0)
+    service = GlobusService(globus_http, lambda task, n: None)  # never finishes
+    globus = GlobusTasks(GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05)
+    local = ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])})
+    poller = run_poller(services, {"globus-a": globus, "local-b": local})
+    request_id = submit(services)
+    record = finished(services, request_id)
+    assert record["status"] == "completed" and record["endpoint"] == "local-b"
+    assert len(service.submitted) == 1 and record["task"]["endpoint"] == "globus-a"
+    assert local.attempts[request_id] == 1 and record["attempt"] == 1
+    assert poller.counts["endpoint_failures"] == 1
+    assert services.endpoint_store.statuses()["globus-a"].failures == 1
+
+
+def test_with_every_deployment_timing_out_the_request_fails_naming_its_id(
+    stage: str,
+    registry_file: Path,
+    globus_http: responses.RequestsMock,
+    run_poller: Callable[..., Poller],
+) -> None:
+    services = make_services(stage, registry_file, task_timeout_s=0.5, max_receive_count=1)
+    service = GlobusService(globus_http, lambda task, n: None)
+    globus = GlobusTasks(GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05)
+    stuck = ScriptedExecutor(lambda task, n: time.sleep(5))
+    run_poller(services, {"globus-a": globus, "local-b": stuck})
+    request_id = submit(services)
+    record = finished(services, request_id)
+    assert record["status"] == "failed" and record["status_code"] == 500
+    message = record["error"]["message"]
+    assert request_id in message and record["error"]["code"] == "engine_error"
+    assert "'globus-a': 'TaskTimeoutError'" in message
+    assert "'local-b': 'TaskTimeoutError'" in message
