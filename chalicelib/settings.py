@@ -90,8 +90,20 @@ class Settings(BaseSettings):
     circuit_failures_to_open: int = 3
     circuit_cooldown_s: float = 30.0
     endpoint_stale_s: float = 30.0
+    # A task not finished this long after it was submitted counts as the endpoint's failure: the
+    # request moves to another deployment (the task, which cannot be cancelled, is abandoned).
+    task_timeout_s: float = 600.0
+    # Warm-ups (POST /v1/models/{model}/warm, a request for a cold model): one not done within
+    # warm_timeout_s has failed; while an endpoint does not say how long a load takes, one is
+    # expected to take model_start_estimate_s (what Retry-After is based on).
+    warm_timeout_s: float = 600.0
+    model_start_estimate_s: float = 60.0
     # After this many receives a message goes to the DLQ (redrive policy in the template).
     max_receive_count: int = 3
+    # Reply queues (chalicelib/stores/replies.py, sweeper.py): a live listener refreshes its
+    # queue's last-used tag this often; the hourly sweep deletes queues unused for this long.
+    reply_queue_touch_s: float = 3600.0
+    reply_queue_idle_s: float = 24 * 3600.0
 
     # Batch (docs/operations.md "Batch"): lines per shard (one HPC task each); shards of all
     # batches one batch worker runs at once (batch's share of endpoint capacity, so a running
