@@ -40,6 +40,20 @@ class RequestQueue:
         )
         return int(out["Attributes"]["ApproximateNumberOfMessages"])
 
+    def counts(self) -> dict[str, int]:
+        """Approximate message counts as SQS reports them: ``visible`` (waiting to be received),
+        ``in_flight`` (received, not yet deleted), ``delayed``."""
+        names = {
+            "visible": "ApproximateNumberOfMessages",
+            "in_flight": "ApproximateNumberOfMessagesNotVisible",
+            "delayed": "ApproximateNumberOfMessagesDelayed",
+        }
+        out = self.client.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=list(names.values())
+        )
+        attributes = out["Attributes"]
+        return {key: int(attributes.get(name, 0)) for key, name in names.items()}
+
     def extend_many(self, receipts: list[str], visibility_s: int) -> list[str]:
         """Extend several messages' visibility, ten per call; the receipts that failed."""
         failed: list[str] = []

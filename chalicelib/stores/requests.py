@@ -4,10 +4,15 @@
 the SQS visibility timeout is the lease, so a message that reappears means its poller died, and
 the new holder takes over (``attempt`` + 1). ``complete``/``fail`` only succeed from a
 non-terminal state, so a redelivered message never completes a request twice.
+
+Until it is terminal a record carries ``pending_shard``, which puts it in the sparse index
+``pending`` (``pending_shard`` → ``created_at``): the oldest unfinished request, whose SQS message
+is the oldest the queue still holds, is a one-item Query per shard (``oldest_pending``).
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -18,6 +23,10 @@ from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import from_wire, to_wire
 
 TERMINAL = ("completed", "failed")
+PENDING_INDEX = "pending"
+# The index's partitions: creates spread over them, since one partition key takes at most
+# 1,000 writes/s and a rising ``created_at`` always writes at its tail.
+PENDING_SHARDS = 4
 
 
 class RequestConflictError(StoreError):
@@ -43,6 +52,7 @@ class RequestStore:
             **item,
             "status": "queued",
             "attempt": 0,
+            "pending_shard": str(random.randrange(PENDING_SHARDS)),
             "created_at": round(now, 3),
             "expires_at": int(now) + self._ttl_s,
         }
@@ -82,6 +92,26 @@ class RequestStore:
         items = out.get("Items") or []
         return from_wire(items[0]) if items else None
 
+    def oldest_pending(self) -> tuple[str, float] | None:
+        """The unfinished request created first (id, ``created_at``), or None: one Query of one
+        item per shard of the ``pending`` index (eventually consistent, as GSIs are)."""
+        oldest: tuple[str, float] | None = None
+        for shard in range(PENDING_SHARDS):
+            out = self._ddb.query(
+                TableName=self.table_name,
+                IndexName=PENDING_INDEX,
+                KeyConditionExpression="pending_shard = :shard",
+                ExpressionAttributeValues={":shard": {"S": str(shard)}},
+                ScanIndexForward=True,
+                Limit=1,
+            )
+            for item in out.get("Items") or []:
+                record = from_wire(item)
+                created_at = float(record["created_at"])
+                if oldest is None or created_at < oldest[1]:
+                    oldest = (str(record["request_id"]), created_at)
+        return oldest
+
     def claim(self, request_id: str) -> dict[str, Any]:
         """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call)."""
         return self._update(
@@ -110,10 +140,11 @@ class RequestStore:
         values = {f":f{i}": v for i, v in enumerate(fields.values())}
         sets = ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
         update = f"SET #s = :status, finished_at = :now{', ' + sets if sets else ''}"
+        update += " REMOVE pending_shard"
         condition = "#s IN (:queued, :dispatched)"
         values = {":status": status, ":queued": "queued", ":dispatched": "dispatched", **values}
         if slot is not None:
-            update += " REMOVE slot"
+            update += ", slot"
             condition += " AND slot = :slot"
             values[":slot"] = slot.endpoint
         self._update(
