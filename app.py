@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice.app import Request, Response, WebsocketEvent
+from chalice.app import CloudWatchEvent, Rate, Request, Response, WebsocketEvent
 
 from chalicelib import openapi, sse
 from chalicelib.auth import Principal, bearer_token
@@ -270,3 +270,12 @@ def retrieve_batch(log: dict[str, Any], batch_id: str) -> Response:
 def cancel_batch(log: dict[str, Any], batch_id: str) -> Response:
     log["batch_id"] = batch_id
     return json_response(services.batch_api.cancel_batch(_principal(log), batch_id))
+
+
+# ----- housekeeping (EventBridge schedules; the offline stack's scheduler runs them too) -----
+
+
+@app.schedule(Rate(1, unit=Rate.HOURS))
+def sweep_reply_queues(event: CloudWatchEvent) -> dict[str, Any]:
+    """Delete reply queues idle for ``reply_queue_idle_s`` (chalicelib/stores/sweeper.py)."""
+    return services.reply_sweeper.sweep().as_dict()

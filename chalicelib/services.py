@@ -34,6 +34,7 @@ from chalicelib.stores.objects import ObjectStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener, ReplySender, process_queue_name
 from chalicelib.stores.requests import RequestStore
+from chalicelib.stores.sweeper import ReplyQueueSweeper
 from chalicelib.stores.websocket import ConnectionPoster
 
 if TYPE_CHECKING:
@@ -131,7 +132,12 @@ class Services:
     @cached_property
     def reply_listener(self) -> ReplyListener:
         name = process_queue_name(self.settings.reply_queue_name_prefix)
-        return ReplyListener(self.sqs, name)
+        return ReplyListener(self.sqs, name, touch_s=self.settings.reply_queue_touch_s)
+
+    @cached_property
+    def reply_sweeper(self) -> ReplyQueueSweeper:
+        s = self.settings
+        return ReplyQueueSweeper(self.sqs, s.reply_queue_name_prefix, idle_s=s.reply_queue_idle_s)
 
     @cached_property
     def reply_sender(self) -> ReplySender:

@@ -225,6 +225,8 @@ class Stack:
         for i in range(c.pollers):
             self._add(f"poller-{i}", ["chalicelib.poller.main"])
         self._add("batch", ["chalicelib.batch.main"])
+        # EventBridge's part: the app's @app.schedule functions (the reply-queue sweep).
+        self._add("scheduler", ["offline.scheduler"])
         api_args = ["--port", str(c.api_port), "--ws-port", str(c.ws_port)]
         proc = self._add("api", ["offline.api_server", *api_args])
         wait_until(lambda: answers(f"{c.api_url}/health"), "API", 60, proc)
@@ -337,7 +339,7 @@ class Stack:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         order = ["api", *sorted(n for n in self.supervisor.children if n.startswith("poller"))]
-        order += [n for n in self.supervisor.children if n == "batch"]
+        order += [n for n in self.supervisor.children if n in ("batch", "scheduler")]
         computes = sorted(n for n in self.supervisor.children if n.startswith("compute"))
         self.supervisor.stop([*order, *computes, "aws"], timeout_s)
         self.config.env_file.unlink(missing_ok=True)

@@ -98,7 +98,8 @@ def resources(
         return [f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{t}" for t in _tables(params)]
     if service == "sqs":
         name = params.get("QueueName") or str(params.get("QueueUrl", "")).rsplit("/", 1)[-1]
-        return [f"arn:aws:sqs:{region}:{ACCOUNT}:{name}"]
+        # ListQueues names no queue: IAM authorises it on "*" only.
+        return [f"arn:aws:sqs:{region}:{ACCOUNT}:{name}" if name else "*"]
     if service == "s3":
         bucket = params.get("Bucket", "")
         key = params.get("Key")
@@ -143,6 +144,9 @@ class CallRecorder:
             found = [
                 Call(service, model.name, r) for r in resources(service, region, params, request)
             ]
+            if (service, model.name) == ("sqs", "CreateQueue") and params.get("tags"):
+                # Tags on creation need sqs:TagQueue as well as sqs:CreateQueue.
+                found += [Call(service, "TagQueue", r) for r in resources(service, region, params)]
         with self._lock:
             self._calls += found
 

@@ -11,6 +11,12 @@ messages per queue; moto scans them all on each receive).
 
 A notice can still be lost (the process was frozen or restarted mid-poll), so waiters fall back
 to reading the record every ``fallback_s``: the record, not the notice, is the truth.
+
+A queue outlives the container that made it, so each one carries a ``first:last-used`` tag (epoch
+seconds): set when it is created, refreshed by the listener at most every ``touch_s`` while the
+process runs (one TagQueue an hour, off the request path). ``chalicelib.stores.sweeper`` deletes
+queues whose tag is older than a day. A listener whose queue was swept (a container frozen that
+long) creates it again under the same name, hence the same URL the poller sends to.
 """
 
 from __future__ import annotations
@@ -20,14 +26,26 @@ import json
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib.logs import get_logger
 from chalicelib.stores.deleter import BatchDeleter
 from chalicelib.stores.sends import GroupSender, SendFailedError
 
 REPLY_QUEUE_ATTRIBUTES = {"MessageRetentionPeriod": "60", "VisibilityTimeout": "43200"}
+# Epoch seconds of the queue's last known use (creation, or a live listener's touch).
+LAST_USED_TAG = "first:last-used"
+# What SQS answers for a deleted queue (JSON protocol, query protocol).
+QUEUE_MISSING_CODES = {"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"}
+_log = get_logger("first-replies")
+
+
+def queue_missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in QUEUE_MISSING_CODES
 
 
 def process_queue_name(prefix: str) -> str:
@@ -63,10 +81,21 @@ class _Slot:
 class ReplyListener:
     """The API's side: ``expect`` before sending the request, then ``wait``."""
 
-    def __init__(self, client: Any, queue_name: str, *, wait_s: int = 20) -> None:
+    def __init__(
+        self,
+        client: Any,
+        queue_name: str,
+        *,
+        wait_s: int = 20,
+        touch_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._sqs = client
         self._queue_name = queue_name
         self._wait_s = wait_s
+        self._touch_s = touch_s
+        self._clock = clock
+        self._touched_s = 0.0
         self._url: str | None = None
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
@@ -78,10 +107,7 @@ class ReplyListener:
         """The queue URL (created, and the listener started, on first use)."""
         with self._lock:
             if self._url is None:
-                out = self._sqs.create_queue(
-                    QueueName=self._queue_name, Attributes=REPLY_QUEUE_ATTRIBUTES
-                )
-                self._url = out["QueueUrl"]
+                self._url = self._create()
                 self._deleter = BatchDeleter(self._sqs, self._url, max_delay_s=5.0)
                 self._thread = threading.Thread(
                     target=self._listen, name="reply-listener", daemon=True
@@ -116,6 +142,37 @@ class ReplyListener:
             with contextlib.suppress(ClientError):
                 self._sqs.delete_queue(QueueUrl=self._url)
 
+    def _create(self) -> str:
+        self._touched_s = self._clock()
+        out = self._sqs.create_queue(
+            QueueName=self._queue_name,
+            Attributes=REPLY_QUEUE_ATTRIBUTES,
+            tags={LAST_USED_TAG: str(int(self._touched_s))},
+        )
+        return str(out["QueueUrl"])
+
+    def _touch_if_due(self) -> None:
+        """Refresh the last-used tag (at most every ``touch_s``) so the sweeper spares us."""
+        now = self._clock()
+        if now - self._touched_s < self._touch_s:
+            return
+        self._touched_s = now
+        try:
+            self._sqs.tag_queue(QueueUrl=self._url, Tags={LAST_USED_TAG: str(int(now))})
+        except ClientError as exc:
+            # Not fatal: the next touch is due in touch_s, well inside the sweeper's idle time.
+            _log.warning("reply queue touch failed", extra={"queue": self._url, "error": str(exc)})
+
+    def _recreate(self) -> None:
+        """Our queue was swept while this process slept: make it again (same name, same URL)."""
+        try:
+            self._create()
+            _log.info("reply queue recreated", extra={"queue": self._url})
+        except ClientError as exc:
+            # AWS refuses the name for 60 s after a delete: keep trying, slowly.
+            _log.warning("reply queue recreate failed", extra={"error": str(exc)})
+            self._closed.wait(5.0)
+
     def _listen(self) -> None:
         assert self._url is not None
         while not self._closed.is_set():
@@ -123,10 +180,19 @@ class ReplyListener:
                 out = self._sqs.receive_message(
                     QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=self._wait_s
                 )
+            except ClientError as exc:
+                if queue_missing(exc):
+                    self._recreate()
+                    continue
+                _log.warning("reply queue receive failed", extra={"error": str(exc)})
+                if self._closed.wait(1.0):
+                    return
+                continue
             except Exception:  # noqa: BLE001 - keep listening; waiters fall back to reads
                 if self._closed.wait(1.0):
                     return
                 continue
+            self._touch_if_due()
             for message in out.get("Messages", []):
                 self._deleter.add(message["ReceiptHandle"])
                 try:

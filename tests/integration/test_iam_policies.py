@@ -74,6 +74,7 @@ API_MUST_EXERCISE = {
     ("sqs:GetQueueUrl", ":first-prod-interactive"),
     ("sqs:SendMessage", ":first-prod-interactive"),
     ("sqs:CreateQueue", ":first-prod-reply-"),
+    ("sqs:TagQueue", ":first-prod-reply-"),
     ("sqs:ReceiveMessage", ":first-prod-reply-"),
     ("sqs:DeleteMessage", ":first-prod-reply-"),
     ("sqs:DeleteQueue", ":first-prod-reply-"),

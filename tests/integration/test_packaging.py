@@ -52,6 +52,7 @@ def test_chalice_package_emits_a_valid_sam_template(tmp_path: Path) -> None:
     assert "/v1/chat/completions" in definition["paths"]
     assert_gateway_responses_are_openai_errors(definition["x-amazon-apigateway-gateway-responses"])
     assert_websocket_api_streams(sam)
+    assert_reply_queues_are_swept_hourly(sam)
     lint = subprocess.run(
         [
             str(BIN / "cfn-lint"),
@@ -112,3 +113,16 @@ def assert_websocket_api_streams(sam: dict[str, Any]) -> None:
         assert variables["FIRST_WEBSOCKET_MANAGEMENT_URL"] == {"Fn::Sub": expected}, function
     # For the poller's environment, which is deployed outside this template.
     assert sam["Outputs"]["WebsocketManagementURL"]["Value"] == {"Fn::Sub": expected}
+
+
+def assert_reply_queues_are_swept_hourly(sam: dict[str, Any]) -> None:
+    """``@app.schedule`` becomes its own function on an EventBridge schedule, with its own role
+    holding only the sweeper's policy (``lambda_functions`` in ``.chalice/config.json``)."""
+    function = sam["Resources"]["SweepReplyQueues"]["Properties"]
+    assert function["Handler"] == "app.sweep_reply_queues"
+    (event,) = function["Events"].values()
+    assert event == {"Type": "Schedule", "Properties": {"Schedule": "rate(1 hour)"}}
+    role = function["Role"]["Fn::GetAtt"][0]
+    (policy,) = sam["Resources"][role]["Properties"]["Policies"]
+    expected = json.loads((REPO_ROOT / ".chalice" / "policy-prod-sweeper.json").read_text())
+    assert policy["PolicyDocument"] == expected
