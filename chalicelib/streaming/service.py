@@ -33,7 +33,7 @@ from chalicelib.errors import (
 )
 from chalicelib.gateway import Gateway, new_request_id
 from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, parse_body
-from chalicelib.protocol.common import GatewayRequest
+from chalicelib.protocol.common import GatewayRequest, load_json
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore, dumps
@@ -62,6 +62,13 @@ def connect_token(event: Mapping[str, Any]) -> str:
     if token:
         return str(token)
     return bearer_token(headers)  # raises: no credentials at all
+
+
+def _client_ref(frame: dict[str, Any]) -> str | None:
+    """The client's reference for its request, echoed in every frame: a short string or none
+    (an unusable one is refused, and the refusal carries no id)."""
+    ref = frame.get("id")
+    return ref if isinstance(ref, str) and len(ref) <= MAX_CLIENT_REF_CHARS else None
 
 
 class StreamService:
@@ -113,10 +120,11 @@ class StreamService:
 
     def message(self, connection_id: str, text: str) -> str | None:
         """Admit and enqueue one request; the request id, or None after an error frame."""
-        ref: Any = None
+        ref: str | None = None
         try:
             frame = self._frame(text)
-            ref = frame.get("id")
+            ref = _client_ref(frame)
+            self._check_fields(frame)
             principal = self._connections.principal(connection_id)
             if principal is None:
                 raise AuthenticationError("This connection is not authenticated; reconnect.")
@@ -126,28 +134,37 @@ class StreamService:
         except FirstError as exc:
             self._refuse(connection_id, ref, exc)
             return None
+        except Exception:  # noqa: BLE001 - logged; the client gets a 500 frame, not silence
+            self._log.exception("stream message failed", extra={"connection_id": connection_id})
+            self._refuse(
+                connection_id, ref, FirstError("The server had an error processing your message.")
+            )
+            self.counts["failed_messages"] += 1
+            return None
         self._log.info(
             "stream request queued",
             extra={"request_id": request_id, "user": principal.id, "model": req.model},
         )
         return request_id
 
-    def _frame(self, text: str) -> dict[str, Any]:
+    def _frame(self, text: str | None) -> dict[str, Any]:
+        # The REST body's parser: nesting that would make json.loads recurse past Python's
+        # limit (a RecursionError, not a ValueError), NaN, lone surrogates are all a 400.
         try:
-            frame = json.loads(text)
-        except ValueError as exc:
-            raise BadRequestError("The message is not valid JSON.") from exc
+            frame = load_json((text or "").encode("utf-8", "surrogatepass"))
+        except BadRequestError as exc:
+            raise BadRequestError(exc.message.replace("request body", "message")) from exc
         if not isinstance(frame, dict):
             raise BadRequestError('The message must be {"action", "id", "body"}.')
-        ref = frame.get("id")
-        if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_CLIENT_REF_CHARS):
-            frame["id"] = None
+        return frame
+
+    def _check_fields(self, frame: dict[str, Any]) -> None:
+        if frame.get("id") is not None and _client_ref(frame) is None:
             raise BadRequestError(
                 f"id must be a string of at most {MAX_CLIENT_REF_CHARS} characters.", param="id"
             )
         if not isinstance(frame.get("body"), dict):
             raise BadRequestError("body must be a JSON object (an OpenAI request).", param="body")
-        return frame
 
     def _action(self, frame: dict[str, Any]) -> tuple[str, type[GatewayRequest]]:
         action = frame.get("action")
@@ -226,7 +243,7 @@ class StreamService:
             ) from exc
         return request_id
 
-    def _refuse(self, connection_id: str, ref: Any, exc: FirstError) -> None:
+    def _refuse(self, connection_id: str, ref: str | None, exc: FirstError) -> None:
         self.counts[f"refused_{exc.STATUS_CODE}"] += 1
         try:
             self._poster.post(connection_id, frames.error(ref, exc.request_id, exc))
