@@ -104,10 +104,6 @@ class Settings(BaseSettings):
     # queue's last-used tag this often; the hourly sweep deletes queues unused for this long.
     reply_queue_touch_s: float = 3600.0
     reply_queue_idle_s: float = 24 * 3600.0
-    # Reply queues (chalicelib/stores/replies.py, sweeper.py): a live listener refreshes its
-    # queue's last-used tag this often; the hourly sweep deletes queues unused for this long.
-    reply_queue_touch_s: float = 3600.0
-    reply_queue_idle_s: float = 24 * 3600.0
 
     # Batch (docs/operations.md "Batch"): lines per shard (one HPC task each); shards of all
     # batches one batch worker runs at once (batch's share of endpoint capacity, so a running
