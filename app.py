@@ -29,6 +29,7 @@ from chalicelib.protocol import (
 )
 from chalicelib.protocol.common import GatewayRequest, SamplingFields
 from chalicelib.services import Services
+from chalicelib.usage_view import usage as usage_summary
 
 app = ThreadSafeChalice(app_name="first")
 # The WebSocket routes below (streaming, issue 8) are behind Chalice's feature flag.
@@ -45,7 +46,8 @@ def _request() -> Request:
     return request
 
 
-route = openai_route(logger, _request)
+# Metrics per route call; a model dimension only for the registry's models.
+route = openai_route(logger, _request, services.api_metrics, lambda: services.registry.model_ids())
 app.register_middleware(openai_errors, "http")
 # Bodies are parsed as JSON whatever they are labelled (`curl -d` sends form encoding), so a
 # mislabelled body gets an OpenAI 400 rather than Chalice's own 415.
@@ -155,6 +157,14 @@ def embeddings(log: dict[str, Any]) -> Response:
 def get_request(log: dict[str, Any], request_id: str) -> Response:
     log["request_id"] = request_id
     return json_response(services.gateway.fetch(_principal(log), request_id))
+
+
+@app.route("/v1/usage", methods=["GET"])
+@route
+def get_usage(log: dict[str, Any]) -> Response:
+    principal = _principal(log)
+    groups = services.settings.operator_groups
+    return json_response(usage_summary(services.usage, principal, _query(), groups))
 
 
 # -- streaming: API Gateway's WebSocket API and the stream relay (chalicelib/streaming) --------

@@ -7,12 +7,13 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from chalice.app import Chalice, Request, Response
 
+from chalicelib import metrics
 from chalicelib.errors import FirstError, PayloadTooLargeError
 
 JSON = {"Content-Type": "application/json"}
@@ -61,8 +62,15 @@ def preferred_wait_s(headers: Any) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def openai_route(logger: Logger, get_request: Callable[[], Request]) -> Callable[..., Any]:
-    """Wrap a view: every error becomes an OpenAI error; one structured log line per call.
+def openai_route(
+    logger: Logger,
+    get_request: Callable[[], Request],
+    recorder: metrics.MetricsRecorder | None = None,
+    known_models: Callable[[], Collection[str]] | None = None,
+) -> Callable[..., Any]:
+    """Wrap a view: every error becomes an OpenAI error; one structured log line per call, and
+    with ``recorder`` its metrics (``ApiRequests``, ``ApiLatency``, ``ApiErrors``), flushed at
+    once: a Lambda may be frozen as soon as it has answered.
 
     A view may set ``log`` keys (user, model, request_id, tokens) in the dict it is passed.
     """
@@ -88,21 +96,53 @@ def openai_route(logger: Logger, get_request: Callable[[], Request]) -> Callable
                     FirstError("The server had an error processing your request.")
                 )
             request = get_request()
+            latency_ms = round((time.perf_counter() - start) * 1000, 2)
             logger.info(
                 "request",
                 extra={
                     "method": request.method,
                     "path": request.context.get("resourcePath"),
                     "status": response.status_code,
-                    "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+                    "latency_ms": latency_ms,
                     **{k: v for k, v in log.items() if v is not None},
                 },
             )
+            if recorder is not None:
+                path = str(request.context.get("resourcePath") or view.__name__)
+                _record(recorder, known_models, logger, path, response.status_code, latency_ms, log)
             return response
 
         return wrapper
 
     return decorate
+
+
+def _record(
+    recorder: metrics.MetricsRecorder,
+    known_models: Callable[[], Collection[str]] | None,
+    logger: Logger,
+    route: str,
+    status: int,
+    latency_ms: float,
+    log: dict[str, Any],
+) -> None:
+    try:
+        # A dimension only for a model the registry names: anything else is the caller's text
+        # (and a new CloudWatch metric per name).
+        model = log.get("model")
+        if model is not None and (known_models is None or model not in known_models()):
+            model = None
+        metrics.api_request(
+            recorder,
+            route=route,
+            status=status,
+            latency_ms=latency_ms,
+            model=model,
+            code=log.get("error_code"),
+        )
+        recorder.flush()
+    except Exception:  # noqa: BLE001 - the response is made; metrics never fail it
+        logger.exception("api metrics failed")
 
 
 # What Chalice answers itself, before any view runs, in its own shape ({"Code", "Message"}): a

@@ -120,6 +120,24 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/requests/{request_id}", "GET"): Operation(
         "Your own request: its status and, when done, its result", "completions"
     ),
+    ("/v1/usage", "GET"): Operation(
+        "Your usage: requests, tokens and errors over a range (operators: anyone's)",
+        "usage",
+        query=(
+            Query(
+                "start", {"type": "integer", "minimum": 0}, "Unix seconds (default: end - 24 h)."
+            ),
+            Query(
+                "end", {"type": "integer", "minimum": 0}, "Unix seconds, exclusive (default: now)."
+            ),
+            Query(
+                "group_by",
+                {"type": "string", "enum": ["model", "day", "user"]},
+                "user: operators only.",
+            ),
+            Query("user", {"type": "string"}, "Operators only: this user's usage."),
+        ),
+    ),
     ("/relay/push", "POST"): Operation(
         "An HPC function's streamed chunks (capability token, not an API key)",
         "streaming",

@@ -20,6 +20,7 @@ from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.fleet import Fleet
 from chalicelib.gateway import Gateway
 from chalicelib.limits import LimitsConfig
+from chalicelib.metrics import MetricsRecorder, usage_write_failed
 from chalicelib.registry import Registry
 from chalicelib.router import CircuitPolicy
 from chalicelib.settings import Settings
@@ -35,6 +36,7 @@ from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener, ReplySender, process_queue_name
 from chalicelib.stores.requests import RequestStore
 from chalicelib.stores.sweeper import ReplyQueueSweeper
+from chalicelib.stores.usage import UsageStore, UsageWriter
 from chalicelib.stores.websocket import ConnectionPoster
 
 if TYPE_CHECKING:
@@ -111,6 +113,24 @@ class Services:
             self.settings.requests_table_name,
             ttl_s=self.settings.request_ttl_s,
         )
+
+    @cached_property
+    def usage(self) -> UsageStore:
+        return UsageStore(
+            self.dynamodb_client, self.settings.usage_table_name, ttl_s=self.settings.usage_ttl_s
+        )
+
+    def usage_writer(self, recorder: MetricsRecorder) -> UsageWriter:
+        """A background writer of usage records; records it could not write are counted on
+        ``recorder`` (``UsageWriteErrors``)."""
+        return UsageWriter(self.usage, on_failure=lambda n: usage_write_failed(recorder, n))
+
+    def metrics(self, service: str) -> MetricsRecorder:
+        return MetricsRecorder(service, namespace=self.settings.metrics_namespace)
+
+    @cached_property
+    def api_metrics(self) -> MetricsRecorder:
+        return self.metrics("first-api")
 
     @cached_property
     def endpoint_store(self) -> EndpointStore:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
+from chalicelib import metrics
 from chalicelib.compute.executors import ExecutorPool, default_factory
 from chalicelib.logs import get_logger
+from chalicelib.poller.accounting import Accounting, handled_errors_gauge
 from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.worker import Poller, PollerStopped
 from chalicelib.services import Services
@@ -16,6 +18,8 @@ def build(services: Services) -> Poller:
     s = services.settings
     logger = get_logger("first-poller")
     policy = services.circuit_policy
+    recorder = services.metrics("first-poller")
+    accounting = Accounting(recorder, logger, services.usage_writer(recorder))
     return Poller(
         settings=s,
         registry=services.registry,
@@ -30,11 +34,33 @@ def build(services: Services) -> Poller:
         policy=policy,
         limits=services.limit_store,
         streams=services.stream_notifier(),
+        accounting=accounting,
     )
 
 
+def start_accounting(poller: Poller, services: Services) -> Accounting:
+    """Flush metrics every ``metrics_flush_interval_s``, sampling the poller's gauges first."""
+    accounting = poller.accounting
+    assert accounting is not None  # build() gives every poller one
+    queue = services.interactive_queue
+
+    def gauges(m: metrics.MetricsRecorder) -> None:
+        metrics.poller_gauges(
+            m, inflight=poller.inflight, waiting=poller.waiting_for_slots, queue_depth=queue.depth()
+        )
+
+    accounting.start(
+        services.settings.metrics_flush_interval_s,
+        gauges,
+        handled_errors_gauge(poller.counts, accounting.counts),
+    )
+    return accounting
+
+
 def main() -> None:
-    poller = build(Services())
+    services = Services()
+    poller = build(services)
+    accounting = start_accounting(poller, services)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # Finish what is in flight; a message not yet claimed simply reappears for a peer.
@@ -46,6 +72,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     poller.run()
+    # Usage records still queued are written, and the last metrics flushed, before exit.
+    accounting.close()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from chalicelib.compute.executors import (
     TaskTimeoutError,
 )
 from chalicelib.poller import planning
+from chalicelib.poller.accounting import Accounting
 from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.fairness import FairGate
 from chalicelib.poller.leases import Leases
@@ -74,6 +75,7 @@ class Poller:
         limits: LimitStore | None = None,
         streams: StreamNotifier | None = None,
         policy: CircuitPolicy | None = None,
+        accounting: Accounting | None = None,
     ) -> None:
         self._s = settings
         self._registry = registry
@@ -92,6 +94,8 @@ class Poller:
         self._gate = FairGate()
         # Streaming requests: the capability for the task, the final frame (chalicelib/streaming).
         self._streams = streams
+        # Metrics and usage records of finished requests (main.py starts and closes it).
+        self.accounting = accounting
         self._active = 0
         self._workers = ThreadPoolExecutor(settings.poller_max_inflight, "poller")
         self._lock = threading.Lock()
@@ -135,6 +139,11 @@ class Poller:
         self._leases.close()
         self._deleter.close()
         self._executors.shutdown()
+
+    @property
+    def inflight(self) -> int:
+        """Requests this poller holds (running, or waiting for a slot)."""
+        return self._active
 
     @property
     def waiting_for_slots(self) -> int:
@@ -472,3 +481,5 @@ class Poller:
                 "store_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
+        if self.accounting is not None:
+            self.accounting.finished(record, status, fields)

@@ -1,0 +1,238 @@
+"""CloudWatch metrics in Embedded Metric Format (EMF), serialised by aws-lambda-powertools.
+
+Each process has one ``MetricsRecorder``. Observations are grouped by their dimensions, one
+powertools ``EphemeralMetrics`` per dimension set (``Metrics`` shares one metric and dimension set
+per process, which cannot hold per-model dimensions across threads), and each set is written as
+one EMF JSON document on ``flush``: to stdout by default (Lambda and the poller's container ship
+it to CloudWatch Logs, which extracts the metrics), to any ``sink`` given (tests capture them).
+
+When to flush: the API after every request (a Lambda may freeze right after it answers); the
+poller and the batch worker every ``Settings.metrics_flush_interval_s`` from a background thread
+(``start``), which also samples their gauges first, and on ``close``.
+
+Dimensions are names the gateway chose (route templates, registry model ids, endpoint names,
+status and error codes), never a user id or anything a caller typed: EMF allows 30 dimensions a
+set and CloudWatch bills every distinct combination. The catalogue, with units, is the functions
+below and docs/operations.md "Metrics".
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+from chalicelib.logs import get_logger
+
+Sink = Callable[[str], None]
+# powertools writes a set itself (print) when one metric reaches 100 values or a set reaches 100
+# metrics; the recorder writes it through its sink one value before that.
+MAX_VALUES = 100
+MS = MetricUnit.Milliseconds
+COUNT = MetricUnit.Count
+
+
+def stdout_sink(line: str) -> None:
+    print(line, flush=True)
+
+
+class MetricsRecorder:
+    def __init__(
+        self,
+        service: str,
+        *,
+        namespace: str = "FIRST",
+        sink: Sink = stdout_sink,
+        logger: Logger | None = None,
+    ) -> None:
+        self.service = service
+        self.namespace = namespace
+        self._sink = sink
+        self._log = logger or get_logger(service)
+        self._sets: dict[tuple[tuple[str, str], ...], EphemeralMetrics] = {}
+        self._lock = threading.Lock()
+        self._gauges: list[Callable[[MetricsRecorder], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, name: str, unit: MetricUnit, value: float, **dimensions: str | None) -> None:
+        """One observation; dimensions without a value are left out of its set."""
+        dims = tuple(sorted((k, v) for k, v in dimensions.items() if v))
+        full: EphemeralMetrics | None = None
+        with self._lock:
+            metrics = self._sets.get(dims)
+            if metrics is None:
+                metrics = self._sets[dims] = self._new(dims)
+            current = metrics.metric_set.get(name)
+            if (current is not None and len(current["Value"]) >= MAX_VALUES - 1) or (
+                current is None and len(metrics.metric_set) >= MAX_VALUES - 1
+            ):
+                full, metrics = metrics, self._new(dims)
+                self._sets[dims] = metrics
+            metrics.add_metric(name=name, unit=unit, value=value)
+        if full is not None:
+            self._write(full)
+
+    def _new(self, dims: tuple[tuple[str, str], ...]) -> EphemeralMetrics:
+        metrics = EphemeralMetrics(namespace=self.namespace, service=self.service)
+        for k, v in dims:
+            # One dimension set per document (``add_dimensions`` would start a second one).
+            metrics.add_dimension(name=k, value=v)
+        return metrics
+
+    def flush(self) -> int:
+        """Write every set holding observations; the number of EMF documents written."""
+        with self._lock:
+            sets, self._sets = list(self._sets.values()), {}
+        written = 0
+        for metrics in sets:
+            if metrics.metric_set:
+                self._write(metrics)
+                written += 1
+        return written
+
+    def gauge(self, sample: Callable[[MetricsRecorder], None]) -> None:
+        """``sample(recorder)`` records point-in-time values before each periodic flush."""
+        self._gauges.append(sample)
+
+    def start(self, interval_s: float) -> None:
+        """Flush every ``interval_s`` from a background thread (long-running processes)."""
+        self._thread = threading.Thread(
+            target=self._run, args=(interval_s,), name="metrics", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._sample()
+        self.flush()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self._sample()
+            self.flush()
+
+    def _sample(self) -> None:
+        for sample in self._gauges:
+            try:
+                sample(self)
+            except Exception:  # noqa: BLE001 - a gauge that cannot be read is skipped this time
+                self._log.exception("metrics gauge failed")
+
+    def _write(self, metrics: EphemeralMetrics) -> None:
+        try:
+            document = metrics.serialize_metric_set()
+            self._sink(json.dumps(document, separators=(",", ":")))
+        except Exception:  # noqa: BLE001 - metrics never fail the work they describe
+            self._log.exception("metrics not written", extra={"metrics": list(metrics.metric_set)})
+
+
+# ----- the catalogue: every metric the gateway writes (docs/operations.md "Metrics") -----------
+
+
+def api_request(
+    m: MetricsRecorder,
+    *,
+    route: str,
+    status: int,
+    latency_ms: float,
+    model: str | None = None,
+    code: str | None = None,
+) -> None:
+    """One call to an API route (``model``: a registry model id, or None)."""
+    m.add("ApiRequests", COUNT, 1, route=route, status=str(status))
+    m.add("ApiLatency", MS, latency_ms, route=route, model=model)
+    if status >= 400:
+        m.add("ApiErrors", COUNT, 1, route=route, status=str(status), code=code or "none")
+
+
+def stream_admitted(m: MetricsRecorder, *, model: str) -> None:
+    m.add("StreamRequests", COUNT, 1, model=model)
+
+
+def request_finished(
+    m: MetricsRecorder,
+    *,
+    model: str,
+    deployment: str | None,
+    mode: str,
+    status: str,
+    status_code: int,
+    code: str | None,
+    queue_ms: float | None,
+    latency_ms: float | None,
+    engine_ms: float | None,
+    ttft_ms: float | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    """A request the poller made terminal (interactive or streamed)."""
+    where = {"model": model, "deployment": deployment or "none"}
+    m.add("RequestsFinished", COUNT, 1, **where, mode=mode, status=status)
+    if queue_ms is not None:
+        m.add("QueueWait", MS, queue_ms, model=model)
+    if latency_ms is not None:
+        m.add("RequestLatency", MS, latency_ms, **where)
+    if engine_ms is not None and status == "completed":
+        m.add("EngineTime", MS, engine_ms, **where)
+    if ttft_ms is not None:
+        m.add("TimeToFirstToken", MS, ttft_ms, **where)
+    m.add("PromptTokens", COUNT, prompt_tokens, **where)
+    m.add("CompletionTokens", COUNT, completion_tokens, **where)
+    if status != "completed":
+        m.add("RequestErrors", COUNT, 1, **where, status=str(status_code), code=code or "none")
+
+
+def poller_gauges(
+    m: MetricsRecorder, *, inflight: int, waiting: int, queue_depth: int | None
+) -> None:
+    m.add("PollerInFlight", COUNT, inflight)
+    m.add("PollerWaitingForSlots", COUNT, waiting)
+    if queue_depth is not None:
+        m.add("QueueDepth", COUNT, queue_depth, queue="interactive")
+
+
+def handled_errors(m: MetricsRecorder, counts: dict[str, int]) -> None:
+    """Failures a process handled (retried, logged) since the last flush, by kind."""
+    for kind, n in counts.items():
+        if n:
+            m.add("HandledErrors", COUNT, n, kind=kind)
+
+
+def usage_write_failed(m: MetricsRecorder, records: int) -> None:
+    m.add("UsageWriteErrors", COUNT, records)
+
+
+def batch_shard(
+    m: MetricsRecorder,
+    *,
+    model: str,
+    deployment: str | None,
+    completed: int,
+    failed: int,
+    duration_ms: float,
+) -> None:
+    where = {"model": model, "deployment": deployment or "none"}
+    m.add("BatchLinesCompleted", COUNT, completed, **where)
+    m.add("BatchLinesFailed", COUNT, failed, **where)
+    m.add("BatchShardTime", MS, duration_ms, **where)
+
+
+def batch_finished(m: MetricsRecorder, *, status: str) -> None:
+    m.add("BatchesFinished", COUNT, 1, status=status)
+
+
+def batch_gauges(m: MetricsRecorder, *, shards_inflight: int, batches: int) -> None:
+    m.add("BatchShardsInFlight", COUNT, shards_inflight)
+    m.add("BatchesInProgress", COUNT, batches)
+
+
+def documents(lines: list[str]) -> list[dict[str, Any]]:
+    """EMF documents captured by a list sink, parsed (tests, tools)."""
+    return [json.loads(line) for line in lines]
