@@ -249,7 +249,8 @@ class Services:
             queue=self.interactive_queue,
             blobs=self.blobs,
             logger=get_logger("first-streams"),
-            limit_store=self.limit_store if self.limits is not None else None,
+            # Always: stream_max_per_user counts in the limits table, rate limits or not.
+            limit_store=self.limit_store,
         )
 
     def stream_notifier(self) -> StreamNotifier | None:

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     # The HPC function's sender pushes what it has every this many ms, or at this many tokens.
     stream_flush_ms: float = 50.0
     stream_flush_tokens: int = 16
+    # Streamed requests one user may have in flight at once, over all their connections (429
+    # beyond; 0: no limit). Each holds a GPU slot for as long as the client keeps reading.
+    stream_max_per_user: int = 16
 
     # Usage and metrics (docs/operations.md "Metrics", "Usage"). A usage record per finished
     # request is kept this long (TTL); long-running processes (poller, batch worker) flush their

@@ -16,12 +16,14 @@ connection meets ``GoneException`` and tells the HPC function to stop.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from chalicelib import limits
 from chalicelib.auth import Principal, bearer_token
 from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.ceilings import check_max_tokens
@@ -186,13 +188,33 @@ class StreamService:
             raise UpstreamUnavailableError("Streaming is not configured on this gateway.")
         self._gateway.authorize(principal, req.model, function)
         check_max_tokens(self._registry.model(req.model), req)
-        admission = self._gateway.admit(principal, req)
+        stream_hold = self._stream_slot(principal)
         try:
-            return self._enqueue(principal, connection_id, ref, function, req, admission.hold)
+            admission = self._gateway.admit(principal, req)
         except Exception:
-            if admission.hold is not None and self._limit_store is not None:
-                self._limit_store.release(admission.hold, 0)
+            self._release(stream_hold)
             raise
+        hold = {**(admission.hold or {}), **(stream_hold or {})} or None
+        try:
+            return self._enqueue(principal, connection_id, ref, function, req, hold)
+        except Exception:
+            self._release(hold)
+            raise
+
+    def _stream_slot(self, principal: Principal) -> dict[str, Any] | None:
+        """Take one of the user's ``stream_max_per_user`` slots (429 when none is free); the
+        poller gives it back when the request finishes, with its rate-limit hold."""
+        limit = self._s.stream_max_per_user
+        if not limit or self._limit_store is None:
+            return None
+        plan = limits.stream_slot(principal.id, limit, time.time(), self._s.limits_inflight_ttl_s)
+        if self._limit_store.admit(plan).refused is not None:
+            raise limits.streams_refused(limit)
+        return {"streams": plan.updates[0].key}
+
+    def _release(self, hold: dict[str, Any] | None) -> None:
+        if hold is not None and self._limit_store is not None:
+            self._limit_store.release(hold, 0)
 
     def _enqueue(
         self,
