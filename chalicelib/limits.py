@@ -239,3 +239,23 @@ def corrections(hold: dict[str, Any], used: int) -> dict[str, dict[str, int]]:
         for key, attr in hold.get("tokens") or []:
             out.setdefault(key, {})[attr] = delta
     return out
+
+
+def stream_slot(principal_id: str, limit: int, now: float, ttl_s: int) -> Plan:
+    """One of the user's concurrent streams (``Settings.stream_max_per_user``): a lease counter
+    like ``max_concurrent``'s, released by whoever finishes the request (``hold()["streams"]``)."""
+    update = ItemUpdate(
+        f"user#{principal_id}#streams",
+        (Counter("concurrent", "inflight", 1, limit),),
+        int(now) + ttl_s,
+        lease=True,
+    )
+    return Plan((update,), 0, now)
+
+
+def streams_refused(limit: int) -> RateLimitError:
+    return RateLimitError(
+        f"Too many concurrent streams: this user already has {limit} in flight (the limit). "
+        "Please try again when one finishes.",
+        headers={"Retry-After": "1"},
+    )

@@ -54,13 +54,16 @@ class LimitStore:
         return Outcome(counts, refused)
 
     def release(self, hold: dict[str, Any], used_tokens: int) -> None:
-        """A request finished: correct its token estimate, give its concurrency slot back."""
+        """A request finished: correct its token estimate, give its concurrency slot (and its
+        stream slot, for a streamed request) back."""
         for key, deltas in corrections(hold, used_tokens).items():
             self._add(key, deltas)
-        if hold.get("inflight"):
+        for lease in (hold.get("inflight"), hold.get("streams")):
+            if not lease:
+                continue
             try:
                 self._table.update_item(
-                    Key={"pk": hold["inflight"]},
+                    Key={"pk": lease},
                     UpdateExpression="ADD inflight :minus",
                     ConditionExpression="inflight > :zero",
                     ExpressionAttributeValues={":minus": -1, ":zero": 0},
