@@ -53,29 +53,43 @@ class MetricsRecorder:
         self.namespace = namespace
         self._sink = sink
         self._log = logger or get_logger(service)
-        self._sets: dict[tuple[tuple[str, str], ...], EphemeralMetrics] = {}
+        # dimensions → metric name → (unit, values), until the next flush
+        self._pending: dict[tuple[tuple[str, str], ...], dict[str, tuple[MetricUnit, list[float]]]]
+        self._pending = {}
         self._lock = threading.Lock()
         self._gauges: list[Callable[[MetricsRecorder], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def add(self, name: str, unit: MetricUnit, value: float, **dimensions: str | None) -> None:
-        """One observation; dimensions without a value are left out of its set."""
+        """One observation; dimensions without a value are left out of its set. Only buffered
+        here (a dict append on the caller's path); powertools builds the documents on flush."""
         dims = tuple(sorted((k, v) for k, v in dimensions.items() if v))
-        full: EphemeralMetrics | None = None
         with self._lock:
-            metrics = self._sets.get(dims)
-            if metrics is None:
-                metrics = self._sets[dims] = self._new(dims)
-            current = metrics.metric_set.get(name)
-            if (current is not None and len(current["Value"]) >= MAX_VALUES - 1) or (
-                current is None and len(metrics.metric_set) >= MAX_VALUES - 1
-            ):
-                full, metrics = metrics, self._new(dims)
-                self._sets[dims] = metrics
-            metrics.add_metric(name=name, unit=unit, value=value)
-        if full is not None:
-            self._write(full)
+            metric = self._pending.setdefault(dims, {}).setdefault(name, (unit, []))
+            metric[1].append(float(value))
+
+    def flush(self) -> int:
+        """Write every set holding observations; the number of EMF documents written."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        written = 0
+        for dims, named in pending.items():
+            # powertools prints a set itself at 100 values of a metric or 100 metrics; the
+            # recorder writes at most 99 of each per document, through its sink.
+            names = list(named)
+            for i in range(0, len(names), MAX_VALUES - 1):
+                chunk = {n: named[n] for n in names[i : i + MAX_VALUES - 1]}
+                longest = max(len(values) for _, values in chunk.values())
+                for j in range(0, longest, MAX_VALUES - 1):
+                    metrics = self._new(dims)
+                    for n, (unit, values) in chunk.items():
+                        for value in values[j : j + MAX_VALUES - 1]:
+                            metrics.add_metric(name=n, unit=unit, value=value)
+                    if metrics.metric_set:
+                        self._write(metrics)
+                        written += 1
+        return written
 
     def _new(self, dims: tuple[tuple[str, str], ...]) -> EphemeralMetrics:
         metrics = EphemeralMetrics(namespace=self.namespace, service=self.service)
@@ -83,17 +97,6 @@ class MetricsRecorder:
             # One dimension set per document (``add_dimensions`` would start a second one).
             metrics.add_dimension(name=k, value=v)
         return metrics
-
-    def flush(self) -> int:
-        """Write every set holding observations; the number of EMF documents written."""
-        with self._lock:
-            sets, self._sets = list(self._sets.values()), {}
-        written = 0
-        for metrics in sets:
-            if metrics.metric_set:
-                self._write(metrics)
-                written += 1
-        return written
 
     def gauge(self, sample: Callable[[MetricsRecorder], None]) -> None:
         """``sample(recorder)`` records point-in-time values before each periodic flush."""
@@ -216,12 +219,18 @@ def batch_shard(
     deployment: str | None,
     completed: int,
     failed: int,
-    duration_ms: float,
+    engine_ms: float | None,
+    prompt_tokens: int,
+    completion_tokens: int,
 ) -> None:
+    """A batch shard counted on its batch (service ``first-batch``)."""
     where = {"model": model, "deployment": deployment or "none"}
     m.add("BatchLinesCompleted", COUNT, completed, **where)
     m.add("BatchLinesFailed", COUNT, failed, **where)
-    m.add("BatchShardTime", MS, duration_ms, **where)
+    if engine_ms is not None:
+        m.add("BatchShardEngineTime", MS, engine_ms, **where)
+    m.add("PromptTokens", COUNT, prompt_tokens, **where)
+    m.add("CompletionTokens", COUNT, completion_tokens, **where)
 
 
 def batch_finished(m: MetricsRecorder, *, status: str) -> None:

@@ -8,7 +8,8 @@ Task::
      "batch_id": str, "shard": int, "input_url": GET url, "output_url": PUT url,
      "error_url": PUT url, "max_rows": int}
 
-Result: ``{"completed": n, "failed": n, "lines": n, "engine_time_ms": float}``. Output lines are
+Result: ``{"completed": n, "failed": n, "lines": n, "engine_time_ms": float, "prompt_tokens": n,
+"completion_tokens": n}`` (token sums over the completed lines, for the usage record). Output lines are
 OpenAI's batch output format; a line the engine refuses goes to the error object with its
 status code and OpenAI error body.
 """
@@ -45,6 +46,7 @@ def run_shard(task: dict[str, Any]) -> dict[str, Any]:
     engine_time_ms = (time.perf_counter() - started) * 1000.0
     output: list[str] = []
     errors: list[str] = []
+    tokens = {"prompt_tokens": 0, "completion_tokens": 0}
     for line, outcome in zip(lines, outcomes, strict=True):
         request_id = f"req_{uuid.uuid4().hex}"
         if isinstance(outcome, EngineError):
@@ -57,6 +59,9 @@ def run_shard(task: dict[str, Any]) -> dict[str, Any]:
             target = errors
         else:
             response = {"status_code": 200, "request_id": request_id, "body": outcome}
+            usage = outcome.get("usage") if isinstance(outcome, dict) else None
+            for key in tokens:
+                tokens[key] += int((usage or {}).get(key) or 0)
             target = output
         record = {
             "id": f"batch_req_{uuid.uuid4().hex}",
@@ -73,4 +78,5 @@ def run_shard(task: dict[str, Any]) -> dict[str, Any]:
         "failed": len(errors),
         "lines": len(lines),
         "engine_time_ms": engine_time_ms,
+        **tokens,
     }

@@ -30,13 +30,14 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aws_lambda_powertools import Logger
 
 from chalicelib import router
 from chalicelib.access import may_use
 from chalicelib.auth import Principal
+from chalicelib.batch.accounting import BatchAccounting
 from chalicelib.batch.api import dumps_line, principal_from
 from chalicelib.batch.drop import DropObject, drop_objects
 from chalicelib.ceilings import check_max_tokens
@@ -55,6 +56,15 @@ from chalicelib.stores.queue import RequestQueue
 SHARD_FUNCTION = "batch_shard"
 # Batches one worker drives at once (their shards share ``batch_max_inflight_shards``).
 MAX_BATCHES = 4
+
+
+class ShardRun(NamedTuple):
+    """A shard's line counts, and where it ran with what result (None: its lines failed)."""
+
+    completed: int
+    failed: int
+    endpoint: str | None = None
+    result: dict[str, Any] | None = None
 
 
 class WorkerStopped(Exception):
@@ -84,6 +94,7 @@ class BatchWorker:
         logger: Logger,
         endpoints: EndpointStore | None = None,
         policy: router.CircuitPolicy | None = None,
+        accounting: BatchAccounting | None = None,
     ) -> None:
         self._s = settings
         self._registry = registry
@@ -108,6 +119,8 @@ class BatchWorker:
         self.receiving = False
         # Failures that were handled (retried, logged): what an operator counts.
         self.counts: Counter[str] = Counter()
+        # Metrics and usage records of counted shards (main.py starts and closes it).
+        self.accounting = accounting
 
     # ----- the loop ------------------------------------------------------------------------
 
@@ -220,6 +233,8 @@ class BatchWorker:
             "batch finished",
             extra={**log, "status": record["status"], "total": record.get("total")},
         )
+        if self.accounting is not None:
+            self.accounting.batch_finished(record["status"])
 
     def _may_use(self, principal: Principal, endpoint: str, model: str) -> bool:
         function = ENDPOINTS[endpoint][0]
@@ -319,16 +334,27 @@ class BatchWorker:
         if time.time() > float(record["expires_at"]):
             stop.set()
             return
-        completed, failed = self._run_task(record, n)
-        item = self._batches.record_shard(owner, batch_id, n, completed, failed)
+        run = self._run_task(record, n)
+        item = self._batches.record_shard(owner, batch_id, n, run.completed, run.failed)
         if item is None:
             self.counts["shards_counted_before"] += 1
             return
+        if self.accounting is not None:
+            self.accounting.shard(record, n, run.completed, run.failed, run.endpoint, run.result)
         if item["status"] != "in_progress":
             stop.set()  # cancelling: no new shards
         self._publish(item)
 
-    def _run_task(self, record: dict[str, Any], n: int) -> tuple[int, int]:
+    @property
+    def shards_running(self) -> int:
+        with self._lock:
+            return sum(self._inflight.values())
+
+    @property
+    def batches_running(self) -> int:
+        return self._active
+
+    def _run_task(self, record: dict[str, Any], n: int) -> ShardRun:
         """Run shard ``n`` (bounded tries): its (completed, failed) line counts."""
         batch_id = record["batch_id"]
         ttl = self._s.presigned_url_ttl_s
@@ -350,7 +376,9 @@ class BatchWorker:
                 if self.stopping.wait(self._policy.cooldown_s / 3):
                     raise Interrupted(batch_id)
                 if time.time() > float(record["expires_at"]):
-                    return 0, self._fail_shard(batch_id, n, "no endpoint was usable in time")
+                    return ShardRun(
+                        0, self._fail_shard(batch_id, n, "no endpoint was usable in time")
+                    )
                 usable = self._usable(candidates)
             prefer = placed_on if attempt == first else None
             # The router's order (offline endpoints and open circuits skipped), then the
@@ -382,7 +410,8 @@ class BatchWorker:
                     endpoint.functions[SHARD_FUNCTION], args=(task,)
                 )
                 result = future.result()
-                return int(result["completed"]), int(result["failed"])
+                completed, failed = int(result["completed"]), int(result["failed"])
+                return ShardRun(completed, failed, endpoint.name, result)
             except Exception as exc:  # noqa: BLE001 - retried, then the lines fail
                 last = exc
                 self.counts["shard_errors"] += 1
@@ -392,7 +421,7 @@ class BatchWorker:
             finally:
                 with self._lock:
                     self._inflight[endpoint.name] -= 1
-        return 0, self._fail_shard(batch_id, n, f"{type(last).__name__}: {last}")
+        return ShardRun(0, self._fail_shard(batch_id, n, f"{type(last).__name__}: {last}"))
 
     def _usable(self, candidates: list[router.Candidate]) -> list[router.Candidate]:
         """The candidates the router would use now, best first (shared status, one Scan)."""

@@ -92,6 +92,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundStack]
             # Batch: small shards (several per test batch), a short lease on batch messages.
             "FIRST_BATCH_SHARD_LINES": "4",
             "FIRST_BATCH_VISIBILITY_TIMEOUT_S": "5",
+            # The poller and batch worker write their EMF metrics every second (test_usage).
+            "FIRST_METRICS_FLUSH_INTERVAL_S": "1",
         },
     )
     # Started as `make up` starts it: its own supervisor, so kill -9s meet the real thing.

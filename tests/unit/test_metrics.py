@@ -207,3 +207,41 @@ def test_the_api_edge_records_each_call_with_a_model_dimension_only_for_known_mo
     assert {x["dims"]["route"] for x in seen["ApiRequests"]} == {"/v1/x/{model}"}
     (error,) = seen["ApiErrors"]
     assert (error["dims"]["status"], error["dims"]["code"]) == ("429", "rate_limit_exceeded")
+
+
+def test_a_batch_shard_is_one_usage_record_of_its_lines_and_its_metrics_are_flushed_at_once() -> (
+    None
+):
+    from chalicelib.batch.accounting import BatchAccounting, shard_usage
+
+    record = {
+        "owner": "carol",
+        "batch_id": "batch_1",
+        "model": "first/tiny-chat",
+        "endpoint": "/v1/chat/completions",
+    }
+    result = {"engine_time_ms": 80.0, "prompt_tokens": 40, "completion_tokens": 12}
+    u = shard_usage(record, 3, 3, 1, "local-a", result, now=5.0)
+    assert (u.request_id, u.mode, u.function, u.requests, u.errors, u.status) == (
+        "batch_1-shard-3",
+        "batch",
+        "chat_completions",
+        4,
+        1,
+        "completed",
+    )
+    assert (u.prompt_tokens, u.completion_tokens, u.deployment) == (40, 12, "local-a")
+    lost = shard_usage(record, 4, 0, 4, None, {}, now=5.0)
+    assert (lost.status, lost.error_code, lost.errors) == ("failed", "shard_failed", 4)
+
+    m, out = recorder()
+    BatchAccounting(m, get_logger("t")).shard(record, 3, 3, 1, "local-a", result)
+    seen = by_metric(out)  # flushed by ``shard`` itself: no flush here
+    where = {"model": "first/tiny-chat", "deployment": "local-a", "service": "first-test"}
+    assert (seen["BatchLinesCompleted"][0]["dims"], seen["BatchLinesCompleted"][0]["values"]) == (
+        where,
+        [3.0],
+    )
+    assert seen["BatchLinesFailed"][0]["values"] == [1.0]
+    assert seen["BatchShardEngineTime"][0]["unit"] == "Milliseconds"
+    assert seen["PromptTokens"][0]["values"] == [40.0]
