@@ -23,6 +23,7 @@ from chalicelib.limits import LimitsConfig
 from chalicelib.metrics import MetricsRecorder, usage_write_failed
 from chalicelib.registry import Registry
 from chalicelib.router import CircuitPolicy
+from chalicelib.secrets import SecretResolver, SecretService, resolve_all, with_references
 from chalicelib.settings import Settings
 from chalicelib.stores.batches import BatchStore
 from chalicelib.stores.blobs import BlobStore
@@ -58,8 +59,22 @@ AwsService = Literal["cloudformation", "dynamodb", "s3", "sqs"]
 
 class Services:
     def __init__(self, settings: Settings | None = None, session: boto3.Session | None = None):
-        self.settings = settings or Settings()
-        self._session = session or boto3.Session(region_name=self.settings.region)
+        self._given_settings = settings or Settings()
+        self._session = session or boto3.Session(region_name=self._given_settings.region)
+        self._secrets = SecretResolver(self._secret_client)
+
+    @cached_property
+    def settings(self) -> Settings:
+        """The settings; a secret given by reference is fetched when first read
+        (chalicelib/secrets.py), so reading any other setting needs no AWS."""
+        return with_references(self._given_settings, self._secrets)
+
+    def resolve_secrets(self) -> None:
+        """Fetch every referenced secret now: a process's start fails on a missing one."""
+        resolve_all(self.settings, self._secrets)
+
+    def _secret_client(self, service: SecretService) -> Any:
+        return self._session.client(service, config=_CLIENT_CONFIG)
 
     def client(self, service: AwsService) -> Any:
         return self._session.client(service, config=_CLIENT_CONFIG)

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # poller mints for streaming tasks are signed with this key (a secret-store value on AWS,
     # random per stack offline); without it the WebSocket routes refuse to stream.
     stream_key: SecretStr | None = None
+    # Secret settings may name an SSM parameter or a Secrets Manager secret instead of holding
+    # the value (chalicelib/secrets.py: ssm:/first/prod/stream-key); deployed stages set this
+    # so a literal secret is refused at start.
+    require_secret_references: bool = False
     # Where HPC functions push their chunks: the relay route of this API (…/relay/push).
     stream_relay_url: str | None = None
     # The WebSocket API's management endpoint (https://{api-id}.execute-api.{region}

@@ -6,7 +6,8 @@ call is about to be sent, so a call its server refuses is recorded too) records 
 operation and the resources it names, as ARNs. ``iam_action`` maps an operation to the IAM action AWS checks (not always its name:
 ``DeleteMessageBatch`` is authorised as ``sqs:DeleteMessage``). ``allows`` evaluates the
 ``Allow``/``Deny`` statements of a policy with ``fnmatch`` on Action (case-insensitive, as IAM)
-and Resource; conditions and ``NotAction``/``NotResource`` are not modelled and are refused.
+and Resource, and ``StringEquals``/``StringLike`` conditions against a given context; other
+conditions and ``NotAction``/``NotResource`` are not modelled and are refused.
 """
 
 from __future__ import annotations
@@ -104,6 +105,15 @@ def resources(
         bucket = params.get("Bucket", "")
         key = params.get("Key")
         return [f"arn:aws:s3:::{bucket}/{key}" if key is not None else f"arn:aws:s3:::{bucket}"]
+    if service == "ssm" and "Name" in params:
+        return [f"arn:aws:ssm:{region}:{ACCOUNT}:parameter/{params['Name'].lstrip('/')}"]
+    if service == "secretsmanager" and "SecretId" in params:
+        secret = params["SecretId"]
+        if secret.startswith("arn:"):
+            return [secret]
+        # A secret's ARN ends in a random "-AbCdEf" that a name does not carry: policies match it
+        # with a trailing "*".
+        return [f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{secret}-AbCdEf"]
     if service == "apigatewaymanagementapi" and request is not None:
         return [connection_arn(region, request["url"], request["method"])]
     return ["*"]
@@ -157,18 +167,43 @@ def _listed(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _matches(statement: dict[str, Any], action: str, resource: str) -> bool:
-    unsupported = {"NotAction", "NotResource", "Condition", "NotPrincipal"} & set(statement)
+def _conditions_hold(statement: dict[str, Any], context: dict[str, str]) -> bool:
+    """``StringEquals`` / ``StringLike`` only; a key missing from the context fails (IAM)."""
+    for operator, keys in statement.get("Condition", {}).items():
+        if operator not in ("StringEquals", "StringLike"):
+            raise ValueError(f"statement {statement.get('Sid')} uses condition {operator}")
+        for key, wanted in keys.items():
+            value = context.get(key)
+            if value is None:
+                return False
+            if operator == "StringEquals" and value not in _listed(wanted):
+                return False
+            if operator == "StringLike" and not any(fnmatchcase(value, w) for w in _listed(wanted)):
+                return False
+    return True
+
+
+def _matches(
+    statement: dict[str, Any], action: str, resource: str, context: dict[str, str]
+) -> bool:
+    unsupported = {"NotAction", "NotResource", "NotPrincipal"} & set(statement)
     if unsupported:
         raise ValueError(f"statement {statement.get('Sid')} uses {sorted(unsupported)}")
-    return any(
-        fnmatchcase(action.lower(), pattern.lower()) for pattern in _listed(statement["Action"])
-    ) and any(fnmatchcase(resource, pattern) for pattern in _listed(statement["Resource"]))
+    return (
+        any(
+            fnmatchcase(action.lower(), pattern.lower()) for pattern in _listed(statement["Action"])
+        )
+        and any(fnmatchcase(resource, pattern) for pattern in _listed(statement["Resource"]))
+        and _conditions_hold(statement, context)
+    )
 
 
-def allows(policy: dict[str, Any], action: str, resource: str) -> bool:
-    """True when an ``Allow`` statement matches and no ``Deny`` does (IAM's order)."""
-    matching = [s for s in policy["Statement"] if _matches(s, action, resource)]
+def allows(
+    policy: dict[str, Any], action: str, resource: str, context: dict[str, str] | None = None
+) -> bool:
+    """True when an ``Allow`` statement matches and no ``Deny`` does (IAM's order). ``context``
+    holds the request's condition keys (e.g. ``kms:ViaService``)."""
+    matching = [s for s in policy["Statement"] if _matches(s, action, resource, context or {})]
     return any(s["Effect"] == "Allow" for s in matching) and not any(
         s["Effect"] == "Deny" for s in matching
     )

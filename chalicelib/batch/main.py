@@ -15,6 +15,7 @@ from chalicelib.services import Services
 
 
 def build(services: Services) -> BatchWorker:
+    services.resolve_secrets()  # a secret that cannot be read stops the start here
     s = services.settings
     logger = get_logger("first-batch")
     recorder = services.metrics("first-batch")

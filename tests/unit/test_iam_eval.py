@@ -48,9 +48,25 @@ def test_deny_wins() -> None:
 
 
 def test_conditions_are_not_silently_ignored() -> None:
-    policy = {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": {}}]}
-    with pytest.raises(ValueError, match="Condition"):
+    condition = {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}
+    policy = {
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*", "Condition": condition}]
+    }
+    with pytest.raises(ValueError, match="IpAddress"):
         allows(policy, "sqs:SendMessage", QUEUE)
+
+
+def test_string_conditions_need_their_key_in_the_request() -> None:
+    via = {"StringLike": {"kms:ViaService": ["ssm.*.amazonaws.com"]}}
+    policy = {
+        "Statement": [
+            {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*", "Condition": via}
+        ]
+    }
+    key = "arn:aws:kms:us-east-1:1:key/k"
+    assert allows(policy, "kms:Decrypt", key, {"kms:ViaService": "ssm.us-east-1.amazonaws.com"})
+    assert not allows(policy, "kms:Decrypt", key, {"kms:ViaService": "s3.us-east-1.amazonaws.com"})
+    assert not allows(policy, "kms:Decrypt", key)  # called directly, not through SSM
 
 
 def test_resources_named_by_a_call() -> None:
