@@ -47,6 +47,23 @@ def health(task: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"status": "ok", "engines": warm_engines()}
 
 
+def warm(task: dict[str, Any]) -> dict[str, Any]:
+    """Load the engine ``task["engine"]`` in this worker (``POST /v1/models/{model}/warm``, or a
+    request queued for a cold model): later tasks for that model find it loaded."""
+    import time
+
+    from hpc_functions.engines import get_engine, warm_engines
+
+    started = time.perf_counter()
+    get_engine(task["engine"])
+    return {
+        "status": "hot",
+        "model": task["engine"].get("model"),
+        "load_ms": round((time.perf_counter() - started) * 1000, 1),
+        "engines": warm_engines(),
+    }
+
+
 def batch_shard(task: dict[str, Any]) -> dict[str, Any]:
     """Run one shard of a batch in throughput mode (``hpc_functions.batch``)."""
     from hpc_functions.batch import run_shard
@@ -59,5 +76,6 @@ FUNCTIONS = {
     "completions": completions,
     "embeddings": embeddings,
     "health": health,
+    "warm": warm,
     "batch_shard": batch_shard,
 }

@@ -16,7 +16,13 @@ are users' completions::
                        the existing task.
     GET  /tasks/<id>?wait=S  → {"status": "pending"|"success"|"failed"|"lost",
                                 "result"|"exception"}
-    GET  /health       → {"status": "ok", "workers": N, "pids": [...]}
+    GET  /health       → {"status": "ok"|"starting", "workers": N, "pids": [...],
+                          "models": {model: "hot"|"starting"|"cold"},
+                          "ready_in_s": {model: seconds, for a starting model whose load
+                                         this endpoint has timed before}}
+                          200 once the preheat models are loaded; 503 (same body) before:
+                          it listens at once, so the poller sees it starting, and tasks
+                          sent meanwhile wait for the workers.
     GET  /stats        → {"runs": {task_id: times the function ran}, "lost": N,
                           "spans": {task_id: [submitted, finished or null]}} (epoch seconds of its
                           last run: tests check how many tasks of a kind overlapped)
@@ -26,6 +32,12 @@ in it. That is the infrastructure's failure, not the tasks': the pool is rebuilt
 task runs again, up to ``max_retries_on_system_failure`` times (Globus Compute's engine has the
 same setting); after that it reports ``lost``, and the poller retries the request (bounded).
 A resubmitted request whose task was lost runs anew rather than attaching to the lost one.
+
+Model states (``ModelStates``): a model of this endpoint is ``hot`` once loaded, ``starting``
+while it loads, ``cold`` before (``--cold MODEL``, ``--no-preheat``). A ``local:warm`` task, or a
+task for a cold model, starts a load: one ``hpc_functions.warm`` call per worker, so idle
+workers each load it; the model is hot when the first finishes (a worker busy meanwhile loads it
+on its next task for that model).
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ from multiprocessing import get_context
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+HOT, STARTING, COLD = "hot", "starting", "cold"
 # Finished tasks are kept this long for late (re)attaching pollers.
 KEEP_FINISHED_S = 15 * 60
 TOKEN_ENV = "FIRST_LOCAL_ENDPOINT_TOKEN"
@@ -85,12 +98,84 @@ def _call(function_id: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     return FUNCTIONS[name](*args, **kwargs)
 
 
+class ModelStates:
+    """hot | starting | cold per model, with how long its last load took (for ``ready_in_s``)."""
+
+    def __init__(self, known: dict[str, dict[str, Any]], preheat: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        self.engines = dict(known)
+        self._state = {name: (COLD, now) for name in known}
+        # A future per model that is loading: done when it is hot (or failed to load).
+        self.ready: dict[str, Future[Any]] = {}
+        for config in preheat:
+            self.engines[str(config.get("model"))] = config
+            self._state[str(config.get("model"))] = (STARTING, now)
+            self.ready[str(config.get("model"))] = Future()
+        self._load_s: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, name: str, config: dict[str, Any]) -> tuple[Future[Any], bool]:
+        """The model's ready future; True when the caller must start its load."""
+        with self._lock:
+            self.engines.setdefault(name, config)
+            state, _ = self._state.get(name, (COLD, 0.0))
+            if state == HOT:
+                done: Future[Any] = Future()
+                done.set_result({"status": HOT, "model": name})
+                return done, False
+            if state == STARTING and name in self.ready:
+                return self.ready[name], False
+            self._state[name] = (STARTING, time.monotonic())
+            future: Future[Any] = Future()
+            self.ready[name] = future
+            return future, True
+
+    def loaded(
+        self, name: str, result: dict[str, Any] | None = None, *, timed: bool = True
+    ) -> None:
+        with self._lock:
+            state, since = self._state.get(name, (COLD, time.monotonic()))
+            if state != STARTING:
+                return
+            if timed:
+                self._load_s[name] = time.monotonic() - since
+            self._state[name] = (HOT, time.monotonic())
+            future = self.ready.pop(name, None)
+        if future is not None:
+            future.set_result({"status": HOT, "model": name, **(result or {})})
+
+    def failed(self, name: str, exc: BaseException) -> None:
+        with self._lock:
+            self._state[name] = (COLD, time.monotonic())
+            future = self.ready.pop(name, None)
+        if future is not None:
+            future.set_exception(exc)
+
+    def view(self) -> tuple[dict[str, str], dict[str, float]]:
+        now = time.monotonic()
+        with self._lock:
+            states = {name: state for name, (state, _) in self._state.items()}
+            ready_in = {
+                name: round(max(0.0, self._load_s[name] - (now - since)), 1)
+                for name, (state, since) in self._state.items()
+                if state == STARTING and name in self._load_s
+            }
+        return states, ready_in
+
+
 class TaskTable:
     def __init__(
-        self, workers: int, preheat: list[dict[str, Any]], *, max_retries_on_system_failure: int = 1
+        self,
+        workers: int,
+        preheat: list[dict[str, Any]],
+        *,
+        max_retries_on_system_failure: int = 1,
+        known: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self._workers = workers
         self._preheat = preheat
+        self.models = ModelStates(known or {}, preheat)
+        self.warmed = threading.Event()
         self._retries = max_retries_on_system_failure
         self._pool = self._new_pool()
         # task id → (the task's own future, when it was submitted)
@@ -111,17 +196,51 @@ class TaskTable:
         )
 
     def warm(self) -> None:
-        """Start every worker and load the preheat models before reporting healthy."""
+        """Start every worker and load the preheat models (``/health`` says 200 after)."""
         futures = [
             self._pool.submit(_call, "local:health", [None], {}) for _ in range(self._workers)
         ]
         for f in futures:
             f.result()
+        for config in self._preheat:
+            # Not timed: the preheat also starts the workers, which a later load does not.
+            self.models.loaded(str(config.get("model")), timed=False)
+        self.warmed.set()
+
+    def start_load(self, config: dict[str, Any]) -> Future[Any]:
+        """Load a model in every idle worker unless it is hot or loading; its ready future."""
+        name = str(config.get("model"))
+        ready, start = self.models.begin(name, config)
+        if not start:
+            return ready
+        with self._lock:
+            pool = self._pool
+        loads = [
+            pool.submit(_call, "local:warm", [{"engine": config}], {}) for _ in range(self._workers)
+        ]
+        left = [len(loads)]
+
+        def done(f: Future[Any]) -> None:
+            exc = f.exception()
+            if exc is None:
+                self.models.loaded(name, f.result())
+                return
+            with self._lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                print(f"load of {name} failed: {exc}", file=sys.stderr, flush=True)
+                self.models.failed(name, exc)
+
+        for load in loads:
+            load.add_done_callback(done)
+        return ready
 
     def submit(self, function_id: str, args: list[Any], kwargs: dict[str, Any]) -> str:
         first = args[0] if args else None
         key = first.get("request_id") if isinstance(first, dict) else None
         task_id = f"task-{key}" if key else f"task-{uuid.uuid4().hex}"
+        engine = first.get("engine") if isinstance(first, dict) else None
         with self._lock:
             self._expire()
             existing = self._tasks.get(task_id)
@@ -129,6 +248,14 @@ class TaskTable:
                 return task_id
             outer: Future[Any] = Future()
             self._tasks[task_id] = (outer, time.monotonic())
+        if isinstance(engine, dict) and engine.get("model"):
+            ready = self.start_load(engine)
+            if function_id.split(":", 1)[-1] == "warm":
+                # A warm-up task ends when the model is hot, whichever worker loaded it.
+                with self._lock:
+                    self.runs[task_id] = self.runs.get(task_id, 0) + 1
+                _chain(ready, outer)
+                return task_id
         self._run(task_id, outer, function_id, args, kwargs, self._retries)
         return task_id
 
@@ -227,6 +354,17 @@ class TaskTable:
             worker.terminate()
 
 
+def _chain(source: Future[Any], target: Future[Any]) -> None:
+    def copy(f: Future[Any]) -> None:
+        exc = f.exception()
+        if exc is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(f.result())
+
+    source.add_done_callback(copy)
+
+
 def _was_lost(future: Future[Any]) -> bool:
     return future.done() and isinstance(future.exception(), TaskLostError)
 
@@ -265,9 +403,16 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
             if url.path == "/health":
-                self._send(
-                    200, {"status": "ok", "workers": table._workers, "pids": table.worker_pids()}
-                )
+                models, ready_in_s = table.models.view()
+                warm = table.warmed.is_set()
+                body = {
+                    "status": "ok" if warm else "starting",
+                    "workers": table._workers,
+                    "pids": table.worker_pids(),
+                    "models": models,
+                    "ready_in_s": ready_in_s,
+                }
+                self._send(200 if warm else 503, body)
             elif not self._authorized():
                 return
             elif url.path == "/stats":
@@ -311,11 +456,19 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(host: str, port: int, workers: int, preheat: list[dict[str, Any]], token: str) -> None:
-    table = TaskTable(workers, preheat)
-    table.warm()
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    preheat: list[dict[str, Any]],
+    token: str,
+    known: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    table = TaskTable(workers, preheat, known=known)
     server = ThreadingHTTPServer((host, port), make_handler(table, token))
     server.daemon_threads = True
+    # Listening while the workers start and load: the poller sees the models starting.
+    threading.Thread(target=_warm_or_exit, args=(table,), daemon=True).start()
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -328,6 +481,14 @@ def serve(host: str, port: int, workers: int, preheat: list[dict[str, Any]], tok
         table.shutdown()
 
 
+def _warm_or_exit(table: TaskTable) -> None:
+    try:
+        table.warm()
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot start: the endpoint is broken
+        print(f"workers did not start: {exc}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> None:
     from chalicelib.registry import Registry
     from chalicelib.settings import Settings
@@ -338,6 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--no-preheat", action="store_true")
     parser.add_argument("--name", help="the registry endpoint this serves (preheats its models)")
+    parser.add_argument(
+        "--cold", action="append", default=[], metavar="MODEL", help="serve MODEL, not preheated"
+    )
     args = parser.parse_args(argv)
     token = os.environ.get(TOKEN_ENV, "")
     if len(token) < 16:
@@ -345,17 +509,14 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     env = {**os.environ, "FIRST_HOME": str(settings.home)}
     registry = Registry.load(settings.registry_file, env)
-    preheat = (
-        []
-        if args.no_preheat
-        else [
-            m.engine
-            for e in registry.endpoints
-            if e.executor == "local" and args.name in (None, e.name)
-            for m in e.models
-        ]
-    )
-    serve(args.host, args.port, args.workers, preheat, token)
+    known = {
+        m.model: m.engine
+        for e in registry.endpoints
+        if e.executor == "local" and args.name in (None, e.name)
+        for m in e.models
+    }
+    preheat = [] if args.no_preheat else [c for m, c in known.items() if m not in args.cold]
+    serve(args.host, args.port, args.workers, preheat, token, known)
 
 
 if __name__ == "__main__":

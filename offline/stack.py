@@ -144,6 +144,14 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def healthy(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - loopback only
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def wait_until(
     check: object, what: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
@@ -221,7 +229,8 @@ class Stack:
             started.append((port, self._add(f"compute-{name}", [*args, "--workers", str(workers)])))
         for port, proc in started:
             url = f"http://127.0.0.1:{port}/health"
-            wait_until(lambda u=url: answers(u), "compute endpoint", 180, proc)
+            # 503 while its models load (it listens at once): wait for the 200.
+            wait_until(lambda u=url: healthy(u), "compute endpoint", 180, proc)
         for i in range(c.pollers):
             self._add(f"poller-{i}", ["chalicelib.poller.main"])
         self._add("batch", ["chalicelib.batch.main"])

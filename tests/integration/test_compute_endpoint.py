@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -24,6 +26,29 @@ def alive(pid: int) -> bool:
     # A zombie still answers kill(0); it has exited all the same.
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """/health's body once it says 200 (it answers 503 while its workers start)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            answer = requests.get(f"{url}/health", timeout=1)
+            if answer.status_code == 200:
+                return answer.json()  # type: ignore[no-any-return]
+            assert answer.status_code == 503 and answer.json()["status"] == "starting"
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+
+
+def start_endpoint(port: int, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN},
+    )
 
 
 def test_endpoint_refuses_to_start_without_a_token() -> None:
@@ -57,14 +82,7 @@ def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN},
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                health = requests.get(f"{url}/health", timeout=1).json()
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.2)
+        health = wait_healthy(url, proc)
         (worker,) = health["pids"]
         task = {"function_id": "local:health", "args": [{"request_id": "req_same"}]}
         http = requests.Session()
@@ -92,3 +110,46 @@ def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_cold_model_reports_starting_while_a_warm_task_loads_it_then_hot(
+    tmp_path: Path,
+) -> None:
+    from hpc_functions.build_tiny_model import build
+
+    engine = {"kind": "transformers", "model": "first/tiny-chat", "path": str(build(tmp_path))}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_endpoint(port, "--workers", "1", "--no-preheat")
+    try:
+        health = wait_healthy(url, proc)
+        assert health["models"]["first/tiny-chat"] == "cold"
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {TOKEN}"
+        warm = {"function_id": "local:warm", "args": [{"engine": engine}]}
+        task_id = http.post(f"{url}/tasks", json=warm, timeout=5).json()["task_id"]
+        # The worker is loading it now (seconds): the endpoint says so, with no time yet known.
+        health = requests.get(f"{url}/health", timeout=5).json()
+        assert health["models"]["first/tiny-chat"] == "starting"
+        assert "first/tiny-chat" not in health["ready_in_s"]
+        state = http.get(f"{url}/tasks/{task_id}", params={"wait": 60}, timeout=70).json()
+        assert state["status"] == "success" and state["result"]["status"] == "hot"
+        assert requests.get(f"{url}/health", timeout=5).json()["models"]["first/tiny-chat"] == "hot"
+        # Warm again: already hot, answered at once without a load.
+        again = http.post(f"{url}/tasks", json=warm, params={"wait": 5}, timeout=10).json()
+        assert again["status"] == "success" and again["result"] == {
+            "status": "hot",
+            "model": "first/tiny-chat",
+        }
+        # A request for the now hot model runs in the worker that loaded it.
+        chat = {
+            "request_id": "req_after_warm",
+            "engine": engine,
+            "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        }
+        task = {"function_id": "local:chat_completions", "args": [chat]}
+        done = http.post(f"{url}/tasks", json=task, params={"wait": 30}, timeout=40).json()
+        assert done["status"] == "success" and done["result"]["response"]["choices"]
+    finally:
+        proc.kill()
+        proc.wait()

@@ -114,6 +114,8 @@ def _tasks(tiny_model_dir: Path, presigned: Presigned) -> dict[str, tuple[Any, .
                 "error_url": f"{presigned.url}/err",
             },
         ),
+        # The engine the tasks above loaded: found in this worker, not loaded again.
+        "warm": ({"engine": chat_engine},),
         # Last, so that it sees the engines the other tasks loaded.
         "health": ({},),
     }
@@ -151,6 +153,11 @@ def test_every_registered_function_has_a_serialised_run(
 ) -> None:
     tasks = _tasks(tiny_model_dir, presigned)
     assert set(hpc_functions.FUNCTIONS) == set(tasks) == set(worker_results)
+
+
+def test_warm_loads_the_engine_in_the_worker(worker_results: dict[str, Any]) -> None:
+    result = worker_results["warm"]
+    assert result["status"] == "hot" and result["model"] in result["engines"]
 
 
 def test_chat_completions_runs_deserialised(worker_results: dict[str, Any]) -> None:
