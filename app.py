@@ -8,6 +8,8 @@ from chalice.app import CloudWatchEvent, Rate, Request, Response, WebsocketEvent
 
 from chalicelib import openapi, sse
 from chalicelib.auth import Principal, bearer_token
+from chalicelib.dashboard import assets as dashboard_assets
+from chalicelib.dashboard import data as dashboard_data
 from chalicelib.fleet import require_operator
 from chalicelib.gateway import Completed
 from chalicelib.http import (
@@ -289,3 +291,30 @@ def cancel_batch(log: dict[str, Any], batch_id: str) -> Response:
 def sweep_reply_queues(event: CloudWatchEvent) -> dict[str, Any]:
     """Delete reply queues idle for ``reply_queue_idle_s`` (chalicelib/stores/sweeper.py)."""
     return services.reply_sweeper.sweep().as_dict()
+
+
+# ----- the operator page (chalicelib/dashboard; docs/operations.md "Dashboard") --------------
+
+
+# The shell and its scripts hold no data and need no key (a page load cannot send a bearer
+# header); the page asks for an operator's key and reads the summary route with it.
+@app.route("/dashboard", methods=["GET"])
+@route
+def dashboard_page(log: dict[str, Any]) -> Response:
+    text, headers = dashboard_assets.asset("index.html")
+    return Response(body=text, status_code=200, headers=headers)
+
+
+@app.route("/dashboard/{name}", methods=["GET"])
+@route
+def dashboard_file(log: dict[str, Any], name: str) -> Response:
+    text, headers = dashboard_assets.asset(name)
+    return Response(body=text, status_code=200, headers=headers)
+
+
+@app.route("/v1/dashboard/summary", methods=["GET"])
+@route
+def dashboard_summary(log: dict[str, Any]) -> Response:
+    require_operator(_principal(log), services.settings.operator_groups)
+    window_s = dashboard_data.window_from_query(_query())
+    return json_response(services.dashboard.summary(window_s))

@@ -100,6 +100,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/endpoints", "GET"): Operation(
         "Every compute endpoint's status", "operators", auth="operator"
     ),
+    ("/v1/dashboard/summary", "GET"): Operation(
+        "The operator page's data: deployments, queue, traffic, top users, failures",
+        "operators",
+        auth="operator",
+        query=(
+            Query("window_s", {"type": "integer", "minimum": 60, "maximum": 86400}, "Seconds."),
+        ),
+    ),
+    ("/dashboard", "GET"): Operation(
+        "The operator page (a static shell; its data needs an operator's key)",
+        "operators",
+        auth="none",
+        ok={"text/html": {"type": "string"}},
+    ),
+    ("/dashboard/{name}", "GET"): Operation(
+        "The operator page's scripts and styles", "operators", auth="none", ok={"*/*": {}}
+    ),
     ("/v1/chat/completions", "POST"): Operation(
         "Create a chat completion",
         "completions",

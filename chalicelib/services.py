@@ -17,6 +17,7 @@ from botocore.config import Config
 from chalicelib.access import uses_groups
 from chalicelib.auth.apikeys import ApiKeyAuthenticator
 from chalicelib.auth.chain import ChainAuthenticator
+from chalicelib.dashboard.data import Dashboard
 from chalicelib.fleet import Fleet
 from chalicelib.gateway import Gateway
 from chalicelib.limits import LimitsConfig
@@ -225,6 +226,10 @@ class Services:
             self.circuit_policy,
             queue_depth=self.interactive_queue.depth,
         )
+
+    @cached_property
+    def dashboard(self) -> Dashboard:
+        return Dashboard(self.fleet, self.interactive_queue, self.requests, self.usage)
 
     # -- streaming over the WebSocket API (chalicelib/streaming) ------------------------------
 

@@ -7,7 +7,8 @@
   const REFRESH_MS = 5000;
   const $ = (id) => document.getElementById(id);
   let timer = null;
-  let charts = {};
+  let generation = 0; // a newer load (window changed, signed in again) supersedes older ones
+  const charts = {};
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -40,6 +41,7 @@
     $("session").hidden = !on;
   }
   function signOut(message) {
+    generation++;
     sessionStorage.removeItem(KEY);
     if (timer) clearTimeout(timer);
     timer = null;
@@ -50,7 +52,9 @@
   async function load() {
     const key = sessionStorage.getItem(KEY);
     if (!key) return signOut();
+    if (timer) clearTimeout(timer);
     timer = null;
+    const mine = ++generation;
     let res;
     try {
       res = await fetch("v1/dashboard/summary?window_s=" + $("window").value, {
@@ -58,12 +62,14 @@
         cache: "no-store",
       });
     } catch (err) {
+      if (mine !== generation) return;
       showError("The API did not answer: " + err);
       timer = setTimeout(load, REFRESH_MS);
       return;
     }
     let body = null;
     try { body = await res.json(); } catch (err) { body = null; }
+    if (mine !== generation) return;
     if (res.status === 401 || res.status === 403) {
       const why = body && body.error ? body.error.message : res.statusText;
       return signOut("Refused (" + res.status + "): " + why);
@@ -154,6 +160,6 @@
     load();
   });
   $("signout").addEventListener("click", () => signOut());
-  $("window").addEventListener("change", () => { if (timer) clearTimeout(timer); load(); });
+  $("window").addEventListener("change", () => load());
   if (sessionStorage.getItem(KEY)) load(); else signedIn(false);
 })();
