@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     # OpenAI's limits per input file.
     batch_max_requests: int = 50_000
     batch_max_file_bytes: int = 200 * 1024 * 1024
+    # Files one user may keep (uploads and batch results; 0: no limit): all fit one list page.
+    files_max_per_user: int = 10_000
     # Presigned URLs (shard inputs/outputs for HPC nodes; uploads and downloads of big files).
     presigned_url_ttl_s: int = 6 * 3600
     # File contents up to this size are answered in the response; larger ones redirect to S3.

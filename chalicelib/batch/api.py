@@ -81,6 +81,7 @@ class BatchApi:
     def upload(self, principal: Principal, content_type: str, body: bytes) -> dict[str, Any]:
         parts = parse_form(content_type, body)
         purpose = self._purpose(field_text(parts, "purpose"))
+        self._check_file_count(principal)
         part = parts.get("file")
         if part is None or not part.data:
             raise BadRequestError("The form has no (or an empty) 'file' part.", param="file")
@@ -109,6 +110,7 @@ class BatchApi:
         filename = data.get("filename")
         if not isinstance(filename, str) or not filename:
             raise BadRequestError("filename must be a non-empty string.", param="filename")
+        self._check_file_count(principal)
         file_id = sortable_id("file-")
         key = file_key(file_id)
         ttl_s = min(self._s.presigned_url_ttl_s, 3600)
@@ -129,6 +131,18 @@ class BatchApi:
             **file_object(record),
             "upload": {**upload, "method": "POST", "expires_at": int(time.time()) + ttl_s},
         }
+
+    def _check_file_count(self, principal: Principal) -> None:
+        """At most ``files_max_per_user`` files each (uploads and batch results alike); checked
+        before each upload, so uploads racing at the limit may pass it by their number."""
+        limit = self._s.files_max_per_user
+        if limit and self._files.count(principal.id, limit) >= limit:
+            raise BadRequestError(
+                f"You have reached the limit of {limit} files. Delete files you no longer need "
+                "(DELETE /v1/files/{file_id}) and try again.",
+                param="file",
+                code="files_limit_exceeded",
+            )
 
     def _purpose(self, purpose: Any) -> str:
         if purpose not in PURPOSES:

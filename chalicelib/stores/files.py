@@ -84,6 +84,23 @@ class FileStore:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return found[:limit], len(found) > limit
 
+    def count(self, owner: str, at_most: int) -> int:
+        """How many files the owner has, counting no further than ``at_most``."""
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": "#o = :o",
+            "ExpressionAttributeNames": {"#o": "owner"},
+            "ExpressionAttributeValues": {":o": owner},
+            "Select": "COUNT",
+        }
+        n = 0
+        while n < at_most:
+            page = self._table.query(**kwargs)
+            n += int(page.get("Count", 0))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return min(n, at_most)
+
     def update(self, owner: str, file_id: str, fields: dict[str, Any], *, status: str) -> None:
         """Set ``fields`` on a file whose status is ``status`` (else ``FileConflictError``)."""
         names = {f"#f{i}": k for i, k in enumerate(fields)}
