@@ -129,6 +129,25 @@ def retrieve_model_by_path(log: dict[str, Any], model: str, name: str) -> Respon
     )
 
 
+@app.route("/v1/models/{model}/warm", methods=["POST"], content_types=BODY_TYPES)
+@route
+def warm_model(log: dict[str, Any], model: str) -> Response:
+    return _warm(log, model_id_from_path(model))
+
+
+@app.route("/v1/models/{model}/{name}/warm", methods=["POST"], content_types=BODY_TYPES)
+@route
+def warm_model_by_path(log: dict[str, Any], model: str, name: str) -> Response:
+    return _warm(log, model_id_from_path(model, name))
+
+
+def _warm(log: dict[str, Any], model_id: str) -> Response:
+    principal = _principal(log)
+    log["model"] = model_id
+    warming = services.gateway.warm(principal, model_id)
+    return json_response(warming.body(), 200 if warming.status == "hot" else 202)
+
+
 @app.route("/v1/endpoints", methods=["GET"])
 @route
 def list_endpoints(log: dict[str, Any]) -> Response:

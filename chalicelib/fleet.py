@@ -3,18 +3,24 @@
 ``GET /v1/models`` items gain ``status`` (the model's warmest deployment: hot | starting | cold |
 unavailable); the operator route ``GET /v1/endpoints`` lists every endpoint with its status,
 circuit, in-flight and capacity, plus the interactive queue's depth.
+
+``POST /v1/models/{model}/warm`` (``Fleet.warm``): the router's choice among the model's
+deployments is warmed unless one is hot already. The API marks it warming on the endpoint's
+item (so every reader sees ``starting`` at once) and queues ``{"warm": {model, endpoint}}`` for
+a poller, which sends the endpoint ``hpc_functions.warm``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from chalicelib import router
 from chalicelib.auth import Principal
-from chalicelib.errors import PermissionDeniedError
-from chalicelib.registry import Registry
+from chalicelib.errors import PermissionDeniedError, UpstreamUnavailableError
+from chalicelib.registry import Endpoint, ModelDeployment, Registry
 from chalicelib.router import CircuitPolicy, EndpointStatus
 from chalicelib.stores.endpoints import EndpointStore
 
@@ -32,6 +38,29 @@ def model_status(
         if any(m.model == model for m in e.models)
     ]
     return router.overall_status(per_deployment)
+
+
+def deployments(registry: Registry, model: str) -> list[tuple[Endpoint, ModelDeployment]]:
+    """Every (endpoint, deployment) of ``model``, whichever functions it serves."""
+    return [(e, m) for e in registry.endpoints for m in e.models if m.model == model]
+
+
+@dataclass(frozen=True)
+class Warming:
+    """The answer to a warm-up: what the model is now, and whether this call started one."""
+
+    model: str
+    status: str
+    started: bool
+    deployments: list[dict[str, str]]
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "object": "model.warm",
+            "model": self.model,
+            "status": self.status,
+            "deployments": self.deployments,
+        }
 
 
 def endpoints_view(
@@ -102,6 +131,42 @@ class Fleet:
             self._registry, model["id"], self.statuses(), time.time(), self._policy
         )
         return {**model, "status": status}
+
+    def start_wait_s(self, model: str, function: str) -> float | None:
+        """Seconds a request for ``model`` is expected to wait for a deployment to turn hot
+        (None: one is hot, or none is usable)."""
+        candidates = self._registry.candidates(model, function)
+        return router.start_wait_s(candidates, self.statuses(), time.time(), self._policy)
+
+    def warm(self, model: str, send: Callable[[dict[str, Any]], Any]) -> Warming:
+        """Warm the router's choice of ``model``'s deployments unless one is hot already."""
+        now = time.time()
+        statuses = self.statuses()
+        candidates = deployments(self._registry, model)
+        ranked = router.rank(candidates, statuses, now, self._policy)
+        if not ranked:
+            raise UpstreamUnavailableError(
+                f"No deployment of '{model}' can be warmed now (offline or failing); try later.",
+                code="unavailable",
+            )
+        endpoint, deployment = ranked[0]
+        state = router.model_status(endpoint, model, statuses.get(endpoint.name), now, self._policy)
+        started = state == router.COLD
+        if started:
+            self._store.mark_warming(endpoint.name, model, now)
+            send({"warm": {"model": model, "endpoint": endpoint.name}})
+            self._cached = (0.0, {})  # the next read sees the mark
+            state = router.STARTING
+        view = [
+            {
+                "endpoint": e.name,
+                "status": state
+                if e.name == endpoint.name
+                else router.model_status(e, model, statuses.get(e.name), now, self._policy),
+            }
+            for e, _ in candidates
+        ]
+        return Warming(model, state, started, view)
 
     def endpoints(self) -> dict[str, Any]:
         depth = self._queue_depth() if self._queue_depth is not None else None

@@ -5,10 +5,17 @@ by every request the reply listener wakes together; the record is read only when
 late, the result was too large for the notice, or a client asks for it by id. With rate limits
 configured, one conditional update per limited counter item (1–3, side by side) comes first; the
 poller gives the counters back when the request finishes.
+
+A request that cannot be answered within the wait (the API's limit, or the client's
+``Prefer: wait=N``) keeps running: the client gets its id (``x-request-id`` and the error body)
+to collect it with ``GET /v1/requests/{id}``: 504 when it is simply still running, 503 with
+``Retry-After`` when the model has no hot deployment and is expected to start later than the
+wait ends (answered at once, without waiting) or is still starting when it ends.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +34,8 @@ from chalicelib.errors import (
     WaitTimeoutError,
     error_from_result,
 )
-from chalicelib.fleet import Fleet
-from chalicelib.models_view import model_object
+from chalicelib.fleet import Fleet, Warming
+from chalicelib.models_view import model_object, retrieve_model
 from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
@@ -53,6 +60,8 @@ _UNQUEUED = {
     },
     "status_code": 503,
 }
+# Retry-After for a model still starting is at most this (the issue's bound; clients back off).
+MAX_RETRY_AFTER_S = 120
 # Side-by-side AWS calls of the request path (threads only wait on sockets).
 _IO = ThreadPoolExecutor(16, thread_name_prefix="gateway-io")
 
@@ -75,6 +84,23 @@ class Admission:
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
+
+
+def still_running(request_id: str, starting_s: float | None = None) -> FirstError:
+    """The answer for a request that keeps running past the wait: 504, or 503 with
+    ``Retry-After`` while its model is starting; both name the id to collect it by."""
+    message = (
+        f"The request is still running. Fetch its result later with GET /v1/requests/{request_id}."
+    )
+    if starting_s is None:
+        return WaitTimeoutError(message, request_id=request_id)
+    retry_after = min(MAX_RETRY_AFTER_S, max(1, math.ceil(starting_s)))
+    return UpstreamUnavailableError(
+        f"The model is starting (expected in about {retry_after} s). {message}",
+        code="model_starting",
+        request_id=request_id,
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 class Gateway:
@@ -112,6 +138,13 @@ class Gateway:
             data = [self._fleet.annotate(m) for m in data]
         return {"object": "list", "data": data}
 
+    def warm(self, principal: Principal, model_id: str) -> Warming:
+        """``POST /v1/models/{model}/warm``: a model the caller may not use is not found."""
+        retrieve_model(self._registry, principal, model_id)
+        if self._fleet is None:
+            raise UpstreamUnavailableError("Warm-ups are not configured here.")
+        return self._fleet.warm(model_id, self._queue.send)
+
     def run(
         self,
         principal: Principal,
@@ -126,13 +159,30 @@ class Gateway:
         try:
             request_id = self.submit(principal, function, req, admission.hold)
             try:
-                done = self.wait(request_id, wait_s)
+                starting_s = self._start_wait_s(req.model, function)
+                if starting_s is not None and starting_s > self._wait_limit_s(wait_s):
+                    # It would not be answered in time: say so now; it still runs.
+                    raise still_running(request_id, starting_s)
+                try:
+                    done = self.wait(request_id, wait_s)
+                except WaitTimeoutError as exc:
+                    starting_s = self._start_wait_s(req.model, function)
+                    if starting_s is None:
+                        raise
+                    raise still_running(request_id, starting_s) from exc
             finally:
                 self._replies.forget(request_id)
         except FirstError as exc:
             exc.headers = {**admission.headers, **exc.headers}
             raise
         return replace(done, headers=admission.headers)
+
+    def _start_wait_s(self, model: str, function: str) -> float | None:
+        return self._fleet.start_wait_s(model, function) if self._fleet is not None else None
+
+    def _wait_limit_s(self, wait_s: float | None) -> float:
+        limit = self._settings.wait_timeout_s
+        return limit if wait_s is None else max(0.0, min(wait_s, limit))
 
     def authorize(self, principal: Principal, model: str, function: str) -> None:
         """A model the caller may not use answers exactly like one that does not exist."""
@@ -222,17 +272,12 @@ class Gateway:
 
     def wait(self, request_id: str, wait_s: float | None = None) -> Completed:
         """Wait at most ``wait_s`` (capped by the settings' bound) for the outcome."""
-        limit = self._settings.wait_timeout_s
-        deadline = time.monotonic() + (limit if wait_s is None else max(0.0, min(wait_s, limit)))
+        deadline = time.monotonic() + self._wait_limit_s(wait_s)
         interval = FALLBACK_READ_S
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise WaitTimeoutError(
-                    "The request is still running. Fetch its result later with "
-                    f"GET /v1/requests/{request_id}.",
-                    request_id=request_id,
-                )
+                raise still_running(request_id)
             notice = self._replies.wait(request_id, min(interval, remaining))
             interval = min(interval * 2, FALLBACK_READ_MAX_S)
             if notice is not None and notice.get("status") in TERMINAL:

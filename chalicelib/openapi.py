@@ -97,6 +97,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/models/{model}/{name}", "GET"): Operation(
         "Retrieve a model whose id has a slash", "models"
     ),
+    ("/v1/models/{model}/warm", "POST"): Operation(
+        "Warm a model up (200 when hot, 202 while it starts)",
+        "models",
+        description="Starts loading the model on the router's choice of its deployments.",
+    ),
+    ("/v1/models/{model}/{name}/warm", "POST"): Operation(
+        "Warm a model whose id has a slash", "models"
+    ),
     ("/v1/endpoints", "GET"): Operation(
         "Every compute endpoint's status", "operators", auth="operator"
     ),

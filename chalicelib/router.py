@@ -13,6 +13,12 @@ A circuit opens after ``failures_to_open`` consecutive infrastructure failures (
 its worker, an endpoint that cannot be reached), half-opens after ``cooldown_s`` to let exactly
 one probe through (the store's conditional write decides who takes it), and closes on the
 first success. A request's own error (the engine refusing it) never counts.
+
+A deployment is ``starting`` when its endpoint says so (offline: the local endpoint's
+``/health``), or when it reports ``cold`` but a warm-up was asked for there within
+``warm_timeout_s`` (``warming``: the API's ``POST /v1/models/{model}/warm``, a poller warming a
+cold model) and the endpoint has not picked it up yet. ``start_wait_s`` is how long a request
+for a model with no hot deployment is expected to wait: what the API compares with its limit.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ class CircuitPolicy:
     cooldown_s: float = 30.0
     # An endpoint not heard from for this long is offline (heartbeats come every few seconds).
     stale_s: float = 30.0
+    # A warm-up asked for this long ago without the model turning hot has failed.
+    warm_timeout_s: float = 600.0
+    # How long a load is expected to take where the endpoint has not said.
+    start_estimate_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,10 @@ class EndpointStatus:
     last_seen: float = 0.0
     # model → hot | starting | cold | unavailable, as the endpoint last reported.
     models: Mapping[str, str] = field(default_factory=dict)
+    # model → when a starting model is expected hot (epoch s), where the endpoint said.
+    ready_at: Mapping[str, float] = field(default_factory=dict)
+    # model → when a warm-up was last asked for on this endpoint (epoch s).
+    warming: Mapping[str, float] = field(default_factory=dict)
 
 
 def circuit(status: EndpointStatus, now: float, policy: CircuitPolicy) -> str:
@@ -66,6 +80,19 @@ def online(status: EndpointStatus | None, now: float, policy: CircuitPolicy) -> 
     return status is not None and now - status.last_seen <= policy.stale_s
 
 
+def warming(status: EndpointStatus, model: str, now: float, policy: CircuitPolicy) -> bool:
+    """A warm-up of ``model`` was asked for there and has not timed out."""
+    return now - status.warming.get(model, float("-inf")) < policy.warm_timeout_s
+
+
+def reported(status: EndpointStatus, model: str, now: float, policy: CircuitPolicy) -> str:
+    """The endpoint's own word on ``model``, ``cold`` read as ``starting`` while warming."""
+    state = status.models.get(model, COLD)
+    if state == COLD and warming(status, model, now, policy):
+        return STARTING
+    return state
+
+
 def model_status(
     endpoint: Endpoint,
     model: str,
@@ -79,7 +106,37 @@ def model_status(
     assert status is not None
     if circuit(status, now, policy) == OPEN:
         return UNAVAILABLE
-    return status.models.get(model, COLD)
+    return reported(status, model, now, policy)
+
+
+def ready_in_s(status: EndpointStatus, model: str, now: float, policy: CircuitPolicy) -> float:
+    """Seconds until a starting (or cold, once warmed) deployment is expected hot."""
+    at = status.ready_at.get(model)
+    if at is None:
+        since = status.warming.get(model) if warming(status, model, now, policy) else None
+        at = (since if since is not None else now) + policy.start_estimate_s
+    return max(0.0, at - now)
+
+
+def start_wait_s(
+    candidates: list[Candidate],
+    statuses: Mapping[str, EndpointStatus],
+    now: float,
+    policy: CircuitPolicy | None = None,
+) -> float | None:
+    """How long a request for the model is expected to wait for a deployment to turn hot;
+    None when one is hot already, or when none is usable (nothing to wait for)."""
+    policy = policy or CircuitPolicy()
+    waits = []
+    for endpoint, deployment in candidates:
+        status = statuses.get(endpoint.name)
+        state = model_status(endpoint, deployment.model, status, now, policy)
+        if state == HOT:
+            return None
+        if state in (STARTING, COLD):
+            assert status is not None
+            waits.append(ready_in_s(status, deployment.model, now, policy))
+    return min(waits) if waits else None
 
 
 def overall_status(per_deployment: list[str]) -> str:
@@ -113,7 +170,7 @@ def rank(
         c: tuple[Endpoint, ModelDeployment, EndpointStatus],
     ) -> tuple[int, int, float, int, str]:
         endpoint, deployment, status = c
-        warmth = _WARMTH.get(status.models.get(deployment.model, COLD), 2)
+        warmth = _WARMTH.get(reported(status, deployment.model, now, policy), 2)
         full = int(status.inflight >= endpoint.max_inflight)
         load = status.inflight / max(1, endpoint.max_inflight)
         return (warmth, full, load, -endpoint.priority, endpoint.name)

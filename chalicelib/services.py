@@ -216,6 +216,8 @@ class Services:
             failures_to_open=s.circuit_failures_to_open,
             cooldown_s=s.circuit_cooldown_s,
             stale_s=s.endpoint_stale_s,
+            warm_timeout_s=s.warm_timeout_s,
+            start_estimate_s=s.model_start_estimate_s,
         )
 
     @cached_property

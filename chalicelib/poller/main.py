@@ -31,7 +31,7 @@ def build(services: Services) -> Poller:
         executors=ExecutorPool(default_factory(s.local_endpoint_url, s.local_endpoint_token_value)),
         logger=logger,
         endpoints=services.endpoint_store,
-        board=StatusBoard(services.registry, services.endpoint_store, logger),
+        board=StatusBoard(services.registry, services.endpoint_store, logger, policy=policy),
         policy=policy,
         limits=services.limit_store,
         streams=services.stream_notifier(),

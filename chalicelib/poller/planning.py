@@ -10,6 +10,20 @@ class PoisonMessageError(Exception):
     """A message that cannot be processed; it is retried, then left for the DLQ."""
 
 
+def warm_of(message: dict[str, Any]) -> tuple[str, str] | None:
+    """``(model, endpoint)`` of a warm-up message (``{"warm": {...}}``), else None."""
+    try:
+        warm = json.loads(message["Body"]).get("warm")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not isinstance(warm, dict):
+        return None
+    model, endpoint = warm.get("model"), warm.get("endpoint")
+    if not isinstance(model, str) or not isinstance(endpoint, str):
+        raise PoisonMessageError('a warm message is {"warm": {"model", "endpoint"}}')
+    return model, endpoint
+
+
 def request_id_of(message: dict[str, Any]) -> str:
     try:
         body = json.loads(message["Body"])

@@ -34,8 +34,9 @@ from chalicelib.poller.accounting import Accounting
 from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.fairness import FairGate
 from chalicelib.poller.leases import Leases
+from chalicelib.poller.warming import Warmer
 from chalicelib.registry import Endpoint, ModelDeployment, Registry
-from chalicelib.router import CircuitPolicy
+from chalicelib.router import COLD, CircuitPolicy
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.deleter import BatchDeleter
@@ -106,6 +107,8 @@ class Poller:
         # Done messages are deleted in batches, off the request's critical path.
         self._deleter = BatchDeleter(queue.client, queue.url, max_delay_s=1.0)
         self._leases = Leases(queue, settings.poller_visibility_timeout_s, logger)
+        # Warm-ups: asked for by the API, or for a cold deployment a request is routed to.
+        self.warmer = Warmer(executors, endpoints, logger)
 
     def run(self) -> None:
         self._log.info("poller started", extra={"queue": self._queue.url})
@@ -169,6 +172,11 @@ class Poller:
         receipt = message["ReceiptHandle"]
         final = planning.is_final_attempt(message, self._s.max_receive_count)
         try:
+            warm = planning.warm_of(message)
+            if warm is not None:
+                self._warm(*warm)
+                self._deleter.add(receipt)
+                return
             request_id = planning.request_id_of(message)
         except planning.PoisonMessageError as exc:
             self.counts["poison_messages"] += 1
@@ -223,6 +231,16 @@ class Poller:
         log["run_ms"] = round((time.perf_counter() - t1) * 1000, 1)
         self._finish(request_id, record, status, fields, response, log, slot)
         self._deleter.add(receipt)
+
+    def _warm(self, model: str, name: str) -> None:
+        """The API's warm-up of ``model`` on endpoint ``name`` (a stale one is dropped)."""
+        found = [(e, m) for e in self._registry.endpoints for m in e.models]
+        match = [(e, m) for e, m in found if e.name == name and m.model == model]
+        if not match:
+            self.counts["unknown_warms"] += 1
+            self._log.error("warm-up for no deployment", extra={"endpoint": name, "model": model})
+            return
+        self.warmer.start(*match[0])
 
     def _retry_later(self, message: dict[str, Any]) -> None:
         """Let the message reappear after a backoff instead of a whole lease."""
@@ -298,6 +316,12 @@ class Poller:
                 endpoint, deployment, slot = chosen
                 held = endpoint.name
                 place.start()
+                known = self._board.statuses().get(endpoint.name)
+                now = time.time()
+                if known and router.reported(known, deployment.model, now, self._policy) == COLD:
+                    # The request waits for the load either way; the warm-up makes every
+                    # worker load it and shows the deployment starting to everyone.
+                    self.warmer.start(endpoint, deployment)
                 task_id, attach = (attach if endpoint.name == held else None), None
                 try:
                     status, fields, response = self._run_on(

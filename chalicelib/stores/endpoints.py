@@ -3,7 +3,9 @@
 One item per endpoint (``name``): ``inflight`` (requests running there, counted across pollers,
 moved only inside the requests table's transactions: ``Slot``), ``failures`` (consecutive
 infrastructure failures) with ``opened_at`` / ``probe_at`` for its circuit, ``last_seen`` (the
-last heartbeat), ``models`` (model → hot | starting | cold | unavailable) and ``capacity``.
+last heartbeat), ``models`` (model → hot | starting | cold | unavailable), ``ready_at`` (model →
+when a starting one is expected hot, where the endpoint says), ``capacity``, and one
+``warming#<model>`` per model a warm-up was asked for (when).
 The router (``chalicelib/router.py``) decides over these values; this store only moves them.
 """
 
@@ -17,6 +19,8 @@ from botocore.exceptions import ClientError
 from chalicelib.router import EndpointStatus
 from chalicelib.stores.dynamo import from_wire, to_wire
 from chalicelib.stores.requests import Slot
+
+WARMING = "warming#"
 
 
 def _conditional_failure(exc: ClientError) -> bool:
@@ -58,26 +62,56 @@ class EndpointStore:
         return Slot(name, acquire, release)
 
     def heartbeat(
-        self, name: str, *, capacity: int, models: dict[str, str], now: float | None = None
+        self,
+        name: str,
+        *,
+        capacity: int,
+        models: dict[str, str],
+        ready_at: dict[str, float] | None = None,
+        now: float | None = None,
     ) -> None:
         """The endpoint answered: it is online, with these models in these states."""
         self._ddb.update_item(
             TableName=self.table_name,
             Key=to_wire({"name": name}),
             # Attribute names by placeholder: "capacity" is one of DynamoDB's reserved words.
-            UpdateExpression="SET #seen = :now, #models = :models, #capacity = :capacity",
+            UpdateExpression=(
+                "SET #seen = :now, #models = :models, #capacity = :capacity, #ready = :ready"
+            ),
             ExpressionAttributeNames={
                 "#seen": "last_seen",
                 "#models": "models",
                 "#capacity": "capacity",
+                "#ready": "ready_at",
             },
             ExpressionAttributeValues=to_wire(
                 {
                     ":now": time.time() if now is None else now,
                     ":models": models,
                     ":capacity": capacity,
+                    ":ready": ready_at or {},
                 }
             ),
+        )
+
+    def mark_warming(self, name: str, model: str, now: float | None = None) -> None:
+        """A warm-up of ``model`` was asked for on endpoint ``name``: it reads as starting
+        until the endpoint reports the model hot (or ``warm_timeout_s`` passes)."""
+        self._ddb.update_item(
+            TableName=self.table_name,
+            Key=to_wire({"name": name}),
+            UpdateExpression="SET #w = :now",
+            ExpressionAttributeNames={"#w": f"{WARMING}{model}"},
+            ExpressionAttributeValues=to_wire({":now": time.time() if now is None else now}),
+        )
+
+    def clear_warming(self, name: str, model: str) -> None:
+        """The warm-up ended (the model is hot, or its load failed)."""
+        self._ddb.update_item(
+            TableName=self.table_name,
+            Key=to_wire({"name": name}),
+            UpdateExpression="REMOVE #w",
+            ExpressionAttributeNames={"#w": f"{WARMING}{model}"},
         )
 
     def record_failure(self, name: str, failures_to_open: int, now: float | None = None) -> int:
@@ -142,4 +176,8 @@ def _status(item: dict[str, Any]) -> EndpointStatus:
         probe_at=float(item.get("probe_at", 0.0)),
         last_seen=float(item.get("last_seen", 0.0)),
         models={str(k): str(v) for k, v in (item.get("models") or {}).items()},
+        ready_at={str(k): float(v) for k, v in (item.get("ready_at") or {}).items()},
+        warming={
+            k.removeprefix(WARMING): float(v) for k, v in item.items() if k.startswith(WARMING)
+        },
     )

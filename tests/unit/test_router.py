@@ -91,3 +91,44 @@ def test_model_status_is_its_warmest_deployment_and_unavailable_when_down() -> N
 def test_no_candidate_is_model_not_found() -> None:
     with pytest.raises(ModelNotFoundError):
         router.rank([], {}, NOW)
+
+
+WARMING_POLICY = CircuitPolicy(warm_timeout_s=600.0, start_estimate_s=60.0)
+
+
+def test_a_cold_deployment_asked_to_warm_reads_starting_until_the_mark_times_out() -> None:
+    a = endpoint("a", 4)
+    cold = status("a", models={"m": router.COLD}, warming={"m": NOW - 10})
+    assert router.model_status(a, "m", cold, NOW, WARMING_POLICY) == router.STARTING
+    stale = status("a", models={"m": router.COLD}, warming={"m": NOW - 601})
+    assert router.model_status(a, "m", stale, NOW, WARMING_POLICY) == router.COLD
+    # The endpoint's own word wins once it has one: hot stays hot, whatever the mark says.
+    hot = status("a", warming={"m": NOW - 10})
+    assert router.model_status(a, "m", hot, NOW, WARMING_POLICY) == router.HOT
+
+
+def test_starting_ranks_between_hot_and_cold() -> None:
+    a, b, c = endpoint("a", 4), endpoint("b", 4), endpoint("c", 4)
+    statuses = {
+        "a": status("a", models={"m": router.COLD}),
+        "b": status("b", models={"m": router.STARTING}),
+        "c": status("c", inflight=3),
+    }
+    ranked = router.rank([(a, DEP), (b, DEP), (c, DEP)], statuses, NOW, WARMING_POLICY)
+    assert names(ranked) == ["c", "b", "a"]
+
+
+def test_the_wait_for_a_model_with_no_hot_deployment_is_its_soonest_start() -> None:
+    a, b = endpoint("a", 4), endpoint("b", 4)
+    said = status("a", models={"m": router.STARTING}, ready_at={"m": NOW + 7})
+    unsaid = status("b", models={"m": router.STARTING})
+    candidates = [(a, DEP), (b, DEP)]
+    wait = router.start_wait_s(candidates, {"a": said, "b": unsaid}, NOW, WARMING_POLICY)
+    assert wait == 7.0  # where the endpoint said; the other is expected in 60 s
+    cold = status("b", models={"m": router.COLD})
+    assert router.start_wait_s([(b, DEP)], {"b": cold}, NOW, WARMING_POLICY) == 60.0
+    asked = status("b", models={"m": router.COLD}, warming={"m": NOW - 45})
+    assert router.start_wait_s([(b, DEP)], {"b": asked}, NOW, WARMING_POLICY) == 15.0
+    # A hot deployment anywhere: nothing to wait for. None usable: nothing to wait for either.
+    assert router.start_wait_s(candidates, {"a": said, "b": status("b")}, NOW) is None
+    assert router.start_wait_s(candidates, {}, NOW, WARMING_POLICY) is None
