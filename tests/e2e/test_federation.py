@@ -77,3 +77,20 @@ def test_stopping_a_cluster_mid_load_loses_nothing_and_the_other_serves_it_all(
     finally:
         stack.first("local", "endpoint", "start", "local-b")
     wait_for(lambda: online(stack).get("local-b") == "online", 30, "local-b back online")
+
+
+def test_warming_a_hot_model_answers_200_hot_and_an_unknown_one_404(
+    stack: BackgroundStack,
+) -> None:
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    base = f"{stack.config.api_url}/v1/models"
+    for path in (f"{base}/first%2Ftiny-chat/warm", f"{base}/{TINY}/warm"):
+        answer = requests.post(path, headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["object"] == "model.warm" and body["model"] == TINY
+        assert body["status"] == "hot"
+        assert {d["endpoint"] for d in body["deployments"]} == {"local-a", "local-b"}
+    missing = requests.post(f"{base}/no%2Fsuch-model/warm", headers=headers, timeout=10)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
