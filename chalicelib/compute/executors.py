@@ -188,14 +188,18 @@ class ExecutorPool:
 def default_factory(
     local_endpoint_url: str, local_endpoint_token: str = ""
 ) -> Callable[[Endpoint], TaskExecutor]:
+    pacer: Any = None  # one SubmissionPacer for every Globus endpoint: one client, one limit
+
     def make(endpoint: Endpoint) -> TaskExecutor:
+        nonlocal pacer
         if endpoint.executor == "local":
             # Each local "cluster" of the offline stack listens on its own URL.
             return LocalEndpointExecutor(endpoint.url or local_endpoint_url, local_endpoint_token)
         # The poller's only tie to the Globus Compute web service (it authenticates on first
         # use; the Lambda package never imports it).
-        from chalicelib.compute.globus import GlobusTasks
+        from chalicelib.compute.globus import GlobusTasks, SubmissionPacer
 
-        return GlobusTasks(endpoint.endpoint_id)
+        pacer = pacer or SubmissionPacer()
+        return GlobusTasks(endpoint.endpoint_id, pacer=pacer)
 
     return make

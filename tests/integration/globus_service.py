@@ -1,8 +1,9 @@
 """A Globus Compute web service recorded at the HTTP level, for the real ``globus_compute_sdk.Client``.
 
 Only the service's routes the poller uses answer: ``POST /v3/endpoints/<id>/submit`` (task ids
-for a batch) and ``GET /v2/tasks/<id>`` (pending, then the result or the remote exception, in
-the service's own serialized form). Everything else fails the test (``responses`` refuses it).
+for a batch), ``GET /v2/tasks/<id>`` and ``POST /v2/batch_status`` (pending, then the result or
+the remote exception, in the service's own serialized form). Everything else fails the test
+(``responses`` refuses it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -38,11 +40,16 @@ class GlobusService:
         self.submitted: list[str] = []
         self.tasks: dict[str, dict[str, Any]] = {}
         self.reads: dict[str, int] = {}
+        self.submissions: list[int] = []  # tasks per submission
+        self.batch_polls = 0
+        self.single_polls = 0
+        self.submit_delay_s = 0.0
         self._lock = threading.Lock()
         mock.add_callback(
             responses.POST, re.compile(rf"{BASE}/v3/endpoints/[^/]+/submit"), self._submit
         )
         mock.add_callback(responses.GET, re.compile(rf"{BASE}/v2/tasks/[^/]+"), self._task)
+        mock.add_callback(responses.POST, f"{BASE}/v2/batch_status", self._batch_status)
 
     def client(self) -> Client:
         return Client(do_version_check=False, authorizer=globus_sdk.NullAuthorizer())
@@ -55,7 +62,10 @@ class GlobusService:
         return task_id
 
     def _submit(self, request: Any) -> tuple[int, dict[str, str], str]:
+        time.sleep(self.submit_delay_s)  # a service that takes its time: callers pile up
         body = json.loads(request.body)
+        with self._lock:
+            self.submissions.append(sum(len(p) for p in body["tasks"].values()))
         out: dict[str, list[str]] = {}
         for function_id, payloads in body["tasks"].items():
             for payload in payloads:
@@ -75,14 +85,33 @@ class GlobusService:
     def _task(self, request: Any) -> tuple[int, dict[str, str], str]:
         task_id = request.url.rsplit("/", 1)[-1]
         with self._lock:
+            self.single_polls += 1
+        data = self._state(task_id)
+        if data is None:
+            return 404, {"Content-Type": "application/json"}, json.dumps({"code": "not found"})
+        return 200, {"Content-Type": "application/json"}, json.dumps(data)
+
+    def _batch_status(self, request: Any) -> tuple[int, dict[str, str], str]:
+        with self._lock:
+            self.batch_polls += 1
+        results = {}
+        for task_id in json.loads(request.body)["task_ids"]:
+            data = self._state(task_id)
+            if data is not None:
+                results[task_id] = data
+        body = {"response": "batch", "results": results}
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    def _state(self, task_id: str) -> dict[str, Any] | None:
+        with self._lock:
             task = self.tasks.get(task_id)
             n = self.reads[task_id] = self.reads.get(task_id, 0) + 1
         if task is None:
-            return 404, {"Content-Type": "application/json"}, json.dumps({"code": "not found"})
+            return None
         outcome = self.behave(task, n)
         data: dict[str, Any] = {"task_id": task_id, "status": "waiting-for-launch"}
         if isinstance(outcome, Raised):
             data.update(status="failed", exception=str(outcome), completion_t="1")
         elif outcome is not None:
             data.update(status="success", result=SERDE.serialize(outcome), completion_t="1")
-        return 200, {"Content-Type": "application/json"}, json.dumps(data)
+        return data

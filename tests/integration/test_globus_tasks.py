@@ -21,7 +21,7 @@ import pytest
 import responses
 
 from chalicelib.compute.executors import ExecutorPool, RemoteTaskError, TaskLostError
-from chalicelib.compute.globus import GlobusTasks
+from chalicelib.compute.globus import GlobusTasks, SubmissionPacer
 from chalicelib.logs import get_logger
 from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.worker import Poller
@@ -144,6 +144,67 @@ def test_a_task_is_submitted_by_id_collected_by_polling_and_its_errors_kept_apar
         assert len(service.submitted) == 3
     finally:
         tasks.shutdown(cancel_futures=True)
+
+
+def test_concurrent_submissions_share_batch_runs_and_polls_and_nothing_is_kept(
+    globus_http: responses.RequestsMock,
+) -> None:
+    """Globus Compute allows 20 submissions per 10 s per client: under load, tasks arriving
+    while one submission is in flight go together in the next, each caller still learns its own
+    task id, and pending tasks are read in one batch_status call rather than one each."""
+    service = GlobusService(
+        globus_http,
+        lambda task, n: (
+            Raised("Traceback:\nValueError: no")
+            if task["i"] == 7
+            # every task stays pending for its first two reads: polling has work to batch
+            else (None if n < 3 else {"echo": task["i"]})
+        ),
+    )
+    service.submit_delay_s = 0.2
+    tasks = GlobusTasks(GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05)
+    out: dict[int, tuple[str, Any]] = {}
+
+    def one(i: int) -> None:
+        task_id, future = tasks.submit_task(CHAT_FN, args=({"i": i},))
+        try:
+            out[i] = (task_id, future.result(20))
+        except RemoteTaskError as exc:
+            out[i] = (task_id, exc)
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(out) == list(range(24))
+        # Each caller got its own task and its own result, the failed one its own exception.
+        assert len({task_id for task_id, _ in out.values()}) == 24
+        assert all(out[i][1] == {"echo": i} for i in range(24) if i != 7)
+        assert isinstance(out[7][1], RemoteTaskError) and "ValueError: no" in str(out[7][1])
+        assert sum(service.submissions) == 24 == len(service.submitted)
+        assert len(service.submissions) < 24 and max(service.submissions) > 1
+        assert tasks.submissions == len(service.submissions)
+        # Pending tasks were read in batches; one by one only the failed task (the SDK leaves
+        # failures out of a batch answer) and nothing else.
+        assert service.batch_polls < sum(service.reads.values())
+        assert service.single_polls == 1
+        # The SDK client's cache of finished tasks is emptied as results are collected.
+        assert tasks.client._task_status_table == {}
+    finally:
+        tasks.shutdown(cancel_futures=True)
+
+
+def test_the_pacer_holds_submissions_to_the_services_rate() -> None:
+    pacer = SubmissionPacer(limit=3, window_s=10.0)
+    for t in (0.0, 1.0, 2.0):
+        assert pacer.wait_s(t) == 0.0
+        pacer.sent(t)
+    assert pacer.wait_s(2.5) == pytest.approx(7.5)  # the fourth waits for the first to age out
+    assert pacer.wait_s(10.0) == 0.0
+    pacer.sent(10.0)
+    assert pacer.wait_s(10.5) == pytest.approx(0.5)
 
 
 def test_a_reclaimed_request_attaches_to_its_globus_task_instead_of_running_again(

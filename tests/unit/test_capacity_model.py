@@ -35,7 +35,9 @@ def test_longer_generations_lower_the_lambda_bound_and_raise_the_cost(
 
 
 def test_one_task_per_globus_submit_binds_first_and_batching_moves_it_to_lambda() -> None:
-    assert with_engine(2.0).binding() == ("globus_submissions", 2.0)
+    assert with_engine(2.0, tasks_per_submit=1).binding() == ("globus_submissions", 2.0)
+    # As deployed: group-committed submissions of up to 64 tasks → 128 req/s per client.
+    assert with_engine(2.0).interactive_bounds()["globus_submissions"] == pytest.approx(128.0)
     lifted = with_engine(10.0, globus_clients=8, tasks_per_submit=16)
     name, rps = lifted.binding()
     assert name == "lambda_concurrency" and rps == pytest.approx(1000 / 10.05)
