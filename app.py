@@ -198,7 +198,10 @@ def ws_connect(event: WebsocketEvent) -> dict[str, Any]:
 
 @app.on_ws_message()
 def ws_message(event: WebsocketEvent) -> None:
-    services.streams.message(event.connection_id, event.body)
+    try:
+        services.streams.message(event.connection_id, event.body)
+    finally:
+        services.api_metrics.flush()  # StreamRequests / StreamRefusals, before Lambda freezes
 
 
 @app.on_ws_disconnect()

@@ -155,8 +155,23 @@ def api_request(
         m.add("ApiErrors", COUNT, 1, route=route, status=str(status), code=code or "none")
 
 
-def stream_admitted(m: MetricsRecorder, *, model: str) -> None:
+def stream_admitted(m: MetricsRecorder, *, model: str | None) -> None:
+    """A WebSocket request queued (``model``: a registry model id, or None)."""
     m.add("StreamRequests", COUNT, 1, model=model)
+
+
+def stream_refused(m: MetricsRecorder, *, status: int, code: str | None) -> None:
+    """A WebSocket message answered by an error frame instead of being queued."""
+    m.add("StreamRefusals", COUNT, 1, status=str(status), code=code or "none")
+
+
+def relay_push(m: MetricsRecorder, *, outcome: str, frames: int) -> None:
+    """One push from an HPC function: ``posted``, ``duplicate`` (a retry already posted),
+    ``gone`` (the client left: the function stops generating) or ``refused`` (a bad token or
+    body, answered 4xx)."""
+    m.add("RelayPushes", COUNT, 1, outcome=outcome)
+    if frames:
+        m.add("RelayFrames", COUNT, frames)
 
 
 def request_finished(

@@ -253,7 +253,7 @@ class Services:
     def relay(self) -> Relay:
         from chalicelib.streaming.relay import Relay
 
-        return Relay(self.settings.stream_key_bytes, self.connection_poster)
+        return Relay(self.settings.stream_key_bytes, self.connection_poster, self.api_metrics)
 
     @cached_property
     def streams(self) -> StreamService:
@@ -273,6 +273,7 @@ class Services:
             logger=get_logger("first-streams"),
             # Always: stream_max_per_user counts in the limits table, rate limits or not.
             limit_store=self.limit_store,
+            recorder=self.api_metrics,
         )
 
     def stream_notifier(self) -> StreamNotifier | None:

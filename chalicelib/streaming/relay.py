@@ -17,6 +17,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib import metrics
 from chalicelib.errors import AuthenticationError, BadRequestError, StreamGoneError
 from chalicelib.stores.websocket import ConnectionGoneError, ConnectionPoster
 from chalicelib.streaming import frames
@@ -35,14 +36,34 @@ class Delivery:
 
 
 class Relay:
-    def __init__(self, key: bytes, poster: ConnectionPoster) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        poster: ConnectionPoster,
+        recorder: metrics.MetricsRecorder | None = None,
+    ) -> None:
         self._key = key
         self._poster = poster
+        self._metrics = recorder
         self._posted: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
 
     def push(self, token: str, raw: bytes) -> Delivery:
+        outcome, delivery = "refused", None
+        try:
+            delivery = self._push(token, raw)
+            outcome = "posted" if delivery.posted else "duplicate"
+            return delivery
+        except StreamGoneError:
+            outcome = "gone"
+            raise
+        finally:
+            if self._metrics is not None:
+                posted = delivery.posted if delivery is not None else 0
+                metrics.relay_push(self._metrics, outcome=outcome, frames=posted)
+
+    def _push(self, token: str, raw: bytes) -> Delivery:
         if not self._key:
             raise AuthenticationError("Streaming is not configured.", code="invalid_stream_token")
         try:

@@ -23,7 +23,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import limits
+from chalicelib import limits, metrics
 from chalicelib.auth import Principal, bearer_token
 from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.ceilings import check_max_tokens
@@ -88,8 +88,10 @@ class StreamService:
         blobs: BlobStore,
         logger: Logger,
         limit_store: LimitStore | None = None,
+        recorder: metrics.MetricsRecorder | None = None,
     ) -> None:
         self._s = settings
+        self._metrics = recorder
         self._auth = authenticator
         self._connections = connections
         self._poster = poster
@@ -147,6 +149,10 @@ class StreamService:
             "stream request queued",
             extra={"request_id": request_id, "user": principal.id, "model": req.model},
         )
+        if self._metrics is not None:
+            # A dimension only for registry models: never a name a caller typed.
+            known = req.model if req.model in self._registry.model_ids() else None
+            metrics.stream_admitted(self._metrics, model=known)
         return request_id
 
     def _frame(self, text: str | None) -> dict[str, Any]:
@@ -267,6 +273,10 @@ class StreamService:
 
     def _refuse(self, connection_id: str, ref: str | None, exc: FirstError) -> None:
         self.counts[f"refused_{exc.STATUS_CODE}"] += 1
+        if self._metrics is not None:
+            metrics.stream_refused(
+                self._metrics, status=exc.STATUS_CODE, code=exc.to_body()["error"]["code"]
+            )
         try:
             self._poster.post(connection_id, frames.error(ref, exc.request_id, exc))
         except ConnectionGoneError:

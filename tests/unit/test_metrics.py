@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from chalice.app import Response
 from chalice.test import Client
 
 from chalicelib import metrics
-from chalicelib.errors import RateLimitError
+from chalicelib.errors import AuthenticationError, RateLimitError, StreamGoneError
 from chalicelib.http import ThreadSafeChalice, openai_route
 from chalicelib.logs import get_logger
 from chalicelib.metrics import MetricsRecorder
 from chalicelib.poller.accounting import Accounting, handled_errors_gauge, usage_of
+from chalicelib.streaming.relay import Relay
 
 
 def recorder() -> tuple[MetricsRecorder, list[str]]:
@@ -245,3 +247,36 @@ def test_a_batch_shard_is_one_usage_record_of_its_lines_and_its_metrics_are_flus
     assert seen["BatchLinesFailed"][0]["values"] == [1.0]
     assert seen["BatchShardEngineTime"][0]["unit"] == "Milliseconds"
     assert seen["PromptTokens"][0]["values"] == [40.0]
+
+
+def test_relay_pushes_are_counted_by_outcome_and_frames_posted() -> None:
+    from tests.unit.test_streaming import KEY, RecordingPoster, mint_for, push
+
+    m, out = recorder()
+    poster = RecordingPoster()
+    relay = Relay(KEY, poster, m)  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", None, 60)
+    relay.push(token, push(1, "a", "b"))
+    relay.push(token, push(1, "a", "b"))  # a retry
+    with pytest.raises(AuthenticationError):
+        relay.push(mint_for(KEY, "req_1", "conn-a", None, -1), push(2, "c"))
+    poster.gone.add("conn-a")
+    with pytest.raises(StreamGoneError):
+        relay.push(token, push(2, "c"))
+    m.flush()
+    seen = by_metric(out)
+    pushes = {e["dims"]["outcome"]: e["values"] for e in seen["RelayPushes"]}
+    assert pushes == {"posted": [1.0], "duplicate": [1.0], "refused": [1.0], "gone": [1.0]}
+    assert [e["values"] for e in seen["RelayFrames"]] == [[2.0]]
+
+
+def test_stream_refusals_are_counted_by_status_and_code() -> None:
+    m, out = recorder()
+    metrics.stream_refused(m, status=429, code="rate_limit_exceeded")
+    metrics.stream_admitted(m, model=None)  # a model outside the registry: no dimension
+    m.flush()
+    seen = by_metric(out)
+    (refusal,) = seen["StreamRefusals"]
+    assert refusal["dims"]["status"] == "429"
+    assert refusal["dims"]["code"] == "rate_limit_exceeded"
+    assert [e["dims"].get("model") for e in seen["StreamRequests"]] == [None]
