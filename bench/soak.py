@@ -235,7 +235,11 @@ def worker(run: Run, index: int, users: list[str]) -> None:
 
 
 def ws_connect(url: str, key: str) -> ClientConnection:
-    return connect(url, additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=30)
+    # One connection held across many requests (not a `with` block): the direct form.
+    headers = {"Authorization": f"Bearer {key}"}
+    conn = connect(url, additional_headers=headers, open_timeout=30, legacy=True)
+    assert isinstance(conn, ClientConnection)
+    return conn
 
 
 def stream_one(ws: ClientConnection, ref: str) -> tuple[str | None, str | None]:
