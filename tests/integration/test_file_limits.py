@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from chalicelib.auth import Principal
-from chalicelib.errors import BadRequestError
+from chalicelib.errors import BadRequestError, PayloadTooLargeError
 from chalicelib.services import Services
 from chalicelib.settings import Settings
 
@@ -52,3 +52,20 @@ def test_uploads_past_the_files_per_user_limit_are_refused_until_one_is_deleted(
     assert upload(services, other)
     services.batch_api.delete_file(user, first)
     assert upload(services, user)
+
+
+def test_a_batch_over_the_input_file_size_limit_is_a_413_naming_the_file(stage: str) -> None:
+    services = Services(Settings(stage=stage, batch_max_file_bytes=2))
+    name = f"big-{uuid.uuid4().hex[:6]}"
+    user = Principal(id=name, username=name)
+    file_id = upload(services, user)  # 3 bytes: one more than the limit
+    body = {
+        "input_file_id": file_id,
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+    with pytest.raises(PayloadTooLargeError) as refused:
+        services.batch_api.create_batch(user, json.dumps(body).encode())
+    error = refused.value.to_body()["error"]
+    assert refused.value.STATUS_CODE == 413 and error["param"] == "input_file_id"
+    assert error["code"] == "request_too_large"
