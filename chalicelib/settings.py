@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # A request whose endpoints are all at capacity waits in its poller's line this long for a
     # slot (its lease kept alive) before it is put back on the queue with a backoff.
     poller_slot_wait_s: float = 900.0
+    # How long a request waits in the poller while no endpoint serving its model is online
+    # (starting up, restarting, circuit open) before it is retried with back-off.
+    poller_offline_wait_s: float = 30.0
     # Circuit breaker per endpoint (chalicelib/router.py): consecutive infrastructure failures
     # that open it, the cooldown before one probe; an endpoint unheard of this long is offline.
     circuit_failures_to_open: int = 3

@@ -46,6 +46,11 @@ class Place:
         """Its endpoint failed: wait again, keeping its place by arrival."""
         self._gate._back(self)
 
+    def step_aside(self) -> None:
+        """Out of the line while nothing can run it (no endpoint online): the requests behind
+        it go first meanwhile; ``back_in_line`` returns it to its place by arrival."""
+        self._gate._aside(self)
+
 
 class FairGate:
     def __init__(self) -> None:
@@ -87,6 +92,11 @@ class FairGate:
             self._waiting.pop(place.ticket, None)
             self._running[place.owner] += 1
             place.running = True
+            self._cond.notify_all()
+
+    def _aside(self, place: Place) -> None:
+        with self._cond:
+            self._waiting.pop(place.ticket, None)
             self._cond.notify_all()
 
     def _back(self, place: Place) -> None:

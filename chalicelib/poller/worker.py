@@ -281,6 +281,8 @@ class Poller:
         attach = str(task["id"]) if held and task.get("endpoint") == held else None
         failed_on: dict[str, str] = {}
         deadline = time.monotonic() + self._s.poller_slot_wait_s
+        offline_until = time.monotonic() + self._s.poller_offline_wait_s
+        waited_offline = False
         with self._gate.line(str(record.get("owner") or "")) as place:
             while True:
                 if not place.wait_turn(0.25):
@@ -296,6 +298,16 @@ class Poller:
                 # A request re-claimed from a dead poller goes back to the endpoint it was
                 # running on: its task is still there (keyed by request id), so it attaches.
                 ranked.sort(key=lambda c: c[0].name != held)
+                if not ranked and not failed_on and time.monotonic() < offline_until:
+                    # Nothing serving the model is online (the stack starting, an endpoint
+                    # restarting): wait a little for one, aside so other models' requests go.
+                    if not waited_offline:
+                        self.counts["offline_waits"] += 1  # requests, not wait rounds
+                        waited_offline = True
+                    place.step_aside()
+                    self._board.wait_for_change(0.5)
+                    place.back_in_line()
+                    continue
                 if not ranked:
                     raise NoEndpointError(
                         f"no endpoint can run {record['model']} now (offline, circuit open, or"

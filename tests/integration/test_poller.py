@@ -99,7 +99,9 @@ def run_poller(services: Services) -> Iterator[Callable[..., Poller]]:
         )
 
     def start(
-        executor: ScriptedExecutor, per_endpoint: dict[str, ScriptedExecutor] | None = None
+        executor: ScriptedExecutor,
+        per_endpoint: dict[str, ScriptedExecutor] | None = None,
+        probe: Callable[[Any], bool] | None = None,
     ) -> Poller:
         def pick(endpoint: Any) -> ScriptedExecutor:
             return (per_endpoint or {}).get(endpoint.name, executor)
@@ -118,7 +120,7 @@ def run_poller(services: Services) -> Iterator[Callable[..., Poller]]:
                 services.registry,
                 services.endpoint_store,
                 get_logger("test-poller"),
-                probes={"local": lambda endpoint: True},
+                probes={"local": probe or (lambda endpoint: True)},
             ),
         )
         thread = threading.Thread(target=poller.run, daemon=True)
@@ -211,6 +213,25 @@ def test_the_circuit_opens_after_three_failures_and_traffic_goes_elsewhere(
     assert len(healthy.attempts) == 5
     status = services.endpoint_store.statuses()["local-a"]
     assert status.failures == 3 and status.opened_at > 0
+
+
+def test_a_request_waits_for_an_endpoint_to_come_online_instead_of_failing(
+    services: Services, run_poller: Callable[..., Poller]
+) -> None:
+    """The stack starting (or every endpoint restarting): nothing serving the model is online
+    when the request arrives. It waits in the poller and runs once one is, on its first try."""
+    online = threading.Event()
+    healthy = ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])})
+    poller = run_poller(healthy, probe=lambda endpoint: online.is_set())
+    request_id = submit(services)
+    wait_until(lambda: poller.counts["offline_waits"] == 1, "the request to wait")
+    assert healthy.attempts == {}
+    online.set()
+    done = services.gateway.wait(request_id, 20)
+    assert done.response["choices"][0]["message"]["content"] == "hi"
+    record = services.requests.get(request_id)
+    assert record is not None and record["status"] == "completed" and record["attempt"] == 1
+    assert poller.counts["run_errors"] == 0
 
 
 def test_one_users_flood_does_not_hold_another_users_request_behind_it(

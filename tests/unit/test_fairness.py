@@ -46,3 +46,14 @@ def test_a_failed_request_goes_back_in_line_at_its_place() -> None:
         assert second.wait_turn(0)
         first.back_in_line()  # its endpoint failed: it is older, so it is next again
         assert first.wait_turn(0) and not second.wait_turn(0)
+
+
+def test_a_request_stepping_aside_lets_the_next_go_and_comes_back_at_its_place() -> None:
+    gate = FairGate()
+    with gate.line("a") as first, gate.line("b") as second:
+        assert first.wait_turn(0) and not second.wait_turn(0)
+        first.step_aside()  # nothing can run it now
+        assert second.wait_turn(0) and not first.wait_turn(0)
+        first.back_in_line()
+        assert first.wait_turn(0) and not second.wait_turn(0)  # first by arrival again
+    assert gate.waiting() == 0
