@@ -2,7 +2,9 @@
 routes (``.chalice/policy-prod.json``) and the batch worker (``infra/iam/batch-worker-policy.json``),
 each recorded on its own boto3 session against the moto server through the real components
 (``BatchApi``; a real ``BatchWorker`` whose executor runs the real ``batch_shard`` function),
-for an API batch and a drop-folder batch. The method is ``test_iam_policies``'s.
+for an API batch and a drop-folder batch. The worker is wired as ``chalicelib.batch.main``
+builds it: routing on the shared endpoint status, one usage record per shard through the
+background ``UsageWriter``. The method is ``test_iam_policies``'s.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import boto3
 import requests
 
 from chalicelib.auth import Principal
+from chalicelib.batch.accounting import BatchAccounting
 from chalicelib.batch.worker import BatchWorker
 from chalicelib.compute.executors import ExecutorPool
 from chalicelib.logs import get_logger
+from chalicelib.metrics import MetricsRecorder
+from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 from tests.integration.test_batch import InProcessEndpoint, lines, registry_path  # noqa: F401 - fixture
 from tests.integration.test_iam_policies import (
@@ -56,6 +61,8 @@ WORKER_MUST_EXERCISE = {
     ("s3:GetObject", "first-prod-data/batches/"),
     ("s3:GetObject", "first-prod-drop/inbox/"),
     ("s3:PutObject", "first-prod-drop/outbox/"),
+    ("dynamodb:Scan", "table/first-prod-endpoints"),
+    ("dynamodb:BatchWriteItem", "table/first-prod-usage"),
 }
 
 
@@ -72,6 +79,14 @@ def test_batch_policies_allow_every_call_each_side_makes(
     )
     api, worker_side = recording_side(settings), recording_side(settings)
     ws = worker_side.services
+    # The pollers' heartbeats (not the worker's calls): both endpoints online, the model hot.
+    operator = Services(settings)
+    for endpoint in operator.registry.endpoints:
+        models = {m.model: "hot" for m in endpoint.models}
+        operator.endpoint_store.heartbeat(endpoint.name, capacity=4, models=models)
+    recorder = MetricsRecorder("first-batch", sink=lambda line: None)
+    logger = get_logger("first-batch-iam")
+    accounting = BatchAccounting(recorder, logger, ws.usage_writer(recorder))
     worker = BatchWorker(
         settings=settings,
         registry=ws.registry,
@@ -81,7 +96,10 @@ def test_batch_policies_allow_every_call_each_side_makes(
         data=ws.objects,
         drop=ws.drop_objects,
         executors=ExecutorPool(lambda e: InProcessEndpoint()),
-        logger=get_logger("first-batch-iam"),
+        logger=logger,
+        endpoints=ws.endpoint_store,
+        policy=ws.circuit_policy,
+        accounting=accounting,
     )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -121,6 +139,9 @@ def test_batch_policies_allow_every_call_each_side_makes(
     finally:
         worker.stopping.set()
         thread.join(timeout=30)
+        accounting.close()  # as chalicelib.batch.main does: the queued usage records written
+    assert accounting.usage is not None and accounting.usage.failures == 0
+    assert accounting.counts["accounting_errors"] == 0
     api_calls = exercised(api.recorder.calls, stage)
     worker_calls = exercised(worker_side.recorder.calls, stage)
     assert covers(api_calls, API_MUST_EXERCISE) == set()

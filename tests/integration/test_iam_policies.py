@@ -4,7 +4,12 @@ Each side runs on its own boto3 session with a ``CallRecorder`` (tests/iam.py), 
 server, through the real components: the API's ``Services`` (gateway, reply listener, keys,
 limits, blobs with a payload too large to go inline, the Globus auth cache) and a real ``Poller``
 whose executor answers in process, plus the poller-side stores on the paths a happy request
-does not take (fail, extend, heartbeat, delete). Streaming runs the API's WebSocket routes through
+does not take (fail, extend, heartbeat, delete). The poller's accounting is wired as in
+``chalicelib.poller.main`` (usage records through the background ``UsageWriter``, the queue-depth
+gauge); the API then reads them back as ``GET /v1/usage`` and ``GET /v1/dashboard/summary`` do.
+A warm-up runs end to end: the poller's probe reports the model cold, the API's ``Fleet.warm``
+marks the router's choice and queues ``{warm}``, the poller sends the warm task and clears the
+mark. Streaming runs the API's WebSocket routes through
 the local WebSocket API emulation (``offline.ws_gateway``: $connect, $default, $disconnect), the
 relay posting an HPC node's push and the poller posting ``done``, each through a real
 ``apigatewaymanagementapi`` client whose endpoint (the local server, under the stage ``api`` as
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -37,17 +43,23 @@ from chalicelib.auth.cache import IntrospectionCache
 from chalicelib.auth.principal import Principal
 from chalicelib.compute.executors import ExecutorPool
 from chalicelib.errors import FirstError
+from chalicelib.fleet import require_operator
 from chalicelib.logs import get_logger
+from chalicelib.metrics import MetricsRecorder
 from chalicelib.poller import planning
-from chalicelib.poller.board import StatusBoard
+from chalicelib.poller.accounting import Accounting
+from chalicelib.poller.board import Health, StatusBoard
 from chalicelib.poller.leases import Leases
+from chalicelib.poller.main import start_accounting
 from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
+from chalicelib.registry import Endpoint
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 from chalicelib.stores.deleter import BatchDeleter
 from chalicelib.streaming.notifier import StreamNotifier
 from chalicelib.streaming.relay import Relay
+from chalicelib.usage_view import usage as usage_summary
 from offline.api_server import ApiServer
 from offline.stack import free_port
 from offline.ws_gateway import Connections, WsGateway
@@ -61,6 +73,9 @@ BIG_TEXT = "x" * 4096
 # Chalice names the WebSocket API's stage as the REST API's (``api_gateway_stage``).
 WS_STAGE = "api"
 TIMEOUT_S = 30.0
+# The key's group, and the settings' operator group: the operator routes (everyone's usage, the
+# dashboard) are part of what the API does.
+OPERATORS = "iam-operators"
 
 # (action, resource pattern in prod) each side must have made, or the check proves nothing.
 API_MUST_EXERCISE = {
@@ -71,8 +86,15 @@ API_MUST_EXERCISE = {
     ("dynamodb:GetItem", "table/first-prod-auth-cache"),
     ("dynamodb:PutItem", "table/first-prod-auth-cache"),
     ("dynamodb:UpdateItem", "table/first-prod-limits"),
+    ("dynamodb:Query", "table/first-prod-requests/index/pending"),
+    ("dynamodb:GetItem", "table/first-prod-requests"),
+    ("dynamodb:Query", "table/first-prod-usage"),
+    ("dynamodb:Query", "table/first-prod-usage/index/by-day"),
+    ("dynamodb:Scan", "table/first-prod-endpoints"),
+    ("dynamodb:UpdateItem", "table/first-prod-endpoints"),
     ("sqs:GetQueueUrl", ":first-prod-interactive"),
     ("sqs:SendMessage", ":first-prod-interactive"),
+    ("sqs:GetQueueAttributes", ":first-prod-interactive"),
     ("sqs:CreateQueue", ":first-prod-reply-"),
     ("sqs:TagQueue", ":first-prod-reply-"),
     ("sqs:ReceiveMessage", ":first-prod-reply-"),
@@ -91,8 +113,12 @@ POLLER_MUST_EXERCISE = {
     ("sqs:ReceiveMessage", ":first-prod-interactive"),
     ("sqs:ChangeMessageVisibility", ":first-prod-interactive"),
     ("sqs:DeleteMessage", ":first-prod-interactive"),
+    ("sqs:GetQueueAttributes", ":first-prod-interactive"),
     ("sqs:SendMessage", ":first-prod-reply-"),
     ("dynamodb:UpdateItem", "table/first-prod-requests"),
+    ("dynamodb:Scan", "table/first-prod-endpoints"),
+    ("dynamodb:UpdateItem", "table/first-prod-endpoints"),
+    ("dynamodb:BatchWriteItem", "table/first-prod-usage"),
     ("dynamodb:UpdateItem", "table/first-prod-limits"),
     ("s3:GetObject", "first-prod-data/requests/"),
     ("s3:PutObject", "first-prod-data/requests/"),
@@ -102,7 +128,23 @@ POLLER_MUST_EXERCISE = {
 
 
 class AnsweringExecutor(Executor):
-    """Stands in for Globus Compute: answers every task at once, with a large response."""
+    """Stands in for Globus Compute: answers every task at once, with a large response. Its
+    tasks have ids, as Globus Compute's do (``Attachable``): the poller keeps each on the
+    request's record (``RequestStore.note_task``)."""
+
+    def submit_task(
+        self,
+        function_id: str,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> tuple[str, Future[Any]]:
+        task = (args or [{}])[0]
+        return f"task-{task['request_id']}", self.submit_to_registered_function(
+            function_id, args, kwargs
+        )
+
+    def attach(self, task_id: str) -> Future[Any]:
+        raise AssertionError(f"no poller died here: nothing re-attaches to {task_id}")
 
     def submit_to_registered_function(
         self,
@@ -157,6 +199,32 @@ class StreamingExecutor(AnsweringExecutor):
         return super().submit_to_registered_function(function_id, args, kwargs)
 
 
+class ColdModelExecutor(AnsweringExecutor):
+    """An endpoint whose probe reports ``MODEL`` cold until its warm task (``local:warm``,
+    ``hpc_functions.warm``) has loaded it."""
+
+    def __init__(self) -> None:
+        self.state = "cold"
+        self.warm_tasks: list[dict[str, Any]] = []
+
+    def probe(self, endpoint: Endpoint) -> Health:
+        return Health(True, {MODEL: self.state})
+
+    def submit_to_registered_function(
+        self,
+        function_id: str,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Future[Any]:
+        if function_id != "local:warm":
+            return super().submit_to_registered_function(function_id, args, kwargs)
+        self.warm_tasks.append((args or [{}])[0])
+        self.state = "hot"
+        future: Future[Any] = Future()
+        future.set_result({"status": "hot", "model": MODEL})
+        return future
+
+
 @dataclass
 class Side:
     services: Services
@@ -172,6 +240,9 @@ class World:
     state: dict[str, Any]
     websocket: WsGateway
     disconnected: threading.Event
+    # The poller's accounting, shared by every poller the steps start (as one process's is).
+    accounting: Accounting
+    metric_lines: list[str]
 
     def principal(self) -> Principal:
         return self.api.services.authenticator.authenticate(self.key)
@@ -186,7 +257,12 @@ def request() -> ChatCompletionRequest:
 # --- what the API does -------------------------------------------------------------------
 
 
-def poller_of(w: World, executor: Executor, streams: StreamNotifier | None = None) -> Poller:
+def poller_of(
+    w: World,
+    executor: Executor,
+    streams: StreamNotifier | None = None,
+    probe: Callable[[Endpoint], Health | bool] = lambda endpoint: True,
+) -> Poller:
     ps = w.poller.services
     return Poller(
         settings=ps.settings,
@@ -202,17 +278,20 @@ def poller_of(w: World, executor: Executor, streams: StreamNotifier | None = Non
             ps.registry,
             ps.endpoint_store,
             get_logger("first-poller-test"),
-            probes={"local": lambda endpoint: True},
+            probes={"local": probe},
         ),
         limits=ps.limit_store,
         streams=streams,
+        accounting=w.accounting,
     )
 
 
 def api_interactive_request(w: World) -> None:
     """Authenticate, admit, record (payload to S3), enqueue, wait for the notice, fetch by id;
-    a real poller answers with a result too large for the record (to S3)."""
+    a real poller answers with a result too large for the record (to S3), and starts its
+    accounting as ``chalicelib.poller.main`` does (the gauges sample the queue's depth)."""
     poller = poller_of(w, AnsweringExecutor())
+    start_accounting(poller, w.poller.services)
     thread = threading.Thread(target=poller.run, daemon=True)
     thread.start()
     try:
@@ -221,6 +300,8 @@ def api_interactive_request(w: World) -> None:
         assert done.response["choices"][0]["message"]["content"] == BIG_TEXT
         view = w.api.services.gateway.fetch(principal, done.request_id)
         assert view["status"] == "completed"
+        record = w.api.services.requests.get(done.request_id)
+        assert record is not None and record["task"]["id"] == f"task-{done.request_id}"
     finally:
         poller.stopping.set()
         thread.join(timeout=30)
@@ -284,19 +365,62 @@ def api_streams_over_the_websocket(w: World) -> None:
     assert w.disconnected.wait(TIMEOUT_S), "$disconnect ran"
 
 
+def api_warms_a_cold_model(w: World) -> None:
+    """``POST /v1/models/{model}/warm`` on a model every deployment reports cold: the API marks
+    the router's choice warming and queues ``{warm}``; the poller marks it too, sends the warm
+    task (``chalicelib.poller.warming``) and clears the mark when it returns."""
+    executor = ColdModelExecutor()
+    poller = poller_of(w, executor, probe=executor.probe)
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    api = w.api.services
+    try:
+        wait_until(lambda: api.fleet.annotate({"id": MODEL})["status"] == "cold", "cold")
+        warming = api.gateway.warm(w.principal(), MODEL)
+        assert warming.started and warming.status == "starting"
+        # The API's mark is there from the start: it is gone once the poller's warm-up returned.
+        wait_until(
+            lambda: (
+                poller.warmer.counts["warms_started"] == 1
+                and not any(s.warming for s in api.endpoint_store.statuses().values())
+            ),
+            "the warm-up and its mark cleared",
+        )
+        assert [t["engine"]["model"] for t in executor.warm_tasks] == [MODEL]
+    finally:
+        poller.stopping.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert poller.warmer.counts["warm_errors"] == 0
+
+
+def api_reads_usage_and_the_dashboard(w: World) -> None:
+    """``GET /v1/usage`` (the caller's own: the table; everyone's by user: the by-day index) and
+    ``GET /v1/dashboard/summary`` (endpoints, queue counts, the oldest pending request, usage
+    records, the failed request's record) over the usage records the pollers wrote."""
+    assert w.accounting.usage is not None
+    w.accounting.usage.flush()
+    api = w.api.services
+    principal = w.principal()
+    operators = api.settings.operator_groups
+    own = usage_summary(api.usage, principal, {}, operators)
+    # The interactive, failed and streamed requests of the steps above.
+    assert own["totals"]["requests"] >= 3 and own["totals"]["errors"] >= 1
+    everyone = usage_summary(api.usage, principal, {"group_by": "user"}, operators)
+    assert principal.id in [bucket["user"] for bucket in everyone["data"]]
+    require_operator(principal, operators)
+    summary = api.dashboard.summary(3600)
+    request_id, _ = w.state["failing"]
+    failure = next(
+        f for f in summary["traffic"]["recent_failures"] if f["request_id"] == request_id
+    )
+    assert failure["error_code"] is not None  # read from the failed request's record
+    assert summary["queue"]["depth"] >= 0
+
+
 def api_container_goes_away(w: World) -> None:
     """Flush the received notices' deletes and delete the reply queue."""
     w.api.services.reply_listener.close(delete_queue=True)
-
-
-STEPS: list[Callable[[World], None]] = [
-    api_interactive_request,
-    api_request_the_poller_fails,
-    api_request_that_could_not_be_queued,
-    api_globus_auth_cache,
-    api_streams_over_the_websocket,
-    api_container_goes_away,
-]
 
 
 # --- what the poller does beyond a happy request (run inside the API steps above) ------------
@@ -322,12 +446,41 @@ def poller_fails_a_request(w: World) -> None:
     record = ps.requests.claim(request_id)
     failure = planning.engine_failure(request_id, "iam test")
     ps.requests.fail(request_id, failure)
+    w.accounting.finished(record, "failed", failure)  # as the poller's _finish does
     assert ps.reply_sender.send(record["reply_to"], {"request_id": request_id, "status": "failed"})
     ps.limit_store.release(hold, 0)
     deleter = BatchDeleter(ps.sqs, queue.url, max_delay_s=60)
     deleter.add(receipt)
     deleter.close()
     assert deleter.failures == 0
+
+
+def poller_process_ends(w: World) -> None:
+    """What ``chalicelib.poller.main`` does after its poller stops: the last gauges (the queue's
+    depth) and metrics flushed, the usage records still queued written."""
+    w.accounting.close()
+    assert w.accounting.usage is not None and w.accounting.usage.failures == 0
+    assert any('"QueueDepth"' in line for line in w.metric_lines)
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+STEPS: list[Callable[[World], None]] = [
+    api_interactive_request,
+    api_request_the_poller_fails,
+    api_request_that_could_not_be_queued,
+    api_globus_auth_cache,
+    api_warms_a_cold_model,
+    api_streams_over_the_websocket,
+    api_reads_usage_and_the_dashboard,
+    api_container_goes_away,
+    poller_process_ends,
+]
 
 
 # --- the check ---------------------------------------------------------------------------
@@ -399,12 +552,20 @@ def world(stage: str, services: Services) -> Iterator[World]:
         poller_visibility_timeout_s=2,
         poller_wait_time_s=1,
         wait_timeout_s=10,
+        operator_groups=[OPERATORS],
     )
     # Keys are made by operators (`first keys create`), not by either side.
-    key = services.keys.create("iam-test-user")
+    key = services.keys.create("iam-test-user", groups=[OPERATORS])
     api = recording_side(settings)
     api_services.append(api.services)
-    yield World(stage, api, recording_side(settings), key, {}, websocket, disconnected)
+    poller = recording_side(settings)
+    lines: list[str] = []
+    recorder = MetricsRecorder("first-poller", sink=lines.append)
+    accounting = Accounting(
+        recorder, get_logger("first-poller-test"), poller.services.usage_writer(recorder)
+    )
+    yield World(stage, api, poller, key, {}, websocket, disconnected, accounting, lines)
+    accounting.close()  # a step that failed first leaves it open
     websocket.shutdown()
     server.shutdown()
     server.server_close()
