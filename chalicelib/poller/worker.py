@@ -194,6 +194,7 @@ class Poller:
                 self._log.info(
                     "duplicate delivery dropped", extra={**log, "status": exc.current["status"]}
                 )
+                self._final_frame_again(request_id, exc.current)
             else:
                 self.counts["unknown_requests"] += 1
                 self._log.error("message for unknown request", extra=log)
@@ -231,6 +232,17 @@ class Poller:
         log["run_ms"] = round((time.perf_counter() - t1) * 1000, 1)
         self._finish(request_id, record, status, fields, response, log, slot)
         self._deleter.add(receipt)
+
+    def _final_frame_again(self, request_id: str, current: dict[str, Any]) -> None:
+        """A finished streamed request delivered again: the poller that finished it may have
+        died between storing the result and posting ``done`` (or ``error``). Post it again; a
+        client that already has it ignores a second final frame for a finished id."""
+        if not current.get("stream") or self._streams is None:
+            return
+        if current["status"] not in ("completed", "failed"):
+            return
+        self.counts["final_frames_resent"] += 1
+        self._streams.finished(request_id, current["stream"], current["status"], current)
 
     def _warm(self, model: str, name: str) -> None:
         """The API's warm-up of ``model`` on endpoint ``name`` (a stale one is dropped)."""

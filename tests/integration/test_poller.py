@@ -6,6 +6,7 @@ the real poller, stores and queues on the moto server.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
+from chalicelib.streaming.notifier import StreamNotifier
 
 MODEL = "first/tiny-chat"
 USER = Principal(id="alice", username="alice", kind="user")
@@ -102,6 +104,7 @@ def run_poller(services: Services) -> Iterator[Callable[..., Poller]]:
         executor: ScriptedExecutor,
         per_endpoint: dict[str, ScriptedExecutor] | None = None,
         probe: Callable[[Any], bool] | None = None,
+        streams: StreamNotifier | None = None,
     ) -> Poller:
         def pick(endpoint: Any) -> ScriptedExecutor:
             return (per_endpoint or {}).get(endpoint.name, executor)
@@ -122,6 +125,7 @@ def run_poller(services: Services) -> Iterator[Callable[..., Poller]]:
                 get_logger("test-poller"),
                 probes={"local": probe or (lambda endpoint: True)},
             ),
+            streams=streams,
         )
         thread = threading.Thread(target=poller.run, daemon=True)
         thread.start()
@@ -232,6 +236,42 @@ def test_a_request_waits_for_an_endpoint_to_come_online_instead_of_failing(
     record = services.requests.get(request_id)
     assert record is not None and record["status"] == "completed" and record["attempt"] == 1
     assert poller.counts["run_errors"] == 0
+
+
+def test_a_finished_stream_delivered_again_gets_its_final_frame_again(
+    services: Services, run_poller: Callable[..., Poller]
+) -> None:
+    """The poller that finished a streamed request died between storing the result and posting
+    ``done``: the message comes back, and the next poller posts ``done`` from the record."""
+    posts: list[tuple[str, dict[str, Any]]] = []
+
+    class Poster:
+        def post(self, connection_id: str, text: str) -> None:
+            posts.append((connection_id, json.loads(text)))
+
+    notifier = StreamNotifier(services.settings, Poster(), get_logger("test"))  # type: ignore[arg-type]
+    never = ScriptedExecutor(lambda task, n: pytest.fail("a finished request must not run"))
+    poller = run_poller(never, streams=notifier)
+    request_id = f"req_{uuid.uuid4().hex}"
+    services.requests.create(
+        {
+            "request_id": request_id,
+            "owner": USER.id,
+            "model": MODEL,
+            "function": "chat_completions",
+            "payload": "{}",
+            "stream": {"connection_id": "conn-1", "ref": "r1"},
+        }
+    )
+    services.requests.claim(request_id)
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    services.requests.complete(request_id, {"usage": usage, "endpoint": "local-a"})
+    services.interactive_queue.send({"request_id": request_id})  # the dead poller's message
+    wait_until(lambda: poller.counts["final_frames_resent"] == 1, "the final frame again")
+    ((connection, frame),) = posts
+    assert connection == "conn-1" and frame["type"] == "done"
+    assert frame["id"] == "r1" and frame["request_id"] == request_id and frame["usage"] == usage
+    assert never.attempts == {}
 
 
 def test_one_users_flood_does_not_hold_another_users_request_behind_it(
