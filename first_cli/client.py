@@ -40,7 +40,17 @@ class StreamError(Exception):
 
 
 class StreamClient:
-    def __init__(self, ws_url: str, api_key: str, *, open_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        ws_url: str,
+        api_key: str,
+        *,
+        open_timeout_s: float = 10.0,
+        idle_timeout_s: float = 300.0,
+    ) -> None:
+        # The longest silence a request may have before it is given up on: a model starting
+        # delays the first frame, and a lost final frame must not hang the caller for ever.
+        self.idle_timeout_s = idle_timeout_s
         try:
             self._conn: ClientConnection = connect(
                 ws_url,
@@ -100,8 +110,26 @@ class StreamClient:
         try:
             self._conn.send(json.dumps({"action": action, "id": ref, "body": body}))
             last = (0, -1)
+            request_id: str | None = None
             while True:
-                frame = inbox.get()
+                try:
+                    frame = inbox.get(timeout=self.idle_timeout_s)
+                except queue.Empty:
+                    raise StreamError(
+                        504,
+                        {
+                            "message": f"No frame for {self.idle_timeout_s:g} s"
+                            + (
+                                f"; the result may still come: GET /v1/requests/{request_id}."
+                                if request_id
+                                else "."
+                            ),
+                            "type": "server_error",
+                            "code": "timeout",
+                        },
+                        request_id,
+                    ) from None
+                request_id = frame.get("request_id") or request_id
                 kind = frame.get("type")
                 if kind == "closed":
                     raise StreamError(
