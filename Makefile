@@ -9,7 +9,8 @@ REQS   := requirements.txt requirements-dev.txt hpc_functions/requirements.txt p
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	# pip as chalice allows it (chalice pins pip<26.3; a newer one would be downgraded again).
+	$(PY) -m pip install --quiet --upgrade "pip<26.3"
 	# torch first, pinned: its CPU wheel is what this machine has; a looser spec pulls CUDA.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements-dev.txt
