@@ -112,18 +112,26 @@ def list_models(log: dict[str, Any]) -> Response:
 @app.route("/v1/models/{model}", methods=["GET"])
 @route
 def retrieve_model_route(log: dict[str, Any], model: str) -> Response:
-    principal = _principal(log)
-    log["model"] = model_id = model_id_from_path(model)
-    return json_response(
-        services.fleet.annotate(retrieve_model(services.registry, principal, model_id))
-    )
+    return _retrieve(log, model_id_from_path(model))
 
 
 @app.route("/v1/models/{model}/{name}", methods=["GET"])
 @route
 def retrieve_model_by_path(log: dict[str, Any], model: str, name: str) -> Response:
+    return _retrieve(log, model_id_from_path(model, name))
+
+
+# API Gateway matches `/v1/models/{model}/warm` before `/{model}/{name}` for every method: a GET
+# there retrieves the model `<model>/warm`, as the slashed route does for any other name.
+@app.route("/v1/models/{model}/warm", methods=["GET"])
+@route
+def retrieve_model_named_warm(log: dict[str, Any], model: str) -> Response:
+    return _retrieve(log, model_id_from_path(model, "warm"))
+
+
+def _retrieve(log: dict[str, Any], model_id: str) -> Response:
     principal = _principal(log)
-    log["model"] = model_id = model_id_from_path(model, name)
+    log["model"] = model_id
     return json_response(
         services.fleet.annotate(retrieve_model(services.registry, principal, model_id))
     )

@@ -97,6 +97,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/models/{model}/{name}", "GET"): Operation(
         "Retrieve a model whose id has a slash", "models"
     ),
+    ("/v1/models/{model}/warm", "GET"): Operation(
+        "Retrieve a model whose id is `<model>/warm`", "models"
+    ),
     ("/v1/models/{model}/warm", "POST"): Operation(
         "Warm a model up (200 when hot, 202 while it starts)",
         "models",

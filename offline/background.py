@@ -149,4 +149,5 @@ def config_args(c: StackConfig) -> list[str]:
         str(c.compute_workers),
         "--visibility-timeout",
         str(c.visibility_timeout_s),
+        *(arg for model in c.cold_models for arg in ("--cold", model)),
     ]

@@ -34,10 +34,13 @@ same setting); after that it reports ``lost``, and the poller retries the reques
 A resubmitted request whose task was lost runs anew rather than attaching to the lost one.
 
 Model states (``ModelStates``): a model of this endpoint is ``hot`` once loaded, ``starting``
-while it loads, ``cold`` before (``--cold MODEL``, ``--no-preheat``). A ``local:warm`` task, or a
-task for a cold model, starts a load: one ``hpc_functions.warm`` call per worker, so idle
-workers each load it; the model is hot when the first finishes (a worker busy meanwhile loads it
-on its next task for that model).
+while it loads, ``cold`` before (``--cold MODEL``, ``--no-preheat``), ``unavailable`` when its
+load failed in every worker (the preheat's error is logged; a later task for it tries again). A
+``local:warm`` task, or a task for a cold model, starts a load: one ``hpc_functions.warm`` call
+per worker, so idle workers each load it; the model is hot when the first finishes (a worker
+busy meanwhile loads it on its next task for that model). States are kept per engine (tasks
+carry the engine's config): a registry model served by the same engine as another (an alias
+for another group) reads as that engine does.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from multiprocessing import get_context
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-HOT, STARTING, COLD = "hot", "starting", "cold"
+HOT, STARTING, COLD, UNAVAILABLE = "hot", "starting", "cold", "unavailable"
 # Finished tasks are kept this long for late (re)attaching pollers.
 KEEP_FINISHED_S = 15 * 60
 TOKEN_ENV = "FIRST_LOCAL_ENDPOINT_TOKEN"
@@ -76,6 +79,10 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
+# In each worker: model → why its preheat failed (read back by ``_preheat_report``).
+_PREHEAT_FAILED: dict[str, str] = {}
+
+
 def _init_worker(preheat: list[dict[str, Any]]) -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import torch
@@ -87,8 +94,15 @@ def _init_worker(preheat: list[dict[str, Any]]) -> None:
     for config in preheat:
         try:
             get_engine(config)
-        except Exception as exc:  # noqa: BLE001 - a model that fails to load stays cold
-            print(f"preheat of {config.get('model')} failed: {exc}", file=sys.stderr, flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported by _preheat_report, logged by warm()
+            _PREHEAT_FAILED[str(config.get("model"))] = f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _preheat_report() -> dict[str, Any]:
+    """In a worker: the engines it holds, and the preheat loads that failed there (why)."""
+    from hpc_functions.engines import warm_engines
+
+    return {"engines": warm_engines(), "failed": dict(_PREHEAT_FAILED)}
 
 
 def _call(function_id: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -103,8 +117,10 @@ class ModelStates:
 
     def __init__(self, known: dict[str, dict[str, Any]], preheat: list[dict[str, Any]]) -> None:
         now = time.monotonic()
-        self.engines = dict(known)
-        self._state = {name: (COLD, now) for name in known}
+        # Registry model → the engine's model name, the key of every state below.
+        self._aliases = {name: str(config.get("model") or name) for name, config in known.items()}
+        self.engines = {self._aliases[name]: config for name, config in known.items()}
+        self._state = {engine: (COLD, now) for engine in self._aliases.values()}
         # A future per model that is loading: done when it is hot (or failed to load).
         self.ready: dict[str, Future[Any]] = {}
         for config in preheat:
@@ -145,8 +161,9 @@ class ModelStates:
             future.set_result({"status": HOT, "model": name, **(result or {})})
 
     def failed(self, name: str, exc: BaseException) -> None:
+        """Its load failed in every worker: unavailable here until a later load succeeds."""
         with self._lock:
-            self._state[name] = (COLD, time.monotonic())
+            self._state[name] = (UNAVAILABLE, time.monotonic())
             future = self.ready.pop(name, None)
         if future is not None:
             future.set_exception(exc)
@@ -155,6 +172,7 @@ class ModelStates:
         now = time.monotonic()
         with self._lock:
             states = {name: state for name, (state, _) in self._state.items()}
+            states.update({alias: states[engine] for alias, engine in self._aliases.items()})
             ready_in = {
                 name: round(max(0.0, self._load_s[name] - (now - since)), 1)
                 for name, (state, since) in self._state.items()
@@ -197,14 +215,18 @@ class TaskTable:
 
     def warm(self) -> None:
         """Start every worker and load the preheat models (``/health`` says 200 after)."""
-        futures = [
-            self._pool.submit(_call, "local:health", [None], {}) for _ in range(self._workers)
-        ]
-        for f in futures:
-            f.result()
+        futures = [self._pool.submit(_preheat_report) for _ in range(self._workers)]
+        reports = [f.result() for f in futures]
+        loaded = {str(e) for r in reports for e in r["engines"]}
         for config in self._preheat:
-            # Not timed: the preheat also starts the workers, which a later load does not.
-            self.models.loaded(str(config.get("model")), timed=False)
+            name = str(config.get("model"))
+            if name in loaded:
+                # Not timed: the preheat also starts the workers, which a later load does not.
+                self.models.loaded(name, timed=False)
+                continue
+            why = next((r["failed"][name] for r in reports if name in r["failed"]), "not loaded")
+            print(f"preheat of {name} failed: {why}; unavailable", file=sys.stderr, flush=True)
+            self.models.failed(name, RuntimeError(f"preheat of {name} failed: {why}"))
         self.warmed.set()
 
     def start_load(self, config: dict[str, Any]) -> Future[Any]:
@@ -515,7 +537,9 @@ def main(argv: list[str] | None = None) -> None:
         if e.executor == "local" and args.name in (None, e.name)
         for m in e.models
     }
-    preheat = [] if args.no_preheat else [c for m, c in known.items() if m not in args.cold]
+    # One load per engine, however many registry models it serves.
+    engines = {json.dumps(c, sort_keys=True): c for m, c in known.items() if m not in args.cold}
+    preheat = [] if args.no_preheat else list(engines.values())
     serve(args.host, args.port, args.workers, preheat, token, known)
 
 

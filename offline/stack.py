@@ -55,6 +55,8 @@ class StackConfig:
     pollers: int = 1
     compute_workers: int = 2
     visibility_timeout_s: int = 10
+    # Registry models the compute endpoints serve without preheating them (cold until warmed).
+    cold_models: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
     # The compute endpoint answers only holders of this (any local user can reach its port).
     endpoint_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -226,6 +228,7 @@ class Stack:
         started = []
         for name, (port, workers) in c.local_endpoints().items():
             args = ["offline.compute_endpoint", "--port", str(port), "--name", name]
+            args += [arg for model in c.cold_models for arg in ("--cold", model)]
             started.append((port, self._add(f"compute-{name}", [*args, "--workers", str(workers)])))
         for port, proc in started:
             url = f"http://127.0.0.1:{port}/health"
@@ -442,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pollers", type=int, default=int(os.environ.get("FIRST_POLLERS", "1")))
     p.add_argument("--workers", type=int, default=int(os.environ.get("FIRST_COMPUTE_WORKERS", "2")))
     p.add_argument("--visibility-timeout", type=int, default=10)
+    p.add_argument(
+        "--cold", action="append", default=[], metavar="MODEL", help="serve MODEL, not preheated"
+    )
     a = p.parse_args(argv)
     config = StackConfig(
         home=a.home.resolve(),
@@ -453,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         pollers=a.pollers,
         compute_workers=a.workers,
         visibility_timeout_s=a.visibility_timeout,
+        cold_models=tuple(a.cold),
     )
     return {"run": _run, "up": _up, "down": _down}[a.command](config)
 

@@ -4,12 +4,14 @@ Two background threads per poller:
 
 - ``refresh``: reads the ``endpoints`` table every ``refresh_s`` (one Scan: the table has one
   item per endpoint), so routing costs no AWS call per request;
-- ``probe``: every ``probe_s`` (every second while an endpoint is starting a model or down)
-  asks each endpoint whether it is up and writes a heartbeat for those that are, with each
-  model's state. Offline, a local endpoint's ``/health`` lists its models hot | starting | cold
+- ``probe``: every ``probe_s`` asks each endpoint whether it is up and writes a heartbeat for
+  those that are, with each model's state. While one is starting a model it is asked every
+  second; while one is down, a local endpoint every second (its ``/health`` is on loopback), any
+  other (a Globus Compute endpoint: a call to Globus's web service per poller) after 1, 2, 4 …
+  seconds, capped at ``backoff_cap_s`` (``next_probe_s``). Offline, a local endpoint's ``/health`` lists its models hot | starting | cold
   and, where it has timed a load before, when a starting one will be ready; it answers 503
   while its workers start (up, its models starting). With Globus Compute,
-  ``Client.get_endpoint_status`` (cached for the probe interval); an endpoint whose status
+  ``Client.get_endpoint_status`` (cached for ``probe_s``); an endpoint whose status
   cannot be read is not declared down (the circuit breaker catches real failures), only one
   that Globus reports offline. Globus does not say what its workers hold, so an online Globus
   endpoint's models are reported hot, except one FIRST asked to warm there (``warming#`` on
@@ -69,18 +71,47 @@ def local_probe(endpoint: Endpoint) -> Health:
 
 
 class GlobusProbe:
-    """``globus_compute_sdk.Client.get_endpoint_status``; the client is built on first use."""
+    """``globus_compute_sdk.Client.get_endpoint_status``, each answer reused for ``cache_s``
+    (a model starting there is probed every second, from FIRST's own warming mark); the client
+    is built on first use unless given."""
 
-    def __init__(self) -> None:
-        self._client: Any = None
+    def __init__(self, client: Any = None, *, cache_s: float = 5.0) -> None:
+        self._client = client
+        self._cache_s = cache_s
+        self._answers: dict[str, tuple[float, bool]] = {}
+        self.calls = 0
 
     def __call__(self, endpoint: Endpoint) -> bool | None:
+        at, online = self._answers.get(endpoint.endpoint_id, (float("-inf"), False))
+        if time.monotonic() - at < self._cache_s:
+            return online
         if self._client is None:
             from globus_compute_sdk import Client
 
             self._client = Client()
+        self.calls += 1
         status = self._client.get_endpoint_status(endpoint.endpoint_id)
-        return str(status.get("status", "")).lower() == "online"
+        online = str(status.get("status", "")).lower() == "online"
+        self._answers[endpoint.endpoint_id] = (time.monotonic(), online)
+        return online
+
+
+def next_probe_s(
+    executor: str,
+    *,
+    down: bool,
+    starting: bool,
+    previous_s: float | None,
+    probe_s: float,
+    backoff_cap_s: float,
+) -> float:
+    """Seconds until an endpoint is probed again; ``previous_s`` is the last wait while it was
+    down (None when it was not). Settled: ``probe_s``. Starting a model: every second. Down: a
+    local endpoint every second; any other backs off 1, 2, 4 … s, capped at ``backoff_cap_s``."""
+    fast = min(probe_s, 1.0)
+    if down and executor != "local":
+        return fast if previous_s is None else min(max(backoff_cap_s, fast), previous_s * 2)
+    return fast if down or starting else probe_s
 
 
 class StatusBoard:
@@ -94,16 +125,23 @@ class StatusBoard:
         probe_s: float = 5.0,
         probes: dict[str, Probe] | None = None,
         policy: CircuitPolicy | None = None,
+        backoff_cap_s: float | None = None,
     ) -> None:
         self._registry = registry
         self._store = store
         self._log = logger
         self._refresh_s = refresh_s
         self._probe_s = probe_s
-        self._probes: dict[str, Probe] = probes or {"local": local_probe, "globus": GlobusProbe()}
+        self._probes: dict[str, Probe] = probes or {
+            "local": local_probe,
+            "globus": GlobusProbe(cache_s=probe_s),
+        }
         self._policy = policy or CircuitPolicy()
-        # Set by a probe that found an endpoint down or a model starting: probe again soon.
-        self._unsettled = False
+        # A Globus endpoint that is down is asked at least once per stale_s (30 s).
+        self._backoff_cap_s = self._policy.stale_s if backoff_cap_s is None else backoff_cap_s
+        # Per endpoint: when it is due (time.monotonic()), and its last wait while down.
+        self._due: dict[str, float] = {}
+        self._down_wait_s: dict[str, float | None] = {}
         self._statuses: dict[str, EndpointStatus] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -137,33 +175,52 @@ class StatusBoard:
             self._statuses = statuses
 
     def probe(self) -> None:
-        unsettled = False
-        now = time.time()
+        """Probe every endpoint now."""
+        self.probe_due(float("inf"))
+
+    def probe_due(self, at: float | None = None) -> None:
+        """Probe the endpoints due at ``at`` (``time.monotonic()``), and schedule each again."""
+        at = time.monotonic() if at is None else at
         for endpoint in self._registry.endpoints:
-            probe = self._probes.get(endpoint.executor)
-            try:
-                answer = probe(endpoint) if probe else None
-            except Exception:  # noqa: BLE001 - unknown is not down
-                self.counts["probe_errors"] += 1
-                self._log.exception("endpoint probe failed", extra={"endpoint": endpoint.name})
-                answer = None
-            health = answer if isinstance(answer, Health) else Health(answer)
-            if health.up is False:
-                unsettled = True
-                continue  # no heartbeat: it goes stale, and the router stops choosing it
-            models, ready_at = self._models(endpoint, health, now)
-            unsettled = unsettled or STARTING in models.values()
-            try:
-                self._store.heartbeat(
-                    endpoint.name,
-                    capacity=endpoint.max_inflight,
-                    models=models,
-                    ready_at=ready_at,
-                )
-            except Exception:  # noqa: BLE001 - the next probe writes it again
-                self.counts["heartbeat_errors"] += 1
-                self._log.exception("heartbeat not written", extra={"endpoint": endpoint.name})
-        self._unsettled = unsettled
+            if self._due.get(endpoint.name, float("-inf")) > at:
+                continue
+            down, starting = self._probe_one(endpoint)
+            wait_s = next_probe_s(
+                endpoint.executor,
+                down=down,
+                starting=starting,
+                previous_s=self._down_wait_s.get(endpoint.name),
+                probe_s=self._probe_s,
+                backoff_cap_s=self._backoff_cap_s,
+            )
+            self._down_wait_s[endpoint.name] = wait_s if down else None
+            self._due[endpoint.name] = (time.monotonic() if at == float("inf") else at) + wait_s
+
+    def _probe_one(self, endpoint: Endpoint) -> tuple[bool, bool]:
+        """Ask ``endpoint`` and write its heartbeat if it is up: (down, starting a model)."""
+        probe = self._probes.get(endpoint.executor)
+        self.counts[f"probes_{endpoint.executor}"] += 1
+        try:
+            answer = probe(endpoint) if probe else None
+        except Exception:  # noqa: BLE001 - unknown is not down
+            self.counts["probe_errors"] += 1
+            self._log.exception("endpoint probe failed", extra={"endpoint": endpoint.name})
+            answer = None
+        health = answer if isinstance(answer, Health) else Health(answer)
+        if health.up is False:
+            return True, False  # no heartbeat: it goes stale, and the router stops choosing it
+        models, ready_at = self._models(endpoint, health, time.time())
+        try:
+            self._store.heartbeat(
+                endpoint.name,
+                capacity=endpoint.max_inflight,
+                models=models,
+                ready_at=ready_at,
+            )
+        except Exception:  # noqa: BLE001 - the next probe writes it again
+            self.counts["heartbeat_errors"] += 1
+            self._log.exception("heartbeat not written", extra={"endpoint": endpoint.name})
+        return False, STARTING in models.values()
 
     def _models(
         self, endpoint: Endpoint, health: Health, now: float
@@ -185,8 +242,9 @@ class StatusBoard:
         return models, ready_at
 
     def _probe_loop(self) -> None:
-        while not self._stop.wait(min(self._probe_s, 1.0) if self._unsettled else self._probe_s):
-            self.probe()
+        # Wakes every second at most; each endpoint is probed when it is due.
+        while not self._stop.wait(min(self._probe_s, 1.0)):
+            self.probe_due()
 
     def _loop(self, step: Callable[[], None], every_s: float) -> None:
         while not self._stop.wait(every_s):

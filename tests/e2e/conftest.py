@@ -2,8 +2,8 @@
 
 One stack for the session: moto server, resources from the template, compute endpoint with warm
 engines, a poller, the API. The registry is ``local.json`` plus one deliberately broken model
-(its weights do not exist) so engine failures travel the real path, and one model only the group
-``lab`` may use. Rate limits apply to one user only (``LIMITED_USER``), so the rest of the suite
+(its weights do not exist) so engine failures travel the real path, one model only the group
+``lab`` may use, one served cold (not preheated) and one whose id ends in ``/warm``. Rate limits apply to one user only (``LIMITED_USER``), so the rest of the suite
 runs unlimited. Visibility timeout 5 s, so the poller-kill and poison tests finish in seconds.
 """
 
@@ -30,6 +30,11 @@ TINY = "first/tiny-chat"
 # The tiny model again (same engine, so nothing more to load), for the group "lab" only.
 LAB_MODEL = "first/tiny-chat-lab"
 LAB_GROUP = "lab"
+# An engine of its own (the tiny weights under another name), not preheated: its one deployment
+# (on local-a) stays cold until a request or a warm-up loads it (seconds: the weights are tiny).
+COLD_MODEL = "first/tiny-chat-cold"
+# The tiny model under an id whose second segment is the warm-up route's last one.
+WARM_NAMED_MODEL = "acme/warm"
 LIMITED_USER = "limited"
 LIMITS = {
     "users": {
@@ -63,6 +68,9 @@ def write_registry(path: Path) -> Path:
     data["endpoints"][0]["models"].append(
         {**tiny, "model": LAB_MODEL, "access": {"groups": [LAB_GROUP]}}
     )
+    cold_engine = {**tiny["engine"], "model": COLD_MODEL}
+    data["endpoints"][0]["models"].append({**tiny, "model": COLD_MODEL, "engine": cold_engine})
+    data["endpoints"][0]["models"].append({**tiny, "model": WARM_NAMED_MODEL})
     path.write_text(json.dumps(data))
     return path
 
@@ -83,12 +91,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundStack]
         compute_b_port=free_port(),
         ws_port=free_port(),
         visibility_timeout_s=5,
+        cold_models=(COLD_MODEL,),
         extra_env={
             "FIRST_REGISTRY_PATH": str(registry),
             "FIRST_LIMITS_PATH": str(limits),
             "FIRST_WAIT_TIMEOUT_S": "20",
             # A stopped endpoint shows offline within seconds (probes come every 5 s).
             "FIRST_ENDPOINT_STALE_S": "12",
+            # test_federation's circuit cycle. A request sent to a stopped local endpoint fails
+            # only after the executor's 10 s wait for a restart, and local-b holds 2 of them: one
+            # pair of failures fits before it goes stale (12 s), so 2 open it, not 3; its probe
+            # goes through after 10 s, not 30.
+            "FIRST_CIRCUIT_FAILURES_TO_OPEN": "2",
+            "FIRST_CIRCUIT_COOLDOWN_S": "10",
             # Batch: small shards (several per test batch), a short lease on batch messages.
             "FIRST_BATCH_SHARD_LINES": "4",
             "FIRST_BATCH_VISIBILITY_TIMEOUT_S": "5",

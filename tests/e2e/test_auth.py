@@ -134,7 +134,12 @@ OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
 }
 # Id routes of objects nobody owns: who may see a model is decided by its access rule (groups),
 # tested with the hidden model in test_a_model_outside_your_groups_is_unlisted_and_answers_model_not_found.
-SHARED_ROUTES = {"/v1/models/{model}", "/v1/models/{model}/{name}"}
+SHARED_ROUTES = {
+    "/v1/models/{model}",
+    "/v1/models/{model}/{name}",
+    "/v1/models/{model}/warm",
+    "/v1/models/{model}/{name}/warm",
+}
 
 
 def test_every_id_route_answers_404_to_anyone_but_the_owner(

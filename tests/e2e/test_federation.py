@@ -1,16 +1,21 @@
-"""Federation on the local stack's two clusters: status, operator view, failover under load."""
+"""Federation on the local stack's two clusters: status, operator view, failover under load, a
+circuit's whole cycle, and a cold model's 503 + Retry-After."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import openai
+import pytest
 import requests
 from openai import OpenAI
 
 from chalicelib.services import Services
 from offline.background import BackgroundStack
-from tests.e2e.conftest import TINY, create_key
+from tests.e2e.conftest import COLD_MODEL, TINY, WARM_NAMED_MODEL, create_key
 from tests.e2e.test_durability import wait_for
 
 
@@ -21,6 +26,19 @@ def endpoints(stack: BackgroundStack, key: str | None = None) -> requests.Respon
 
 def online(stack: BackgroundStack) -> dict[str, str]:
     return {e["name"]: e["status"] for e in endpoints(stack).json()["data"]}
+
+
+def endpoint_view(stack: BackgroundStack, name: str) -> dict[str, Any]:
+    view: dict[str, Any] = next(e for e in endpoints(stack).json()["data"] if e["name"] == name)
+    return view
+
+
+def runs_on_b(stack: BackgroundStack) -> dict[str, int]:
+    """local-b's own count of how many times it ran each task (``/stats``)."""
+    headers = {"Authorization": f"Bearer {stack.endpoint_token}"}
+    stats = requests.get(f"{stack.config.compute_b_url}/stats", headers=headers, timeout=10)
+    runs: dict[str, int] = stats.json()["runs"]
+    return runs
 
 
 def test_models_carry_their_status_and_only_operators_see_the_endpoints(
@@ -94,3 +112,103 @@ def test_warming_a_hot_model_answers_200_hot_and_an_unknown_one_404(
     missing = requests.post(f"{base}/no%2Fsuch-model/warm", headers=headers, timeout=10)
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_stopped_clusters_circuit_opens_then_one_probe_half_opens_and_success_closes_it(
+    client: OpenAI, stack: BackgroundStack, services: Services
+) -> None:
+    served: list[str] = []
+
+    def burst() -> list[str]:
+        """Eight concurrent requests: more than local-a has slots, so local-b gets some."""
+
+        def one(i: int) -> str:
+            raw = client.chat.completions.with_raw_response.create(
+                model=TINY, messages=[{"role": "user", "content": f"Circuit {i}"}], max_tokens=8
+            )
+            assert raw.http_response.status_code == 200
+            return str(raw.headers["x-request-id"])
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(one, range(8)))
+        served.extend(ids)
+        return ids
+
+    def until(done: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+        """Send bursts until ``done`` (each burst's requests all answered 200)."""
+        wait_for(lambda: done() or not burst(), timeout_s, what)
+
+    def endpoint_of(request_id: str) -> str:
+        record = services.requests.get(request_id)
+        assert record is not None and record["status"] == "completed"
+        return str(record["endpoint"])
+
+    b = lambda: endpoint_view(stack, "local-b")  # noqa: E731
+    # From a clean start whatever an earlier test left: local-b up and its circuit closed.
+    until(lambda: b()["status"] == "online" and b()["consecutive_failures"] == 0, "closed")
+    assert stack.first("local", "endpoint", "stop", "local-b") == "local-b stopped"
+    try:
+        # Until it goes stale, local-b is still chosen, and each request sent there fails over.
+        until(lambda: b()["circuit"] == "open", "local-b's circuit open")
+        assert b()["consecutive_failures"] >= 2  # FIRST_CIRCUIT_FAILURES_TO_OPEN here
+        while_open = burst()
+        assert {endpoint_of(r) for r in while_open} == {"local-a"}
+    finally:
+        assert stack.first("local", "endpoint", "start", "local-b") == "local-b started"
+    restarted = len(served)
+    wait_for(lambda: b()["status"] == "online", 30, "local-b back online")
+    # No request is sent meanwhile: after the cooldown the circuit half-opens and waits.
+    wait_for(lambda: b()["circuit"] == "half_open", 30, "local-b's circuit half-open")
+    until(lambda: any(endpoint_of(r) == "local-b" for r in served[-8:]), "a probe on local-b")
+    view = b()
+    assert view["circuit"] == "closed" and view["consecutive_failures"] == 0
+    # local-b serves again: every request recorded there ran there (its own count), once.
+    until(lambda: sum(endpoint_of(r) == "local-b" for r in served[-8:]) >= 2, "local-b serving")
+    on_b = [r for r in served[restarted:] if endpoint_of(r) == "local-b"]
+    runs = runs_on_b(stack)
+    assert len(on_b) >= 2 and all(runs.get(f"task-{r}") == 1 for r in on_b), (on_b, runs)
+    assert all(endpoint_of(r) for r in served)  # every request of the test completed
+
+
+def test_a_model_whose_every_deployment_is_cold_answers_503_retry_after_and_is_served_later(
+    client: OpenAI, stack: BackgroundStack
+) -> None:
+    assert client.models.retrieve(COLD_MODEL).model_extra == {"status": "cold"}
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(
+            model=COLD_MODEL, messages=[{"role": "user", "content": "Are you up?"}], max_tokens=4
+        )
+    error = info.value
+    assert error.status_code == 503 and error.code == "model_starting"
+    # Nothing has timed a load of it yet: the estimate (60 s) is past the wait (20 s here).
+    retry_after = int(error.response.headers["Retry-After"])
+    assert 1 <= retry_after <= 120
+    assert isinstance(error.body, dict)
+    request_id = str(error.body["request_id"])
+    assert error.response.headers["x-request-id"] == request_id and request_id in error.message
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    url = f"{stack.config.api_url}/v1/requests/{request_id}"
+
+    def collected() -> bool:
+        view = requests.get(url, headers=headers, timeout=10).json()
+        assert view["status"] != "failed", view
+        return bool(view["status"] == "completed")
+
+    # Still served: the poller warms the model on local-a and runs the request there.
+    wait_for(collected, 60, "the request completed")
+    result = requests.get(url, headers=headers, timeout=10).json()["result"]
+    assert result["object"] == "chat.completion" and result["choices"][0]["message"]["content"]
+    hot = lambda: client.models.retrieve(COLD_MODEL).model_extra == {"status": "hot"}  # noqa: E731
+    wait_for(hot, 30, "the model hot")
+
+
+def test_a_model_id_ending_in_warm_is_retrieved_and_warmed_by_its_path(
+    stack: BackgroundStack,
+) -> None:
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    base = f"{stack.config.api_url}/v1/models"
+    got = requests.get(f"{base}/{WARM_NAMED_MODEL}", headers=headers, timeout=10)
+    assert got.status_code == 200, got.text
+    assert got.json()["id"] == WARM_NAMED_MODEL and got.json()["status"] == "hot"
+    warmed = requests.post(f"{base}/{WARM_NAMED_MODEL}/warm", headers=headers, timeout=10)
+    assert warmed.status_code == 200 and warmed.json()["model"] == WARM_NAMED_MODEL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -153,3 +154,45 @@ def test_a_cold_model_reports_starting_while_a_warm_task_loads_it_then_hot(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_model_whose_preheat_fails_reads_unavailable_and_an_alias_reads_as_its_engine(
+    tmp_path: Path,
+) -> None:
+    from hpc_functions.build_tiny_model import build
+
+    tiny = {"kind": "transformers", "model": "first/tiny-chat", "path": str(build(tmp_path))}
+    broken = {"kind": "transformers", "model": "first/broken", "path": "/nonexistent/model"}
+    registry = tmp_path / "registry.json"
+    models = [
+        {"model": "first/tiny-chat", "engine": tiny},
+        # Another registry name for the same engine (a model only one group may use).
+        {"model": "first/tiny-chat-lab", "engine": tiny},
+        {"model": "first/broken", "engine": broken},
+    ]
+    endpoint = {"name": "one", "endpoint_id": "one", "executor": "local", "models": models}
+    registry.write_text(json.dumps({"endpoints": [endpoint]}))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), "--workers", "1"],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT),
+            "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN,
+            "FIRST_REGISTRY_PATH": str(registry),
+        },
+        stderr=subprocess.PIPE,
+    )
+    try:
+        health = wait_healthy(f"http://127.0.0.1:{port}", proc)
+        assert health["models"] == {
+            "first/tiny-chat": "hot",
+            "first/tiny-chat-lab": "hot",
+            "first/broken": "unavailable",
+        }
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    # The endpoint says why, in its own log.
+    assert b"preheat of first/broken failed" in stderr and b"unavailable" in stderr

@@ -64,3 +64,12 @@ def test_the_apps_own_responses_pass_through_unchanged() -> None:
     response = call(app, "GET", "/health")
     assert response["statusCode"] == 200
     assert json.loads(response["body"]) == {"status": "ok"}
+
+
+def test_get_on_a_model_id_ending_in_warm_is_the_retrieve_route_not_a_405() -> None:
+    # `/v1/models/acme/warm` is also the warm-up route's path (POST): a GET there retrieves
+    # the model `acme/warm` like any slashed id, so it asks for a key as retrieval does.
+    warm, other = (call(app, "GET", f"/v1/models/acme/{name}") for name in ("warm", "other"))
+    assert warm["statusCode"] == other["statusCode"] == 401
+    assert error_of(warm)["code"] == error_of(other)["code"] == "invalid_api_key"
+    assert call(app, "PUT", "/v1/models/acme/warm")["statusCode"] == 405
