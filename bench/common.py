@@ -12,7 +12,7 @@ from typing import Any
 
 from chalicelib.settings import REPO_ROOT
 from offline.background import BackgroundStack
-from offline.stack import StackConfig, free_port
+from offline.stack import StackConfig
 
 ENV_FILE = REPO_ROOT / ".first" / "local.env"
 
@@ -23,19 +23,13 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 @contextmanager
-def local_stack(home: Path | None = None) -> Iterator[dict[str, str]]:
-    """The running stack's environment (``make up``), or a fresh one for the benchmark's run."""
-    if ENV_FILE.exists():
+def local_stack(home: Path | None = None, *, own: bool = False) -> Iterator[dict[str, str]]:
+    """The running stack's environment (``make up``), or a fresh one for the benchmark's run
+    (always, with ``own``: a benchmark that kills processes never uses someone's stack)."""
+    if ENV_FILE.exists() and not own:
         yield read_env(ENV_FILE)
         return
-    config = StackConfig(
-        home=home or REPO_ROOT / ".first" / "bench",
-        aws_url=f"http://127.0.0.1:{free_port()}",
-        api_port=free_port(),
-        compute_port=free_port(),
-        compute_b_port=free_port(),
-        ws_port=free_port(),
-    )
+    config = StackConfig.on_free_ports(home or REPO_ROOT / ".first" / "bench")
     stack = BackgroundStack(config)
     try:
         stack.start()

@@ -34,8 +34,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,9 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from bench.common import apply_env, children, percentile, read_env, stack_pids
+from bench.common import apply_env, children, local_stack, percentile, stack_pids
 from chalicelib.settings import REPO_ROOT
 from first_cli.client import StreamClient, StreamError
-from offline.background import BackgroundStack
-from offline.stack import StackConfig, free_port
 
 MODEL = "first/tiny-chat"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -525,24 +523,9 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"load average at the end: {r['load_average']} on {r['cores']} cores")
 
 
-@contextmanager
-def own_stack() -> Iterator[dict[str, str]]:
+def own_stack() -> AbstractContextManager[dict[str, str]]:
     """A stack of its own (never a `make up` stack someone is using: this one gets kill -9)."""
-    home = Path(tempfile.mkdtemp(prefix="first-soak-"))
-    config = StackConfig(
-        home=home,
-        aws_url=f"http://127.0.0.1:{free_port()}",
-        api_port=free_port(),
-        compute_port=free_port(),
-        compute_b_port=free_port(),
-        ws_port=free_port(),
-    )
-    stack = BackgroundStack(config)
-    try:
-        stack.start()
-        yield read_env(config.env_file)
-    finally:
-        stack.stop()
+    return local_stack(Path(tempfile.mkdtemp(prefix="first-soak-")), own=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,6 +63,20 @@ class StackConfig:
     # Signs the per-request capability tokens HPC functions push chunks with (per stack).
     stream_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
+    @classmethod
+    def on_free_ports(cls, home: Path, **options: Any) -> StackConfig:
+        """A stack in ``home`` whose every port is one nobody holds now: beside `make up`, a
+        test suite or a benchmark (``options``: any other field)."""
+        return cls(
+            home=home,
+            aws_url=f"http://127.0.0.1:{free_port()}",
+            api_port=free_port(),
+            compute_port=free_port(),
+            compute_b_port=free_port(),
+            ws_port=free_port(),
+            **options,
+        )
+
     @property
     def env_file(self) -> Path:
         return self.home / "local.env"

@@ -20,7 +20,7 @@ from openai import OpenAI
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 from offline.background import BackgroundStack
-from offline.stack import StackConfig, free_port
+from offline.stack import StackConfig
 
 # Weights that are not there: the model cannot load (503, unavailable).
 BROKEN_MODEL = "first/broken"
@@ -83,13 +83,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundStack]
     registry = write_registry(config_dir / "local.json")
     limits = config_dir / "limits.json"
     limits.write_text(json.dumps(LIMITS))
-    config = StackConfig(
-        home=home,
-        aws_url=f"http://127.0.0.1:{free_port()}",
-        api_port=free_port(),
-        compute_port=free_port(),
-        compute_b_port=free_port(),
-        ws_port=free_port(),
+    config = StackConfig.on_free_ports(
+        home,
         visibility_timeout_s=5,
         cold_models=(COLD_MODEL,),
         extra_env={
