@@ -42,6 +42,19 @@ _WORKER_LOST = "WorkerLost"
 POLL_CHUNK = 128
 
 
+def _settle_future(
+    future: Future[Any], *, result: Any = None, error: Exception | None = None
+) -> None:
+    """Give the poller its outcome, unless it has cancelled the future meanwhile (its
+    ``task_timeout_s`` passed): that must not kill the polling thread."""
+    if not future.set_running_or_notify_cancel():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class SubmissionPacer:
     """At most ``limit`` submissions in any ``window_s``, shared by every endpoint of a client
     (the service counts per client, not per endpoint)."""
@@ -235,13 +248,13 @@ class GlobusTasks:
         except TaskExecutionFailed as exc:
             self._forget(task_id)
             if _WORKER_LOST in exc.remote_data:
-                future.set_exception(TaskLostError(f"Globus task {task_id}: worker lost"))
+                _settle_future(future, error=TaskLostError(f"Globus task {task_id}: worker lost"))
             else:
-                future.set_exception(RemoteTaskError(exc.remote_data.strip()))
+                _settle_future(future, error=RemoteTaskError(exc.remote_data.strip()))
             return
         except Exception as exc:  # noqa: BLE001 - the service failing: the poller fails over
             self._forget(task_id)
-            future.set_exception(TaskLostError(f"Globus task {task_id} unreadable: {exc}"))
+            _settle_future(future, error=TaskLostError(f"Globus task {task_id} unreadable: {exc}"))
             return
         self._settle(task_id, future, interval, task)
 
@@ -256,10 +269,11 @@ class GlobusTasks:
             return
         self._forget(task_id)
         if "result" in task:
-            future.set_result(task["result"])
+            _settle_future(future, result=task["result"])
         else:
-            future.set_exception(
-                TaskLostError(f"Globus task {task_id} ended {task.get('reason', 'unknown')}")
+            _settle_future(
+                future,
+                error=TaskLostError(f"Globus task {task_id} ended {task.get('reason', 'unknown')}"),
             )
 
     def _forget(self, task_id: str) -> None:

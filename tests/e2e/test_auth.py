@@ -139,6 +139,8 @@ SHARED_ROUTES = {
     "/v1/models/{model}/{name}",
     "/v1/models/{model}/warm",
     "/v1/models/{model}/{name}/warm",
+    # The operator page's static scripts and styles: the same files for everyone, no data.
+    "/dashboard/{name}",
 }
 
 

@@ -40,6 +40,9 @@ def moto_server() -> Iterator[Moto]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
+    # Integration tests start from FIRST's defaults: the e2e suite's session fixtures (which run
+    # first) leave the local stack's FIRST_* settings in the environment until the session ends.
+    inherited = [k for k in os.environ if k.startswith(("FIRST_", "GLOBUS_COMPUTE_"))]
     saved = {
         k: os.environ.get(k)
         for k in (
@@ -47,8 +50,11 @@ def moto_server() -> Iterator[Moto]:
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
             "AWS_DEFAULT_REGION",
+            *inherited,
         )
     }
+    for k in inherited:
+        del os.environ[k]
     os.environ.update(
         AWS_ENDPOINT_URL=url,
         AWS_ACCESS_KEY_ID="test",

@@ -14,21 +14,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import responses
 
-from chalicelib.compute.executors import ExecutorPool, RemoteTaskError, TaskLostError
+from chalicelib.compute.executors import RemoteTaskError, TaskLostError
 from chalicelib.compute.globus import GlobusTasks, SubmissionPacer
-from chalicelib.logs import get_logger
-from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.worker import Poller
-from chalicelib.registry import Endpoint
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 from tests.integration.globus_service import GlobusService, Raised
+from tests.integration.pollers import forget_endpoints, pollers
 from tests.integration.test_poller import MODEL, ScriptedExecutor, response, submit
 
 CHAT_FN = "0b5e4f8a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
@@ -60,7 +59,7 @@ def registry_file(tmp_path: Path) -> Path:
 
 
 def make_services(stage: str, registry_file: Path, **settings: Any) -> Services:
-    return Services(
+    services = Services(
         Settings(
             stage=stage,
             poller_visibility_timeout_s=2,
@@ -71,42 +70,19 @@ def make_services(stage: str, registry_file: Path, **settings: Any) -> Services:
             **settings,
         )
     )
+    forget_endpoints(services)
+    return services
 
 
 @pytest.fixture
-def run_poller(stage: str) -> Iterator[Callable[..., Poller]]:
-    pollers: list[tuple[Poller, threading.Thread]] = []
+def run_poller() -> Iterator[Callable[..., Poller]]:
+    with ExitStack() as stack:
 
-    def start(services: Services, executors: dict[str, Any]) -> Poller:
-        def pick(endpoint: Endpoint) -> Any:
-            return executors[endpoint.name]
+        def start(services: Services, executors: dict[str, Any]) -> Poller:
+            start_poller = stack.enter_context(pollers(services))
+            return start_poller(lambda endpoint: executors[endpoint.name])
 
-        poller = Poller(
-            settings=services.settings,
-            registry=services.registry,
-            queue=services.interactive_queue,
-            requests=services.requests,
-            blobs=services.blobs,
-            replies=services.reply_sender,
-            executors=ExecutorPool(pick),
-            logger=get_logger("test-poller"),
-            endpoints=services.endpoint_store,
-            board=StatusBoard(
-                services.registry,
-                services.endpoint_store,
-                get_logger("test-poller"),
-                probes={"local": lambda e: True, "globus": lambda e: True},
-            ),
-        )
-        thread = threading.Thread(target=poller.run, daemon=True)
-        thread.start()
-        pollers.append((poller, thread))
-        return poller
-
-    yield start
-    for poller, thread in pollers:
-        poller.stopping.set()
-        thread.join(30)
+        yield start
 
 
 def finished(services: Services, request_id: str) -> dict[str, Any]:

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from chalicelib.auth import Principal
-from chalicelib.compute.executors import ExecutorPool, TaskLostError
+from chalicelib.compute.executors import TaskLostError
 from chalicelib.logs import get_logger
-from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 from chalicelib.streaming.notifier import StreamNotifier
+from tests.integration.pollers import forget_endpoints, pollers
 
 MODEL = "first/tiny-chat"
 USER = Principal(id="alice", username="alice", kind="user")
@@ -62,6 +62,8 @@ class ScriptedExecutor:
         future: Future[Any] = Future()
 
         def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # the poller gave up on it (its task timeout)
             try:
                 future.set_result(self.behave(task, n))
             except Exception as exc:  # noqa: BLE001 - handed to the poller as the task's outcome
@@ -92,50 +94,22 @@ def services(stage: str) -> Services:
 
 @pytest.fixture
 def run_poller(services: Services) -> Iterator[Callable[..., Poller]]:
-    pollers: list[tuple[Poller, threading.Thread]] = []
-    # Each test starts from endpoints nobody has heard of: no failures, no open circuit.
-    client = services.dynamodb_client
-    for endpoint in services.registry.endpoints:
-        client.delete_item(
-            TableName=services.settings.endpoints_table_name, Key={"name": {"S": endpoint.name}}
-        )
+    forget_endpoints(services)
+    with pollers(services) as start_poller:
 
-    def start(
-        executor: ScriptedExecutor,
-        per_endpoint: dict[str, ScriptedExecutor] | None = None,
-        probe: Callable[[Any], bool] | None = None,
-        streams: StreamNotifier | None = None,
-    ) -> Poller:
-        def pick(endpoint: Any) -> ScriptedExecutor:
-            return (per_endpoint or {}).get(endpoint.name, executor)
-
-        poller = Poller(
-            settings=services.settings,
-            registry=services.registry,
-            queue=services.interactive_queue,
-            requests=services.requests,
-            blobs=services.blobs,
-            replies=services.reply_sender,
-            executors=ExecutorPool(pick),  # type: ignore[arg-type]
-            logger=get_logger("test-poller"),
-            endpoints=services.endpoint_store,
-            board=StatusBoard(
-                services.registry,
-                services.endpoint_store,
-                get_logger("test-poller"),
+        def start(
+            executor: ScriptedExecutor,
+            per_endpoint: dict[str, ScriptedExecutor] | None = None,
+            probe: Callable[[Any], bool] | None = None,
+            streams: StreamNotifier | None = None,
+        ) -> Poller:
+            return start_poller(
+                lambda endpoint: (per_endpoint or {}).get(endpoint.name, executor),
                 probes={"local": probe or (lambda endpoint: True)},
-            ),
-            streams=streams,
-        )
-        thread = threading.Thread(target=poller.run, daemon=True)
-        thread.start()
-        pollers.append((poller, thread))
-        return poller
+                streams=streams,
+            )
 
-    yield start
-    for poller, thread in pollers:
-        poller.stopping.set()
-        thread.join(30)
+        yield start
 
 
 def submit(services: Services, text: str = "hello") -> str:

@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 
-from chalicelib.compute.executors import ExecutorPool
 from chalicelib.errors import ModelNotFoundError, UpstreamUnavailableError
-from chalicelib.logs import get_logger
-from chalicelib.poller.board import Health, StatusBoard
+from chalicelib.poller.board import Health
 from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.registry import Endpoint
 from chalicelib.services import Services
+from tests.integration.pollers import forget_endpoints, pollers
 from tests.integration.test_poller import MODEL, USER, response
 from tests.integration.test_poller import services as services  # noqa: F401 - the fixture
 
@@ -68,46 +67,19 @@ class Cluster:
 
 @pytest.fixture
 def fleet(services: Services) -> Iterator[Callable[[str], tuple[dict[str, Cluster], Poller]]]:
-    started: list[tuple[Poller, threading.Thread]] = []
-    for endpoint in services.registry.endpoints:
-        services.dynamodb_client.delete_item(
-            TableName=services.settings.endpoints_table_name, Key={"name": {"S": endpoint.name}}
-        )
+    forget_endpoints(services)
+    with pollers(services) as start_poller:
 
-    def start(state: str) -> tuple[dict[str, Cluster], Poller]:
-        clusters = {e.name: Cluster(state) for e in services.registry.endpoints}
+        def start(state: str) -> tuple[dict[str, Cluster], Poller]:
+            clusters = {e.name: Cluster(state) for e in services.registry.endpoints}
 
-        def probe(endpoint: Endpoint) -> Health:
-            return clusters[endpoint.name].probe()
+            def probe(endpoint: Endpoint) -> Health:
+                return clusters[endpoint.name].probe()
 
-        poller = Poller(
-            settings=services.settings,
-            registry=services.registry,
-            queue=services.interactive_queue,
-            requests=services.requests,
-            blobs=services.blobs,
-            replies=services.reply_sender,
-            executors=ExecutorPool(lambda e: clusters[e.name]),  # type: ignore[arg-type,return-value]
-            logger=get_logger("test-poller"),
-            endpoints=services.endpoint_store,
-            board=StatusBoard(
-                services.registry,
-                services.endpoint_store,
-                get_logger("test-poller"),
-                probes={"local": probe},
-                policy=services.circuit_policy,
-            ),
-            policy=services.circuit_policy,
-        )
-        thread = threading.Thread(target=poller.run, daemon=True)
-        thread.start()
-        started.append((poller, thread))
-        return clusters, poller
+            poller = start_poller(lambda e: clusters[e.name], probes={"local": probe})
+            return clusters, poller
 
-    yield start
-    for poller, thread in started:
-        poller.stopping.set()
-        thread.join(30)
+        yield start
 
 
 def chat(text: str) -> ChatCompletionRequest:
@@ -118,7 +90,9 @@ def chat(text: str) -> ChatCompletionRequest:
 
 def heard(services: Services, state: str) -> bool:
     """Both endpoints' heartbeats are in, and the model reads ``state``."""
-    return len(services.endpoint_store.statuses()) == 2 and status_of(services) == state
+    statuses = services.endpoint_store.statuses()
+    heard_from = all(e.name in statuses for e in services.registry.endpoints)
+    return heard_from and status_of(services) == state
 
 
 def status_of(services: Services) -> str:
