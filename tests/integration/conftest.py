@@ -1,4 +1,10 @@
-"""A real moto server (ours, with its call counter) on a free port, resources deployed once."""
+"""A real moto server (ours, with its call counter) on a free port, resources deployed once.
+
+Each test's ``services`` is built on a boto3 session of its own, and ``aws_calls`` counts the
+calls that session sends: a test counts its own calls, not those of a thread another test left
+running (the server's ``/_first/calls`` counts every client, and is for bench/'s whole-stack
+figures).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from chalicelib.settings import Settings
 from offline.aws_server import build_server
 from offline.resources import deploy
 from offline.stack import free_port
+from tests.aws_calls import CallCounter
 
 
 class Moto:
@@ -70,8 +77,7 @@ def moto_server() -> Iterator[Moto]:
             os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
-def stage(moto_server: Moto) -> str:
+def deployed_stage() -> str:
     name = f"it{uuid.uuid4().hex[:6]}"
     session = boto3.Session(region_name="us-east-1")
     deploy(
@@ -83,6 +89,34 @@ def stage(moto_server: Moto) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def stage(moto_server: Moto) -> str:
+    return deployed_stage()
+
+
 @pytest.fixture
-def services(stage: str) -> Services:
-    return Services(Settings(stage=stage, poller_visibility_timeout_s=2, wait_timeout_s=5))
+def own_stage(moto_server: Moto) -> str:
+    """A stage no other test writes to (under a second to deploy), for a test that reads a
+    whole table or queue: the shared ``stage`` holds every earlier test's records."""
+    return deployed_stage()
+
+
+@pytest.fixture
+def aws_session(moto_server: Moto) -> boto3.Session:
+    """A session of the test's own, its clients sent to the moto server."""
+    return boto3.Session(region_name="us-east-1")
+
+
+@pytest.fixture
+def aws_calls(aws_session: boto3.Session) -> CallCounter:
+    """The AWS calls ``aws_session`` (and so ``services``) sends, by operation."""
+    return CallCounter(aws_session)
+
+
+@pytest.fixture
+def services(stage: str, aws_session: boto3.Session, aws_calls: CallCounter) -> Services:
+    # aws_calls first: a client copies its session's event hooks when it is made.
+    return Services(
+        Settings(stage=stage, poller_visibility_timeout_s=2, wait_timeout_s=5),
+        session=aws_session,
+    )

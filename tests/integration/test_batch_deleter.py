@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger
 
 from chalicelib.services import Services
 from chalicelib.stores.deleter import BatchDeleter
-from tests.integration.conftest import Moto
+from tests.aws_calls import CallCounter
 
 
 def received(services: Services, name: str, n: int) -> tuple[str, list[str]]:
@@ -35,16 +35,15 @@ def records(out: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_receipts_are_deleted_ten_per_call_and_flushed_on_close(
-    services: Services, moto_server: Moto
+    services: Services, aws_calls: CallCounter
 ) -> None:
     url, receipts = received(services, "deleter-test", 12)
-    moto_server.reset()
+    aws_calls.reset()
     deleter = BatchDeleter(services.sqs, url, max_delay_s=60)
     for r in receipts:
         deleter.add(r)
     deleter.close()
-    calls = moto_server.calls()["by_operation"]
-    assert calls == {"sqs.DeleteMessageBatch": 2}
+    assert aws_calls.by_operation == {"sqs.DeleteMessageBatch": 2}
     attrs = services.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert attrs["ApproximateNumberOfMessages"] == "0"
     assert attrs["ApproximateNumberOfMessagesNotVisible"] == "0"

@@ -22,7 +22,7 @@ from chalicelib.auth.policy import AuthPolicy
 from chalicelib.errors import AuthenticationError, PermissionDeniedError, UpstreamUnavailableError
 from chalicelib.services import Services
 from chalicelib.stores.keys import hash_key
-from tests.integration.conftest import Moto
+from tests.aws_calls import CallCounter
 
 GATEWAY = "11111111-2222-3333-4444-555555555555"
 ALICE = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -172,19 +172,19 @@ def test_allow_listed_service_account_is_let_in(
 
 
 def test_second_call_makes_no_globus_request_and_another_process_one_dynamodb_read(
-    services: Services, globus_http: responses.RequestsMock, moto_server: Moto
+    services: Services, globus_http: responses.RequestsMock, aws_calls: CallCounter
 ) -> None:
     answer(globus_http)
     t = token()
     first = authenticator(services)
     first.authenticate(t)
     assert globus_calls(globus_http) == 1
-    moto_server.reset()
+    aws_calls.reset()
     assert first.authenticate(t).id == ALICE
-    assert moto_server.calls()["total"] == 0
+    assert aws_calls.total == 0
     # A new process (another Lambda container) shares the DynamoDB cache.
     assert authenticator(services).authenticate(t).id == ALICE
-    assert moto_server.calls()["by_operation"] == {"dynamodb.GetItem": 1}
+    assert aws_calls.by_operation == {"dynamodb.GetItem": 1}
     assert globus_calls(globus_http) == 1
 
 
@@ -251,7 +251,7 @@ def test_settings_switch_globus_on_beside_api_keys(
 
 
 def test_process_memory_is_bounded_and_bad_tokens_do_not_evict_good_ones(
-    services: Services, globus_http: responses.RequestsMock, moto_server: Moto
+    services: Services, globus_http: responses.RequestsMock, aws_calls: CallCounter
 ) -> None:
     client = globus_sdk.ConfidentialAppAuthClient(GATEWAY, "secret", retry_config=QUICK_RETRY)
     cache = IntrospectionCache(services.dynamodb.Table(services.settings.auth_cache_table_name))
@@ -266,8 +266,8 @@ def test_process_memory_is_bounded_and_bad_tokens_do_not_evict_good_ones(
         with pytest.raises(AuthenticationError):
             auth.authenticate(token())
     assert auth.memo.counts() == (1, 4)
-    moto_server.reset()
+    aws_calls.reset()
     before = globus_calls(globus_http)
     assert auth.authenticate(good).id == ALICE
-    assert moto_server.calls()["total"] == 0
+    assert aws_calls.total == 0
     assert globus_calls(globus_http) == before

@@ -10,13 +10,16 @@ import pytest
 from botocore.config import Config
 
 from chalicelib.stores.sends import GroupSender, SendFailedError
+from tests.aws_calls import CallCounter
 from tests.integration.conftest import Moto
 
 SENDERS = 40
 
 
-def test_concurrent_sends_share_calls_and_all_arrive_once(moto_server: Moto) -> None:
-    sqs = boto3.client("sqs", config=Config(max_pool_connections=SENDERS))
+def test_concurrent_sends_share_calls_and_all_arrive_once(
+    aws_session: boto3.Session, aws_calls: CallCounter
+) -> None:
+    sqs = aws_session.client("sqs", config=Config(max_pool_connections=SENDERS))
     url = sqs.create_queue(QueueName=f"group-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     sender = GroupSender(sqs)
     barrier = threading.Barrier(SENDERS)
@@ -25,13 +28,13 @@ def test_concurrent_sends_share_calls_and_all_arrive_once(moto_server: Moto) -> 
         barrier.wait()
         sender.send(url, f"m{i}")
 
-    moto_server.reset()
+    aws_calls.reset()
     threads = [threading.Thread(target=send, args=(i,)) for i in range(SENDERS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    calls = moto_server.calls()["by_operation"]
+    calls = aws_calls.by_operation
     sends = calls.get("sqs.SendMessage", 0) + calls.get("sqs.SendMessageBatch", 0)
     assert sends < SENDERS / 2, calls  # shared: most calls carried several messages
 

@@ -19,7 +19,7 @@ from chalicelib.stores.usage import (
     UsageStore,
     UsageWriter,
 )
-from tests.integration.conftest import Moto
+from tests.aws_calls import CallCounter
 
 DAY = 24 * 3600
 # A fixed UTC midnight well inside the TTL (records expire ``usage_ttl_s`` after they finish).
@@ -53,7 +53,7 @@ def user() -> str:
 
 
 def test_a_users_range_is_one_query_and_sees_only_their_records(
-    store: UsageStore, moto_server: Moto
+    store: UsageStore, aws_calls: CallCounter
 ) -> None:
     alice, bob = user(), user()
     records = [
@@ -64,9 +64,9 @@ def test_a_users_range_is_one_query_and_sees_only_their_records(
         usage(bob, T0 + 15, prompt_tokens=1000),
     ]
     assert store.put_many(records) == []
-    moto_server.reset()
+    aws_calls.reset()
     summary = store.summary(T0, T0 + 2 * DAY, "model", owner=alice)
-    assert moto_server.calls()["by_operation"] == {"dynamodb.Query": 1}
+    assert aws_calls.by_operation == {"dynamodb.Query": 1}
     assert summary["totals"] == {
         "requests": 3,
         "prompt_tokens": 13,
@@ -91,15 +91,15 @@ def test_the_range_ends_are_start_inclusive_end_exclusive(store: UsageStore) -> 
 
 
 def test_everyone_by_user_reads_the_day_index_not_a_scan(
-    store: UsageStore, moto_server: Moto
+    store: UsageStore, aws_calls: CallCounter
 ) -> None:
     # A stage of its own would be cleaner; a unique day far back keeps this test's records apart.
     t = T0 - 20 * DAY
     a, b = user(), user()
     store.put_many([usage(a, t + 1), usage(a, t + 2), usage(b, t + 3, completion_tokens=50)])
-    moto_server.reset()
+    aws_calls.reset()
     summary = store.summary(t, t + DAY, "user")
-    ops = moto_server.calls()["by_operation"]
+    ops = aws_calls.by_operation
     assert ops == {"dynamodb.Query": DAY_SHARDS}
     assert {x["user"]: x["total_tokens"] for x in summary["data"]} == {a: 30, b: 60}
     assert summary["user"] is None
@@ -113,15 +113,15 @@ def test_a_range_that_is_reversed_or_too_wide_is_refused(store: UsageStore) -> N
 
 
 def test_the_writer_batches_25_a_call_and_writes_the_rest_on_close(
-    store: UsageStore, moto_server: Moto
+    store: UsageStore, aws_calls: CallCounter
 ) -> None:
     dave = user()
-    moto_server.reset()
+    aws_calls.reset()
     writer = UsageWriter(store, max_delay_s=60)
     for i in range(30):
         writer.add(usage(dave, T0 + i))
     writer.close()
-    assert moto_server.calls()["by_operation"] == {"dynamodb.BatchWriteItem": 2}
+    assert aws_calls.by_operation == {"dynamodb.BatchWriteItem": 2}
     assert store.summary(T0, T0 + DAY, owner=dave)["totals"]["requests"] == 30
     assert writer.failures == 0
 

@@ -1,0 +1,48 @@
+"""Test helper: how many AWS calls one boto3 session's clients send, by operation.
+
+The moto server's own counter (``/_first/calls``) counts every client in the process, so a
+background thread another test left running (a reply listener's long poll, a poller's board
+refresh) lands in a test's measurement. ``CallCounter`` counts only the calls sent by the
+clients of the session it is registered on: build the code under test on that session.
+
+It listens to botocore's ``before-send`` event, which fires once per HTTP request, so a retried
+call counts once per attempt, as the server counts it. Operations are named as the server names
+them, ``service.Operation`` (``"dynamodb.Query"``, ``"sqs.DeleteMessageBatch"``), the service
+being botocore's hyphenated service id. Register it before the session makes its clients: a
+client copies the session's event hooks when it is created.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import boto3
+
+
+class CallCounter:
+    def __init__(self, session: boto3.Session) -> None:
+        self._calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        session.events.register("before-send", self._count)
+
+    def _count(self, event_name: str, **_: Any) -> None:
+        # "before-send.<service id>.<Operation>"
+        _, service, operation = event_name.split(".", 2)
+        with self._lock:
+            self._calls[f"{service}.{operation}"] += 1
+
+    @property
+    def by_operation(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._calls)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._calls.values())
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
