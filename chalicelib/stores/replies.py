@@ -181,6 +181,8 @@ class ReplyListener:
                     QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=self._wait_s
                 )
             except ClientError as exc:
+                if self._closed.is_set():
+                    return  # closed while receiving: a swept queue is not made again
                 if queue_missing(exc):
                     self._recreate()
                     continue
@@ -189,6 +191,7 @@ class ReplyListener:
                     return
                 continue
             except Exception:  # noqa: BLE001 - keep listening; waiters fall back to reads
+                _log.exception("reply queue receive failed")
                 if self._closed.wait(1.0):
                     return
                 continue

@@ -110,7 +110,9 @@ def test_a_listener_whose_queue_was_swept_makes_it_again(services: Services, pre
 def test_the_offline_scheduler_runs_the_apps_sweep(services: Services, prefix: str) -> None:
     """``python -m offline.scheduler --once``: the real app's scheduled function, in the
     stack's environment, sweeps that stage's reply queues."""
-    url = ReplyListener(services.sqs, f"{prefix}-old", wait_s=1).url
+    old = ReplyListener(services.sqs, f"{prefix}-old", wait_s=1)
+    url = old.url
+    old.close()  # its container went away (a live listener would make its queue again)
     env = {
         **os.environ,
         "FIRST_STAGE": services.settings.stage,
