@@ -4,6 +4,9 @@ Runs on 127.0.0.1:4566 (LocalStack's port) so ``AWS_ENDPOINT_URL`` is the same e
 ``GET /_first/calls`` returns ``{"total": n, "by_operation": {"sqs.SendMessage": n, ...},
 "bytes_in": n, "bytes_out": n}`` and
 ``DELETE /_first/calls`` resets it: the benchmark's count of AWS calls per request.
+``GET /_first/memory[?by=lineno|traceback|filename]`` reports the server's RSS, the objects
+moto's registry holds, the most common live object types and, when started with
+``--tracemalloc FRAMES``, the allocations that hold the most memory (``offline/moto_memory.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import logging
 import threading
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,7 +28,10 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from offline.moto_memory import memory_report, stop_instance_tracking
+
 COUNTER_PATH = "/_first/calls"
+MEMORY_PATH = "/_first/memory"
 
 
 def _operation(environ: dict[str, Any]) -> str:
@@ -57,6 +64,8 @@ class CountingApp:
     ) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == COUNTER_PATH:
             return self._report(environ, start_response)
+        if environ.get("PATH_INFO") == MEMORY_PATH:
+            return _memory_report(environ, start_response)
         op = _operation(environ)
         with self._lock:
             self._calls[op] += 1
@@ -81,6 +90,16 @@ class CountingApp:
             ).encode()
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]
+
+
+def _memory_report(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    by = parse_qs(environ.get("QUERY_STRING", "")).get("by", ["lineno"])[0]
+    if by not in ("lineno", "traceback", "filename"):
+        start_response("400 Bad Request", [("Content-Type", "text/plain")])
+        return [b"by: lineno, traceback or filename"]
+    body = json.dumps(memory_report(by), indent=1).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
 
 
 class AtomicDynamoDB:
@@ -131,11 +150,15 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
     """The counting moto server, bound and ready for ``serve_forever``."""
     # A log line per AWS call costs the server's one busy core; the counter keeps the totals.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # Else moto keeps every object it ever made, transactions' table copies included.
+    stop_instance_tracking()
     app = CountingApp(AtomicDynamoDB(_Dispatcher(create_backend_app)))
     return make_server(host, port, app, threaded=True, request_handler=_Handler)
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, *, tracemalloc_frames: int = 0) -> None:
+    if tracemalloc_frames:
+        tracemalloc.start(tracemalloc_frames)
     build_server(host, port).serve_forever()
 
 
@@ -143,8 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="FIRST embedded AWS endpoint (moto)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4566)
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help=f"trace allocations (FRAMES deep; slow) for GET {MEMORY_PATH}",
+    )
     args = parser.parse_args(argv)
-    serve(args.host, args.port)
+    serve(args.host, args.port, tracemalloc_frames=args.tracemalloc)
 
 
 if __name__ == "__main__":
