@@ -175,7 +175,8 @@ def test_a_batch_runs_in_shards_and_keeps_input_order(
     assert created["status"] == "validating"
     done = final(batch_services, user, created["id"])
     assert done["status"] == "completed", done
-    assert done["request_counts"] == {"total": 7, "completed": 7, "failed": 0}
+    errors = done["error_file_id"] and api.file_content(user, done["error_file_id"]).data
+    assert done["request_counts"] == {"total": 7, "completed": 7, "failed": 0}, errors
     assert done["model"] == MODEL and done["error_file_id"] is None
     assert all(done[f"{s}_at"] for s in ("in_progress", "finalizing", "completed"))
     content = api.file_content(user, done["output_file_id"]).data or b""
