@@ -29,6 +29,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from offline.moto_memory import memory_report, stop_instance_tracking
+from offline.moto_transactions import stop_table_copies
 
 COUNTER_PATH = "/_first/calls"
 MEMORY_PATH = "/_first/memory"
@@ -152,6 +153,8 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # Else moto keeps every object it ever made, transactions' table copies included.
     stop_instance_tracking()
+    # Else each transaction deep-copies every table it touches: a request costs O(table size).
+    stop_table_copies()
     app = CountingApp(AtomicDynamoDB(_Dispatcher(create_backend_app)))
     return make_server(host, port, app, threaded=True, request_handler=_Handler)
 
