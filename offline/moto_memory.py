@@ -3,10 +3,12 @@
 moto's ``BaseModel.__new__`` appends every model object it ever creates to a class-level
 ``instances_tracked`` list, for its ``/moto-api/data.json`` dashboard, and never removes one:
 a deleted SQS message, an overwritten S3 object or DynamoDB item stays in memory for the life
-of the server. Worse, ``transact_write_items`` deep-copies every table a transaction touches
-(its rollback copy), and each copied ``Table`` and ``Item`` is tracked too, so every
-transaction keeps a whole copy of the requests table alive: memory grows with requests × table
-size (measured: 223 MB → 4.9 GB in a 4-minute soak; docs/performance.md).
+of the server. Worse, moto's ``transact_write_items`` deep-copies every table a transaction
+touches (its rollback copy), and each copied ``Table`` and ``Item`` was tracked too, so every
+transaction kept a whole copy of the requests table alive: memory grew with requests × table
+size (measured: 223 MB → 4.9 GB in a 4-minute soak; docs/performance.md). The embedded server
+no longer makes those copies at all (``offline/moto_transactions.py`` snapshots only the items
+a transaction touches).
 
 FIRST never reads that dashboard, so the embedded server stops the tracking; what moto still
 references (tables, queues, buckets) is unchanged, and everything else is freed as usual.
