@@ -124,7 +124,8 @@ def state(ddb: Ddb, flat: str, ranged: str) -> dict[str, Any]:
 def served_table(name: str) -> Table:
     """The one ``Table`` object moto holds under ``name`` (the server runs in this process)."""
     gc.collect()
-    [table] = [o for o in gc.get_objects() if isinstance(o, Table) and o.name == name]
+    # type(), not isinstance(): see tests/integration/test_aws_server_memory.py ``live``.
+    [table] = [o for o in gc.get_objects() if type(o) is Table and o.name == name]
     return table
 
 

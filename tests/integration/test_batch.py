@@ -62,7 +62,11 @@ def registry_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not path.exists():
         model = build(base / "tiny-chat")
         data = json.loads((REPO_ROOT / "infra" / "deployments" / "local.json").read_text())
-        data["endpoints"][0]["models"][0]["engine"]["path"] = str(model)
+        # Every cluster's tiny-chat: shards may run on either (local-b when local-a is full).
+        for endpoint in data["endpoints"]:
+            for deployment in endpoint["models"]:
+                if deployment["model"] == MODEL:
+                    deployment["engine"]["path"] = str(model)
         path.write_text(json.dumps(data))
     return path
 
