@@ -19,6 +19,7 @@ below and docs/operations.md "Metrics".
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,10 @@ COUNT = MetricUnit.Count
 
 
 def stdout_sink(line: str) -> None:
-    print(line, flush=True)
+    # One write per document: print() writes the text and the newline separately, so two
+    # threads could put two documents on one line, which CloudWatch cannot read as EMF.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class MetricsRecorder:

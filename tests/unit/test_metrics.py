@@ -280,3 +280,23 @@ def test_stream_refusals_are_counted_by_status_and_code() -> None:
     assert refusal["dims"]["status"] == "429"
     assert refusal["dims"]["code"] == "rate_limit_exceeded"
     assert [e["dims"].get("model") for e in seen["StreamRequests"]] == [None]
+
+
+def test_each_document_goes_to_stdout_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One write per line: with print()'s two writes (text, then newline) two threads could
+    put two documents on one line of a log, which CloudWatch cannot read as EMF."""
+    writes: list[str] = []
+
+    class Stdout:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr("sys.stdout", Stdout())
+    m = MetricsRecorder("first-test", namespace="FIRST-test")
+    metrics.api_request(m, route="/v1/models", status=200, latency_ms=1.0)
+    assert m.flush() == 2
+    assert len(writes) == 2 and all(w.endswith("}\n") and w.count("\n") == 1 for w in writes)
