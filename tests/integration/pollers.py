@@ -4,8 +4,10 @@ go (``executors``), what the health probes say (``probes``) and whether streams 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from chalicelib.compute.executors import ExecutorPool
@@ -14,9 +16,26 @@ from chalicelib.poller.board import Probe, StatusBoard
 from chalicelib.poller.worker import Poller
 from chalicelib.registry import Endpoint
 from chalicelib.services import Services
+from chalicelib.settings import Settings
 from chalicelib.streaming.notifier import StreamNotifier
 
 StartPoller = Callable[..., Poller]
+
+
+def poller_services(stage: str, registry_path: Path, **settings: Any) -> Services:
+    """Services for a test's pollers: short leases and long polls, and a reply queue of the
+    test's own (an earlier test's listener must not take this one's notices)."""
+    return Services(
+        Settings(
+            stage=stage,
+            poller_visibility_timeout_s=2,
+            poller_wait_time_s=1,
+            wait_timeout_s=20,
+            registry_path=str(registry_path),
+            reply_queue_prefix=f"first-{stage}-reply-{uuid.uuid4().hex[:6]}",
+            **settings,
+        )
+    )
 
 
 def forget_endpoints(services: Services) -> None:

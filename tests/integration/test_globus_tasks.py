@@ -25,9 +25,9 @@ from chalicelib.compute.executors import RemoteTaskError, TaskLostError
 from chalicelib.compute.globus import GlobusTasks, SubmissionPacer
 from chalicelib.poller.worker import Poller
 from chalicelib.services import Services
-from chalicelib.settings import REPO_ROOT, Settings
+from chalicelib.settings import REPO_ROOT
 from tests.integration.globus_service import GlobusService, Raised
-from tests.integration.pollers import forget_endpoints, pollers
+from tests.integration.pollers import forget_endpoints, poller_services, pollers
 from tests.integration.test_poller import MODEL, ScriptedExecutor, response, submit
 
 CHAT_FN = "0b5e4f8a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
@@ -59,17 +59,7 @@ def registry_file(tmp_path: Path) -> Path:
 
 
 def make_services(stage: str, registry_file: Path, **settings: Any) -> Services:
-    services = Services(
-        Settings(
-            stage=stage,
-            poller_visibility_timeout_s=2,
-            poller_wait_time_s=1,
-            wait_timeout_s=20,
-            registry_path=str(registry_file),
-            reply_queue_prefix=f"first-{stage}-reply-{uuid.uuid4().hex[:6]}",
-            **settings,
-        )
-    )
+    services = poller_services(stage, registry_file, **settings)
     forget_endpoints(services)
     return services
 

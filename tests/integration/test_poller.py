@@ -22,9 +22,9 @@ from chalicelib.logs import get_logger
 from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
-from chalicelib.settings import REPO_ROOT, Settings
+from chalicelib.settings import REPO_ROOT
 from chalicelib.streaming.notifier import StreamNotifier
-from tests.integration.pollers import forget_endpoints, pollers
+from tests.integration.pollers import forget_endpoints, poller_services, pollers
 
 MODEL = "first/tiny-chat"
 USER = Principal(id="alice", username="alice", kind="user")
@@ -78,18 +78,7 @@ class ScriptedExecutor:
 
 @pytest.fixture
 def services(stage: str) -> Services:
-    registry = REPO_ROOT / "infra" / "deployments" / "local.json"
-    return Services(
-        Settings(
-            stage=stage,
-            poller_visibility_timeout_s=2,
-            poller_wait_time_s=1,
-            wait_timeout_s=20,
-            registry_path=str(registry),
-            # A reply queue per test: an earlier test's listener must not take this one's notices.
-            reply_queue_prefix=f"first-{stage}-reply-{uuid.uuid4().hex[:6]}",
-        )
-    )
+    return poller_services(stage, REPO_ROOT / "infra" / "deployments" / "local.json")
 
 
 @pytest.fixture
