@@ -111,10 +111,12 @@ class Settings(BaseSettings):
     # Batch (docs/operations.md "Batch"): lines per shard (one HPC task each); shards of all
     # batches one batch worker runs at once (batch's share of endpoint capacity, so a running
     # batch never takes every worker from interactive requests); tries per shard before its
-    # lines go to the error file; the batch worker's lease on a batch message.
+    # lines go to the error file; the batch worker's lease on a batch message. Rows per pass:
+    # lines the transformers engine generates in one ``generate`` call (memory grows with it).
     batch_shard_lines: int = 64
     batch_max_inflight_shards: int = 1
     batch_shard_attempts: int = 3
+    batch_rows_per_pass: int = 32
     batch_visibility_timeout_s: int = 30
     # OpenAI's limits per input file.
     batch_max_requests: int = 50_000

@@ -50,7 +50,7 @@ from chalicelib.settings import Settings
 from chalicelib.stores.batches import TERMINAL, BatchConflictError, BatchExistsError, BatchStore
 from chalicelib.stores.endpoints import EndpointStore
 from chalicelib.stores.files import FileIdTakenError, FileStore, sortable_id
-from chalicelib.stores.objects import ObjectStore
+from chalicelib.stores.objects import ObjectNotFoundError, ObjectStore
 from chalicelib.stores.queue import RequestQueue
 
 SHARD_FUNCTION = "batch_shard"
@@ -193,7 +193,7 @@ class BatchWorker:
         now = int(time.time())
         # Made already on an earlier delivery: resume it.
         with contextlib.suppress(BatchExistsError):
-            self._batches.create(
+            created = self._batches.create(
                 {
                     "owner": obj.owner,
                     "batch_id": batch_id,
@@ -210,6 +210,8 @@ class BatchWorker:
                     "principal": {"id": obj.owner, "username": obj.owner},
                 }
             )
+            # The owner sees the batch from the start (validating), not only once it runs.
+            self._publish(created)
         return obj.owner, batch_id
 
     # ----- one batch -----------------------------------------------------------------------
@@ -257,30 +259,26 @@ class BatchWorker:
             ceiling=self._ceiling,
             max_requests=self._s.batch_max_requests,
         )
-        source = self._data.in_bucket(record["input_bucket"])
-        size = 0
-        shard: list[bytes] = []
-        shards = 0
-        for raw in source.lines(record["input_key"], record.get("input_version")):
-            size += len(raw) + 1
-            if size > self._s.batch_max_file_bytes:
-                checker._error(
-                    "file_too_large",
-                    f"The file is larger than {self._s.batch_max_file_bytes} bytes.",
-                    None,
-                )
-                break
-            line = checker.check(raw)
-            if line is None or checker.errors:
-                continue
-            shard.append(dumps_line(line))
-            if len(shard) == self._s.batch_shard_lines:
-                self._data.put_bytes(shard_key(batch_id, "in", shards), b"".join(shard))
-                shards, shard = shards + 1, []
-        errors = checker.finish()
-        if not errors and shard:
-            self._data.put_bytes(shard_key(batch_id, "in", shards), b"".join(shard))
-            shards += 1
+        try:
+            shards = self._write_shards(record, checker)
+            errors = checker.finish()
+        except ObjectNotFoundError:
+            # Deleted (or its version removed) after the batch was made: retrying cannot help,
+            # so the batch fails now instead of its message going round to the dead-letter queue.
+            self.counts["input_missing"] += 1
+            self._log.warning(
+                "batch input is gone", extra={"batch": batch_id, "key": record["input_key"]}
+            )
+            message = f"The input file {record['input_file_id']} no longer exists."
+            shards = 0
+            errors = [
+                {
+                    "code": "input_file_not_found",
+                    "line": None,
+                    "message": message,
+                    "param": "input_file_id",
+                }
+            ]
         try:
             if errors:
                 record = self._batches.transition(
@@ -313,6 +311,31 @@ class BatchWorker:
                 )
         self._publish(record)
         return record
+
+    def _write_shards(self, record: dict[str, Any], checker: LineChecker) -> int:
+        """Check the input line by line, writing valid lines as shards; the shards written
+        (their count is final only when ``checker`` found no error)."""
+        batch_id = record["batch_id"]
+        source = self._data.in_bucket(record["input_bucket"])
+        size = 0
+        shard: list[bytes] = []
+        shards = 0
+        for raw in source.lines(record["input_key"], record.get("input_version")):
+            size += len(raw) + 1
+            if size > self._s.batch_max_file_bytes:
+                checker.file_too_large(self._s.batch_max_file_bytes)
+                break
+            line = checker.check(raw)
+            if line is None or checker.errors:
+                continue
+            shard.append(dumps_line(line))
+            if len(shard) == self._s.batch_shard_lines:
+                self._data.put_bytes(shard_key(batch_id, "in", shards), b"".join(shard))
+                shards, shard = shards + 1, []
+        if not checker.errors and shard:
+            self._data.put_bytes(shard_key(batch_id, "in", shards), b"".join(shard))
+            shards += 1
+        return shards
 
     def _run_shards(self, record: dict[str, Any]) -> dict[str, Any]:
         done = set(record.get("done_shards") or [])
@@ -401,6 +424,7 @@ class BatchWorker:
                 "input_url": self._data.presign_get(shard_key(batch_id, "in", n), ttl),
                 "output_url": self._data.presign_put(shard_key(batch_id, "out", n), ttl),
                 "error_url": self._data.presign_put(shard_key(batch_id, "err", n), ttl),
+                "max_rows": self._s.batch_rows_per_pass,
             }
             with self._lock:
                 self._inflight[endpoint.name] = self._inflight.get(endpoint.name, 0) + 1

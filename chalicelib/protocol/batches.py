@@ -25,7 +25,7 @@ ENDPOINTS: dict[str, tuple[str, type[GatewayRequest]]] = {
     "/v1/embeddings": ("embeddings", EmbeddingRequest),
 }
 COMPLETION_WINDOW_S = 24 * 3600
-# errors.data lists at most this many problems (the count of the rest is in the last message).
+# errors.data lists at most this many problems; the last one's message counts the rest.
 MAX_LISTED_ERRORS = 100
 
 
@@ -214,10 +214,19 @@ class LineChecker:
                 {"code": code, "line": self.lines, "message": message, "param": param}
             )
 
+    def file_too_large(self, max_bytes: int) -> None:
+        """The file passed ``max_bytes`` at the current line (reading stops there)."""
+        self._error("file_too_large", f"The file is larger than {max_bytes} bytes.", None)
+
     def finish(self) -> list[dict[str, Any]]:
-        """The errors of the whole file (empty: it is valid)."""
+        """The errors of the whole file (empty: it is valid). Past ``MAX_LISTED_ERRORS``, the
+        last listed error's message says how many more were found."""
         if self.requests == 0 and not self.errors:
             self._error("empty_file", "The file has no requests.", None)
+        unlisted = self.error_count - len(self.errors)
+        if unlisted > 0:
+            last = self.errors[-1]
+            last["message"] = f"{last['message']} ({unlisted} more errors are not listed.)"
         return self.errors
 
 

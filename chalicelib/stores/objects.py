@@ -21,7 +21,7 @@ class ObjectNotFoundError(StoreError):
 
 
 def _missing(exc: ClientError) -> bool:
-    return exc.response["Error"]["Code"] in ("NoSuchKey", "404", "NotFound")
+    return exc.response["Error"]["Code"] in ("NoSuchKey", "NoSuchVersion", "404", "NotFound")
 
 
 class ObjectStore:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,26 @@ from chalicelib.auth import Principal
 from chalicelib.batch.worker import BatchWorker
 from chalicelib.compute.executors import ExecutorPool
 from chalicelib.logs import get_logger
+from chalicelib.registry import Endpoint
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 
 MODEL = "first/tiny-chat"
 
 
-class InProcessEndpoint:
-    """Runs the registered HPC functions in this process; counts runs per task id."""
+Hook = Callable[[dict[str, Any]], None]
 
-    def __init__(self) -> None:
+
+class InProcessEndpoint:
+    """Runs the registered HPC functions in this process; counts runs per task id and keeps
+    each task. ``before(task)`` runs ahead of the function and ``after(task)`` once it has
+    returned (its lines uploaded): either may block, or raise to lose the task as a crashed
+    endpoint would."""
+
+    def __init__(self, before: Hook | None = None, after: Hook | None = None) -> None:
         self.runs: Counter[str] = Counter()
+        self.tasks: list[dict[str, Any]] = []
+        self._before, self._after = before, after
         self._pool = ThreadPoolExecutor(2)
 
     def submit_to_registered_function(
@@ -45,7 +55,16 @@ class InProcessEndpoint:
 
         task = (args or ({},))[0]
         self.runs[task["request_id"]] += 1
-        return self._pool.submit(FUNCTIONS[function_id.split(":", 1)[1]], *(args or ()))
+        self.tasks.append(task)
+        return self._pool.submit(self._run, FUNCTIONS[function_id.split(":", 1)[1]], task)
+
+    def _run(self, function: Callable[[dict[str, Any]], Any], task: dict[str, Any]) -> Any:
+        if self._before is not None:
+            self._before(task)
+        result = function(task)
+        if self._after is not None:
+            self._after(task)
+        return result
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
@@ -79,6 +98,7 @@ def batch_services(stage: str, registry_path: Path) -> Services:
             registry_path=str(registry_path),
             batch_shard_lines=3,
             batch_max_inflight_shards=2,
+            batch_rows_per_pass=2,
             batch_visibility_timeout_s=5,
             poller_wait_time_s=1,
         )
@@ -90,9 +110,11 @@ def endpoint() -> InProcessEndpoint:
     return InProcessEndpoint()
 
 
-@pytest.fixture
-def worker(batch_services: Services, endpoint: InProcessEndpoint) -> Iterator[BatchWorker]:
-    s = batch_services
+@contextmanager
+def running_worker(
+    s: Services, executor_for: Callable[[Endpoint], Any], **options: Any
+) -> Iterator[BatchWorker]:
+    """A batch worker on ``s`` in a thread, its tasks sent to ``executor_for(endpoint)``."""
     w = BatchWorker(
         settings=s.settings,
         registry=s.registry,
@@ -101,14 +123,23 @@ def worker(batch_services: Services, endpoint: InProcessEndpoint) -> Iterator[Ba
         files=s.file_store,
         data=s.objects,
         drop=s.drop_objects,
-        executors=ExecutorPool(lambda e: endpoint),
+        executors=ExecutorPool(executor_for),
         logger=get_logger("first-batch-test"),
+        **options,
     )
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
-    yield w
-    w.stopping.set()
-    thread.join(timeout=30)
+    try:
+        yield w
+    finally:
+        w.stopping.set()
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def worker(batch_services: Services, endpoint: InProcessEndpoint) -> Iterator[BatchWorker]:
+    with running_worker(batch_services, lambda e: endpoint) as w:
+        yield w
 
 
 def lines(n: int, **body: Any) -> bytes:
@@ -187,8 +218,9 @@ def test_a_batch_runs_in_shards_and_keeps_input_order(
     out = [json.loads(line) for line in content.splitlines()]
     assert [o["custom_id"] for o in out] == [f"line-{i}" for i in range(7)]
     assert out[0]["response"]["body"]["object"] == "chat.completion"
-    # 7 lines in shards of 3: three tasks, each run once.
+    # 7 lines in shards of 3: three tasks, each run once, each with the rows-per-pass setting.
     assert sorted(endpoint.runs.values()) == [1, 1, 1]
+    assert {t["max_rows"] for t in endpoint.tasks} == {batch_services.settings.batch_rows_per_pass}
     listed = api.list_batches(user, {"limit": "1"})
     assert listed["data"][0]["id"] == created["id"] and listed["object"] == "list"
 
@@ -306,22 +338,9 @@ def test_shards_go_only_to_endpoints_the_router_finds_usable(batch_services: Ser
     s = batch_services
     s.endpoint_store.heartbeat("local-a", capacity=4, models={MODEL: "hot"})
     by_name = {"local-a": InProcessEndpoint(), "local-b": InProcessEndpoint()}
-    w = BatchWorker(
-        settings=s.settings,
-        registry=s.registry,
-        queue=s.batch_queue,
-        batches=s.batch_store,
-        files=s.file_store,
-        data=s.objects,
-        drop=s.drop_objects,
-        executors=ExecutorPool(lambda e: by_name[e.name]),
-        logger=get_logger("first-batch-test"),
-        endpoints=s.endpoint_store,
-        policy=s.circuit_policy,
-    )
-    thread = threading.Thread(target=w.run, daemon=True)
-    thread.start()
-    try:
+    with running_worker(
+        s, lambda e: by_name[e.name], endpoints=s.endpoint_store, policy=s.circuit_policy
+    ):
         user = Principal(id="batch-router", username="batch-router")
         body = {
             "input_file_id": upload(s, user, lines(9)),
@@ -330,9 +349,6 @@ def test_shards_go_only_to_endpoints_the_router_finds_usable(batch_services: Ser
         }
         created = s.batch_api.create_batch(user, json.dumps(body).encode())
         done = final(s, user, created["id"])
-    finally:
-        w.stopping.set()
-        thread.join(timeout=30)
     assert done["request_counts"] == {"total": 9, "completed": 9, "failed": 0}
     assert sorted(by_name["local-a"].runs.values()) == [1, 1, 1]
     assert not by_name["local-b"].runs

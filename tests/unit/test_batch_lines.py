@@ -121,6 +121,16 @@ def test_errors_listed_are_capped_and_all_are_counted() -> None:
     errors = check_all(c, *(b"{bad" for _ in range(MAX_LISTED_ERRORS + 5)))
     assert len(errors) == MAX_LISTED_ERRORS
     assert c.error_count == MAX_LISTED_ERRORS + 5
+    # The caller learns how many were left out: the last listed error says so.
+    assert errors[-1]["message"].endswith("(5 more errors are not listed.)")
+    assert errors[-1]["line"] == MAX_LISTED_ERRORS
+    assert not errors[-2]["message"].endswith("not listed.)")
+
+
+def test_a_file_with_all_its_errors_listed_mentions_no_others() -> None:
+    errors = check_all(checker(), *(b"{bad" for _ in range(MAX_LISTED_ERRORS)))
+    assert len(errors) == MAX_LISTED_ERRORS
+    assert not any("not listed" in e["message"] for e in errors)
 
 
 def test_embeddings_lines_are_checked_against_the_embeddings_request() -> None:
