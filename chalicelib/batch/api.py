@@ -179,7 +179,10 @@ class BatchApi:
             return record
         fields: dict[str, Any] = {"bytes": size, "status": "processed", "status_details": None}
         if size > self._s.batch_max_file_bytes:
-            fields.update(status="error", status_details="the file is larger than 200 MB")
+            fields.update(
+                status="error",
+                status_details=f"The file is larger than {self._s.batch_max_file_bytes} bytes.",
+            )
         try:
             self._files.update(record["owner"], record["file_id"], fields, status="uploaded")
         except FileConflictError:

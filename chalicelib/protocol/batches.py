@@ -215,7 +215,8 @@ class LineChecker:
             )
 
     def file_too_large(self, max_bytes: int) -> None:
-        """The file passed ``max_bytes`` at the current line (reading stops there)."""
+        """The file passed ``max_bytes`` on the line about to be checked (reading stops there)."""
+        self.lines += 1
         self._error("file_too_large", f"The file is larger than {max_bytes} bytes.", None)
 
     def finish(self) -> list[dict[str, Any]]:

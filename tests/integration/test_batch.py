@@ -26,6 +26,7 @@ from chalicelib.logs import get_logger
 from chalicelib.registry import Endpoint
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
+from chalicelib.stores.objects import ObjectStore
 
 MODEL = "first/tiny-chat"
 
@@ -112,7 +113,10 @@ def endpoint() -> InProcessEndpoint:
 
 @contextmanager
 def running_worker(
-    s: Services, executor_for: Callable[[Endpoint], Any], **options: Any
+    s: Services,
+    executor_for: Callable[[Endpoint], Any],
+    drop: ObjectStore | None = None,
+    **options: Any,
 ) -> Iterator[BatchWorker]:
     """A batch worker on ``s`` in a thread, its tasks sent to ``executor_for(endpoint)``."""
     w = BatchWorker(
@@ -122,7 +126,7 @@ def running_worker(
         batches=s.batch_store,
         files=s.file_store,
         data=s.objects,
-        drop=s.drop_objects,
+        drop=drop or s.drop_objects,
         executors=ExecutorPool(executor_for),
         logger=get_logger("first-batch-test"),
         **options,
