@@ -330,4 +330,7 @@ class Gateway:
                 self._answer(request_id, self._outcome(record))
             except FirstError as exc:
                 view["error"] = exc.to_body()["error"]
+                # The status the request would have answered with: a client that collects a
+                # 504'd request (first proxy) answers what the wait would have.
+                view["status_code"] = exc.STATUS_CODE
         return view

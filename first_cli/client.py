@@ -147,13 +147,17 @@ class StreamClient:
             with self._lock:
                 self._queues.pop(ref, None)
 
+    # Built as the OpenAI SDK builds streamed chunks (its ``model_construct`` makes the nested
+    # types without validating): a text_completion chunk's ``finish_reason`` is null until the
+    # last, which ``Completion``'s own validation refuses.
+
     def stream_chat(self, **body: Any) -> Iterator[ChatCompletionChunk]:
         for data in _chunks(self.frames("chat.completions", body), body):
-            yield ChatCompletionChunk.model_validate(data)
+            yield ChatCompletionChunk.model_construct(**data)
 
     def stream_completion(self, **body: Any) -> Iterator[Completion]:
         for data in _chunks(self.frames("completions", body), body):
-            yield Completion.model_validate(data)
+            yield Completion.model_construct(**data)
 
 
 def _chunks(frames: Iterator[dict[str, Any]], body: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -5,7 +5,14 @@ real: ``stream=true`` chat and completions go over the gateway's WebSocket API a
 incremental SSE, chunk by chunk as the HPC node pushes them (the gateway's REST route can only
 send a buffered SSE body, since a Lambda returns one body). Everything else is forwarded as is;
 a non-streaming call that outlives the gateway's wait (504 carrying the request id) is collected
-by id (``GET /v1/requests/{id}``), so long generations just work.
+by id (``GET /v1/requests/{id}``), so long generations just work; a collected failure keeps
+the stored error's status.
+
+Each streamed request has a WebSocket connection of its own, closed when its SSE body ends. The
+protocol has no "cancel" message: a closed connection is how a client says it left. So a caller
+that aborts (the SDK closes its response) closes that connection, API Gateway's ``$disconnect``
+forgets it, the relay's next push meets ``GoneException`` and answers 410, and the HPC function
+stops generating. (One connection shared by a key's streams could not say which one left.)
 
 The caller's ``Authorization`` is used when it sends one, else the proxy's own key.
 """
@@ -15,10 +22,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx2 as httpx  # the OpenAI SDK's HTTP client, installed with it
+from websockets.exceptions import InvalidHandshake
 
 from first_cli.client import StreamClient, StreamError
 
@@ -46,8 +55,11 @@ class Proxy(ThreadingHTTPServer):
         self.ws_url = ws_url
         self.api_key = api_key
         self.http = httpx.Client(base_url=self.gateway_url, timeout=httpx.Timeout(60.0))
-        self._streams: dict[str, StreamClient] = {}
+        self._streams: set[StreamClient] = set()
         self._lock = threading.Lock()
+        # collected: 504s answered with the result read by id; aborted: streams whose caller
+        # left before the end (their connection closed, so their generation stopped).
+        self.counts: Counter[str] = Counter()
         super().__init__((host, port), _Handler)
 
     @property
@@ -55,19 +67,28 @@ class Proxy(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def stream_client(self, api_key: str) -> StreamClient:
-        """One WebSocket connection per API key, shared by its concurrent streams."""
+    def open_stream(self, api_key: str) -> StreamClient:
+        """A WebSocket connection for one streamed request; ``close_stream`` ends it."""
+        client = StreamClient(self.ws_url, api_key)
         with self._lock:
-            client = self._streams.get(api_key)
-            if client is None or client.closed:
-                client = StreamClient(self.ws_url, api_key)
-                self._streams[api_key] = client
-            return client
+            self._streams.add(client)
+        return client
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+
+    def close_stream(self, client: StreamClient) -> None:
+        with self._lock:
+            self._streams.discard(client)
+        client.close()
 
     def server_close(self) -> None:
         super().server_close()
-        for client in self._streams.values():
-            client.close()
+        with self._lock:
+            open_streams = list(self._streams)
+        for client in open_streams:
+            self.close_stream(client)
         self.http.close()
 
 
@@ -149,16 +170,9 @@ class _Handler(BaseHTTPRequestHandler):
             if view.status_code != 200:
                 return view
             record = view.json()
-            if record.get("status") == "completed":
-                return httpx.Response(
-                    200, json=record["result"], headers={"x-request-id": request_id}
-                )
-            if record.get("status") == "failed":
-                error = record.get("error") or {}
-                status = 400 if error.get("type") == "invalid_request_error" else 500
-                return httpx.Response(
-                    status, json={"error": error}, headers={"x-request-id": request_id}
-                )
+            if record.get("status") in ("completed", "failed"):
+                self.server.count("collected")
+                return _collected(request_id, record)
             time.sleep(COLLECT_INTERVAL_S)
         return None
 
@@ -167,10 +181,27 @@ class _Handler(BaseHTTPRequestHandler):
         if not key:
             self._send_json(401, _error(401, "No API key: send Authorization: Bearer …"))
             return
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         try:
-            client = self.server.stream_client(key)
-            frames = client.frames(action, body)
+            client = self.server.open_stream(key)
+        except StreamError as exc:
+            self._send_json(exc.status, {"error": exc.error})
+            return
+        except (OSError, InvalidHandshake) as exc:  # TimeoutError is an OSError
+            self._send_json(502, _error(502, f"The WebSocket API could not be reached: {exc}"))
+            return
+        try:
+            self._relay(client, action, body)
+        finally:
+            # Also when the caller left: the connection's $disconnect is what stops the
+            # generation (the relay's next push answers 410).
+            self.server.close_stream(client)
+
+    def _relay(self, client: StreamClient, action: str, body: dict[str, Any]) -> None:
+        """The request's frames as incremental SSE, until ``done``/``error`` or the caller
+        leaves."""
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        frames = client.frames(action, body)
+        try:
             first = next(frames)
         except StreamError as exc:
             self._send_json(exc.status, {"error": exc.error})
@@ -202,7 +233,11 @@ class _Handler(BaseHTTPRequestHandler):
         except StreamError as exc:
             self._event({"error": exc.error})
         except (BrokenPipeError, ConnectionResetError):
-            frames.close()  # the caller left: stop reading (the gateway cancels on disconnect)
+            # The caller left. Its connection is closed on the way out (``_stream``), and that
+            # $disconnect is what cancels the generation; the gateway learns nothing from this
+            # generator closing.
+            self.server.count("aborted")
+            frames.close()
             return
         self._event("[DONE]")
         self._write(b"")
@@ -214,6 +249,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _write(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+def _collected(request_id: str, record: dict[str, Any]) -> httpx.Response:
+    """A finished request's view as the response the 504 stood for: its result, or its error
+    with the status the gateway stored (older gateways name none: 400 or 500 by the type)."""
+    headers = {"x-request-id": request_id}
+    if record["status"] == "completed":
+        return httpx.Response(200, json=record["result"], headers=headers)
+    error = record.get("error") or {}
+    status = record.get("status_code")
+    if not isinstance(status, int) or not 400 <= status < 600:
+        status = 400 if error.get("type") == "invalid_request_error" else 500
+    return httpx.Response(status, json={"error": error}, headers=headers)
 
 
 def _error(status: int, message: str) -> dict[str, Any]:

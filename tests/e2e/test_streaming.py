@@ -13,22 +13,27 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
 import requests
 from openai import OpenAI
+from openai.types import Completion
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from chalicelib.services import Services
 from chalicelib.streaming.tokens import mint_for
-from first_cli.client import StreamClient
+from first_cli.client import StreamClient, stream_chat, stream_completion
 from first_cli.proxy import Proxy
 from offline.background import BackgroundStack
 from offline.stack import free_port
-from tests.e2e.conftest import TINY, create_key
+from tests.e2e.conftest import BROKEN_MODEL, CORRUPT_MODEL, TINY, create_key
 
-HELLO = [{"role": "user", "content": "Hello there"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 RECV_TIMEOUT_S = 60.0
+# The tiny model's end-of-text token, banned: only a disconnect can end such a generation early.
+NO_EOS = {"2": -100}
 
 
 def ws_connect(stack: BackgroundStack, key: str | None = None) -> ClientConnection:
@@ -129,9 +134,8 @@ def test_a_client_that_disconnects_stops_the_generation(
     stack: BackgroundStack, services: Services
 ) -> None:
     asked = 1500
-    # The tiny model's end-of-text token is banned: only the disconnect can end it early.
     ws = ws_connect(stack)
-    send(ws, "long", messages=HELLO, max_tokens=asked, temperature=0, logit_bias={"2": -100})
+    send(ws, "long", messages=HELLO, max_tokens=asked, temperature=0, logit_bias=NO_EOS)
     first = json.loads(ws.recv(timeout=RECV_TIMEOUT_S))
     assert first["type"] == "chunk"
     ws.close()
@@ -146,6 +150,87 @@ def test_a_bad_token_is_refused_at_connect(stack: BackgroundStack) -> None:
         ws_connect(stack, "not-a-key")
     assert caught.value.response.status_code == 401
     assert json.loads(caught.value.response.body)["error"]["code"] == "invalid_api_key"
+
+
+def test_a_bad_token_in_the_query_is_refused_at_connect_and_a_good_one_streams(
+    stack: BackgroundStack,
+) -> None:
+    # Browsers cannot set headers on a WebSocket: ?token= is read the same way.
+    with pytest.raises(InvalidStatus) as caught:
+        connect(f"{stack.config.ws_url}/?token=not-a-key")
+    assert caught.value.response.status_code == 401
+    assert json.loads(caught.value.response.body)["error"]["code"] == "invalid_api_key"
+    with connect(f"{stack.config.ws_url}/?token={stack.api_key}") as ws:
+        send(ws, "q", messages=HELLO, max_tokens=2, temperature=0)
+        assert frames_until_done(ws, "q")[-1]["type"] == "done"
+
+
+def connection_records(services: Services, owner: str) -> list[dict[str, Any]]:
+    table = services.dynamodb.Table(services.settings.connections_table_name)
+    items = table.scan(ConsistentRead=True)["Items"]
+    return [dict(i) for i in items if i["owner"] == owner]
+
+
+def test_disconnect_forgets_the_connection_and_an_expired_record_is_not_honoured(
+    stack: BackgroundStack, services: Services
+) -> None:
+    user = "stream-conn"
+    key = create_key(stack, user)
+    table = services.dynamodb.Table(services.settings.connections_table_name)
+    with ws_connect(stack, key) as ws:
+        (record,) = connection_records(services, user)
+        assert record["expires_at"] > time.time()
+        # A record past its TTL that DynamoDB has not deleted yet (it deletes late; moto never).
+        table.update_item(
+            Key={"connection_id": record["connection_id"]},
+            UpdateExpression="SET expires_at = :past",
+            ExpressionAttributeValues={":past": int(time.time()) - 1},
+        )
+        send(ws, "late", messages=HELLO, max_tokens=2)
+        (refused,) = frames_until_done(ws, "late")
+    assert refused["type"] == "error" and refused["status"] == 401
+    assert refused["request_id"] is None
+    # $disconnect deletes the record.
+    deadline = time.monotonic() + 30
+    while connection_records(services, user) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert connection_records(services, user) == []
+
+
+def test_an_engine_failure_of_a_streamed_request_is_an_error_frame(
+    stack: BackgroundStack, services: Services
+) -> None:
+    with ws_connect(stack) as ws:
+        send(ws, "boom", model=CORRUPT_MODEL, messages=HELLO, max_tokens=4)
+        frames = frames_until_done(ws, "boom")
+    assert [f["type"] for f in frames] == ["error"]
+    (failed,) = frames
+    assert failed["status"] == 500 and failed["error"]["code"] == "engine_error"
+    assert failed["request_id"].startswith("req_")
+    record = services.requests.get(failed["request_id"])
+    assert record is not None and record["status"] == "failed" and record["status_code"] == 500
+
+
+def test_stream_chat_and_stream_completion_yield_the_sdk_s_types_from_local_env(
+    stack: BackgroundStack, client: OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = stack.env()  # .first/local.env as make up writes it
+    assert env["FIRST_WS_URL"] == stack.config.ws_url
+    monkeypatch.setenv("FIRST_WS_URL", env["FIRST_WS_URL"])
+    monkeypatch.setenv("OPENAI_API_KEY", env["OPENAI_API_KEY"])
+    params: dict[str, Any] = {"model": TINY, "max_tokens": 20, "temperature": 0, "seed": 5}
+
+    plain = client.chat.completions.create(messages=HELLO, **params)
+    chunks = list(stream_chat(messages=HELLO, stream_options={"include_usage": True}, **params))
+    assert chunks and all(type(c) is ChatCompletionChunk for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
+
+    plain_text = client.completions.create(prompt="Once upon", **params)
+    pieces = list(stream_completion(prompt="Once upon", **params))
+    assert pieces and all(type(c) is Completion for c in pieces)
+    assert "".join(c.choices[0].text for c in pieces if c.choices) == plain_text.choices[0].text
 
 
 def test_validation_and_unknown_models_come_back_as_error_frames(stack: BackgroundStack) -> None:
@@ -195,25 +280,80 @@ def proxy(stack: BackgroundStack) -> Iterator[Proxy]:
     p.server_close()
 
 
-def test_the_openai_sdk_streams_for_real_through_first_proxy(proxy: Proxy, client: OpenAI) -> None:
+def test_the_openai_sdk_streams_for_real_through_first_proxy(
+    proxy: Proxy, client: OpenAI, services: Services
+) -> None:
     sdk = OpenAI(base_url=f"{proxy.url}/v1", api_key="unused-the-proxy-has-one", max_retries=0)
     sdk = sdk.with_options(api_key=client.api_key)
-    params: dict[str, Any] = {"model": TINY, "messages": HELLO, "max_tokens": 48, "temperature": 0}
+    params: dict[str, Any] = {"model": TINY, "messages": HELLO, "max_tokens": 64, "temperature": 0}
     plain = sdk.chat.completions.create(**params)  # forwarded as is
     arrivals: list[float] = []
     chunks = []
-    for chunk in sdk.chat.completions.create(
+    stream = sdk.chat.completions.create(
         **params, stream=True, stream_options={"include_usage": True}
-    ):
+    )
+    for chunk in stream:
         arrivals.append(time.time())
         chunks.append(chunk)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
-    # Several SSE events, arriving over time rather than as one buffered body.
     content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(content_chunks) >= 2 and arrivals[0] < arrivals[-1]
+    assert len(content_chunks) >= 2
+    # Incremental, not a buffered body: the SDK had the first chunk before the engine produced
+    # its last token (the engine's own clock, stored with the request; the same machine's).
+    record = wait_for_record(services, stream.response.headers["x-request-id"])
+    timing = record["stream_stats"]
+    assert timing["cancelled"] is False
+    assert arrivals[0] < timing["finished_at"]
     completion = sdk.completions.create(
         model=TINY, prompt="Once upon", max_tokens=6, temperature=0, stream=True
     )
     assert "".join(c.choices[0].text for c in completion if c.choices)
+
+
+def test_an_sdk_caller_that_aborts_through_the_proxy_stops_the_generation(
+    proxy: Proxy, stack: BackgroundStack, services: Services
+) -> None:
+    asked = 1500
+    aborted = proxy.counts["aborted"]
+    sdk = OpenAI(base_url=f"{proxy.url}/v1", api_key=stack.api_key, max_retries=0)
+    stream = sdk.chat.completions.create(
+        model=TINY,
+        messages=HELLO,
+        max_tokens=asked,
+        temperature=0,
+        logit_bias=NO_EOS,
+        stream=True,
+    )
+    request_id = stream.response.headers["x-request-id"]
+    first = next(iter(stream))
+    assert first.choices
+    stream.close()  # the caller stops reading: its HTTP connection to the proxy closes
+    sdk.close()
+    record = wait_for_record(services, request_id)
+    assert record["status"] == "completed"
+    assert record["stream_stats"]["cancelled"] is True
+    assert record["usage"]["completion_tokens"] < asked
+    assert proxy.counts["aborted"] == aborted + 1
+
+
+def test_the_proxy_collects_a_504_d_request_by_id_with_its_stored_status(
+    proxy: Proxy, stack: BackgroundStack
+) -> None:
+    sdk = OpenAI(base_url=f"{proxy.url}/v1", api_key=stack.api_key, max_retries=0)
+    wait_0 = {"Prefer": "wait=0"}  # the gateway answers 504 at once; the request runs on
+    collected = proxy.counts["collected"]
+    done = sdk.chat.completions.create(
+        model=TINY, messages=HELLO, max_tokens=6, temperature=0, extra_headers=wait_0
+    )
+    assert done.choices[0].message.content and done.usage and done.usage.completion_tokens
+    assert proxy.counts["collected"] == collected + 1
+    # A model whose weights are missing fails in the engine with 503: collected, it stays 503.
+    with pytest.raises(openai.APIStatusError) as failed:
+        sdk.chat.completions.create(
+            model=BROKEN_MODEL, messages=HELLO, max_tokens=4, extra_headers=wait_0
+        )
+    assert failed.value.status_code == 503
+    assert failed.value.response.headers["x-request-id"].startswith("req_")
+    assert proxy.counts["collected"] == collected + 2

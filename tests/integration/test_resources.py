@@ -18,7 +18,13 @@ def test_tables_queues_and_bucket_exist(services: Services) -> None:
 def test_ttl_is_enabled_on_every_expiring_table(services: Services) -> None:
     s = services.settings
     ddb = services.client("dynamodb")
-    for table in (s.requests_table_name, s.auth_cache_table_name, s.limits_table_name):
+    expiring = (
+        s.requests_table_name,
+        s.auth_cache_table_name,
+        s.limits_table_name,
+        s.connections_table_name,
+    )
+    for table in expiring:
         ttl = ddb.describe_time_to_live(TableName=table)
         assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED", table
         assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at", table

@@ -1,10 +1,12 @@
-"""The streaming client gives up on a request that stays silent, naming it, instead of hanging."""
+"""The streaming client against small WebSocket servers: it gives up on a request that stays
+silent, naming it, instead of hanging; it shows a retried push once."""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from websockets.sync.server import Server, ServerConnection, serve
@@ -49,3 +51,57 @@ def test_a_request_with_no_final_frame_times_out_naming_its_id(silent_gateway: S
     assert caught.value.status == 504 and caught.value.request_id == "req_1"
     assert caught.value.error["code"] == "timeout"
     assert "GET /v1/requests/req_1" in caught.value.error["message"]
+
+
+def chunk_frame(ref: str, seq: int, part: int, text: str) -> str:
+    data = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": part, "delta": {"content": text}, "finish_reason": None}],
+    }
+    frame = {"type": "chunk", "id": ref, "request_id": "req_1", "seq": seq, "part": part}
+    return json.dumps({**frame, "data": data})
+
+
+@pytest.fixture
+def retrying_gateway() -> Iterator[Server]:
+    """Sends push 1 (two parts), push 1 again (a retry another relay container posted), push 2,
+    then ``done``."""
+
+    def handler(conn: ServerConnection) -> None:
+        for message in conn:
+            ref = json.loads(message)["id"]
+            for seq, part, text in (
+                (1, 0, "a"),
+                (1, 1, "b"),
+                (1, 0, "a"),
+                (1, 1, "b"),
+                (2, 0, "c"),
+            ):
+                conn.send(chunk_frame(ref, seq, part, text))
+            usage = {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+            conn.send(
+                json.dumps({"type": "done", "id": ref, "request_id": "req_1", "usage": usage})
+            )
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield server
+        server.shutdown()
+
+
+def test_a_retried_push_is_yielded_once(retrying_gateway: Server) -> None:
+    port = retrying_gateway.socket.getsockname()[1]
+    with StreamClient(f"ws://127.0.0.1:{port}", "key") as client:
+        frames: list[dict[str, Any]] = list(
+            client.frames("chat.completions", {"model": "m", "messages": []})
+        )
+    assert [(f["type"], f.get("seq"), f.get("part")) for f in frames] == [
+        ("chunk", 1, 0),
+        ("chunk", 1, 1),
+        ("chunk", 2, 0),
+        ("done", None, None),
+    ]

@@ -6,10 +6,14 @@ import json
 from typing import Any
 
 import pytest
+from aws_lambda_powertools import Logger
+from pydantic import SecretStr
 
 from chalicelib.errors import AuthenticationError, StreamGoneError
+from chalicelib.settings import Settings
 from chalicelib.stores.websocket import ConnectionGoneError
 from chalicelib.streaming import frames
+from chalicelib.streaming.notifier import StreamNotifier
 from chalicelib.streaming.relay import Relay
 from chalicelib.streaming.tokens import StreamClaims, StreamTokenError, mint, mint_for, verify
 from hpc_functions.streaming import Assembler, Coalescer
@@ -227,3 +231,29 @@ def test_the_relay_refuses_forged_tokens_and_answers_gone_for_closed_connections
     with pytest.raises(StreamGoneError) as gone:
         relay.push(mint_for(KEY, "req_1", "conn-a", None, 60), push(1, "a"))
     assert gone.value.STATUS_CODE == 410 and poster.posts == []
+
+
+def test_an_engine_failure_of_a_streamed_request_is_an_error_frame_with_its_status() -> None:
+    poster = RecordingPoster()
+    settings = Settings(stream_key=SecretStr("k" * 32))
+    notifier = StreamNotifier(settings, poster, Logger(service="test"))  # type: ignore[arg-type]
+    stored = {
+        "error": {"message": "no weights", "type": "server_error", "code": "model_unavailable"},
+        "status_code": 503,
+    }
+    stream = {"connection_id": "conn-a", "ref": "ref-1"}
+    assert notifier.finished("req_9", stream, "failed", stored) is True
+    ((connection, frame),) = poster.posts
+    assert connection == "conn-a"
+    assert (frame["type"], frame["id"], frame["request_id"], frame["status"]) == (
+        "error",
+        "ref-1",
+        "req_9",
+        503,
+    )
+    assert frame["error"]["message"] == "no weights"
+    assert frame["error"]["code"] == "model_unavailable"
+    # A client already gone: the record holds the outcome, the frame is counted undelivered.
+    poster.gone.add("conn-a")
+    assert notifier.finished("req_9", stream, "failed", stored) is False
+    assert notifier.counts["final_frames_undelivered"] == 1

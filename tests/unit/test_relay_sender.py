@@ -1,0 +1,181 @@
+"""The HPC node's RelaySender against a real HTTP server running the gateway's real ``Relay``.
+
+The server hands each push to ``Relay.push`` (posting to a recording Management API) and answers
+with the relay's own status, or, for the pushes listed in ``lose_answers``, posts it and then
+answers 503, as a relay whose answer was lost on the way back would look to the sender.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chalicelib.errors import FirstError
+from chalicelib.stores.websocket import ConnectionGoneError
+from chalicelib.streaming.relay import Relay
+from chalicelib.streaming.tokens import mint_for
+from hpc_functions.streaming import RelaySender, run_stream_task
+
+KEY = b"k" * 32
+WAIT_S = 30.0
+
+
+def chat_chunk(content: str) -> dict[str, Any]:
+    choice = {"index": 0, "delta": {"content": content}, "logprobs": None, "finish_reason": None}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [choice],
+    }
+
+
+class RecordingPoster:
+    """The Management API: records posts; a connection in ``gone`` raises as AWS does."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.gone: set[str] = set()
+
+    def post(self, connection_id: str, text: str) -> None:
+        if connection_id in self.gone:
+            raise ConnectionGoneError(connection_id)
+        self.posts.append((connection_id, json.loads(text)))
+
+
+class RelayServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, relay: Relay, lose_answers: set[int]) -> None:
+        self.relay = relay
+        self.lose_answers = lose_answers
+        self.received: list[int] = []  # the seq of every request, in arrival order
+        self.answered: list[int] = []  # the status answered to each
+        self.lock = threading.Lock()
+        self.delivered = threading.Event()  # set at each 2xx answer
+        super().__init__(("127.0.0.1", 0), _RelayHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/relay/push"
+
+
+class _RelayHandler(BaseHTTPRequestHandler):
+    server: RelayServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        token = self.headers["Authorization"].removeprefix("Bearer ")
+        seq = json.loads(raw)["seq"]
+        with self.server.lock:
+            self.server.received.append(seq)
+            lose = self.server.received.count(seq) == 1 and seq in self.server.lose_answers
+        try:
+            self.server.relay.push(token, raw)
+            status, body = (503, {}) if lose else (200, {"ok": True})
+        except FirstError as exc:
+            status, body = exc.STATUS_CODE, exc.to_body()
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        with self.server.lock:
+            self.server.answered.append(status)
+        if status < 300:
+            self.server.delivered.set()
+
+
+@pytest.fixture
+def poster() -> RecordingPoster:
+    return RecordingPoster()
+
+
+def relay_server(poster: RecordingPoster, lose_answers: set[int]) -> Iterator[RelayServer]:
+    server = RelayServer(Relay(KEY, poster), lose_answers)  # type: ignore[arg-type]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def losing_first_answer(poster: RecordingPoster) -> Iterator[RelayServer]:
+    yield from relay_server(poster, lose_answers={1})
+
+
+@pytest.fixture
+def relay(poster: RecordingPoster) -> Iterator[RelayServer]:
+    yield from relay_server(poster, lose_answers=set())
+
+
+def test_a_push_whose_answer_was_lost_is_retried_with_its_seq_and_shown_once(
+    losing_first_answer: RelayServer, poster: RecordingPoster
+) -> None:
+    server = losing_first_answer
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    sender = RelaySender(server.url, token, flush_ms=0, flush_tokens=1)
+    sender.add(chat_chunk("a"))
+    assert server.delivered.wait(WAIT_S)  # push 1: posted, answer lost, retried, acknowledged
+    sender.add(chat_chunk("b"))
+    sender.close()
+    assert server.received == [1, 1, 2]
+    assert server.answered == [503, 200, 200]
+    assert sender.stats == {"pushes": 2, "push_retries": 1, "push_failures": 0}
+    shown = [
+        (f["seq"], f["part"], f["data"]["choices"][0]["delta"]["content"]) for _, f in poster.posts
+    ]
+    assert shown == [(1, 0, "a"), (2, 0, "b")]
+
+
+def test_a_410_from_the_relay_sets_the_cancel_event_and_stops_pushing(
+    relay: RelayServer, poster: RecordingPoster
+) -> None:
+    poster.gone.add("conn-a")  # the client disconnected: the relay answers 410
+    cancel = threading.Event()
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    sender = RelaySender(relay.url, token, flush_ms=0, flush_tokens=1, on_gone=cancel.set)
+    sender.add(chat_chunk("a"))
+    assert cancel.wait(WAIT_S)
+    sender.add(chat_chunk("b"))  # taken after the 410: never pushed
+    sender.close()
+    assert sender.gone and relay.received == [1] and relay.answered == [410]
+    assert poster.posts == []
+
+
+def test_a_410_stops_a_real_generation_short_of_its_max_tokens(
+    relay: RelayServer, poster: RecordingPoster, tiny_model_dir: Path
+) -> None:
+    asked = 1500
+    poster.gone.add("conn-a")
+    task = {
+        "request_id": "req_1",
+        "engine": {"kind": "transformers", "model": "tiny-llama", "path": str(tiny_model_dir)},
+        "body": {
+            "messages": [{"role": "user", "content": "Hello there"}],
+            "max_tokens": asked,
+            "temperature": 0,
+            "logit_bias": {"2": -100},  # no end-of-text: only the cancel can end it early
+        },
+        "stream": {
+            "relay_url": relay.url,
+            "token": mint_for(KEY, "req_1", "conn-a", "ref", 60),
+            "flush_ms": 0,
+            "flush_tokens": 1,
+        },
+    }
+    result = run_stream_task("chat_completions", task)
+    stats = result["stream_stats"]
+    assert stats["cancelled"] is True
+    assert 0 < result["response"]["usage"]["completion_tokens"] < asked
+    assert relay.answered == [410]
