@@ -2,7 +2,9 @@
 routes (``.chalice/policy-prod.json``) and the batch worker (``infra/iam/batch-worker-policy.json``),
 each recorded on its own boto3 session against the moto server through the real components
 (``BatchApi``; a real ``BatchWorker`` whose executor runs the real ``batch_shard`` function),
-for an API batch and a drop-folder batch. The worker is wired as ``chalicelib.batch.main``
+for an API batch and a drop-folder batch; and the drop-folder user's policy
+(``infra/iam/drop-folder-user-policy.json``) on a user's own calls: their own prefixes allowed,
+another user's refused. The worker is wired as ``chalicelib.batch.main``
 builds it: routing on the shared endpoint status, one usage record per shard through the
 background ``UsageWriter``. The method is ``test_iam_policies``'s.
 """
@@ -13,6 +15,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import requests
@@ -25,6 +28,7 @@ from chalicelib.logs import get_logger
 from chalicelib.metrics import MetricsRecorder
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
+from tests.iam import CallRecorder, allows
 from tests.integration.test_batch import InProcessEndpoint, lines, registry_path  # noqa: F401 - fixture
 from tests.integration.test_iam_policies import (
     API_POLICY,
@@ -35,6 +39,7 @@ from tests.integration.test_iam_policies import (
 )
 
 WORKER_POLICY = REPO_ROOT / "infra" / "iam" / "batch-worker-policy.json"
+DROP_USER_POLICY = REPO_ROOT / "infra" / "iam" / "drop-folder-user-policy.json"
 API_MUST_EXERCISE = {
     ("dynamodb:PutItem", "table/first-prod-files"),
     ("dynamodb:GetItem", "table/first-prod-files"),
@@ -148,3 +153,40 @@ def test_batch_policies_allow_every_call_each_side_makes(
     assert covers(worker_calls, WORKER_MUST_EXERCISE) == set()
     assert denied(API_POLICY, api_calls) == []
     assert denied(WORKER_POLICY, worker_calls) == []
+
+
+def policy_for(username: str) -> dict[str, Any]:
+    """The drop-folder user policy as IAM evaluates it for ``username``."""
+    text = DROP_USER_POLICY.read_text().replace("${aws:username}", username)
+    return dict(json.loads(text))
+
+
+def test_the_drop_folder_user_policy_grants_a_user_their_own_folders_only(stage: str) -> None:
+    settings = Settings(stage=stage)
+    bucket = settings.drop_bucket_name
+    user = "iam-drop-alice"
+    session = boto3.Session(region_name="us-east-1")
+    recorder = CallRecorder(session)
+    s3 = session.client("s3")
+    # Not .jsonl: a real batch would start, and this test is about who may write where.
+    s3.put_object(Bucket=bucket, Key=f"inbox/{user}/questions.txt", Body=b"{}\n")
+    operator = boto3.client("s3", region_name="us-east-1")
+    operator.put_object(Bucket=bucket, Key=f"outbox/{user}/questions.status.json", Body=b"{}")
+    s3.get_object(Bucket=bucket, Key=f"outbox/{user}/questions.status.json")["Body"].read()
+    s3.list_objects_v2(Bucket=bucket, Prefix=f"outbox/{user}/")
+    calls = exercised(recorder.calls, stage)
+    assert {a for a, _ in calls} == {"s3:PutObject", "s3:GetObject", "s3:ListBucket"}
+    listing = {"s3:prefix": f"outbox/{user}/"}
+    own, other = policy_for(user), policy_for("iam-drop-mallory")
+    for action, resource in sorted(calls):
+        context = listing if action == "s3:ListBucket" else None
+        assert allows(own, action, resource, context), (action, resource)
+        # The same calls by another user: their name is not in these prefixes.
+        assert not allows(other, action, resource, context), (action, resource)
+    # Alice on another user's folders, and on the other folder's verb: refused.
+    prod = "arn:aws:s3:::first-prod-drop"
+    assert not allows(own, "s3:PutObject", f"{prod}/inbox/iam-drop-mallory/q.jsonl")
+    assert not allows(own, "s3:GetObject", f"{prod}/outbox/iam-drop-mallory/q.output.jsonl")
+    assert not allows(own, "s3:PutObject", f"{prod}/outbox/{user}/q.status.json")
+    assert not allows(own, "s3:GetObject", f"{prod}/inbox/{user}/q.jsonl")
+    assert not allows(own, "s3:ListBucket", prod, {"s3:prefix": "outbox/iam-drop-mallory/"})
