@@ -58,6 +58,7 @@ class StreamClient:
                 open_timeout=open_timeout_s,
                 compression=None,
                 max_size=None,
+                legacy=True,  # held open across calls and closed by close(), not a with block
             )
         except InvalidStatus as exc:
             response = exc.response

@@ -37,6 +37,7 @@ def _alive(pid: int) -> bool:
 class BackgroundStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -57,6 +58,7 @@ class BackgroundStack:
             start_new_session=True,
         )
         log.close()
+        self._process = proc  # reaped by stop(); `make up` exits and leaves it running
         self.pid_file.write_text(str(proc.pid))
         try:
             wait_until(lambda: c.env_file.exists(), "stack", timeout_s, proc)
@@ -80,6 +82,10 @@ class BackgroundStack:
             if _alive(leftover):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(leftover, signal.SIGKILL)
+        if self._process is not None:  # started by this object: reap it, no zombie left
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
+            self._process = None
         self.pid_file.unlink(missing_ok=True)
         self.config.state_file.unlink(missing_ok=True)
         self.config.env_file.unlink(missing_ok=True)

@@ -103,10 +103,10 @@ def _a_batch(client: OpenAI) -> str:
     ).id
 
 
-def _a_cancelled_batch(client: OpenAI) -> str:
-    # Cancel answers its owner 200 again once cancelled, whatever the worker has done meanwhile.
-    # A batch long enough to still be running when the cancel arrives (a one-line batch may
-    # already have finished, and a finished batch cannot be cancelled).
+def _a_running_batch(client: OpenAI) -> str:
+    # A batch long enough to still be running when the owner's cancel comes right after the
+    # intruder's (a one-line batch may already have finished, and a finished batch cannot be
+    # cancelled).
     line = {"model": TINY, "messages": HELLO, "max_tokens": 1}
     data = "".join(
         json.dumps(
@@ -119,7 +119,6 @@ def _a_cancelled_batch(client: OpenAI) -> str:
     batch_id = client.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     ).id
-    client.batches.cancel(batch_id)
     return f"/v1/batches/{batch_id}/cancel"
 
 
@@ -130,7 +129,7 @@ OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
     "/v1/files/{file_id}": lambda c: f"/v1/files/{_a_file(c)}",
     "/v1/files/{file_id}/content": lambda c: f"/v1/files/{_a_file(c)}/content",
     "/v1/batches/{batch_id}": lambda c: f"/v1/batches/{_a_batch(c)}",
-    "/v1/batches/{batch_id}/cancel": _a_cancelled_batch,
+    "/v1/batches/{batch_id}/cancel": _a_running_batch,
 }
 # Id routes of objects nobody owns: who may see a model is decided by its access rule (groups),
 # tested with the hidden model in test_a_model_outside_your_groups_is_unlisted_and_answers_model_not_found.
@@ -168,4 +167,7 @@ def test_every_id_route_answers_404_to_anyone_but_the_owner(
         assert theirs.json()["error"]["type"] == "invalid_request_error"
         if method == "DELETE":
             assert requests.get(url, headers=owner).status_code == 200, ("still there", path)
+        if path.endswith("/cancel"):
+            batch = requests.get(url.removesuffix("/cancel"), headers=owner).json()
+            assert batch["status"] not in ("cancelling", "cancelled"), ("cancelled by", path)
         assert requests.request(method, url, headers=owner).status_code == 200, (method, path)

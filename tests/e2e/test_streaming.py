@@ -38,7 +38,11 @@ NO_EOS = {"2": -100}
 
 def ws_connect(stack: BackgroundStack, key: str | None = None) -> ClientConnection:
     token = key or stack.api_key
-    return connect(stack.config.ws_url, additional_headers={"Authorization": f"Bearer {token}"})
+    return connect(
+        stack.config.ws_url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        legacy=True,  # also closed by hand, not only in a with block
+    )
 
 
 def send(ws: ClientConnection, ref: str, **body: Any) -> None:

@@ -78,6 +78,7 @@ def presigned() -> Iterator[Presigned]:
     server = Presigned(shard)
     yield server
     server.server.shutdown()
+    server.server.server_close()
 
 
 def _tasks(tiny_model_dir: Path, presigned: Presigned) -> dict[str, tuple[Any, ...]]:

@@ -59,6 +59,11 @@ HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 
+# The launcher detaches vLLM on purpose (it outlives the launcher), so its Popen objects are
+# dropped with the process still running; that ResourceWarning is the design, not a leak.
+pytestmark = pytest.mark.filterwarnings(r"ignore:subprocess \d+ is still running:ResourceWarning")
+
+
 @pytest.fixture
 def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     bin_dir = tmp_path / "bin"
