@@ -1,7 +1,8 @@
 """The Files and Batches API's S3 paths on the moto server: a presigned upload sent straight to
 S3 (a real form POST) that settles to ``processed`` and feeds a batch; an upload over the
-configured size that settles to ``error`` naming the limit; a content above the inline limit
-answered by a presigned GET; and ``GET /v1/batches`` paging with ``after``.
+configured size that S3 refuses, and that settles to ``error`` naming the limit when its bytes
+arrive another way; a content above the inline limit answered by a presigned GET; and
+``GET /v1/batches`` paging with ``after``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import base64
 import json
 import uuid
 from typing import Any
+from urllib.parse import urlparse
 
+import boto3
 import pytest
 import requests
 
@@ -85,7 +88,7 @@ def test_a_presigned_upload_settles_to_processed_and_feeds_a_batch(
     assert done["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
 
 
-def test_an_upload_over_the_configured_size_settles_to_error_naming_the_limit(
+def test_an_upload_over_the_configured_size_is_refused_by_s3_and_by_the_settle_step(
     stage: str,
 ) -> None:
     limit = 100
@@ -93,10 +96,19 @@ def test_an_upload_over_the_configured_size_settles_to_error_naming_the_limit(
     user = someone("too-big")
     data = lines(3)
     assert len(data) > limit
-    created = presigned_upload(s, user, data)
-    assert length_range(created["upload"])[2] == limit
-    # moto does not enforce the form's content-length-range (S3 does): the bytes arrive here,
-    # and the settle step is what refuses them.
+    raw = json.dumps({"filename": "big.jsonl", "purpose": "batch"}).encode()
+    created = s.batch_api.create_upload(user, raw)
+    form = created["upload"]
+    assert length_range(form)[2] == limit
+    # S3 (and the embedded endpoint, as S3 does) refuses the form: nothing arrives.
+    sent = requests.post(
+        form["url"], data=form["fields"], files={"file": ("big.jsonl", data)}, timeout=30
+    )
+    assert sent.status_code == 400 and "<Code>EntityTooLarge</Code>" in sent.text
+    assert s.batch_api.get_file(user, created["id"])["status"] == "uploaded"
+    # Bytes that reach the key another way are refused when the upload settles.
+    bucket = urlparse(form["url"]).path.strip("/")
+    boto3.client("s3").put_object(Bucket=bucket, Key=form["fields"]["key"], Body=data)
     settled = s.batch_api.get_file(user, created["id"])
     assert settled["status"] == "error"
     assert settled["status_details"] == f"The file is larger than {limit} bytes."
