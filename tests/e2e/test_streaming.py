@@ -29,6 +29,7 @@ from first_cli.proxy import Proxy
 from offline.background import BackgroundStack
 from offline.stack import free_port
 from tests.e2e.conftest import BROKEN_MODEL, CORRUPT_MODEL, TINY, create_key
+from tests.servers import serving
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 RECV_TIMEOUT_S = 60.0
@@ -278,10 +279,8 @@ def test_the_relay_refuses_forged_and_expired_capability_tokens(stack: Backgroun
 @pytest.fixture(scope="module")
 def proxy(stack: BackgroundStack) -> Iterator[Proxy]:
     p = Proxy(stack.config.api_url, stack.config.ws_url, stack.api_key, "127.0.0.1", free_port())
-    threading.Thread(target=p.serve_forever, daemon=True).start()
-    yield p
-    p.shutdown()
-    p.server_close()
+    with serving(p):
+        yield p
 
 
 def test_the_openai_sdk_streams_for_real_through_first_proxy(

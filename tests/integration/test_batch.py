@@ -91,19 +91,23 @@ def registry_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def batch_services_for(stage: str, registry_path: Path, **settings: Any) -> Services:
+    """Services for batch worker tests: small shards, short waits; ``settings`` override."""
+    defaults: dict[str, Any] = {
+        "batch_shard_lines": 3,
+        "batch_max_inflight_shards": 2,
+        "batch_rows_per_pass": 2,
+        "batch_visibility_timeout_s": 5,
+        "poller_wait_time_s": 1,
+    }
+    return Services(
+        Settings(stage=stage, registry_path=str(registry_path), **{**defaults, **settings})
+    )
+
+
 @pytest.fixture
 def batch_services(stage: str, registry_path: Path) -> Services:
-    return Services(
-        Settings(
-            stage=stage,
-            registry_path=str(registry_path),
-            batch_shard_lines=3,
-            batch_max_inflight_shards=2,
-            batch_rows_per_pass=2,
-            batch_visibility_timeout_s=5,
-            poller_wait_time_s=1,
-        )
-    )
+    return batch_services_for(stage, registry_path)
 
 
 @pytest.fixture

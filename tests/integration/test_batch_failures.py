@@ -13,12 +13,12 @@ from typing import Any
 
 from chalicelib.auth import Principal
 from chalicelib.services import Services
-from chalicelib.settings import Settings
 from tests.integration.pollers import forget_endpoints
 from tests.integration.test_batch import (  # noqa: F401 - fixtures
     MODEL,
     InProcessEndpoint,
     batch_services,
+    batch_services_for,
     final,
     lines,
     registry_path,
@@ -138,16 +138,7 @@ def test_an_endpoint_that_goes_down_mid_batch_loses_one_shard_and_none_finished_
     # One shard at a time, so the order is fixed: shard 0 finishes on local-a; local-a goes
     # down while it holds shard 1 (its heartbeat gone, the task lost); the worker retries shard
     # 1 on local-b, which takes the rest. Shard 0 is done and is never run again.
-    s = Services(
-        Settings(
-            stage=stage,
-            registry_path=str(registry_path),
-            batch_shard_lines=3,
-            batch_max_inflight_shards=1,
-            batch_visibility_timeout_s=5,
-            poller_wait_time_s=1,
-        )
-    )
+    s = batch_services_for(stage, registry_path, batch_max_inflight_shards=1)
     forget_endpoints(s)
     s.endpoint_store.heartbeat("local-a", capacity=4, models={MODEL: "hot"})
 

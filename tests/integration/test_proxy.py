@@ -3,7 +3,6 @@ the SDK, not a dropped connection."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import openai
@@ -12,16 +11,14 @@ from openai import OpenAI
 
 from first_cli.proxy import Proxy
 from offline.stack import free_port
+from tests.servers import serving
 
 
 @pytest.fixture
 def proxy() -> Iterator[Proxy]:
     nobody = f"ws://127.0.0.1:{free_port()}"  # a port nothing listens on
-    p = Proxy("http://127.0.0.1:9/v1", nobody, "key", "127.0.0.1", free_port())
-    threading.Thread(target=p.serve_forever, daemon=True).start()
-    yield p
-    p.shutdown()
-    p.server_close()
+    with serving(Proxy("http://127.0.0.1:9/v1", nobody, "key", "127.0.0.1", free_port())) as p:
+        yield p
 
 
 def test_an_unreachable_websocket_api_is_a_502(proxy: Proxy) -> None:

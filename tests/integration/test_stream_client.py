@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from websockets.sync.server import Server, ServerConnection, serve
 
 from first_cli.client import StreamClient, StreamError
+
+
+@contextmanager
+def gateway(handler: Callable[[ServerConnection], None]) -> Iterator[Server]:
+    """A WebSocket server on a free port, running ``handler`` for each connection."""
+    with serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield server
+        server.shutdown()
+        thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -34,11 +46,8 @@ def silent_gateway() -> Iterator[Server]:
                 )
             )
 
-    with serve(handler, "127.0.0.1", 0) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+    with gateway(handler) as server:
         yield server
-        server.shutdown()
 
 
 def test_a_request_with_no_final_frame_times_out_naming_its_id(silent_gateway: Server) -> None:
@@ -86,11 +95,8 @@ def retrying_gateway() -> Iterator[Server]:
                 json.dumps({"type": "done", "id": ref, "request_id": "req_1", "usage": usage})
             )
 
-    with serve(handler, "127.0.0.1", 0) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+    with gateway(handler) as server:
         yield server
-        server.shutdown()
 
 
 def test_a_retried_push_is_yielded_once(retrying_gateway: Server) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from globus_compute_sdk.serialize import ComputeSerializer
 
 import hpc_functions
+from tests.servers import serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,6 @@ class Presigned:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
@@ -76,9 +75,8 @@ def presigned() -> Iterator[Presigned]:
     lines[2]["body"]["max_tokens"] = 0  # refused by the engine: goes to the error object
     shard = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
     server = Presigned(shard)
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with serving(server.server):
+        yield server
 
 
 def _tasks(tiny_model_dir: Path, presigned: Presigned) -> dict[str, tuple[Any, ...]]:

@@ -17,37 +17,14 @@ from typing import Any
 import pytest
 
 from chalicelib.errors import FirstError
-from chalicelib.stores.websocket import ConnectionGoneError
 from chalicelib.streaming.relay import Relay
 from chalicelib.streaming.tokens import mint_for
 from hpc_functions.streaming import RelaySender, run_stream_task
+from tests.servers import serving
+from tests.unit.relay_fakes import RecordingPoster, chat_chunk
 
 KEY = b"k" * 32
 WAIT_S = 30.0
-
-
-def chat_chunk(content: str) -> dict[str, Any]:
-    choice = {"index": 0, "delta": {"content": content}, "logprobs": None, "finish_reason": None}
-    return {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [choice],
-    }
-
-
-class RecordingPoster:
-    """The Management API: records posts; a connection in ``gone`` raises as AWS does."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, dict[str, Any]]] = []
-        self.gone: set[str] = set()
-
-    def post(self, connection_id: str, text: str) -> None:
-        if connection_id in self.gone:
-            raise ConnectionGoneError(connection_id)
-        self.posts.append((connection_id, json.loads(text)))
 
 
 class RelayServer(ThreadingHTTPServer):
@@ -102,11 +79,8 @@ def poster() -> RecordingPoster:
 
 
 def relay_server(poster: RecordingPoster, lose_answers: set[int]) -> Iterator[RelayServer]:
-    server = RelayServer(Relay(KEY, poster), lose_answers)  # type: ignore[arg-type]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(RelayServer(Relay(KEY, poster), lose_answers)) as server:  # type: ignore[arg-type]
+        yield server
 
 
 @pytest.fixture

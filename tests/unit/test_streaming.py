@@ -11,30 +11,15 @@ from pydantic import SecretStr
 
 from chalicelib.errors import AuthenticationError, StreamGoneError
 from chalicelib.settings import Settings
-from chalicelib.stores.websocket import ConnectionGoneError
 from chalicelib.streaming import frames
 from chalicelib.streaming.notifier import StreamNotifier
 from chalicelib.streaming.relay import Relay
 from chalicelib.streaming.tokens import StreamClaims, StreamTokenError, mint, mint_for, verify
 from hpc_functions.streaming import Assembler, Coalescer
+from tests.unit.relay_fakes import RecordingPoster, chat_chunk
 
 KEY = b"k" * 32
 NOW = 1_800_000_000.0
-
-
-def chat_chunk(
-    content: str | None = None, finish: str | None = None, **delta: Any
-) -> dict[str, Any]:
-    if content is not None:
-        delta["content"] = content
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-    return {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [choice],
-    }
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -185,19 +170,6 @@ def test_frames_carry_the_client_reference_and_the_request_id() -> None:
     error = json.loads(frames.error(None, None, AuthenticationError("no")))
     assert error["status"] == 401 and error["request_id"] is None
     assert error["error"]["code"] == "invalid_api_key"
-
-
-class RecordingPoster:
-    """A fake Management API: records posts; a connection in ``gone`` raises as AWS does."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, dict[str, Any]]] = []
-        self.gone: set[str] = set()
-
-    def post(self, connection_id: str, text: str) -> None:
-        if connection_id in self.gone:
-            raise ConnectionGoneError(connection_id)
-        self.posts.append((connection_id, json.loads(text)))
 
 
 def push(seq: int, *pieces: str) -> bytes:

@@ -20,6 +20,7 @@ import pytest
 from hpc_functions.engines.base import EngineError, EngineUnavailableError
 from hpc_functions.engines.vllm import VllmEngine, health_url_for
 from hpc_functions.streaming import Assembler
+from tests.servers import serving
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm"
 SERVED = "meta-llama/Llama-3.1-8B-Instruct"
@@ -174,13 +175,8 @@ class ReplayServer(ThreadingHTTPServer):
 
 @pytest.fixture(scope="module")
 def replay() -> Iterator[ReplayServer]:
-    server = ReplayServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(ReplayServer()) as server:
+        yield server
 
 
 def _engine(replay: ReplayServer, scenario: str = "ok", **extra: Any) -> VllmEngine:

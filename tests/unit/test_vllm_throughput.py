@@ -20,6 +20,7 @@ import pytest
 from hpc_functions.engines.base import EngineError
 from hpc_functions.engines.throughput import run_many
 from hpc_functions.engines.vllm import VllmEngine
+from tests.servers import serving
 
 CONCURRENCY = 4
 # How long a request waits for the others before the server gives up on the barrier: reached
@@ -86,13 +87,8 @@ class Server(ThreadingHTTPServer):
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    s = Server()
-    thread = threading.Thread(target=s.serve_forever, daemon=True)
-    thread.start()
-    yield s
-    s.shutdown()
-    s.server_close()
-    thread.join(timeout=5)
+    with serving(Server()) as s:
+        yield s
 
 
 def body(i: int) -> dict[str, Any]:
