@@ -35,6 +35,9 @@ STREAM_ACTIONS = {"/v1/chat/completions": "chat.completions", "/v1/completions":
 # How long a 504'd request is collected for, and how often its record is read.
 COLLECT_TIMEOUT_S = 3600.0
 COLLECT_INTERVAL_S = 1.0
+# What the gateway takes (API Gateway's payload limit), and how long a caller may stay silent.
+MAX_BODY_BYTES = 10 * 1024 * 1024
+IDLE_TIMEOUT_S = 60.0
 _HOP = {
     "connection",
     "keep-alive",
@@ -58,7 +61,8 @@ class Proxy(ThreadingHTTPServer):
         self._streams: set[StreamClient] = set()
         self._lock = threading.Lock()
         # collected: 504s answered with the result read by id; aborted: streams whose caller
-        # left before the end (their connection closed, so their generation stopped).
+        # left before the end (their connection closed, so their generation stopped);
+        # gone_before_answer: non-streamed calls whose caller left before the answer came.
         self.counts: Counter[str] = Counter()
         super().__init__((host, port), _Handler)
 
@@ -107,8 +111,27 @@ class _Handler(BaseHTTPRequestHandler):
             token.strip() if scheme.lower() == "bearer" and token.strip() else self.server.api_key
         )
 
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
+    # A caller that sends nothing for this long (headers, body) is hung up on: no thread is
+    # held for ever.
+    timeout = IDLE_TIMEOUT_S
+
+    def _body(self) -> bytes | None:
+        """The body, or None after answering why it cannot be read."""
+        if self.headers.get("Transfer-Encoding"):
+            self._send_json(411, _error(411, "Send the body with a Content-Length."))
+            self.close_connection = True
+            return None
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        value = values.pop() if len(values) == 1 else ("" if values else "0")
+        if not value.isdigit():
+            self._send_json(400, _error(400, "Content-Length must be one non-negative integer."))
+            self.close_connection = True  # the body's end is unknown: the connection cannot go on
+            return None
+        length = int(value)
+        if length > MAX_BODY_BYTES:
+            self._send_json(413, _error(413, f"Request body exceeds {MAX_BODY_BYTES} bytes."))
+            self.close_connection = True
+            return None
         return self.rfile.read(length) if length else b""
 
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -123,6 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         raw = self._body()
+        if raw is None:
+            return
         path = self.path.split("?", 1)[0]
         if path in STREAM_ACTIONS:
             try:
@@ -157,7 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(resp.content)))
         self.end_headers()
-        self.wfile.write(resp.content)
+        try:
+            self.wfile.write(resp.content)
+        except (BrokenPipeError, ConnectionResetError):
+            self.server.count("gone_before_answer")  # the caller left; nothing to tell it
+            self.close_connection = True
 
     def _collect(self, timeout: httpx.Response, headers: dict[str, str]) -> httpx.Response | None:
         """A 504 names the request: read it by id until it finishes; its result as a response."""

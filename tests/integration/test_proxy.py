@@ -1,8 +1,11 @@
-"""``first proxy`` when the gateway's WebSocket API cannot be reached: an OpenAI-shaped 502 to
-the SDK, not a dropped connection."""
+"""``first proxy`` on its own: an unreachable WebSocket API is an OpenAI-shaped 502 to the SDK,
+and a body it cannot read (bad ``Content-Length``, chunked, too large) an OpenAI-shaped 4xx, not
+a dropped connection or a thread waiting for ever."""
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterator
 
 import openai
@@ -30,3 +33,44 @@ def test_an_unreachable_websocket_api_is_a_502(proxy: Proxy) -> None:
     assert caught.value.status_code == 502
     assert caught.value.type == "server_error"
     assert "could not be reached" in caught.value.message
+
+
+def raw_request(proxy: Proxy, head: bytes) -> bytes:
+    host, port = proxy.server_address[:2]
+    with socket.create_connection((str(host), port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):  # the proxy hangs up after answering
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [
+        ("abc", b"400"),
+        ("-1", b"400"),  # read(-1) would wait for the caller to hang up
+        ("3, 4", b"400"),
+        (str(11 * 1024 * 1024), b"413"),
+    ],
+)
+def test_a_content_length_it_cannot_read_is_an_openai_error_not_a_dropped_connection(
+    proxy: Proxy, length: str, status: bytes
+) -> None:
+    answer = raw_request(
+        proxy,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Length: {length}\r\n\r\n".encode(),
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == status, answer
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_a_chunked_body_is_a_411(proxy: Proxy) -> None:
+    answer = raw_request(
+        proxy,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\n\r\n",
+    )
+    assert answer.split(b" ")[1] == b"411", answer
