@@ -134,7 +134,18 @@ class StreamClient:
                 kind = frame.get("type")
                 if kind == "closed":
                     raise StreamError(
-                        503, {"message": "The connection closed before the request finished."}
+                        503,
+                        {
+                            "message": "The connection closed before the request finished"
+                            + (
+                                f"; what it ran is kept: GET /v1/requests/{request_id}."
+                                if request_id
+                                else "."
+                            ),
+                            "type": "server_error",
+                            "code": "connection_closed",
+                        },
+                        request_id,
                     )
                 if kind == "chunk":
                     position = (int(frame.get("seq") or 0), int(frame.get("part") or 0))

@@ -20,6 +20,7 @@ The caller's ``Authorization`` is used when it sends one, else the proxy's own k
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import Counter
@@ -62,7 +63,8 @@ class Proxy(ThreadingHTTPServer):
         self._lock = threading.Lock()
         # collected: 504s answered with the result read by id; aborted: streams whose caller
         # left before the end (their connection closed, so their generation stopped);
-        # gone_before_answer: non-streamed calls whose caller left before the answer came.
+        # gone_before_answer: non-streamed calls whose caller left before the answer came;
+        # caller_reset: connections a caller reset between requests.
         self.counts: Counter[str] = Counter()
         super().__init__((host, port), _Handler)
 
@@ -86,6 +88,14 @@ class Proxy(ThreadingHTTPServer):
         with self._lock:
             self._streams.discard(client)
         client.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A caller that hangs up on a kept-alive connection (the SDK closing its client) is
+        # how HTTP ends, not a fault: counted, not printed as a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            self.count("caller_reset")
+            return
+        super().handle_error(request, client_address)
 
     def server_close(self) -> None:
         super().server_close()

@@ -111,3 +111,30 @@ def test_a_retried_push_is_yielded_once(retrying_gateway: Server) -> None:
         ("chunk", 2, 0),
         ("done", None, None),
     ]
+
+
+@pytest.fixture
+def dying_gateway() -> Iterator[Server]:
+    """Sends one chunk of the request, then closes the connection (its process killed)."""
+
+    def handler(conn: ServerConnection) -> None:
+        for message in conn:
+            conn.send(chunk_frame(json.loads(message)["id"], 1, 0, "a"))
+            conn.close()
+
+    with gateway(handler) as server:
+        yield server
+
+
+def test_a_connection_closed_mid_request_names_the_request_to_collect(
+    dying_gateway: Server,
+) -> None:
+    port = dying_gateway.socket.getsockname()[1]
+    with StreamClient(f"ws://127.0.0.1:{port}", "key") as client:
+        frames = client.frames("chat.completions", {"model": "m", "messages": []})
+        assert next(frames)["type"] == "chunk"
+        with pytest.raises(StreamError) as caught:
+            next(frames)
+    assert caught.value.status == 503 and caught.value.request_id == "req_1"
+    assert caught.value.error["code"] == "connection_closed"
+    assert "GET /v1/requests/req_1" in caught.value.error["message"]
