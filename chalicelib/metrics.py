@@ -208,7 +208,7 @@ def request_finished(
         m.add("TimeToFirstToken", MS, ttft_ms, **where)
     m.add("PromptTokens", COUNT, prompt_tokens, **where)
     m.add("CompletionTokens", COUNT, completion_tokens, **where)
-    if status != "completed":
+    if status == "failed":  # cancelled (its client left) is counted by RequestsFinished
         m.add("RequestErrors", COUNT, 1, **where, status=str(status_code), code=code or "none")
 
 

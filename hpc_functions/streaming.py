@@ -7,9 +7,10 @@ as soon as a token is there and the last push is more than ``flush_ms`` old, or 
 tokens have gathered, one push at a time, numbered from 1, each retried with the same number
 (the relay and the clients drop what they already have). A chunk too large for one WebSocket
 frame (128 KB) is cut into several, and a large batch into several pushes (``plan_pushes``). A 410 from the relay means the client
-is gone: generation is cancelled and the function returns what ran. The function's result is
-the plain one (the whole response, assembled from the chunks) plus ``stream_stats``, so the
-gateway stores it exactly as a non-streamed result.
+is gone: generation is cancelled and the function returns what ran, ``stream_stats.cancelled``
+true (the gateway stores the request ``cancelled``). The function's result is the plain one (the
+whole response, assembled from the chunks) plus ``stream_stats``, so the gateway stores it
+exactly as a non-streamed result.
 
 Self-contained like every HPC function: no chalicelib, no boto3; ``requests`` only.
 """
@@ -342,13 +343,16 @@ class Assembler:
         self.token_chunks += tokens
         return tokens > 0
 
-    def response(self, kind: str) -> dict[str, Any]:
+    def response(self, kind: str, cancelled: bool = False) -> dict[str, Any]:
+        """The plain response. A cancelled stream's choices have no finish reason (null): the
+        engine may still name one (the transformers engine ends its stream with "stop" or
+        "length" when its generation is stopped), but the end was the client's."""
         first = self.first or {}
         chat = kind == "chat_completions"
         choices: list[dict[str, Any]] = []
         for index in sorted(self.texts) or [0]:
             text = self.texts.get(index, "")
-            finish = self.finish.get(index) or "stop"
+            finish = None if cancelled else self.finish.get(index) or "stop"
             if chat:
                 message = {"role": "assistant", "content": text, "refusal": None}
                 choices.append(
@@ -424,7 +428,7 @@ def run_stream_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
     finished_at = time.time()
     engine_time_ms = (time.perf_counter() - started) * 1000.0
     sender.close()
-    response = assembler.response(kind)
+    response = assembler.response(kind, cancel.is_set())
     max_tokens = task["body"].get("max_completion_tokens") or task["body"].get("max_tokens")
     stats = {
         "started_at": round(started_at, 6),

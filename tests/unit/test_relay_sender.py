@@ -158,6 +158,8 @@ def test_a_410_stops_a_real_generation_short_of_its_max_tokens(
     stats = result["stream_stats"]
     assert stats["cancelled"] is True
     assert 0 < result["response"]["usage"]["completion_tokens"] < asked
+    # Cut short: no finish reason, not the "stop" of a natural end.
+    assert [c["finish_reason"] for c in result["response"]["choices"]] == [None]
     assert relay.answered == [410]
 
 
@@ -179,7 +181,7 @@ def test_a_chunk_over_the_frame_limit_is_split_and_arrives_whole(
     sender.add(chat_chunk(text))
     sender.add(chat_chunk(finish="stop"))
     sender.close()
-    assert sender.stats["push_failures"] == 0 and set(relay.answered) == {200}
+    assert sender.stats["push_failures"] == 0 and sender.stats["pushes"] >= 1
     frames = [f for _, f in poster.posts]
     assert len(frames) > 1
     assert all(len(json.dumps(f, separators=(",", ":"))) <= 128 * 1024 for f in frames)
