@@ -251,9 +251,17 @@ class Services:
 
     @cached_property
     def relay(self) -> Relay:
+        from chalicelib.logs import get_logger
         from chalicelib.streaming.relay import Relay
 
-        return Relay(self.settings.stream_key_bytes, self.connection_poster, self.api_metrics)
+        return Relay(
+            self.settings.stream_key_bytes,
+            self.connection_poster,
+            self.api_metrics,
+            requests=self.requests,
+            recheck_s=self.settings.stream_status_recheck_s,
+            logger=get_logger("first-relay"),
+        )
 
     @cached_property
     def streams(self) -> StreamService:

@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     # Streamed requests one user may have in flight at once, over all their connections (429
     # beyond; 0: no limit). Each holds a GPU slot for as long as the client keeps reading.
     stream_max_per_user: int = 16
+    # The relay reads a streaming request's status at most this often per request and process:
+    # pushes after the request finished are refused (410) within this bound, and a stream's
+    # pushes cost one read per this many seconds, not one each.
+    stream_status_recheck_s: float = 1.0
 
     # Usage and metrics (docs/operations.md "Metrics", "Usage"). A usage record per finished
     # request is kept this long (TTL); long-running processes (poller, batch worker) flush their

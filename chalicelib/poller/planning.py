@@ -57,8 +57,10 @@ def outcome_of(
 ) -> tuple[str, dict[str, Any], Any]:
     """Classify an HPC function's result: (status, record fields, response-or-None).
 
-    ``{"response", "engine_time_ms"}`` completes; ``{"error", "status_code"}`` fails with the
-    engine's own OpenAI error; anything else is a broken function and fails with a 500.
+    ``{"response", "engine_time_ms"}`` completes, or is ``cancelled`` when its stream was
+    stopped before the end (``stream_stats.cancelled``: the client went away), keeping the
+    response and usage of what ran; ``{"error", "status_code"}`` fails with the engine's own
+    OpenAI error; anything else is a broken function and fails with a 500.
     """
     if isinstance(result, dict) and isinstance(result.get("response"), dict):
         response = result["response"]
@@ -67,9 +69,12 @@ def outcome_of(
             "engine_time_ms": float(result.get("engine_time_ms") or 0.0),
             "endpoint": endpoint,
         }
-        if isinstance(result.get("stream_stats"), dict):
+        stats = result.get("stream_stats")
+        if isinstance(stats, dict):
             # A streamed run's own account: timings, pushes, whether the client went away.
-            fields["stream_stats"] = result["stream_stats"]
+            fields["stream_stats"] = stats
+            if stats.get("cancelled") is True:
+                return "cancelled", fields, response
         return "completed", fields, response
     if isinstance(result, dict) and isinstance(result.get("error"), dict):
         return (

@@ -44,7 +44,7 @@ from chalicelib.stores.endpoints import EndpointStore
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplySender
-from chalicelib.stores.requests import RequestConflictError, RequestStore, Slot
+from chalicelib.stores.requests import TERMINAL, RequestConflictError, RequestStore, Slot
 from chalicelib.streaming.notifier import StreamNotifier
 
 # Waits before re-claiming a request whose record is not there yet.
@@ -239,7 +239,7 @@ class Poller:
         client that already has it ignores a second final frame for a finished id."""
         if not current.get("stream") or self._streams is None:
             return
-        if current["status"] not in ("completed", "failed"):
+        if current["status"] not in TERMINAL:
             return
         self.counts["final_frames_resent"] += 1
         self._streams.finished(request_id, current["stream"], current["status"], current)
@@ -480,7 +480,7 @@ class Poller:
         slot: Slot | None = None,
     ) -> None:
         result_text = None
-        if status == "completed":
+        if status in ("completed", "cancelled"):  # cancelled: the response of what ran
             # Serialised once: the same text goes into the record (or S3) and the notice.
             result_text = dumps(response)
             key = f"requests/{request_id}/result.json"
@@ -493,6 +493,8 @@ class Poller:
         try:
             if status == "completed":
                 self._requests.complete(request_id, fields, slot=slot)
+            elif status == "cancelled":
+                self._requests.cancel(request_id, fields, slot=slot)
             else:
                 self._requests.fail(request_id, fields, slot=slot)
         except RequestConflictError as exc:

@@ -80,3 +80,40 @@ def test_someone_elses_request_reads_exactly_like_a_missing_one(services: Servic
     finally:
         events.unregister("after-call.dynamodb", record)
     assert foreign == missing and len(foreign) == 1
+
+
+def test_a_cancelled_request_keeps_its_usage_and_nothing_moves_it_again(
+    services: Services,
+) -> None:
+    # A stream stopped by its client's disconnect was stored as completed: now cancelled, a
+    # terminal status like completed and failed.
+    store, rid = services.requests, new_id()
+    store.create({"request_id": rid, "owner": "u"})
+    store.claim(rid)
+    store.cancel(rid, {"usage": {"prompt_tokens": 3, "completion_tokens": 17}})
+    record = store.get(rid)
+    assert record is not None and record["status"] == "cancelled"
+    assert record["usage"] == {"prompt_tokens": 3, "completion_tokens": 17}
+    assert "pending_shard" not in record  # out of the pending index, as any finished request
+    for move in (store.claim, lambda r: store.complete(r, {}), lambda r: store.fail(r, {})):
+        with pytest.raises(RequestConflictError) as info:
+            move(rid)
+        assert info.value.current is not None and info.value.current["status"] == "cancelled"
+
+
+def test_the_relay_s_status_read_is_the_status_alone_and_none_once_expired(
+    services: Services,
+) -> None:
+    store, rid = services.requests, new_id()
+    store.create({"request_id": rid, "owner": "u", "payload": "x" * 20_000})
+    store.claim(rid)
+    assert store.status(rid) == "dispatched"
+    store.complete(rid, {})
+    assert store.status(rid) == "completed"
+    assert store.status(new_id()) is None
+    services.dynamodb.Table(services.settings.requests_table_name).update_item(
+        Key={"request_id": rid},
+        UpdateExpression="SET expires_at = :p",
+        ExpressionAttributeValues={":p": 1},
+    )
+    assert store.status(rid) is None
