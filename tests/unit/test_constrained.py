@@ -14,15 +14,13 @@ from hypothesis import strategies as st
 
 from bench.constrained import generate
 from hpc_functions.engines.constrained import (
-    MAX_ENUM_VALUES,
-    MAX_SCHEMA_DEPTH,
-    MAX_TOOLS,
     ConstraintError,
     UnsupportedSchemaError,
     build_constraint,
     check_schema,
     check_tools,
 )
+from hpc_functions.engines.schema_subset import MAX_ENUM_VALUES, MAX_SCHEMA_DEPTH, MAX_TOOLS
 from hpc_functions.engines.transformers_engine import TransformersEngine
 
 
