@@ -103,7 +103,7 @@ def vocabulary(engine: TransformersEngine) -> TokenVocabulary:
 
 def generate(
     engine: TransformersEngine,
-    constraint: OutputConstraint | None,
+    constraint: OutputConstraint | None | list[OutputConstraint | None],
     *,
     messages: list[dict[str, Any]] = MESSAGES,
     max_tokens: int = 48,
@@ -112,7 +112,10 @@ def generate(
     n: int = 1,
     timer: list[TimedProcessor] | None = None,
 ) -> list[Choice]:
-    """The engine's chat generation with the constraint's processor before its sampler."""
+    """The engine's chat generation with the constraint's processor before its sampler; a list
+    of constraints gives one row each (mixed batch rows), otherwise ``n`` rows share one."""
+    rows = constraint if isinstance(constraint, list) else [constraint] * n
+    n = len(rows)
     ids = engine.tokenizer(engine._render_chat(messages), add_special_tokens=False)["input_ids"]
     body = {"temperature": temperature, "seed": seed, "n": n}
     params = engine._sampling(body, max_tokens, len(ids), max_tokens, "messages")
@@ -120,12 +123,11 @@ def generate(
     banned = [] if engine.pad_id in engine.eos_ids else [engine.pad_id]
     processors: list[Any] = []
     vocab = vocabulary(engine)
-    if constraint is not None:
+    if any(c is not None for c in rows):
         processor = GrammarLogitsProcessor(
-            constraint,
+            rows,
             vocab,
             prompt_len=len(ids),
-            rows=n,
             max_new_tokens=max_tokens,
             pad_id=engine.pad_id,
         )
@@ -149,11 +151,11 @@ def generate(
             logits_processor=LogitsProcessorList(processors),
         )
     choices = []
-    for row in output[:, len(ids) :].tolist():
+    for row, row_constraint in zip(output[:, len(ids) :].tolist(), rows, strict=True):
         ends = [i for i, t in enumerate(row) if t in engine.eos_ids or t == engine.pad_id]
         tokens = row[: ends[0]] if ends else row
         finish = "stop" if ends and row[ends[0]] in engine.eos_ids else "length"
-        choices.append(Choice(read_output(constraint, tokens, vocab), finish, tokens))
+        choices.append(Choice(read_output(row_constraint, tokens, vocab), finish, tokens))
     return choices
 
 
@@ -203,11 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             if constraint is not None:
                 started = time.perf_counter()
                 GrammarLogitsProcessor(
-                    constraint,
-                    vocabulary(engine),
-                    prompt_len=1,
-                    rows=1,
-                    max_new_tokens=args.max_tokens,
+                    [constraint], vocabulary(engine), prompt_len=1, max_new_tokens=args.max_tokens
                 )
                 setup_s.append(time.perf_counter() - started)
         per_token_ms = seconds / tokens * 1000

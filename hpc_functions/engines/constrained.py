@@ -48,7 +48,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from hpc_functions.engines.base import EngineError
@@ -352,51 +352,76 @@ def _closing_tiers(token_bytes: list[bytes], eos_ids: list[int], torch: Any) -> 
 @dataclass
 class _Row:
     matcher: Any
+    constraint: OutputConstraint
+    reserve_tokens: int
     active: bool = True  # False once finished, or once free text in tools_or_text
     in_string: bool = False
     escaped: bool = False
     started: bool = False
     closing: bool = False
 
+    def track(self, data: bytes) -> None:
+        """Follow whether the JSON written so far is inside a string (the grammar keeps it valid)."""
+        for byte in data:
+            if self.escaped:
+                self.escaped = False
+            elif self.in_string and byte == 0x5C:  # backslash
+                self.escaped = True
+            elif byte == 0x22:  # quote
+                self.in_string = not self.in_string
 
-@dataclass
+
 class GrammarLogitsProcessor:
     """Masks each row's scores to its grammar; put it before the sampler in ``generate``.
 
-    ``prompt_len`` is the (left-padded) prompt width, ``rows`` the batch rows (prompts times n),
-    ``max_new_tokens`` the budget the closing reserve counts down from. ``pad_id`` is what
-    ``generate`` feeds a finished row. ``closed_rows`` lists the rows the closing policy had to
-    end (the wiring may count them).
+    ``constraints`` has one entry per batch row (prompts times n), None for a row left free, so
+    one ``generate`` call can mix requests (batch lines) with different formats. ``prompt_len`` is
+    the (left-padded) prompt width, ``max_new_tokens`` the budget the closing reserve counts down
+    from, ``pad_id`` what ``generate`` feeds a finished row. ``closed_rows`` lists the rows the
+    closing policy had to end (the wiring may count them). Raises
+    :class:`UnsupportedSchemaError` when llguidance cannot compile a grammar, and, from a
+    ``generate`` step, :class:`ConstraintError` when a row's grammar cannot go on.
     """
 
-    constraint: OutputConstraint
-    vocabulary: TokenVocabulary
-    prompt_len: int
-    rows: int
-    max_new_tokens: int
-    pad_id: int | None = None
-    closed_rows: set[int] = field(default_factory=set)
-    reserve_tokens: int = 0
-    _rows: list[_Row] = field(default_factory=list)
-    _bitmask: Any = None
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        constraints: Sequence[OutputConstraint | None],
+        vocabulary: TokenVocabulary,
+        *,
+        prompt_len: int,
+        max_new_tokens: int,
+        pad_id: int | None = None,
+    ) -> None:
         import llguidance
         import numpy as np
 
-        template = llguidance.LLMatcher(
-            self.vocabulary.lltokenizer, self.constraint.grammar, log_level=0
-        )
-        if template.is_error():
-            raise UnsupportedSchemaError(
-                f"cannot enforce this schema: {_first_line(template.get_error())}",
-                param=self.constraint.param,
-            )
-        self._rows = [_Row(template.deep_copy()) for _ in range(self.rows)]
-        words = (self.vocabulary.vocab_size + 31) // 32
-        self._bitmask = np.zeros((self.rows, words), dtype=np.int32)
-        shortest = max(self._shortest(g) for g in self.constraint.json_grammars)
-        self.reserve_tokens = min(self.max_new_tokens, shortest + CLOSING_MARGIN_TOKENS)
+        self.vocabulary = vocabulary
+        self.prompt_len = prompt_len
+        self.max_new_tokens = max_new_tokens
+        self.pad_id = pad_id
+        self.closed_rows: set[int] = set()
+        compiled: dict[int, tuple[Any, int]] = {}
+        self._rows: list[_Row | None] = []
+        for constraint in constraints:
+            if constraint is None:
+                self._rows.append(None)
+                continue
+            if id(constraint) not in compiled:
+                template = llguidance.LLMatcher(
+                    vocabulary.lltokenizer, constraint.grammar, log_level=0
+                )
+                if template.is_error():
+                    raise UnsupportedSchemaError(
+                        f"cannot enforce this schema: {_first_line(template.get_error())}",
+                        param=constraint.param,
+                    )
+                shortest = max(self._shortest(constraint, g) for g in constraint.json_grammars)
+                reserve = min(max_new_tokens, shortest + CLOSING_MARGIN_TOKENS)
+                compiled[id(constraint)] = (template, reserve)
+            template, reserve = compiled[id(constraint)]
+            self._rows.append(_Row(template.deep_copy(), constraint, reserve))
+        words = (vocabulary.vocab_size + 31) // 32
+        self._bitmask = np.zeros((len(self._rows), words), dtype=np.int32)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         import numpy as np
@@ -404,14 +429,15 @@ class GrammarLogitsProcessor:
 
         step = input_ids.shape[1] - self.prompt_len
         if step > 0:
-            for r, token in enumerate(input_ids[:, -1].tolist()):
-                self._consume(r, int(token))
-        if not any(row.active for row in self._rows):
-            return scores  # finished, or free text: nothing to mask
-        closing = self.max_new_tokens - step <= self.reserve_tokens
+            for row, token in zip(self._rows, input_ids[:, -1].tolist(), strict=True):
+                if row is not None and row.active:
+                    self._consume(row, int(token))
+        active = [row is not None and row.active for row in self._rows]
+        if not any(active):
+            return scores  # finished, free text or unconstrained: nothing to mask
         bitmask = self._bitmask
         for r, row in enumerate(self._rows):
-            if not row.active:
+            if row is None or not row.active:
                 bitmask[r] = -1
                 continue
             row.matcher.unsafe_compute_mask_ptr(bitmask[r].ctypes.data, bitmask[r].nbytes)
@@ -420,9 +446,12 @@ class GrammarLogitsProcessor:
         vocab = self.vocabulary.vocab_size
         bits = np.unpackbits(bitmask.view(np.uint8), axis=1, count=vocab, bitorder="little")
         allowed = torch.from_numpy(bits).view(torch.bool)
+        left = self.max_new_tokens - step
         for r, row in enumerate(self._rows):
             # tools_or_text: text may end at any time; only a started tool call must be closed.
-            if closing and row.active and (row.started or self.constraint.mode != "tools_or_text"):
+            if row is None or not row.active or left > row.reserve_tokens:
+                continue
+            if row.started or row.constraint.mode != "tools_or_text":
                 if not row.closing:
                     row.closing = True
                     self.closed_rows.add(r)
@@ -430,14 +459,11 @@ class GrammarLogitsProcessor:
         width = scores.shape[-1]
         if width != vocab:  # the model's embedding rows past the tokenizer are never allowed
             allowed = torch.nn.functional.pad(allowed, (0, width - vocab), value=False)
-            allowed[[r for r, row in enumerate(self._rows) if not row.active]] = True
+            allowed[[r for r, a in enumerate(active) if not a]] = True
         # transformers declares the legacy FloatTensor; torch types its ops as returning Tensor.
         return torch.where(allowed.to(scores.device), scores, float("-inf"))  # type: ignore[return-value]
 
-    def _consume(self, r: int, token: int) -> None:
-        row = self._rows[r]
-        if not row.active:
-            return
+    def _consume(self, row: _Row, token: int) -> None:
         if token in self.vocabulary.eos_ids or token == self.pad_id:
             row.active = False  # finished (eos, or generate padding a row a stop string ended)
             return
@@ -446,16 +472,10 @@ class GrammarLogitsProcessor:
         data = self.vocabulary.token_bytes[token]
         if not row.started and data:
             row.started = True
-            if self.constraint.mode == "tools_or_text" and data[:1] != b"{":
+            if row.constraint.mode == "tools_or_text" and data[:1] != b"{":
                 row.active = False  # free text: the grammar has nothing more to say
                 return
-        for byte in data:
-            if row.escaped:
-                row.escaped = False
-            elif row.in_string and byte == 0x5C:  # backslash
-                row.escaped = True
-            elif byte == 0x22:  # quote
-                row.in_string = not row.in_string
+        row.track(data)
 
     def _closing_mask(self, allowed: torch.Tensor, in_string: bool) -> torch.Tensor:
         t = self.vocabulary.tiers
@@ -470,31 +490,30 @@ class GrammarLogitsProcessor:
                 return narrowed
         return allowed
 
-    def _shortest(self, grammar: str) -> int:
+    def _shortest(self, constraint: OutputConstraint, grammar: str) -> int:
         """Tokens the closing policy needs for a whole document (taking the first allowed)."""
         import llguidance
         import numpy as np
         import torch
 
-        matcher = llguidance.LLMatcher(self.vocabulary.lltokenizer, grammar, log_level=0)
         vocab = self.vocabulary.vocab_size
-        row = _Row(matcher)
+        row = _Row(
+            llguidance.LLMatcher(self.vocabulary.lltokenizer, grammar, log_level=0), constraint, 0
+        )
         bitmask = np.zeros((1, (vocab + 31) // 32), dtype=np.int32)
         for count in range(self.max_new_tokens + 1):
-            matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
-            if matcher.is_error():
+            row.matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
+            if row.matcher.is_error():
                 raise self._error(row)
-            bits = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:vocab]
-            allowed = self._closing_mask(torch.from_numpy(bits).view(torch.bool), row.in_string)
-            choice = int(allowed.nonzero()[0]) if bool(allowed.any()) else None
-            if choice is None:
+            bits = np.unpackbits(bitmask.view(np.uint8), axis=1, count=vocab, bitorder="little")
+            allowed = self._closing_mask(torch.from_numpy(bits[0]).view(torch.bool), row.in_string)
+            if not bool(allowed.any()):
                 raise self._error(row)
+            choice = int(allowed.nonzero()[0])
             if choice in self.vocabulary.eos_ids:
                 return count
-            matcher.consume_token(choice)
-            for byte in self.vocabulary.token_bytes[choice]:
-                if byte == 0x22:
-                    row.in_string = not row.in_string
+            row.matcher.consume_token(choice)
+            row.track(self.vocabulary.token_bytes[choice])
         return self.max_new_tokens
 
     def _error(self, row: _Row) -> EngineError:
@@ -502,10 +521,10 @@ class GrammarLogitsProcessor:
             reason = _first_line(row.matcher.get_error())
         else:
             reason = "no token of its vocabulary continues the output"
+        param = row.constraint.param
         return ConstraintError(
-            f"this model cannot write output that follows the {self.constraint.param} "
-            f"grammar: {reason}",
-            param=self.constraint.param,
+            f"this model cannot write output that follows the {param} grammar: {reason}",
+            param=param,
         )
 
 

@@ -19,6 +19,7 @@ from hpc_functions.engines.constrained import (
     build_constraint,
     check_schema,
     check_tools,
+    tools_instructions,
 )
 from hpc_functions.engines.schema_subset import MAX_ENUM_VALUES, MAX_SCHEMA_DEPTH, MAX_TOOLS
 from hpc_functions.engines.transformers_engine import TransformersEngine
@@ -312,6 +313,23 @@ def test_auto_with_a_schema_gives_tool_calls_or_a_valid_answer(engine: Transform
             _assert_valid_calls(choice.output.tool_calls)
 
 
+def test_one_generate_call_mixes_rows_with_different_constraints(
+    engine: TransformersEngine,
+) -> None:
+    answer = _obj({"ok": {"type": "boolean"}, "n": {"type": "integer"}})
+    rows = [
+        build_constraint(_json_schema(answer)),
+        build_constraint(
+            tools=TOOLS, tool_choice={"type": "function", "function": {"name": "ping"}}
+        ),
+        None,
+    ]
+    as_json, as_tool, free = generate(engine, rows, max_tokens=40, seed=4)
+    jsonschema.validate(json.loads(as_json.output.content or ""), answer)
+    assert _assert_valid_calls(as_tool.output.tool_calls) == ["ping"]
+    assert free.output.tool_calls is None
+
+
 def test_a_schema_the_vocabulary_cannot_write_is_a_constraint_error(
     engine: TransformersEngine,
 ) -> None:
@@ -380,3 +398,9 @@ def test_byte_level_bpe_model_writes_capitals_and_valid_tool_calls(
     constraint = build_constraint(tools=TOOLS[:1], tool_choice="required")
     [choice] = generate(bpe_engine, constraint, max_tokens=64, seed=2)
     assert _assert_valid_calls(choice.output.tool_calls) == ["get_weather"]
+
+
+def test_tools_instructions_name_every_tool_and_the_output_format() -> None:
+    text = tools_instructions(TOOLS)
+    assert all(json.dumps(name) in text for name in PARAMETERS)
+    assert '{"tool_calls": [{"name": ' in text
