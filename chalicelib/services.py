@@ -321,6 +321,7 @@ class Services:
     @cached_property
     def batch_api(self) -> BatchApi:
         from chalicelib.batch.api import BatchApi
+        from chalicelib.logs import get_logger
 
         return BatchApi(
             settings=self.settings,
@@ -328,4 +329,6 @@ class Services:
             batches=self.batch_store,
             objects=self.objects,
             queue=self.batch_queue,
+            logger=get_logger("first-api"),
+            recorder=self.api_metrics,
         )
