@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +31,9 @@ from chalicelib.compute.executors import (
 from chalicelib.compute.globus import _Submission, take_batch
 from chalicelib.poller import planning
 from chalicelib.settings import Settings
+from chalicelib.streaming.tokens import mint_for
 from hpc_functions import offload
+from hpc_functions.engines import run_task
 from tests.servers import serving
 
 KB = 1024
@@ -205,6 +208,11 @@ class FakeS3:
                 seen.append(("GET", path))
                 self._answer(200, store[path]) if path in store else self._answer(404)
 
+            def do_POST(self) -> None:  # noqa: N802 - a stream relay whose client has gone
+                self.rfile.read(int(self.headers["Content-Length"]))
+                seen.append(("POST", self.path))
+                self._answer(410)
+
             def do_PUT(self) -> None:  # noqa: N802
                 path = self.path.split("?")[0]
                 seen.append(("PUT", path))
@@ -262,3 +270,29 @@ def test_a_failed_transfer_fails_the_task_without_the_urls_signature(s3: FakeS3)
     with pytest.raises(offload.TransferError, match="404") as info:
         offload.fetch_body(missing)
     assert "SECRET" not in str(info.value)
+
+
+def test_a_streamed_run_takes_its_body_and_leaves_its_result_by_url_too(
+    s3: FakeS3, tiny_model_dir: Path
+) -> None:
+    """``run_task``, the one entry point of chat, completions and embeddings, streamed or not."""
+    s3.objects["/body"] = json.dumps(
+        {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+    ).encode()
+    task = {
+        "request_id": "req_1",
+        "engine": {"kind": "transformers", "model": "tiny-llama", "path": str(tiny_model_dir)},
+        "body_from": {"url": f"{s3.url}/body", "bytes": 60},
+        "result_to": {"url": f"{s3.url}/result", "key": "k", "over_bytes": 10},
+        "stream": {
+            "relay_url": f"{s3.url}/relay/push",
+            "token": mint_for(b"k" * 32, "req_1", "conn-a", "ref", 60),
+            "flush_ms": 0,
+            "flush_tokens": 1,
+        },
+    }
+    pointer = run_task("chat_completions", task)
+    assert pointer == {"result_at": {"key": "k", "bytes": len(s3.objects["/result"])}}
+    stored = json.loads(s3.objects["/result"])
+    assert stored["response"]["object"] == "chat.completion" and "stream_stats" in stored
+    assert ("POST", "/relay/push") in s3.requests  # it did stream
