@@ -20,8 +20,10 @@ from typing import Any
 TRANSFER_TIMEOUT_S = 120.0
 
 
-class TransferError(RuntimeError):
-    """A body or result could not cross the presigned URL (the URL, never credentials, named)."""
+class PresignedUrlError(RuntimeError):
+    """A body or result could not cross its presigned URL (named without its signature). The
+    gateway reads this name in the remote failure: the endpoint's reach to S3 failed, not the
+    request, so it runs the request elsewhere."""
 
 
 def fetch_body(task: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def fetch_body(task: dict[str, Any]) -> dict[str, Any]:
         got = requests.get(source["url"], timeout=TRANSFER_TIMEOUT_S)
         got.raise_for_status()
     except requests.RequestException as exc:
-        raise TransferError(f"could not fetch the request body: {_no_query(exc)}") from None
+        raise PresignedUrlError(f"could not fetch the request body: {_no_query(exc)}") from None
     out = {k: v for k, v in task.items() if k != "body_from"}
     out["body"] = json.loads(got.content)
     return out
@@ -61,7 +63,7 @@ def store_result(task: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]
         put = requests.put(target["url"], data=data, timeout=TRANSFER_TIMEOUT_S)
         put.raise_for_status()
     except requests.RequestException as exc:
-        raise TransferError(
+        raise PresignedUrlError(
             f"could not store the result ({len(data)} bytes): {_no_query(exc)}"
         ) from None
     return {"result_at": {"key": target["key"], "bytes": len(data)}}

@@ -36,6 +36,8 @@ from chalicelib.registry import Endpoint
 # (globus_compute_sdk.errors.MaxResultSizeExceeded).
 _RESULT_TOO_LARGE = "MaxResultSizeExceeded"
 _RESULT_SIZES = re.compile(r"Task result of (\d+)B exceeded current limit of (\d+)B")
+# How an HPC function names a presigned URL it could not use (hpc_functions.offload).
+_TRANSFER_FAILED = "PresignedUrlError"
 # A submission's body beside its tasks: JSON keys and the SDK's user_runtime (918 bytes for one
 # task with SDK 4.19.0, measured), with room to spare.
 SUBMIT_ENVELOPE_BYTES = 4096
@@ -103,8 +105,12 @@ class TaskTooLargeError(Exception):
         self.limit_bytes = limit_bytes
 
 
-def remote_error(text: str) -> RemoteTaskError:
-    """The function's failure reported by the endpoint, the result limit told apart."""
+def remote_error(text: str) -> Exception:
+    """The function's failure reported by the endpoint, the result limit and the node's
+    transfers told apart."""
+    if _TRANSFER_FAILED in text:
+        # Only the last line: its own words, not the remote traceback.
+        return TransferFailedError(text.strip().splitlines()[-1])
     return (ResultTooLargeError if _RESULT_TOO_LARGE in text else RemoteTaskError)(text)
 
 
@@ -138,6 +144,11 @@ def check_submission(size_bytes: int, limit_bytes: int | None) -> None:
 class TaskLostError(UpstreamUnavailableError):
     """The endpoint lost the task with its worker: the infrastructure failed, not the request,
     so the poller runs it again (bounded by the queue's redrive)."""
+
+
+class TransferFailedError(UpstreamUnavailableError):
+    """The node could not fetch the body or store the result by the task's presigned URL:
+    that endpoint's reach to S3 failed, not the request, so the poller runs it elsewhere."""
 
 
 class TaskTimeoutError(UpstreamUnavailableError):

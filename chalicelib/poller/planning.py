@@ -88,6 +88,7 @@ def outcome_of(
 INLINE = "inline"  # in the task
 BY_URL = "url"  # a presigned GET of the API's S3 copy: the poller never reads it
 UPLOAD = "upload"  # held in the record but over the threshold: put in S3, then as BY_URL
+MEASURE = "measure"  # in S3 with no size on the record (written before sizes were): read it
 
 
 def body_source(record: dict[str, Any], over_bytes: int | None) -> str:
@@ -95,15 +96,17 @@ def body_source(record: dict[str, Any], over_bytes: int | None) -> str:
     size above which it goes by S3 (None: the S3 path is off, always inline).
 
     The API stores a body over its inline limit in S3 with its size (``payload_key``,
-    ``payload_bytes``); one over ``over_bytes``, or of a size the record does not give, is
-    handed over by URL. A body held in the record goes inline unless it is over ``over_bytes``
-    (only when the inline limit is set above it).
+    ``payload_bytes``); one over ``over_bytes`` is handed over by URL, one of a size the record
+    does not give is read first (then asked again with its size). A body held in the record
+    goes inline unless it is over ``over_bytes`` (only when the inline limit is set above it).
     """
     if over_bytes is None:
         return INLINE
     if record.get("payload_key"):
         size = record.get("payload_bytes")
-        return BY_URL if size is None or int(size) > over_bytes else INLINE
+        if size is None:
+            return MEASURE
+        return BY_URL if int(size) > over_bytes else INLINE
     text = record.get("payload")
     # A character is at most 4 bytes in UTF-8: most bodies are decided without encoding them.
     if isinstance(text, str) and len(text) * 4 > over_bytes and len(text.encode()) > over_bytes:

@@ -19,6 +19,7 @@ result with a pointer, read back here. A small request costs no S3 call for it.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -431,10 +432,16 @@ class Poller:
         """The task's fields that carry the body: ``{"body"}``, or ``{"body_from"}`` naming a
         presigned GET (``planning.body_source``)."""
         s = self._s
-        source = planning.body_source(
-            record, s.compute_offload_over_bytes if s.compute_offload else None
-        )
+        over = s.compute_offload_over_bytes if s.compute_offload else None
+        source = planning.body_source(record, over)
+        text = None
+        if source == planning.MEASURE:
+            # Its size not on the record: read it (a missing object raises here, as before).
+            text = self._blobs.load_text(record, "payload") or "null"
+            source = planning.body_source({**record, "payload_bytes": len(text.encode())}, over)
         if source == planning.INLINE:
+            if text is not None:
+                return {"body": json.loads(text)}
             return {"body": self._blobs.load(record, "payload")}
         if source == planning.UPLOAD:
             key = f"requests/{request_id}/payload.json"

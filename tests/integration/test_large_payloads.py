@@ -9,6 +9,7 @@ that echoes the prompt (so a large prompt makes a large result).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -17,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
+from chalicelib.compute.executors import remote_error
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
@@ -66,14 +68,17 @@ def start(
     stage: str, aws_session: boto3.Session, aws_calls: CallCounter
 ) -> Iterator[Callable[..., tuple[Services, Services]]]:
     """``start(node, **settings)``: the API's services (uncounted) and those of a poller now
-    running on ``node`` (counted by ``aws_calls``), both with ``settings``."""
+    running on ``node`` (or a node per endpoint name; counted by ``aws_calls``), both with
+    ``settings``."""
     with ExitStack() as stack:
 
-        def run(node: Node, **overrides: Any) -> tuple[Services, Services]:
+        def run(node: Node | dict[str, Node], **overrides: Any) -> tuple[Services, Services]:
             s = settings(stage, **overrides)
             api, side = Services(s), Services(s, session=aws_session)
             forget_endpoints(api)
-            stack.enter_context(pollers(side))(lambda endpoint: node)
+            nodes = node if isinstance(node, dict) else {}
+            start_poller = stack.enter_context(pollers(side))
+            start_poller(lambda endpoint: nodes.get(endpoint.name, node))
             return api, side
 
         yield run
@@ -163,3 +168,56 @@ def test_with_the_s3_path_off_everything_travels_inline_as_before(
     assert task["body"]["messages"][0]["content"] == text and "result_to" not in task
     # The body read from S3 into the task; the result written to S3 for the record.
     assert s3_calls(aws_calls) == {"s3.GetObject": 1, "s3.PutObject": 1}
+
+
+def test_a_record_without_the_bodys_size_is_measured_then_sent_by_url(
+    start: Callable[..., tuple[Services, Services]], aws_calls: CallCounter
+) -> None:
+    """A record written before sizes were kept (``payload_key`` alone): read once, then handed
+    over by the same key (no second copy). A missing object fails here, in the poller, as
+    before (retried, then the DLQ)."""
+    node = Node(times=0)
+    api, side = start(node)
+    request_id = f"req_{uuid.uuid4().hex}"
+    key = f"requests/{request_id}/payload.json"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "w" * LARGE}]}
+    api.blobs.put_json(key, body)
+    api.requests.create(
+        {
+            "request_id": request_id,
+            "owner": USER.id,
+            "model": MODEL,
+            "function": "chat_completions",
+            "payload_key": key,
+        }
+    )
+    api.interactive_queue.send({"request_id": request_id})
+    deadline = time.monotonic() + 20
+    while (record := side.requests.get(request_id)) is None or record["status"] != "completed":
+        assert time.monotonic() < deadline, "the request never completed"
+        time.sleep(0.05)
+    (task,) = node.tasks
+    assert "body" not in task and f"/{key}" in task["body_from"]["url"]
+    assert s3_calls(aws_calls) == {"s3.GetObject": 1}
+
+
+def test_a_node_that_cannot_reach_s3_fails_the_endpoint_not_the_request(
+    start: Callable[..., tuple[Services, Services]],
+) -> None:
+    """The node's transfer failing is its endpoint's failure: the request runs elsewhere."""
+
+    class Cut(Node):
+        def _run(self, task: dict[str, Any], n: int) -> Any:
+            self.tasks.append(task)
+            raise remote_error(
+                "Traceback (most recent call last):\n  ...\nhpc_functions.offload."
+                "PresignedUrlError: could not fetch the request body: connection refused"
+            )
+
+    nodes = {"local-a": Cut(), "local-b": Node()}
+    api, side = start(nodes)
+    request_id, content = chat(api, "v" * LARGE)
+    assert content == "v" * LARGE
+    assert len(nodes["local-a"].tasks) == 1 and len(nodes["local-b"].tasks) == 1
+    record = side.requests.get(request_id)
+    assert record is not None and record["endpoint"] == "local-b" and record["attempt"] == 1

@@ -23,12 +23,14 @@ from chalicelib.compute.executors import (
     RemoteTaskError,
     ResultTooLargeError,
     TaskTooLargeError,
+    TransferFailedError,
     check_submission,
     pack_task,
     remote_error,
     submitted_bytes,
 )
 from chalicelib.compute.globus import _Submission, take_batch
+from chalicelib.errors import UpstreamUnavailableError
 from chalicelib.poller import planning
 from chalicelib.settings import Settings
 from chalicelib.streaming.tokens import mint_for
@@ -51,8 +53,8 @@ def test_a_body_the_api_put_in_s3_goes_by_url_only_when_over_the_threshold() -> 
     stored = {"payload_key": "requests/r/payload.json"}
     assert planning.body_source({**stored, "payload_bytes": OVER + 1}, OVER) == planning.BY_URL
     assert planning.body_source({**stored, "payload_bytes": OVER}, OVER) == planning.INLINE
-    # A record from before sizes were kept: handed over by URL rather than read to measure it.
-    assert planning.body_source(stored, OVER) == planning.BY_URL
+    # A record from before sizes were kept: read to measure it, then asked again.
+    assert planning.body_source(stored, OVER) == planning.MEASURE
 
 
 def test_a_body_held_in_the_record_but_over_the_threshold_is_uploaded() -> None:
@@ -131,6 +133,20 @@ def test_a_result_over_the_limit_is_told_apart_and_named_without_the_traceback()
     assert isinstance(bare, ResultTooLargeError) and bare.size_bytes is None
     assert "result limit." in planning.result_too_large("r", None, None)["error"]["message"]
     assert type(remote_error("ValueError: bad prompt")) is RemoteTaskError
+
+
+def test_a_node_that_could_not_use_its_url_is_the_endpoints_failure() -> None:
+    text = (
+        "Traceback (most recent call last):\n  File offload.py, line 40\n"
+        "hpc_functions.offload.PresignedUrlError: could not fetch the request body: 503\n"
+    )
+    exc = remote_error(text)
+    assert isinstance(exc, TransferFailedError) and isinstance(exc, UpstreamUnavailableError)
+    assert (
+        str(exc) == "hpc_functions.offload.PresignedUrlError: could not fetch the request body: 503"
+    )
+    # The local endpoint's shape: the exception's name and text alone.
+    assert isinstance(remote_error("PresignedUrlError: could not store"), TransferFailedError)
 
 
 # --- measuring a task as the service does ---------------------------------------------------
@@ -263,11 +279,11 @@ def test_a_large_result_is_put_by_url_and_answered_with_a_pointer(s3: FakeS3) ->
 
 def test_a_failed_transfer_fails_the_task_without_the_urls_signature(s3: FakeS3) -> None:
     task = {"result_to": {"url": f"{s3.url}/broken?Signature=SECRET", "key": "k", "over_bytes": 1}}
-    with pytest.raises(offload.TransferError, match="403") as info:
+    with pytest.raises(offload.PresignedUrlError, match="403") as info:
         offload.store_result(task, {"response": {}})
     assert "SECRET" not in str(info.value) and info.value.__cause__ is None
     missing = {"body_from": {"url": f"{s3.url}/gone?Signature=SECRET"}}
-    with pytest.raises(offload.TransferError, match="404") as info:
+    with pytest.raises(offload.PresignedUrlError, match="404") as info:
         offload.fetch_body(missing)
     assert "SECRET" not in str(info.value)
 
