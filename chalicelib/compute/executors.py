@@ -32,10 +32,14 @@ from typing import Any, Protocol, runtime_checkable
 from chalicelib.errors import UpstreamUnavailableError
 from chalicelib.registry import Endpoint
 
-# How the SDK names a result over the service's limit, and its message
-# (globus_compute_sdk.errors.MaxResultSizeExceeded).
+# How the SDK names a result over the service's limit, and its sizes as its message gives them
+# ("Task result of 9600123B exceeded current limit of 524288B") or its repr does
+# ("MaxResultSizeExceeded(9600123, 524288)").
 _RESULT_TOO_LARGE = "MaxResultSizeExceeded"
-_RESULT_SIZES = re.compile(r"Task result of (\d+)B exceeded current limit of (\d+)B")
+_RESULT_SIZES = re.compile(
+    r"Task result of (\d+)B exceeded current limit of (\d+)B|"
+    r"MaxResultSizeExceeded\((\d+),\s*(\d+)\)"
+)
 # How an HPC function names a presigned URL it could not use (hpc_functions.offload).
 _TRANSFER_FAILED = "PresignedUrlError"
 # A submission's body beside its tasks: JSON keys and the SDK's user_runtime (918 bytes for one
@@ -87,8 +91,9 @@ class ResultTooLargeError(RemoteTaskError):
     def __init__(self, text: str) -> None:
         super().__init__(text)
         found = _RESULT_SIZES.search(text)
-        self.size_bytes = int(found[1]) if found else None
-        self.limit_bytes = int(found[2]) if found else None
+        sizes = [int(n) for n in found.groups() if n is not None] if found else []
+        self.size_bytes: int | None = sizes[0] if sizes else None
+        self.limit_bytes: int | None = sizes[1] if sizes else None
 
 
 class TaskTooLargeError(Exception):

@@ -128,6 +128,10 @@ def test_a_result_over_the_limit_is_told_apart_and_named_without_the_traceback()
     assert failure["status_code"] == 500 and failure["error"]["code"] == "result_too_large"
     assert "req_1 is 9600123 bytes" in message and "result limit of 512000 bytes" in message
     assert "Traceback" not in message
+    # The exception's repr, as an endpoint may report it, gives the sizes too.
+    repr_form = remote_error("MaxResultSizeExceeded(9600123, 524288)")
+    assert isinstance(repr_form, ResultTooLargeError)
+    assert (repr_form.size_bytes, repr_form.limit_bytes) == (9_600_123, 524_288)
     # Without the SDK's sizes the error still names the limit; anything else stays a crash.
     bare = remote_error("MaxResultSizeExceeded")
     assert isinstance(bare, ResultTooLargeError) and bare.size_bytes is None
