@@ -82,10 +82,18 @@ def run_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
 
     Returns ``{"response": ..., "engine_time_ms": ...}`` or, for a request the engine refuses,
     ``EngineError.to_result()``. Any other exception propagates: the gateway reports a crash
-    as a 500, which a refusal must not look like.
+    as a 500, which a refusal must not look like. A large body arrives, and a large result
+    leaves, by the task's presigned URLs (``hpc_functions.offload``).
     """
     if kind not in TASK_KINDS:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {TASK_KINDS}")
+    from hpc_functions.offload import fetch_body, store_result
+
+    task = fetch_body(task)
+    return store_result(task, _run(kind, task))
+
+
+def _run(kind: str, task: dict[str, Any]) -> dict[str, Any]:
     if task.get("stream") and kind != "embeddings":
         # Chunks pushed to the gateway's relay as they are generated (hpc_functions.streaming).
         from hpc_functions.streaming import run_stream_task
