@@ -386,8 +386,8 @@ class Assembler:
 
 def run_stream_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
     """Run one streaming task; the plain result plus ``stream_stats``."""
-    from hpc_functions.engines import get_engine
     from hpc_functions.engines.base import EngineError
+    from hpc_functions.engines.warm import get_engine
 
     stream = task["stream"]
     started_at = time.time()
