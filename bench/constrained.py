@@ -6,8 +6,9 @@ the grammar costs per token.
 Runs the tiny offline model (built into DIR, default .first/models/tiny-llama) through the
 engine's own sampler and ``generate``, plain and under each constraint, and prints decode tokens/s
 and the logits processor's own time per token (its share of decode time; the goal is <= 10 %).
-Prints figures; asserts nothing. ``generate`` here is also what the unit tests drive, until the
-engine's preparation step (issue 18) lets the engine itself take a constraint.
+Prints figures; asserts nothing. ``generate`` here is also what the unit tests drive: it takes the
+prompt and sampling from the engine's public preparation step (``engine.prepare_chat``) and runs
+``generate`` itself, so that the grammar's processor can be timed on its own.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from hpc_functions.engines.constrained import (
     GrammarLogitsProcessor,
     OutputConstraint,
     ParsedOutput,
-    TokenVocabulary,
     build_constraint,
     read_output,
 )
-from hpc_functions.engines.transformers_engine import TransformersEngine, _OpenAISampler
+from hpc_functions.engines.transformers_engine import TransformersEngine
+from hpc_functions.engines.transformers_sampling import OpenAISampler
 
 MESSAGES = [{"role": "user", "content": "Tell me about the weather in paris."}]
 WEATHER = {
@@ -95,12 +96,6 @@ class TimedProcessor:
             self.calls += 1
 
 
-def vocabulary(engine: TransformersEngine) -> TokenVocabulary:
-    return TokenVocabulary.from_tokenizer(
-        engine.tokenizer, vocab_size=engine.vocab_size, eos_ids=engine.eos_ids
-    )
-
-
 def generate(
     engine: TransformersEngine,
     constraint: OutputConstraint | None | list[OutputConstraint | None],
@@ -116,13 +111,19 @@ def generate(
     of constraints gives one row each (mixed batch rows), otherwise ``n`` rows share one."""
     rows = constraint if isinstance(constraint, list) else [constraint] * n
     n = len(rows)
-    ids = engine.tokenizer(engine._render_chat(messages), add_special_tokens=False)["input_ids"]
-    body = {"temperature": temperature, "seed": seed, "n": n}
-    params = engine._sampling(body, max_tokens, len(ids), max_tokens, "messages")
+    body = {
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "n": n,
+    }
+    prepared = engine.prepare_chat(body)
+    ids, params = prepared.prompts[0], prepared.sampling
     input_ids = torch.tensor([ids] * n, device=engine.device)
     banned = [] if engine.pad_id in engine.eos_ids else [engine.pad_id]
     processors: list[Any] = []
-    vocab = vocabulary(engine)
+    vocab = engine.vocabulary()
     if any(c is not None for c in rows):
         processor = GrammarLogitsProcessor(
             rows,
@@ -135,7 +136,7 @@ def generate(
         processors.append(timed)
         if timer is not None:
             timer.append(timed)
-    processors.append(_OpenAISampler(params, len(ids), banned, engine.device))
+    processors.append(OpenAISampler(params, len(ids), banned, engine.device))
     config = GenerationConfig(
         max_new_tokens=max_tokens,
         do_sample=False,
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     path = build(Path(args.model_dir))
     engine = TransformersEngine({"kind": "transformers", "model": "tiny", "path": str(path)})
     started = time.perf_counter()
-    vocabulary(engine)
+    engine.vocabulary()
     print(
         f"vocabulary: {len(engine.tokenizer)} tokens read in {time.perf_counter() - started:.3f} s"
     )
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             if constraint is not None:
                 started = time.perf_counter()
                 GrammarLogitsProcessor(
-                    [constraint], vocabulary(engine), prompt_len=1, max_new_tokens=args.max_tokens
+                    [constraint], engine.vocabulary(), prompt_len=1, max_new_tokens=args.max_tokens
                 )
                 setup_s.append(time.perf_counter() - started)
         per_token_ms = seconds / tokens * 1000

@@ -46,7 +46,26 @@ CLOSE_TIMEOUT_S = 30.0
 def _choice_tokens(choice: dict[str, Any]) -> int:
     delta = choice.get("delta")
     text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-    return 1 if text else 0
+    return 1 if text or (isinstance(delta, dict) and delta.get("tool_calls")) else 0
+
+
+def merge_tool_calls(calls: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """Adds streamed ``delta.tool_calls`` entries to ``calls`` (copies, merged by ``index``):
+    the first entry of a call gives its id, type and name, later ones add to its arguments."""
+    for entry in entries:
+        call = next((c for c in calls if c.get("index") == entry.get("index")), None)
+        if call is None:
+            calls.append({**entry, "function": dict(entry.get("function") or {})})
+            continue
+        function = call.setdefault("function", {})
+        for key, value in (entry.get("function") or {}).items():
+            if key == "arguments":
+                function["arguments"] = (function.get("arguments") or "") + (value or "")
+            elif function.get(key) is None:
+                function[key] = value
+        for key, value in entry.items():
+            if key != "function" and call.get(key) is None:
+                call[key] = value
 
 
 class Coalescer:
@@ -88,12 +107,19 @@ class Coalescer:
             merged = {k: v for k, v in choice.items()}
             if isinstance(choice.get("delta"), dict):
                 merged["delta"] = dict(choice["delta"])
+                if choice["delta"].get("tool_calls"):  # merged into later: a copy of its own
+                    merged["delta"]["tool_calls"] = []
+                    merge_tool_calls(merged["delta"]["tool_calls"], choice["delta"]["tool_calls"])
             self._choices[index] = merged
         elif isinstance(choice.get("delta"), dict):
             delta = current["delta"]
             for key, value in choice["delta"].items():
                 if key == "content" and value is not None:
                     delta["content"] = (delta.get("content") or "") + value
+                elif key == "tool_calls" and value:
+                    calls = delta.get("tool_calls") or []
+                    merge_tool_calls(calls, value)
+                    delta["tool_calls"] = calls
                 elif key not in delta or delta[key] is None:
                     delta[key] = value
         else:
@@ -157,6 +183,8 @@ def split_chunk(chunk: dict[str, Any], limit: int = MAX_CHUNK_BYTES) -> list[dic
         return [chunk]
     choice = chunk["choices"][0]
     chat = isinstance(choice.get("delta"), dict)
+    if chat and choice["delta"].get("tool_calls"):
+        return _split_tool_calls(chunk, limit)
     text = choice["delta"].get("content") if chat else choice.get("text")
     if not isinstance(text, str) or not text:
         return [chunk]
@@ -183,6 +211,36 @@ def split_chunk(chunk: dict[str, Any], limit: int = MAX_CHUNK_BYTES) -> list[dic
         )
         for i, piece in enumerate(pieces)
     ]
+
+
+def _split_tool_calls(chunk: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """A chat chunk carrying ``delta.tool_calls`` as chunks of one call entry each, a long
+    ``arguments`` cut in pieces: the first piece keeps the entry's id, type and name and the
+    delta's other fields, the last chunk the finish reason."""
+    choice = chunk["choices"][0]
+    head = {k: v for k, v in choice["delta"].items() if k != "tool_calls"}
+    finish = choice.get("finish_reason")
+
+    def with_entry(delta: dict[str, Any], entry: dict[str, Any], last: bool) -> dict[str, Any]:
+        part = {**choice, "delta": {**delta, "tool_calls": [entry]}, "finish_reason": None}
+        if last:
+            part["finish_reason"] = finish
+        return {**chunk, "choices": [part]}
+
+    entries: list[dict[str, Any]] = []
+    for entry in choice["delta"]["tool_calls"]:
+        function = entry.get("function") or {}
+        first = {**entry, "function": {**function, "arguments": ""}}
+        room = limit - _size(with_entry(head, first, True))
+        if room < 1024:
+            return [chunk]
+        pieces = _cut(str(function.get("arguments") or ""), room) or [""]
+        entries.append({**first, "function": {**function, "arguments": pieces[0]}})
+        entries.extend(
+            {"index": entry.get("index"), "function": {"arguments": p}} for p in pieces[1:]
+        )
+    last = len(entries) - 1
+    return [with_entry(head if i == 0 else {}, entry, i == last) for i, entry in enumerate(entries)]
 
 
 def plan_pushes(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -321,6 +379,7 @@ class Assembler:
     def __init__(self) -> None:
         self.first: dict[str, Any] | None = None
         self.texts: dict[int, str] = {}
+        self.tool_calls: dict[int, list[dict[str, Any]]] = {}
         self.finish: dict[int, str | None] = {}
         self.usage: dict[str, Any] | None = None
         self.token_chunks = 0
@@ -337,7 +396,10 @@ class Assembler:
             delta = choice.get("delta")
             piece = (delta.get("content") if isinstance(delta, dict) else choice.get("text")) or ""
             self.texts[index] = self.texts.get(index, "") + piece
-            tokens += 1 if piece else 0
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if calls:
+                merge_tool_calls(self.tool_calls.setdefault(index, []), calls)
+            tokens += 1 if piece or calls else 0
             if choice.get("finish_reason") is not None or index not in self.finish:
                 self.finish[index] = choice.get("finish_reason")
         self.token_chunks += tokens
@@ -354,7 +416,13 @@ class Assembler:
             text = self.texts.get(index, "")
             finish = None if cancelled else self.finish.get(index) or "stop"
             if chat:
-                message = {"role": "assistant", "content": text, "refusal": None}
+                message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+                calls = self.tool_calls.get(index)
+                if calls:  # as OpenAI answers a call: null content, the calls without index
+                    message["content"] = None
+                    message["tool_calls"] = [
+                        {k: v for k, v in c.items() if k != "index"} for c in calls
+                    ]
                 choices.append(
                     {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
                 )
@@ -386,8 +454,8 @@ class Assembler:
 
 def run_stream_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
     """Run one streaming task; the plain result plus ``stream_stats``."""
-    from hpc_functions.engines import get_engine
     from hpc_functions.engines.base import EngineError
+    from hpc_functions.engines.warm import get_engine
 
     stream = task["stream"]
     started_at = time.time()

@@ -3,11 +3,11 @@
 From a request's ``response_format`` and its function ``tools`` / ``tool_choice`` /
 ``parallel_tool_calls``, :func:`build_constraint` makes an :class:`OutputConstraint` (a grammar
 plus how to read the output), :class:`GrammarLogitsProcessor` masks every generated token to that
-grammar, and :func:`read_output` turns the generated tokens into OpenAI's ``content`` or
-``tool_calls``. The grammar library is llguidance (JSON Schema and Lark grammars, a token mask per
-step; see ``bench/constrained.py`` for its cost). What a request may ask for is checked in plain
-Python by ``schema_subset`` (re-exported here); llguidance, torch and numpy are imported only
-where a constraint is built or applied.
+grammar, and :func:`read_output` (``output_format``, re-exported here) turns the generated tokens
+into OpenAI's ``content`` or ``tool_calls``. The grammar library is llguidance (JSON Schema and
+Lark grammars, a token mask per step; see ``bench/constrained.py`` for its cost). What a request
+may ask for is checked in plain Python by ``schema_subset`` (re-exported here); llguidance, torch
+and numpy are imported only where a constraint is built or applied.
 
 What the engine emits when the model calls tools (our format; the prompt must say so where the
 model's chat template cannot render tools)::
@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from hpc_functions.engines.base import EngineError
+from hpc_functions.engines.output_format import ParsedOutput, read_output, tools_instructions
 from hpc_functions.engines.schema_subset import (
     UnsupportedSchemaError,
     answer_schema,
@@ -530,78 +530,3 @@ class GrammarLogitsProcessor:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else "unknown error"
-
-
-# ----- reading the output -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParsedOutput:
-    """A choice's message: ``content`` or ``tool_calls`` (OpenAI's shape), never both set."""
-
-    content: str | None
-    tool_calls: list[dict[str, Any]] | None = None
-
-    @property
-    def finish_reason(self) -> str | None:
-        """``tool_calls`` when the model called tools; otherwise the engine's own reason."""
-        return "tool_calls" if self.tool_calls else None
-
-
-def read_output(
-    constraint: OutputConstraint | None, token_ids: Sequence[int], vocabulary: TokenVocabulary
-) -> ParsedOutput:
-    """A choice's generated tokens (without eos or padding) as ``content`` or ``tool_calls``.
-
-    An output cut short by ``max_tokens`` is returned as ``content`` (the partial text), so the
-    engine's ``finish_reason: "length"`` tells the client, as OpenAI does.
-    """
-    if constraint is None:
-        return ParsedOutput(vocabulary.plain_text(token_ids))
-    text = vocabulary.text(token_ids)
-    if constraint.mode == "json":
-        return ParsedOutput(text)
-    if constraint.mode == "tools_or_text" and not text.startswith("{"):
-        return ParsedOutput(vocabulary.plain_text(token_ids))
-    calls = _tool_calls(text, constraint.tool_names)
-    return ParsedOutput(text) if calls is None else ParsedOutput(None, calls)
-
-
-def _tool_calls(text: str, names: tuple[str, ...]) -> list[dict[str, Any]] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or set(value) != {"tool_calls"}:
-        return None  # tools_or_json: the answer's own object
-    calls = value["tool_calls"]
-    if not isinstance(calls, list) or not all(
-        isinstance(c, dict) and c.get("name") in names and isinstance(c.get("arguments"), dict)
-        for c in calls
-    ):
-        return None
-    return [
-        {
-            "id": f"call_{uuid.uuid4().hex[:24]}",
-            "type": "function",
-            "function": {
-                "name": call["name"],
-                "arguments": json.dumps(
-                    call["arguments"], ensure_ascii=False, separators=(",", ":")
-                ),
-            },
-        }
-        for call in calls
-    ]
-
-
-def tools_instructions(tools: list[dict[str, Any]]) -> str:
-    """A system-prompt paragraph telling a model our tool-call format, for chat templates that
-    cannot render tools themselves."""
-    functions = [t["function"] for t in tools if isinstance(t, dict) and "function" in t]
-    return (
-        "You can call these functions:\n"
-        + json.dumps(functions, ensure_ascii=False)
-        + '\nTo call functions, reply with only a JSON object: {"tool_calls": [{"name": '
-        '<function name>, "arguments": <arguments object>}]}. Otherwise reply with text.'
-    )
