@@ -45,8 +45,14 @@ CLOSE_TIMEOUT_S = 30.0
 
 def _choice_tokens(choice: dict[str, Any]) -> int:
     delta = choice.get("delta")
-    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-    return 1 if text or (isinstance(delta, dict) and delta.get("tool_calls")) else 0
+    if not isinstance(delta, dict):
+        return 1 if choice.get("text") else 0
+    # vLLM's reasoning parsers stream the thinking as delta.reasoning_content: tokens too.
+    return 1 if any(delta.get(k) for k in ("content", "reasoning_content", "tool_calls")) else 0
+
+
+# The delta fields whose pieces join into one text.
+_TEXT_FIELDS = ("content", "reasoning_content")
 
 
 def merge_tool_calls(calls: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
@@ -114,8 +120,8 @@ class Coalescer:
         elif isinstance(choice.get("delta"), dict):
             delta = current["delta"]
             for key, value in choice["delta"].items():
-                if key == "content" and value is not None:
-                    delta["content"] = (delta.get("content") or "") + value
+                if key in _TEXT_FIELDS and value is not None:
+                    delta[key] = (delta.get(key) or "") + value
                 elif key == "tool_calls" and value:
                     calls = delta.get("tool_calls") or []
                     merge_tool_calls(calls, value)
@@ -380,6 +386,7 @@ class Assembler:
         self.first: dict[str, Any] | None = None
         self.texts: dict[int, str] = {}
         self.tool_calls: dict[int, list[dict[str, Any]]] = {}
+        self.reasoning: dict[int, str] = {}
         self.finish: dict[int, str | None] = {}
         self.usage: dict[str, Any] | None = None
         self.token_chunks = 0
@@ -399,7 +406,10 @@ class Assembler:
             calls = delta.get("tool_calls") if isinstance(delta, dict) else None
             if calls:
                 merge_tool_calls(self.tool_calls.setdefault(index, []), calls)
-            tokens += 1 if piece or calls else 0
+            thought = (delta.get("reasoning_content") if isinstance(delta, dict) else None) or ""
+            if thought:
+                self.reasoning[index] = self.reasoning.get(index, "") + thought
+            tokens += 1 if piece or calls or thought else 0
             if choice.get("finish_reason") is not None or index not in self.finish:
                 self.finish[index] = choice.get("finish_reason")
         self.token_chunks += tokens
@@ -417,6 +427,8 @@ class Assembler:
             finish = None if cancelled else self.finish.get(index) or "stop"
             if chat:
                 message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+                if self.reasoning.get(index):  # as vLLM answers it unstreamed
+                    message["reasoning_content"] = self.reasoning[index]
                 calls = self.tool_calls.get(index)
                 if calls:  # as OpenAI answers a call: null content, the calls without index
                     message["content"] = None
