@@ -130,7 +130,7 @@ class Gateway:
     def list_models(self, principal: Principal) -> dict[str, Any]:
         """The models the caller may use; the others are not listed."""
         data = [
-            model_object(dep)
+            model_object(self._registry, dep)
             for m in self._registry.model_ids()
             if (dep := self._registry.model(m)) is not None and may_use(principal, dep.access)
         ]
