@@ -258,7 +258,16 @@ class Gateway:
         # critical path, and a poller that wins the race re-reads a missing record briefly.
         created = _IO.submit(self._requests.create, item)
         try:
-            self._queue.send({"request_id": request_id})
+            # Routing hints ride along: the poller picks the endpoint before its claim and
+            # notes it in the same write (chalicelib/poller/planning.py ``Hints``).
+            self._queue.send(
+                {
+                    "request_id": request_id,
+                    "owner": principal.id,
+                    "model": req.model,
+                    "function": function,
+                }
+            )
         except Exception as exc:
             created.result()
             # Never leave a record queued that no poller will ever see.

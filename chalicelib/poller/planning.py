@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -22,6 +23,33 @@ def warm_of(message: dict[str, Any]) -> tuple[str, str] | None:
     if not isinstance(model, str) or not isinstance(endpoint, str):
         raise PoisonMessageError('a warm message is {"warm": {"model", "endpoint"}}')
     return model, endpoint
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What routing a request needs before its record is read: the API puts it in the message
+    (``owner``, ``model``, ``function``), so a poller chooses the endpoint first and notes it
+    in the same write as its claim."""
+
+    owner: str
+    model: str
+    function: str
+
+
+def hints_of(message: dict[str, Any]) -> Hints | None:
+    """The message's routing hints, or None (a message of only ``request_id``: read the record)."""
+    try:
+        body = json.loads(message["Body"])
+        hints = Hints(str(body["owner"]), str(body["model"]), str(body["function"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return hints
+
+
+def hints_from(record: dict[str, Any]) -> Hints:
+    return Hints(
+        str(record.get("owner") or ""), str(record.get("model")), str(record.get("function"))
+    )
 
 
 def request_id_of(message: dict[str, Any]) -> str:

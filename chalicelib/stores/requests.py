@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from typing import Any, cast
 
 from botocore.exceptions import ClientError
@@ -112,29 +111,33 @@ class RequestStore:
                     oldest = (str(record["request_id"]), created_at)
         return oldest
 
-    def claim(self, request_id: str) -> dict[str, Any]:
-        """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call)."""
+    def claim(self, request_id: str, *, slot: str | None = None) -> dict[str, Any]:
+        """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call).
+
+        ``slot``: the endpoint the claimer will run it on, noted in the same write unless the
+        record names one already (``slot`` in the record returned): a predecessor that died
+        left its task running there, and the request goes back to it.
+        """
+        update = "SET #s = :dispatched, dispatched_at = :now ADD attempt :one"
+        values: dict[str, Any] = {":dispatched": "dispatched", ":queued": "queued", ":one": 1}
+        if slot is not None:
+            update = update.replace(" ADD", ", slot = if_not_exists(slot, :slot) ADD")
+            values[":slot"] = slot
         return self._update(
-            request_id,
-            "SET #s = :dispatched, dispatched_at = :now ADD attempt :one",
-            "#s IN (:queued, :dispatched)",
-            {":dispatched": "dispatched", ":queued": "queued", ":one": 1},
-            returns="ALL_NEW",
+            request_id, update, "#s IN (:queued, :dispatched)", values, returns="ALL_NEW"
         )
 
-    def complete(
-        self, request_id: str, fields: dict[str, Any], *, slot: Slot | None = None
-    ) -> None:
+    def complete(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
         self._finish(request_id, "completed", fields, slot)
 
-    def fail(self, request_id: str, fields: dict[str, Any], *, slot: Slot | None = None) -> None:
+    def fail(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
         self._finish(request_id, "failed", fields, slot)
 
     def _finish(
-        self, request_id: str, status: str, fields: dict[str, Any], slot: Slot | None
+        self, request_id: str, status: str, fields: dict[str, Any], slot: str | None
     ) -> None:
-        """Make the request terminal; with ``slot``, give its endpoint slot back in the same
-        transaction: only the write that finishes the request releases it, exactly once."""
+        """Make the request terminal; with ``slot``, only while the record names that endpoint
+        (the write of the poller that ran it there), and the slot leaves the record."""
         # Nothing returned: the caller has the fields, and echoing the result back costs bytes.
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         values = {f":f{i}": v for i, v in enumerate(fields.values())}
@@ -146,32 +149,17 @@ class RequestStore:
         if slot is not None:
             update += ", slot"
             condition += " AND slot = :slot"
-            values[":slot"] = slot.endpoint
-        self._update(
-            request_id,
-            update,
-            condition,
-            values,
-            names,
-            returns="NONE",
-            also=slot.release if slot else None,
-        )
+            values[":slot"] = slot
+        self._update(request_id, update, condition, values, names, returns="NONE")
 
-    def take_slot(self, request_id: str, slot: Slot) -> bool:
-        """Count the request against its endpoint's capacity (shared by every poller) and note
-        the slot on the record, in one transaction; False when the endpoint is full."""
-        try:
-            self._update(
-                request_id,
-                "SET slot = :slot",
-                "#s = :dispatched AND attribute_not_exists(slot)",
-                {":slot": slot.endpoint, ":dispatched": "dispatched"},
-                returns="NONE",
-                also=slot.acquire,
-            )
-        except SlotUnavailableError:
-            return False
-        return True
+    def move_slot(self, request_id: str, old: str | None, new: str) -> None:
+        """The request leaves endpoint ``old`` unfinished (failover, or its predecessor's
+        endpoint cannot take it) for ``new``: noted before it is submitted there."""
+        condition = "#s = :dispatched AND " + (
+            "slot = :old" if old else "attribute_not_exists(slot)"
+        )
+        values = {":slot": new, ":dispatched": "dispatched", **({":old": old} if old else {})}
+        self._update(request_id, "SET slot = :slot", condition, values, returns="NONE")
 
     def note_task(self, request_id: str, endpoint: str, task_id: str) -> None:
         """Keep the endpoint's task id on the record (``task``, submitted at ``task_at``) while the
@@ -189,17 +177,6 @@ class RequestStore:
             returns="NONE",
         )
 
-    def give_slot_back(self, request_id: str, slot: Slot) -> None:
-        """The request leaves its endpoint unfinished (failover): release exactly once."""
-        self._update(
-            request_id,
-            "REMOVE slot",
-            "slot = :slot",
-            {":slot": slot.endpoint},
-            returns="NONE",
-            also=slot.release,
-        )
-
     def _update(
         self,
         request_id: str,
@@ -209,11 +186,7 @@ class RequestStore:
         names: dict[str, str] | None = None,
         *,
         returns: str,
-        also: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        if also is not None:
-            self._transact(request_id, update, condition, values, names, also)
-            return {}
         try:
             out = self._ddb.update_item(
                 TableName=self.table_name,
@@ -221,7 +194,9 @@ class RequestStore:
                 UpdateExpression=update,
                 ConditionExpression=f"attribute_exists(request_id) AND {condition}",
                 ExpressionAttributeNames={"#s": "status", **(names or {})},
-                ExpressionAttributeValues=to_wire({**values, ":now": round(time.time(), 3)}),
+                ExpressionAttributeValues=to_wire(
+                    {**values, ":now": round(time.time(), 3)} if ":now" in update else values
+                ),
                 ReturnValues=returns,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -235,61 +210,6 @@ class RequestStore:
             state = current["status"] if current else "missing"
             raise RequestConflictError(f"request {request_id} is {state}", current) from exc
         return from_wire(out.get("Attributes", {}))
-
-    def _transact(
-        self,
-        request_id: str,
-        update: str,
-        condition: str,
-        values: dict[str, Any],
-        names: dict[str, str] | None,
-        also: dict[str, Any],
-    ) -> None:
-        record: dict[str, Any] = {
-            "TableName": self.table_name,
-            "Key": _key(request_id),
-            "UpdateExpression": update,
-            "ConditionExpression": f"attribute_exists(request_id) AND {condition}",
-            "ExpressionAttributeNames": {"#s": "status", **(names or {})},
-            "ExpressionAttributeValues": to_wire({**values, ":now": round(time.time(), 3)}),
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-        if "#s" not in update and "#s" not in condition:
-            del record["ExpressionAttributeNames"]["#s"]
-        if not record["ExpressionAttributeNames"]:
-            del record["ExpressionAttributeNames"]
-        try:
-            self._ddb.transact_write_items(TransactItems=[{"Update": record}, {"Update": also}])
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "TransactionCanceledException":
-                raise
-            reasons = cast("list[dict[str, Any]]", exc.response.get("CancellationReasons") or [])
-            mine = reasons[0] if reasons else {}
-            if mine.get("Code") == "ConditionalCheckFailed":
-                old = mine.get("Item")
-                current = from_wire(old) if old else None
-                state = current["status"] if current else "missing"
-                raise RequestConflictError(f"request {request_id} is {state}", current) from exc
-            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
-                raise SlotUnavailableError(f"no free slot for {request_id}") from exc
-            raise
-
-
-class SlotUnavailableError(StoreError):
-    """The endpoint was at capacity (its conditional counter refused)."""
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One unit of an endpoint's capacity, held by a request while it runs there.
-
-    ``acquire`` and ``release`` are the endpoints table's halves of the transactions
-    (``chalicelib/stores/endpoints.py`` builds them).
-    """
-
-    endpoint: str
-    acquire: dict[str, Any]
-    release: dict[str, Any]
 
 
 def _key(request_id: str) -> dict[str, Any]:

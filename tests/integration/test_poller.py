@@ -160,8 +160,13 @@ def test_a_task_lost_with_its_worker_fails_over_to_the_other_endpoint(
     assert record is not None and record["status"] == "completed" and record["attempt"] == 1
     assert record["endpoint"] == "local-b" and "slot" not in record
     assert poller.counts["endpoint_failures"] == 1
-    inflight = {n: s.inflight for n, s in services.endpoint_store.statuses().items()}
-    assert inflight.get("local-a", 0) == 0 and inflight.get("local-b", 0) == 0  # all given back
+
+    def all_given_back() -> bool:
+        inflight = {n: s.inflight for n, s in services.endpoint_store.statuses().items()}
+        return inflight.get("local-a", 0) == 0 and inflight.get("local-b", 0) == 0
+
+    # The poller's leased slots go back once unused for poller_slot_linger_s.
+    wait_until(all_given_back, "every slot given back")
 
 
 def test_the_circuit_opens_after_three_failures_and_traffic_goes_elsewhere(
