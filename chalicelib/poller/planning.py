@@ -27,23 +27,22 @@ def warm_of(message: dict[str, Any]) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class Hints:
-    """What routing a request needs before its record is read: the API puts it in the message
-    (``owner``, ``model``, ``function``), so a poller chooses the endpoint first and notes it
-    in the same write as its claim."""
+    """What routing a request needs before it is claimed, so the poller chooses the endpoint
+    first and notes it in the claim's own write."""
 
     owner: str
     model: str
     function: str
 
 
-def hints_of(message: dict[str, Any]) -> Hints | None:
-    """The message's routing hints, or None (a message of only ``request_id``: read the record)."""
+def record_of(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The queued record the message carries (the API's, for the claim to write), or None: a
+    message of only ``request_id`` names a record already written."""
     try:
-        body = json.loads(message["Body"])
-        hints = Hints(str(body["owner"]), str(body["model"]), str(body["function"]))
-    except (KeyError, TypeError, ValueError):
+        record = json.loads(message["Body"]).get("record")
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    return hints
+    return record if isinstance(record, dict) and "created_at" in record else None
 
 
 def hints_from(record: dict[str, Any]) -> Hints:

@@ -137,6 +137,10 @@ class Poller:
             if free == 0:
                 time.sleep(0.005)
                 continue
+            if self._gate.waiting():
+                # Requests already wait for endpoint slots: new ones could not start sooner,
+                # so let several gather and receive them in one call.
+                self.stopping.wait(self._s.poller_share_wait_s)
             try:
                 self.receiving = True
                 messages = self._queue.receive(
@@ -206,9 +210,13 @@ class Poller:
         log = {"request_id": request_id, "receive_count": planning.receive_count(message)}
         # The record once claimed (what a failure is reported with).
         claimed: dict[str, Any] = {}
+        # The queued record the message carries (the API wrote none): the claim writes it.
+        carried = planning.record_of(message)
         try:
-            hints = planning.hints_of(message) or self._hints(request_id)
-            status, fields, response, record, slot = self._run(request_id, hints, log, claimed)
+            hints = planning.hints_from(carried) if carried else self._hints(request_id)
+            status, fields, response, record, slot = self._run(
+                request_id, hints, carried, log, claimed
+            )
         except RequestConflictError as exc:
             if exc.current is not None:
                 # Already completed or failed: a duplicate delivery. Drop it.
@@ -229,9 +237,14 @@ class Poller:
                 # Only our own words reach the client: no endpoint URL, no remote traceback.
                 reason = str(exc) if isinstance(exc, NoEndpointError) else type(exc).__name__
                 detail = f"{reason} (gave up after {planning.receive_count(message)} tries)"
+                if not claimed and carried:
+                    self._requests.put_new(carried)  # never claimed: only the message held it
                 self._finish(
                     request_id,
-                    claimed or self._requests.get(request_id) or {"request_id": request_id},
+                    claimed
+                    or carried
+                    or self._requests.get(request_id)
+                    or {"request_id": request_id},
                     "failed",
                     planning.engine_failure(request_id, detail),
                     None,
@@ -287,21 +300,23 @@ class Poller:
             self.counts["backoff_errors"] += 1
             self._log.exception("could not set the retry backoff")
 
-    def _claim(self, request_id: str, slot: str) -> dict[str, Any]:
-        """Claim; a missing record is re-read briefly (the API writes it as it enqueues)."""
+    def _claim(self, request_id: str, slot: str, carried: dict[str, Any] | None) -> dict[str, Any]:
+        """Claim, writing the record the message carries if there is none yet; a message that
+        names a record not there yet (the API writes it as it enqueues) retries briefly."""
         for delay in CLAIM_RETRY_S:
             try:
-                return self._requests.claim(request_id, slot=slot)
+                return self._requests.claim(request_id, slot=slot, record=carried)
             except RequestConflictError as exc:
                 if exc.current is not None:
                     raise
             time.sleep(delay)
-        return self._requests.claim(request_id, slot=slot)
+        return self._requests.claim(request_id, slot=slot, record=carried)
 
     def _run(
         self,
         request_id: str,
         hints: planning.Hints,
+        carried: dict[str, Any] | None,
         log: dict[str, Any],
         claimed: dict[str, Any],
     ) -> tuple[str, dict[str, Any], Any, dict[str, Any], str]:
@@ -367,7 +382,7 @@ class Poller:
                 try:
                     if record is None:
                         started = time.perf_counter()
-                        record = self._claim(request_id, endpoint.name)
+                        record = self._claim(request_id, endpoint.name, carried)
                         claimed.update(record)
                         log.update(
                             model=record.get("model"),
@@ -556,7 +571,9 @@ class Poller:
             notice = planning.notice_for(
                 request_id, status, fields, result_text, self._s.inline_limit_bytes
             )
-            if not self._replies.send(record["reply_to"], notice):
+            # Saturated (requests wait for slots): other notices follow within the linger.
+            linger_s = self._s.poller_share_wait_s if self._gate.waiting() else 0.0
+            if not self._replies.send(record["reply_to"], notice, linger_s=linger_s):
                 self.counts["notices_undelivered"] += 1
         if record.get("stream") and self._streams is not None:
             # After the record: a client that has its done frame reads the request completed.

@@ -5,6 +5,12 @@ the SQS visibility timeout is the lease, so a message that reappears means its p
 the new holder takes over (``attempt`` + 1). ``complete``/``fail`` only succeed from a
 non-terminal state, so a redelivered message never completes a request twice.
 
+The API does not write the record of an interactive request it can answer at once: its queue
+message carries the record (``new``), and the poller's ``claim`` writes it, claimed, in one
+call. The API writes it itself (``put_new``, if it is not there yet) when the request outlives
+the first read-back of its wait or is answered without a result, so a request id handed to a
+client always names a record.
+
 Until it is terminal a record carries ``pending_shard``, which puts it in the sparse index
 ``pending`` (``pending_shard`` → ``created_at``): the oldest unfinished request, whose SQS message
 is the oldest the queue still holds, is a one-item Query per shard (``oldest_pending``).
@@ -45,9 +51,10 @@ class RequestStore:
         self.table_name = table_name
         self._ttl_s = ttl_s
 
-    def create(self, item: dict[str, Any]) -> None:
+    def new(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The queued record of a new request (``item`` plus status, shard, times, TTL)."""
         now = time.time()
-        record = {
+        return {
             **item,
             "status": "queued",
             "attempt": 0,
@@ -55,11 +62,29 @@ class RequestStore:
             "created_at": round(now, 3),
             "expires_at": int(now) + self._ttl_s,
         }
+
+    def create(self, item: dict[str, Any]) -> None:
         self._ddb.put_item(
             TableName=self.table_name,
-            Item=to_wire(record),
+            Item=to_wire(self.new(item)),
             ConditionExpression="attribute_not_exists(request_id)",
         )
+
+    def put_new(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Write ``record`` (from ``new``) unless the request has one already; that one, or None
+        when this call wrote it. One call either way: it doubles as a read-back."""
+        try:
+            self._ddb.put_item(
+                TableName=self.table_name,
+                Item=to_wire(record),
+                ConditionExpression="attribute_not_exists(request_id)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return from_wire(cast("dict[str, Any]", exc.response.get("Item") or {}))
+        return None
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         out = self._ddb.get_item(
@@ -111,20 +136,46 @@ class RequestStore:
                     oldest = (str(record["request_id"]), created_at)
         return oldest
 
-    def claim(self, request_id: str, *, slot: str | None = None) -> dict[str, Any]:
+    def claim(
+        self,
+        request_id: str,
+        *,
+        slot: str | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call).
 
         ``slot``: the endpoint the claimer will run it on, noted in the same write unless the
         record names one already (``slot`` in the record returned): a predecessor that died
         left its task running there, and the request goes back to it.
+
+        ``record``: the queued record the message carried (``new``). While the request has no
+        record (the API wrote none: the first delivery), the claim writes it, claimed, with one
+        conditional put; a record that is there is claimed as usual (a second call).
         """
-        update = "SET #s = :dispatched, dispatched_at = :now ADD attempt :one"
+        if record is not None:
+            now = round(time.time(), 3)
+            claimed = {
+                **record,
+                "request_id": request_id,
+                "status": "dispatched",
+                "dispatched_at": now,
+                "attempt": int(record.get("attempt", 0)) + 1,
+                **({"slot": slot} if slot is not None else {}),
+            }
+            if self.put_new(claimed) is None:
+                return claimed
+        update = "SET #s = :dispatched, dispatched_at = :now"
         values: dict[str, Any] = {":dispatched": "dispatched", ":queued": "queued", ":one": 1}
         if slot is not None:
-            update = update.replace(" ADD", ", slot = if_not_exists(slot, :slot) ADD")
+            update += ", slot = if_not_exists(slot, :slot)"
             values[":slot"] = slot
         return self._update(
-            request_id, update, "#s IN (:queued, :dispatched)", values, returns="ALL_NEW"
+            request_id,
+            update + " ADD attempt :one",
+            "#s IN (:queued, :dispatched)",
+            values,
+            returns="ALL_NEW",
         )
 
     def complete(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
