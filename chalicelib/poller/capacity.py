@@ -131,6 +131,8 @@ class Capacity:
             if h.busy < self._usable(h) or (force and h.busy < h.held):
                 self._use(h)
                 return True
+        if not force and h.share is not None and h.held >= h.share:
+            return False  # peers want this endpoint: no more than an even share
         if not h.io.acquire(blocking=False):
             return False  # a write of this lease is under way: ask again in a moment
         try:

@@ -220,6 +220,7 @@ class Poller:
         except RequestConflictError as exc:
             if exc.current is not None:
                 # Already completed or failed: a duplicate delivery. Drop it.
+                self.counts["duplicates_dropped"] += 1
                 self._deleter.add(receipt)
                 self._log.info(
                     "duplicate delivery dropped", extra={**log, "status": exc.current["status"]}

@@ -155,7 +155,9 @@ class EndpointStore:
                 Key=to_wire({"name": name}),
                 UpdateExpression=update,
                 ConditionExpression=_mine(held),
-                ExpressionAttributeNames=_names(holder),
+                ExpressionAttributeNames={
+                    k: v for k, v in _names(holder).items() if k in update or k == "#l"
+                },
                 ExpressionAttributeValues=to_wire({**values, ":held": held} if held else values),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
