@@ -49,13 +49,13 @@ from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener
-from chalicelib.stores.requests import TERMINAL, RequestStore
+from chalicelib.stores.requests import API_WRITES_AFTER_S, TERMINAL, RequestStore
 
 # A waiter re-reads the record in case its notice was lost: after 5 s, then every 10 s. A notice
 # is lost only when this process stopped listening (a frozen Lambda), so the reads are a safety
 # net, not the path: under load every early read is one more DynamoDB call per waiting request
 # (at 256 waiting clients, reads after 2 s cost more than a third of the local AWS's CPU).
-FALLBACK_READ_S = 5.0
+FALLBACK_READ_S = API_WRITES_AFTER_S
 FALLBACK_READ_MAX_S = 10.0
 _UNQUEUED = {
     "error": {

@@ -343,7 +343,7 @@ class Poller:
         waited_offline = False
         with self._gate.line(hints.owner) as place:
             while True:
-                if not place.wait_turn(0.25):
+                if not place.wait_turn(1.0):
                     self._check(deadline)
                     continue
                 statuses = self._capacity.view(self._board.statuses())

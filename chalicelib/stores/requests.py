@@ -29,6 +29,9 @@ from chalicelib.stores.dynamo import from_wire, to_wire
 
 TERMINAL = ("completed", "failed")
 PENDING_INDEX = "pending"
+# A request the API has not answered this long has its record written by the API (its first
+# read-back of the record, chalicelib/gateway.py), if the poller's claim did not write it first.
+API_WRITES_AFTER_S = 5.0
 # The index's partitions: creates spread over them, since one partition key takes at most
 # 1,000 writes/s and a rising ``created_at`` always writes at its tail.
 PENDING_SHARDS = 4
@@ -151,20 +154,32 @@ class RequestStore:
 
         ``record``: the queued record the message carried (``new``). While the request has no
         record (the API wrote none: the first delivery), the claim writes it, claimed, with one
-        conditional put; a record that is there is claimed as usual (a second call).
+        conditional put; a record that is there is claimed by update (a second call). A record
+        older than the API's first read-back (``API_WRITES_AFTER_S``) is likely there: the
+        update goes first then, and the put only if there is none.
         """
-        if record is not None:
-            now = round(time.time(), 3)
-            claimed = {
-                **record,
-                "request_id": request_id,
-                "status": "dispatched",
-                "dispatched_at": now,
-                "attempt": int(record.get("attempt", 0)) + 1,
-                **({"slot": slot} if slot is not None else {}),
-            }
-            if self.put_new(claimed) is None:
-                return claimed
+        if record is None:
+            return self._claim_update(request_id, slot)
+        age_s = time.time() - float(record.get("created_at", 0))
+        if age_s >= API_WRITES_AFTER_S - 0.5:
+            try:
+                return self._claim_update(request_id, slot)
+            except RequestConflictError as exc:
+                if exc.current is not None:
+                    raise
+        claimed = {
+            **record,
+            "request_id": request_id,
+            "status": "dispatched",
+            "dispatched_at": round(time.time(), 3),
+            "attempt": int(record.get("attempt", 0)) + 1,
+            **({"slot": slot} if slot is not None else {}),
+        }
+        if self.put_new(claimed) is None:
+            return claimed
+        return self._claim_update(request_id, slot)
+
+    def _claim_update(self, request_id: str, slot: str | None) -> dict[str, Any]:
         update = "SET #s = :dispatched, dispatched_at = :now"
         values: dict[str, Any] = {":dispatched": "dispatched", ":queued": "queued", ":one": 1}
         if slot is not None:
