@@ -19,8 +19,8 @@ from offline.stack import StackConfig
 ENV_FILE = REPO_ROOT / ".first" / "local.env"
 # Committed: README.md's and docs/performance.md's tables are rendered from these (bench.report).
 RESULTS = REPO_ROOT / "bench" / "results"
-# What a benchmark run itself rewrites: not a change to the code measured.
-_OUTPUTS = ("bench/results", "README.md", "docs/performance.md")
+# Not the code measured: the result files and documents (a run rewrites some of them).
+_NOT_CODE = ("bench/results", "*.md")
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -123,7 +123,7 @@ def commit() -> str:
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = git(
-        "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in _OUTPUTS)
+        "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in _NOT_CODE)
     )
     return f"{head} + local changes" if changed else head
 

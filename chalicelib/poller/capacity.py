@@ -51,6 +51,8 @@ RECLAIM_GRACE_S = 1.0
 # A ``want`` counts for fair share this long (a starved poller repeats it every WANT_EVERY_S).
 WANT_TTL_S = 3.0
 WANT_EVERY_S = 1.0
+# A want this old is a gone poller's (a live one repeats it while starved): it is dropped.
+WANT_FORGOTTEN_S = 60.0
 # The capacity a forced take is checked against: none.
 FORCED = 2**31
 
@@ -201,7 +203,7 @@ class Capacity:
 
     def tick(self) -> None:
         """Renew leases that are due, give back idle slots (and any above a fair share while
-        peers want the endpoint), reclaim peers' expired leases."""
+        peers want the endpoint), reclaim peers' expired leases and forget gone pollers' wants."""
         now = self._clock()
         statuses = self._statuses()
         for name, h in list(self._held.items()):
@@ -222,6 +224,9 @@ class Capacity:
                     if self._write(name, h, renew) is not None:
                         h.until = until
         for name, status in statuses.items():
+            for holder, at in status.wants.items():
+                if holder != self.holder and now - at > WANT_FORGOTTEN_S:
+                    self._store.forget_want(name, holder, at)
             for holder, lease in status.leases.items():
                 expired = lease.until < now - RECLAIM_GRACE_S
                 if holder != self.holder and expired and self._store.reclaim(name, holder, lease):

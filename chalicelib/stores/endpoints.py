@@ -146,6 +146,21 @@ class EndpointStore:
             ExpressionAttributeValues=to_wire({":now": time.time() if now is None else now}),
         )
 
+    def forget_want(self, name: str, holder: str, at: float) -> None:
+        """Drop ``holder``'s ``want`` of ``at`` (a poller that is gone: its name is not reused)."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_wire({"name": name}),
+                UpdateExpression="REMOVE #w",
+                ConditionExpression="#w = :at",
+                ExpressionAttributeNames={"#w": f"{WANT}{holder}"},
+                ExpressionAttributeValues=to_wire({":at": at}),
+            )
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+
     def _lease_update(
         self, name: str, holder: str, held: int, update: str, values: dict[str, Any]
     ) -> None:

@@ -113,6 +113,7 @@ def test_a_dead_pollers_lease_is_reclaimed_exactly_once(own_stage: str) -> None:
     ep = endpoint(f"ep-{uuid.uuid4().hex[:6]}", 4)
     dead = holder(store, "poller-dead")
     assert dead.take(ep, None, wanted=3)
+    store.want(ep.name, "poller-gone", now=time.time() - 120)  # another gone poller's want
     assert store.statuses()[ep.name].inflight == 3
     # The dead poller never renews: two peers, a lease's length later, reclaim it, one of them.
     later = holder(store, "poller-b", clock=lambda: time.time() + dead.lease_s * 2)
@@ -122,6 +123,7 @@ def test_a_dead_pollers_lease_is_reclaimed_exactly_once(own_stage: str) -> None:
     reclaimed = later.counts["slot_leases_reclaimed"] + other.counts["slot_leases_reclaimed"]
     status = store.statuses()[ep.name]
     assert reclaimed == 1 and status.inflight == 0 and status.leases == {}
+    assert status.wants == {}  # a want nobody repeated for a minute is dropped
 
 
 def test_a_lease_lost_while_its_poller_lived_is_counted_again(services: Services) -> None:
