@@ -379,7 +379,8 @@ class Gateway:
             "result": None,
             "error": None,
         }
-        if record["status"] == "completed":
+        if record["status"] in ("completed", "cancelled"):
+            # Cancelled: a stream its client left; the result holds the tokens that ran.
             view["result"] = self._blobs.load(record, "result")
         elif record["status"] == "failed":
             try:

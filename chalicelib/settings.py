@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +112,17 @@ class Settings(BaseSettings):
     model_start_estimate_s: float = 60.0
     # After this many receives a message goes to the DLQ (redrive policy in the template).
     max_receive_count: int = 3
+    # Globus Compute's hosted service refuses a submission over 5 MB and a task result over
+    # 512 KB (its docs/limits.rst; the SDK states no byte figure, so the stricter, decimal
+    # reading). The poller's executors refuse a task over the first before sending it; the
+    # offline endpoint enforces both as the service does.
+    compute_submit_limit_bytes: int = 5 * 1000 * 1000
+    compute_result_limit_bytes: int = 512 * 1000
+    # Interactive request bodies and results over this travel by S3 instead of inside the task
+    # (presigned URLs: HPC nodes hold no AWS credentials; docs/hpc.md "Large requests").
+    # Off, they travel inline and fail at those limits as they would on the service.
+    compute_offload: bool = True
+    compute_offload_over_bytes: int = 256 * 1024
     # Reply queues (chalicelib/stores/replies.py, sweeper.py): a live listener refreshes its
     # queue's last-used tag this often; the hourly sweep deletes queues unused for this long.
     reply_queue_touch_s: float = 3600.0
@@ -163,6 +174,10 @@ class Settings(BaseSettings):
     # Streamed requests one user may have in flight at once, over all their connections (429
     # beyond; 0: no limit). Each holds a GPU slot for as long as the client keeps reading.
     stream_max_per_user: int = 16
+    # The relay reads a streaming request's status at most this often per request and process:
+    # pushes after the request finished are refused (410) within this bound, and a stream's
+    # pushes cost one read per this many seconds, not one each.
+    stream_status_recheck_s: float = 1.0
 
     # Usage and metrics (docs/operations.md "Metrics", "Usage"). A usage record per finished
     # request is kept this long (TTL); long-running processes (poller, batch worker) flush their
@@ -203,6 +218,17 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _offload_under_the_limits(self) -> Settings:
+        # A result just under the threshold travels inline: it must fit the result limit.
+        over = self.compute_offload_over_bytes
+        if self.compute_offload and over >= self.compute_result_limit_bytes:
+            raise ValueError(
+                f"compute_offload_over_bytes ({over}) must be under compute_result_limit_bytes"
+                f" ({self.compute_result_limit_bytes})"
+            )
+        return self
 
     @property
     def local_endpoint_token_value(self) -> str:

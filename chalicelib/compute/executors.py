@@ -11,18 +11,40 @@ Both expose ``submit_to_registered_function(function_id, args=..., kwargs=...)``
   attaches to the task already running instead of running the engine twice.
 
 A warm-up is an ordinary task: ``hpc_functions.warm`` with ``{"engine": ...}`` (``start_warm``).
+
+Both refuse a task over Globus Compute's submission limit before sending it
+(``TaskTooLargeError``), measured as the service receives it: the SDK's own packing of the
+arguments (``pack_task``), JSON-encoded in the submission's body. A result the endpoint refused
+as over the service's result limit comes back as ``ResultTooLargeError``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from functools import cache
 from typing import Any, Protocol, runtime_checkable
 
 from chalicelib.errors import UpstreamUnavailableError
 from chalicelib.registry import Endpoint
+
+# How the SDK names a result over the service's limit, and its sizes as its message gives them
+# ("Task result of 9600123B exceeded current limit of 524288B") or its repr does
+# ("MaxResultSizeExceeded(9600123, 524288)").
+_RESULT_TOO_LARGE = "MaxResultSizeExceeded"
+_RESULT_SIZES = re.compile(
+    r"Task result of (\d+)B exceeded current limit of (\d+)B|"
+    r"MaxResultSizeExceeded\((\d+),\s*(\d+)\)"
+)
+# How an HPC function names a presigned URL it could not use (hpc_functions.offload).
+_TRANSFER_FAILED = "PresignedUrlError"
+# A submission's body beside its tasks: JSON keys and the SDK's user_runtime (918 bytes for one
+# task with SDK 4.19.0, measured), with room to spare.
+SUBMIT_ENVELOPE_BYTES = 4096
 
 
 class TaskExecutor(Protocol):
@@ -61,9 +83,77 @@ class RemoteTaskError(Exception):
     """The function raised on the endpoint; the message is the remote exception's text."""
 
 
+class ResultTooLargeError(RemoteTaskError):
+    """The endpoint refused the task's result as over the service's result limit
+    (``MaxResultSizeExceeded``): the request's failure, run again it would fail again. The
+    sizes are read from the SDK's message where it has one."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        found = _RESULT_SIZES.search(text)
+        sizes = [int(n) for n in found.groups() if n is not None] if found else []
+        self.size_bytes: int | None = sizes[0] if sizes else None
+        self.limit_bytes: int | None = sizes[1] if sizes else None
+
+
+class TaskTooLargeError(Exception):
+    """A task over the service's submission limit, refused before it is sent. The request's
+    own failure: every Globus Compute endpoint has the limit, so it is neither retried nor
+    failed over."""
+
+    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"the task is {size_bytes} bytes as submitted, over Globus Compute's submission"
+            f" limit of {limit_bytes} bytes"
+        )
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+
+
+def remote_error(text: str) -> Exception:
+    """The function's failure reported by the endpoint, the result limit and the node's
+    transfers told apart."""
+    if _TRANSFER_FAILED in text:
+        # Only the last line: its own words, not the remote traceback.
+        return TransferFailedError(text.strip().splitlines()[-1])
+    return (ResultTooLargeError if _RESULT_TOO_LARGE in text else RemoteTaskError)(text)
+
+
+@cache
+def _serializer() -> Any:
+    # Imported on first use: the Lambda package never imports the SDK (only the poller does).
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    return ComputeSerializer()
+
+
+def pack_task(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+    """A task's arguments as the SDK's ``Batch.add`` packs them (its default serializer)."""
+    serde = _serializer()
+    return str(serde.pack_buffers([serde.serialize(args), serde.serialize(kwargs)]))
+
+
+def submitted_bytes(payload: str) -> int:
+    """What a packed task adds to a submission's body: its JSON string (the base64 lines'
+    newlines are escaped there) and a separator."""
+    return len(json.dumps(payload)) + 2
+
+
+def check_submission(size_bytes: int, limit_bytes: int | None) -> None:
+    """Refuse a task of ``size_bytes`` (``submitted_bytes``) that would take its submission
+    over ``limit_bytes`` (None: unchecked)."""
+    if limit_bytes is not None and size_bytes + SUBMIT_ENVELOPE_BYTES > limit_bytes:
+        raise TaskTooLargeError(size_bytes + SUBMIT_ENVELOPE_BYTES, limit_bytes)
+
+
 class TaskLostError(UpstreamUnavailableError):
     """The endpoint lost the task with its worker: the infrastructure failed, not the request,
     so the poller runs it again (bounded by the queue's redrive)."""
+
+
+class TransferFailedError(UpstreamUnavailableError):
+    """The node could not fetch the body or store the result by the task's presigned URL:
+    that endpoint's reach to S3 failed, not the request, so the poller runs it elsewhere."""
 
 
 class TaskTimeoutError(UpstreamUnavailableError):
@@ -80,6 +170,7 @@ class LocalEndpointExecutor(Executor):
         poll_s: float = 20.0,
         max_waiters: int = 64,
         unreachable_s: float = 10.0,
+        submit_limit_bytes: int | None = None,
     ) -> None:
         import requests
 
@@ -91,6 +182,8 @@ class LocalEndpointExecutor(Executor):
         self._http.mount("http://", adapter)
         self._poll_s = poll_s
         self._unreachable_s = unreachable_s
+        # The stand-in for the service checks what the service would (None: nothing).
+        self._submit_limit_bytes = submit_limit_bytes
         self._waiters = ThreadPoolExecutor(max_waiters, thread_name_prefix="local-task")
         self._lock = threading.Lock()
 
@@ -103,6 +196,9 @@ class LocalEndpointExecutor(Executor):
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> Future[Any]:
+        if self._submit_limit_bytes is not None:
+            packed = pack_task(tuple(args or ()), kwargs or {})
+            check_submission(submitted_bytes(packed), self._submit_limit_bytes)
         body = {"function_id": function_id, "args": list(args or ()), "kwargs": kwargs or {}}
         return self._waiters.submit(self._run, body)
 
@@ -134,7 +230,7 @@ class LocalEndpointExecutor(Executor):
         if state["status"] == "success":
             return state["result"]
         if state["status"] == "failed":
-            raise RemoteTaskError(state.get("exception") or "task failed")
+            raise remote_error(state.get("exception") or "task failed")
         raise TaskLostError(state.get("exception") or f"task {state['status']}")
 
     def _call(self, method: str, path: str, *, lost_ok: bool = False, **kw: Any) -> Any:
@@ -186,7 +282,10 @@ class ExecutorPool:
 
 
 def default_factory(
-    local_endpoint_url: str, local_endpoint_token: str = ""
+    local_endpoint_url: str,
+    local_endpoint_token: str = "",
+    *,
+    submit_limit_bytes: int | None = None,
 ) -> Callable[[Endpoint], TaskExecutor]:
     pacer: Any = None  # one SubmissionPacer for every Globus endpoint: one client, one limit
 
@@ -194,12 +293,16 @@ def default_factory(
         nonlocal pacer
         if endpoint.executor == "local":
             # Each local "cluster" of the offline stack listens on its own URL.
-            return LocalEndpointExecutor(endpoint.url or local_endpoint_url, local_endpoint_token)
+            return LocalEndpointExecutor(
+                endpoint.url or local_endpoint_url,
+                local_endpoint_token,
+                submit_limit_bytes=submit_limit_bytes,
+            )
         # The poller's only tie to the Globus Compute web service (it authenticates on first
         # use; the Lambda package never imports it).
         from chalicelib.compute.globus import GlobusTasks, SubmissionPacer
 
         pacer = pacer or SubmissionPacer()
-        return GlobusTasks(endpoint.endpoint_id, pacer=pacer)
+        return GlobusTasks(endpoint.endpoint_id, pacer=pacer, submit_limit_bytes=submit_limit_bytes)
 
     return make

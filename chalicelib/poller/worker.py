@@ -7,11 +7,18 @@ the waiting API process, delete the message. The record is written before the no
 a client that has its answer reads the request completed. A failure before the result is stored
 (an endpoint that cannot be reached, a task lost with its worker) leaves the message for
 redelivery after a backoff; on its last delivery the request is marked failed and the message
-goes on to the DLQ. Only the function's own exception fails a request at once.
+goes on to the DLQ. Only the function's own exception fails a request at once (and a task over
+the service's size limits, which would fail anywhere).
+
+Large bodies and results travel by S3, not inside the task (``compute_offload``): the task
+carries a presigned GET of a body over ``compute_offload_over_bytes`` and a presigned PUT for a
+result over it (``planning.body_source``, ``result_to``); the HPC function answers a stored
+result with a pointer, read back here. A small request costs no S3 call for it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -29,7 +36,9 @@ from chalicelib.compute.executors import (
     Attachable,
     ExecutorPool,
     RemoteTaskError,
+    ResultTooLargeError,
     TaskTimeoutError,
+    TaskTooLargeError,
 )
 from chalicelib.poller import planning
 from chalicelib.poller.accounting import Accounting
@@ -92,6 +101,8 @@ class Poller:
         self._queue = queue
         self._requests = requests
         self._blobs = blobs
+        # Presigned URLs for what travels by S3 to and from the HPC node.
+        self._objects = blobs.objects()
         self._replies = replies
         self._executors = executors
         self._log = logger
@@ -276,7 +287,7 @@ class Poller:
         client that already has it ignores a second final frame for a finished id."""
         if not current.get("stream") or self._streams is None:
             return
-        if current["status"] not in ("completed", "failed"):
+        if current["status"] not in TERMINAL:
             return
         self.counts["final_frames_resent"] += 1
         self._streams.finished(request_id, current["stream"], current["status"], current)
@@ -331,7 +342,8 @@ class Poller:
         """
         candidates = self._registry.candidates(hints.model, hints.function)
         record: dict[str, Any] | None = None
-        body: Any = None
+        # The task's fields that carry the body (inline, or a presigned GET): made once claimed.
+        body: dict[str, Any] | None = None
         # Where the request goes back to (a dead predecessor's task is there, keyed by request
         # id), and what the record names; the predecessor's task id (Globus Compute) to attach.
         held: str | None = None
@@ -406,7 +418,7 @@ class Poller:
                         self._requests.move_slot(request_id, recorded, endpoint.name)
                         recorded, attach = endpoint.name, None
                     if body is None:
-                        body = self._blobs.load(record, "payload")
+                        body = self._task_body(request_id, record)
                 except BaseException:
                     self._capacity.give(endpoint.name)
                     raise
@@ -485,20 +497,49 @@ class Poller:
             self._log.exception("circuit not closed", extra={"endpoint": name})
         self._board.refresh()
 
+    def _task_body(self, request_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The task's fields that carry the body: ``{"body"}``, or ``{"body_from"}`` naming a
+        presigned GET (``planning.body_source``)."""
+        s = self._s
+        over = s.compute_offload_over_bytes if s.compute_offload else None
+        source = planning.body_source(record, over)
+        text = None
+        if source == planning.MEASURE:
+            # Its size not on the record: read it (a missing object raises here, as before).
+            text = self._blobs.load_text(record, "payload") or "null"
+            source = planning.body_source({**record, "payload_bytes": len(text.encode())}, over)
+        if source == planning.INLINE:
+            if text is not None:
+                return {"body": json.loads(text)}
+            return {"body": self._blobs.load(record, "payload")}
+        if source == planning.UPLOAD:
+            key = f"requests/{request_id}/payload.json"
+            size: int | None = self._blobs.put_text(key, record["payload"])
+        else:
+            key, size = record["payload_key"], record.get("payload_bytes")
+        self.counts["bodies_by_url"] += 1
+        url = self._objects.presign_get(key, s.presigned_url_ttl_s)
+        return {"body_from": planning.body_from(url, None if size is None else int(size))}
+
+    def _result_to(self, request_id: str) -> dict[str, Any]:
+        """Where the task stores a result over the threshold: a presigned PUT (made here, no
+        AWS call), used only when the result is that large."""
+        key = planning.result_key(request_id, uuid.uuid4().hex[:12])
+        url = self._objects.presign_put(key, self._s.presigned_url_ttl_s)
+        return planning.result_to(url, key, self._s.compute_offload_over_bytes)
+
     def _run_on(
         self,
         request_id: str,
         record: dict[str, Any],
         endpoint: Endpoint,
         deployment: ModelDeployment,
-        body: Any,
+        body: dict[str, Any],
         task_id: str | None = None,
     ) -> tuple[str, dict[str, Any], Any]:
-        task: dict[str, Any] = {
-            "request_id": request_id,
-            "engine": deployment.engine,
-            "body": body,
-        }
+        task: dict[str, Any] = {"request_id": request_id, "engine": deployment.engine, **body}
+        if self._s.compute_offload:
+            task["result_to"] = self._result_to(request_id)
         if record.get("stream"):
             if self._streams is not None:
                 task["stream"] = self._streams.task_fields(request_id, record["stream"])
@@ -510,18 +551,24 @@ class Poller:
         function_id = endpoint.functions[record["function"]]
         executor = self._executors.get(endpoint)
         submitted_at = time.time()
-        if isinstance(executor, Attachable):
-            if task_id is not None:
-                # Re-claimed from a poller that died: collect its task, do not run it again.
-                self.counts["tasks_reattached"] += 1
-                future = executor.attach(task_id)
-                submitted_at = float(record.get("task_at") or submitted_at)
+        try:
+            if isinstance(executor, Attachable):
+                if task_id is not None:
+                    # Re-claimed from a poller that died: collect its task, do not run it again.
+                    self.counts["tasks_reattached"] += 1
+                    future = executor.attach(task_id)
+                    submitted_at = float(record.get("task_at") or submitted_at)
+                else:
+                    task_id, future = executor.submit_task(function_id, args=(task,))
+                    self._requests.note_task(request_id, endpoint.name, task_id)
             else:
-                task_id, future = executor.submit_task(function_id, args=(task,))
-                self._requests.note_task(request_id, endpoint.name, task_id)
-        else:
-            # The local endpoint keys tasks by request id: a resubmission attaches by itself.
-            future = executor.submit_to_registered_function(function_id, args=(task,))
+                # The local endpoint keys tasks by request id: a resubmission attaches by itself.
+                future = executor.submit_to_registered_function(function_id, args=(task,))
+        except TaskTooLargeError as exc:
+            # Over the service's submission limit: any endpoint would refuse it.
+            self.counts["tasks_too_large"] += 1
+            failure = planning.task_too_large(request_id, str(exc))
+            return "failed", {**failure, "endpoint": endpoint.name}, None
         timeout_s = self._s.task_timeout_s - (time.time() - submitted_at)
         try:
             # The heartbeat keeps the message invisible however long this takes.
@@ -532,10 +579,20 @@ class Poller:
                 f"task of {request_id} on {endpoint.name} not done after"
                 f" {self._s.task_timeout_s:g} s"
             ) from exc
+        except ResultTooLargeError as exc:
+            # The endpoint refused the result (S3 path off, or a function that ignored it).
+            self.counts["results_too_large"] += 1
+            failure = planning.result_too_large(request_id, exc.size_bytes, exc.limit_bytes)
+            return "failed", {**failure, "endpoint": endpoint.name}, None
         except RemoteTaskError as exc:
             # The function itself raised on the node: the request's failure, not retried.
             failure = planning.engine_failure(request_id, str(exc))
             return "failed", {**failure, "endpoint": endpoint.name}, None
+        stored = planning.stored_result_key(request_id, result)
+        if stored is not None:
+            # The function PUT its large result by the task's URL: read it back.
+            self.counts["results_by_url"] += 1
+            result = self._blobs.get_json(stored)
         return planning.outcome_of(request_id, result, endpoint=endpoint.name)
 
     def _finish(
@@ -549,7 +606,7 @@ class Poller:
         slot: str | None = None,
     ) -> None:
         result_text = None
-        if status == "completed":
+        if status in ("completed", "cancelled"):  # cancelled: the response of what ran
             # Serialised once: the same text goes into the record (or S3) and the notice.
             result_text = dumps(response)
             key = f"requests/{request_id}/result.json"
@@ -562,6 +619,8 @@ class Poller:
         try:
             if status == "completed":
                 self._requests.complete(request_id, fields, slot=slot)
+            elif status == "cancelled":
+                self._requests.cancel(request_id, fields, slot=slot)
             else:
                 self._requests.fail(request_id, fields, slot=slot)
         except RequestConflictError as exc:

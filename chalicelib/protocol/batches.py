@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from chalicelib.errors import BadRequestError
+from chalicelib.protocol.bounds import MAX_FILENAME_BYTES
 from chalicelib.protocol.chat import ChatCompletionRequest
 from chalicelib.protocol.common import GatewayRequest, OpenAIModel, load_json
 from chalicelib.protocol.completions import CompletionRequest
@@ -40,7 +41,11 @@ class CreateUploadRequest(OpenAIModel):
     """``POST /v1/files/uploads``: checked field by field in ``BatchApi.create_upload``; the
     model is its schema in ``GET /openapi.json``."""
 
-    filename: str = Field(min_length=1)
+    filename: str = Field(
+        min_length=1,
+        max_length=MAX_FILENAME_BYTES,
+        description=f"At most {MAX_FILENAME_BYTES} bytes of UTF-8, no control characters.",
+    )
     purpose: Literal["batch"]
 
 

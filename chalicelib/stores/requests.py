@@ -1,9 +1,11 @@
 """The ``requests`` table: one item per request; status moves only forward, by conditional writes.
 
-``queued → dispatched → completed | failed``. ``claim`` may re-claim a ``dispatched`` request:
-the SQS visibility timeout is the lease, so a message that reappears means its poller died, and
-the new holder takes over (``attempt`` + 1). ``complete``/``fail`` only succeed from a
-non-terminal state, so a redelivered message never completes a request twice.
+``queued → dispatched → completed | failed | cancelled``. ``claim`` may re-claim a ``dispatched``
+request: the SQS visibility timeout is the lease, so a message that reappears means its poller
+died, and the new holder takes over (``attempt`` + 1). ``complete``/``fail``/``cancel`` only
+succeed from a non-terminal state, so a redelivered message never completes a request twice.
+``cancelled`` is a stream stopped before its end (its client went away): it keeps the result of
+the tokens that ran, and their usage.
 
 The API does not write the record of an interactive request it can answer at once: its queue
 message carries the record (``new``), and the poller's ``claim`` writes it, claimed, in one
@@ -27,7 +29,7 @@ from botocore.exceptions import ClientError
 from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import from_wire, to_wire
 
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "cancelled")
 PENDING_INDEX = "pending"
 # A request the API has not answered this long has its record written by the API (its first
 # read-back of the record, chalicelib/gateway.py), if the poller's claim did not write it first.
@@ -98,6 +100,21 @@ class RequestStore:
             # AWS deletes expired TTL items late (moto never does): treat them as gone.
             return None
         return item
+
+    def status(self, request_id: str) -> str | None:
+        """The request's status alone, or None when it is missing or expired: the stream
+        relay's check, so an eventually consistent read (half the cost; a status turns terminal
+        there within a second)."""
+        out = self._ddb.get_item(
+            TableName=self.table_name,
+            Key=_key(request_id),
+            ProjectionExpression="#s, expires_at",
+            ExpressionAttributeNames={"#s": "status"},
+        )
+        item = from_wire(out["Item"]) if out.get("Item") else None
+        if item is None or int(item.get("expires_at", 0)) < time.time():
+            return None
+        return str(item["status"])
 
     def get_owned(self, request_id: str, owner: str) -> dict[str, Any] | None:
         """The record if ``owner`` owns it, else None, and the same work either way.
@@ -198,6 +215,9 @@ class RequestStore:
 
     def fail(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
         self._finish(request_id, "failed", fields, slot)
+
+    def cancel(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
+        self._finish(request_id, "cancelled", fields, slot)
 
     def _finish(
         self, request_id: str, status: str, fields: dict[str, Any], slot: str | None

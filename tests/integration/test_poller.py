@@ -243,6 +243,51 @@ def test_a_finished_stream_delivered_again_gets_its_final_frame_again(
     assert never.attempts == {}
 
 
+def test_a_stream_its_client_left_is_stored_cancelled_with_the_tokens_that_ran(
+    services: Services, run_poller: Callable[..., Poller]
+) -> None:
+    """The HPC function's account says the relay stopped it (``stream_stats.cancelled``): the
+    record is ``cancelled``, not ``completed`` with finish_reason stop, and keeps what ran."""
+    posts: list[tuple[str, dict[str, Any]]] = []
+
+    class Poster:
+        def post(self, connection_id: str, text: str) -> None:
+            posts.append((connection_id, json.loads(text)))
+
+    def cut_short(task: dict[str, Any], n: int) -> dict[str, Any]:
+        partial = response(task["request_id"])
+        partial["choices"][0]["finish_reason"] = None
+        partial["usage"] = {"prompt_tokens": 4, "completion_tokens": 17, "total_tokens": 21}
+        stats = {"cancelled": True, "completion_tokens": 17, "max_tokens": 2000}
+        return {"response": partial, "engine_time_ms": 9.0, "stream_stats": stats}
+
+    notifier = StreamNotifier(services.settings, Poster(), get_logger("test"))  # type: ignore[arg-type]
+    run_poller(ScriptedExecutor(cut_short), streams=notifier)
+    request_id = f"req_{uuid.uuid4().hex}"
+    services.requests.create(
+        {
+            "request_id": request_id,
+            "owner": USER.id,
+            "model": MODEL,
+            "function": "chat_completions",
+            "payload": json.dumps({"messages": [], "max_tokens": 2000}),
+            "stream": {"connection_id": "conn-1", "ref": "r1"},
+        }
+    )
+    services.interactive_queue.send({"request_id": request_id})
+    wait_until(lambda: bool(posts), "the final frame")
+    record = services.requests.get(request_id)
+    assert record is not None and record["status"] == "cancelled"
+    assert record["usage"]["completion_tokens"] == 17
+    view = services.gateway.fetch(USER, request_id)
+    assert view["status"] == "cancelled" and view["error"] is None
+    assert view["result"]["choices"][0]["finish_reason"] is None
+    assert view["result"]["usage"]["completion_tokens"] == 17
+    ((connection, frame),) = posts
+    assert (connection, frame["type"], frame["status"]) == ("conn-1", "error", 410)
+    assert frame["error"]["code"] == "cancelled" and frame["request_id"] == request_id
+
+
 def test_one_users_flood_does_not_hold_another_users_request_behind_it(
     services: Services, run_poller: Callable[..., Poller]
 ) -> None:

@@ -40,6 +40,19 @@ def test_a_response_completes_with_usage_and_engine_time() -> None:
     assert fields == {"usage": {"total_tokens": 5}, "engine_time_ms": 12.5, "endpoint": "local"}
 
 
+def test_a_stream_its_client_left_is_cancelled_keeping_what_ran_and_its_usage() -> None:
+    # It was classified completed: GET /v1/requests/{id} said completed, finish_reason stop,
+    # after 17 of 2,000 tokens.
+    response = {"object": "chat.completion", "usage": {"completion_tokens": 17}}
+    stats = {"cancelled": True, "completion_tokens": 17, "max_tokens": 2000}
+    result = {"response": response, "engine_time_ms": 80.0, "stream_stats": stats}
+    status, fields, out = planning.outcome_of("req_1", result, endpoint="local")
+    assert status == "cancelled" and out is response
+    assert fields["usage"] == {"completion_tokens": 17} and fields["stream_stats"] == stats
+    finished = {**result, "stream_stats": {**stats, "cancelled": False}}
+    assert planning.outcome_of("req_1", finished, endpoint="local")[0] == "completed"
+
+
 def test_an_engine_error_fails_with_the_engines_own_status() -> None:
     error = {
         "message": "too long",
