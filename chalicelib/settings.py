@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     # A request whose endpoints are all at capacity waits in its poller's line this long for a
     # slot (its lease kept alive) before it is put back on the queue with a backoff.
     poller_slot_wait_s: float = 900.0
+    # Endpoint slots a poller leases (chalicelib/poller/capacity.py): a lease not renewed this
+    # long (its poller died) is taken back by a peer, about when the dead poller's messages
+    # reappear; a slot unused this long goes back to the shared count.
+    poller_slot_lease_s: float = 10.0
+    poller_slot_linger_s: float = 1.0
+    # While requests wait for endpoint slots (the endpoints are the bottleneck), the poller
+    # waits up to this long to share SQS calls: notices to one API process go out together and
+    # new messages are received several at a time. Idle or below capacity it never waits.
+    poller_share_wait_s: float = 0.1
     # How long a request waits in the poller while no endpoint serving its model is online
     # (starting up, restarting, circuit open) before it is retried with back-off.
     poller_offline_wait_s: float = 30.0

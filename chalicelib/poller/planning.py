@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -22,6 +23,32 @@ def warm_of(message: dict[str, Any]) -> tuple[str, str] | None:
     if not isinstance(model, str) or not isinstance(endpoint, str):
         raise PoisonMessageError('a warm message is {"warm": {"model", "endpoint"}}')
     return model, endpoint
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What routing a request needs before it is claimed, so the poller chooses the endpoint
+    first and notes it in the claim's own write."""
+
+    owner: str
+    model: str
+    function: str
+
+
+def record_of(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The queued record the message carries (the API's, for the claim to write), or None: a
+    message of only ``request_id`` names a record already written."""
+    try:
+        record = json.loads(message["Body"]).get("record")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) and "created_at" in record else None
+
+
+def hints_from(record: dict[str, Any]) -> Hints:
+    return Hints(
+        str(record.get("owner") or ""), str(record.get("model")), str(record.get("function"))
+    )
 
 
 def request_id_of(message: dict[str, Any]) -> str:

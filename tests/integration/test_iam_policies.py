@@ -469,7 +469,8 @@ def poller_fails_a_request(w: World) -> None:
     leases.beat()
     leases.close()
     assert leases.counts["heartbeats"] == 1
-    record = ps.requests.claim(request_id)
+    # As the poller's claim does: the record the message carries, written claimed.
+    record = ps.requests.claim(request_id, slot="local-a", record=planning.record_of(message))
     failure = planning.engine_failure(request_id, "iam test")
     ps.requests.fail(request_id, failure)
     w.accounting.finished(record, "failed", failure)  # as the poller's _finish does

@@ -1,5 +1,6 @@
 """Request status only moves forward, by conditional writes, whatever the delivery order."""
 
+import time
 import uuid
 from typing import Any
 
@@ -7,6 +8,7 @@ import pytest
 
 from chalicelib.services import Services
 from chalicelib.stores.requests import RequestConflictError
+from tests.aws_calls import CallCounter
 
 
 def new_id() -> str:
@@ -80,6 +82,26 @@ def test_someone_elses_request_reads_exactly_like_a_missing_one(services: Servic
     finally:
         events.unregister("after-call.dynamodb", record)
     assert foreign == missing and len(foreign) == 1
+
+
+def test_a_claim_writes_the_record_its_message_carries_with_one_call_either_way(
+    services: Services, aws_calls: CallCounter
+) -> None:
+    store, fresh, old = services.requests, new_id(), new_id()
+    carried = store.new({"request_id": fresh, "owner": "u", "payload": "{}"})
+    aws_calls.reset()
+    first = store.claim(fresh, slot="ep-1", record=carried)  # no record yet: put, claimed
+    assert aws_calls.by_operation == {"dynamodb.PutItem": 1}
+    assert first["status"] == "dispatched" and first["attempt"] == 1 and first["slot"] == "ep-1"
+    assert store.get(fresh) == {**first, "created_at": carried["created_at"]}
+    # Past the API's first read-back the API may have written it (queued): updated, not put.
+    waited = {**store.new({"request_id": old, "owner": "u"}), "created_at": time.time() - 60}
+    assert store.put_new(waited) is None  # what the API does then
+    aws_calls.reset()
+    claimed = store.claim(old, slot="ep-2", record=waited)
+    assert aws_calls.by_operation == {"dynamodb.UpdateItem": 1}
+    assert claimed["attempt"] == 1 and claimed["slot"] == "ep-2"
+    assert claimed["created_at"] == waited["created_at"]
 
 
 def test_a_cancelled_request_keeps_its_usage_and_nothing_moves_it_again(

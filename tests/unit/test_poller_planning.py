@@ -86,3 +86,13 @@ def test_a_failure_notice_carries_the_error() -> None:
     fields = {"error": {"message": "m", "code": "engine_error"}, "status_code": 500}
     notice = json.loads(planning.notice_for("r", "failed", fields, None, inline_limit=100))
     assert notice["error"]["code"] == "engine_error" and notice["status_code"] == 500
+
+
+def test_the_record_a_message_carries_is_read_and_a_message_of_only_an_id_has_none() -> None:
+    record = {"owner": "u", "model": "m", "function": "chat_completions", "created_at": 1.0}
+    carried = message({"request_id": "req_1", "record": record})
+    assert planning.record_of(carried) == record
+    assert planning.hints_from(record) == planning.Hints("u", "m", "chat_completions")
+    assert planning.record_of(message({"request_id": "req_1"})) is None
+    assert planning.record_of(message({"request_id": "req_1", "record": "x"})) is None
+    assert planning.record_of(message("not json")) is None
