@@ -13,6 +13,7 @@ import pytest
         "bench.common",
         "bench.constrained",
         "bench.proxy",
+        "bench.server_layers",
     ],
 )
 def test_benchmark_module_imports(name: str) -> None:
