@@ -24,6 +24,7 @@ from openai.types.chat import (
 )
 from pydantic import BaseModel
 
+from chalicelib.services import Services
 from first_cli.client import StreamClient
 from offline.background import BackgroundStack
 from tests.e2e.conftest import TINY
@@ -180,14 +181,17 @@ def test_a_conversation_carrying_a_tool_result_is_answered(client: OpenAI) -> No
         ({"messages": [{"role": "tool", "tool_call_id": "call_9", "content": "x"}]}, "messages"),
     ],
 )
-def test_what_no_engine_can_enforce_is_a_400_naming_the_field(
-    client: OpenAI, fields: dict[str, Any], param: str
+def test_what_no_engine_can_enforce_is_a_400_naming_the_field_before_anything_is_queued(
+    client: OpenAI, services: Services, fields: dict[str, Any], param: str
 ) -> None:
     body: dict[str, Any] = {"model": TINY, "messages": ASK, "max_tokens": 4, **fields}
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(**body)
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == param  # type: ignore[index]
+    # Refused at the API: no request id, no record (an engine's refusal has both, failed).
+    request_id = caught.value.response.headers.get("x-request-id")
+    assert request_id is None or services.requests.get(request_id) is None
 
 
 def langchain_model(stack: BackgroundStack) -> Any:
