@@ -25,7 +25,7 @@ from openai.types.chat import (
 from pydantic import BaseModel
 
 from chalicelib.services import Services
-from first_cli.client import StreamClient
+from first_cli.client import StreamClient, StreamError
 from offline.background import BackgroundStack
 from tests.e2e.conftest import TINY
 
@@ -242,3 +242,15 @@ def test_litellm_completion_with_tools_gets_the_call(
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert valid_calls(choice.message.tool_calls)
+
+
+def test_the_websocket_api_refuses_the_same_at_the_door(stack: BackgroundStack) -> None:
+    bad_choice = {"type": "function", "function": {"name": "nope"}}
+    with (
+        StreamClient(stack.config.ws_url, stack.api_key) as ws,
+        pytest.raises(StreamError) as caught,
+    ):
+        list(ws.stream_chat(model=TINY, messages=ASK, tools=TOOLS, tool_choice=bad_choice))
+    assert caught.value.status == 400
+    assert caught.value.error["param"] == "tool_choice"
+    assert caught.value.request_id is None
