@@ -205,6 +205,9 @@ class LineChecker:
             first = exc.errors()[0]
             param = ".".join(["body", *(str(p) for p in first["loc"])])
             raise _LineError("invalid_body", f"Invalid {param}: {first['msg']}", param) from None
+        except BadRequestError as exc:  # what the model's own checks refuse (tools, formats)
+            where = f"body.{exc.param}" if exc.param else "body"
+            raise _LineError("invalid_body", exc.message, where) from None
         if self.ceiling is not None:
             try:
                 self.ceiling(req)

@@ -5,6 +5,12 @@ Plain Python (no torch, no grammar library), so any layer can check a request be
 :class:`UnsupportedSchemaError`, a 400 whose ``param`` names the request field at fault
 (``response_format``, ``tools``, ``tool_choice``, ``parallel_tool_calls``) and whose message
 says where in it. ``hpc_functions.engines.constrained`` enforces what passes.
+
+One source, two packages: ``chalicelib/protocol/schema_subset.py`` is this file but for the
+error block (there a ``BadRequestError``), so the API refuses at the door what the engine would
+refuse. The Lambda package holds only chalicelib and hpc_functions never imports chalicelib, so
+neither can import the other's; ``tests/unit/test_schema_subset_copy.py`` fails when the two
+differ and, run as a script, rewrites the copy from this file.
 """
 
 from __future__ import annotations
@@ -14,7 +20,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+# --- the error: the one block that differs in chalicelib/protocol/schema_subset.py ---------
 from hpc_functions.engines.base import EngineError
+
+
+class UnsupportedSchemaError(EngineError, ValueError):
+    """A ``response_format`` or tools request this engine cannot enforce (a 400 with ``param``)."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message, param=param)
+
+
+# --- end of the error block -------------------------------------------------------------------
 
 # OpenAI's documented limits for structured outputs and function calling.
 MAX_TOOLS = 128
@@ -106,17 +123,6 @@ _REFUSED = {
     "x-guidance": "it is an engine setting",
 }
 _LOOKAROUND = re.compile(r"\(\?<?[=!]|\\[1-9]|\\k<")
-
-
-class UnsupportedSchemaError(EngineError, ValueError):
-    """A ``response_format`` or tools request this engine cannot enforce (a 400 with ``param``)."""
-
-    def __init__(self, message: str, *, param: str) -> None:
-        super().__init__(message, param=param)
-
-
-class ConstraintError(EngineError):
-    """Generation cannot follow the grammar: the model's vocabulary cannot write what it needs."""
 
 
 def check_schema(schema: Any, *, param: str = "response_format", where: str = "schema") -> None:
@@ -300,9 +306,12 @@ def tool_plan(
     total_bytes = 0
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
             raise UnsupportedSchemaError(
-                f'{where}: only {{"type": "function"}} tools are supported', param="tools"
+                f"{where}: tools of type {str(kind)[:64]!r} are not supported; "
+                'only {"type": "function"} tools are',
+                param="tools",
             )
         function = tool.get("function")
         if not isinstance(function, dict):
