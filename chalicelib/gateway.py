@@ -33,6 +33,7 @@ from chalicelib.access import may_use
 from chalicelib.auth import Principal
 from chalicelib.ceilings import check_max_tokens
 from chalicelib.errors import (
+    BadRequestError,
     FirstError,
     ModelNotFoundError,
     NotFoundError,
@@ -164,7 +165,7 @@ class Gateway:
         req: GatewayRequest,
         wait_s: float | None = None,
     ) -> Completed:
-        self.authorize(principal, req.model, function)
+        self.authorize(principal, req, function)
         # Before admission: the rate-limit estimate multiplies max_tokens.
         check_max_tokens(self._registry.model(req.model), req)
         admission = self.admit(principal, req)
@@ -200,8 +201,10 @@ class Gateway:
         limit = self._settings.wait_timeout_s
         return limit if wait_s is None else max(0.0, min(wait_s, limit))
 
-    def authorize(self, principal: Principal, model: str, function: str) -> None:
-        """A model the caller may not use answers exactly like one that does not exist."""
+    def authorize(self, principal: Principal, req: GatewayRequest, function: str) -> None:
+        """A model the caller may not use answers exactly like one that does not exist; one that
+        cannot do what the request asks for (tools, a JSON answer) is a 400 naming the field."""
+        model = req.model
         if not self._registry.candidates(model, function) or not may_use(
             principal, self._registry.access(model)
         ):
@@ -209,6 +212,14 @@ class Gateway:
                 f"The model '{model}' does not exist or is not served for this endpoint.",
                 param="model",
             )
+        for capability, param in req.capabilities_used().items():
+            if not self._registry.supports(model, capability):
+                raise BadRequestError(
+                    f"The model '{model}' does not support {param} (see its capabilities in"
+                    f" GET /v1/models/{model}).",
+                    param=param,
+                    code=f"{capability}_not_supported",
+                )
 
     def admit(self, principal: Principal, req: GatewayRequest) -> Admission:
         """Count the request against the caller's and the model's limits, or raise 429."""

@@ -51,6 +51,14 @@ class ChatCompletionRequest(SamplingFields):
         _check_tool_turns(self.messages)
         return self
 
+    def capabilities_used(self) -> dict[str, str]:
+        used: dict[str, str] = {}
+        if self.tools and self.tool_choice != "none":
+            used["tools"] = "tools"
+        if (self.response_format or {}).get("type") in ("json_object", "json_schema"):
+            used["structured_outputs"] = "response_format"
+        return used
+
 
 def _check_tool_turns(messages: list[ChatMessage]) -> None:
     """Tool calls only from the assistant; each tool result answers a call made before it."""

@@ -40,6 +40,11 @@ class GatewayRequest(OpenAIModel):
         """The body the engine receives: what the client sent, minus gateway-only fields."""
         return self.model_dump(exclude_none=True, exclude={"stream", "stream_options"})
 
+    def capabilities_used(self) -> dict[str, str]:
+        """The registry capabilities this request needs (``Registry.supports``), each with the
+        field that asks for it: a model without one answers 400 naming that field."""
+        return {}
+
 
 class StreamOptions(OpenAIModel):
     include_usage: bool | None = None

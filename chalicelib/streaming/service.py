@@ -227,7 +227,7 @@ class StreamService:
         function: str,
         req: GatewayRequest,
     ) -> str:
-        self._gateway.authorize(principal, req.model, function)
+        self._gateway.authorize(principal, req, function)
         check_max_tokens(self._registry.model(req.model), req)
         stream_hold = self._stream_slot(principal)
         try:
