@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     # File contents up to this size are answered in the response; larger ones redirect to S3.
     file_content_inline_bytes: int = 5 * 1024 * 1024
 
+    # Globus Compute's data limits (its docs/limits.rst: "10MB" per task submission and per
+    # result since its 2024 revision; the endpoint's own result check is 10 * 1024 * 1024
+    # bytes). The local compute endpoint enforces them as the service does: the submission is
+    # the body the SDK POSTs, the result the SDK-serialized string.
+    compute_submission_limit_bytes: int = 10 * 1024 * 1024
+    compute_result_limit_bytes: int = 10 * 1024 * 1024
+
     local_endpoint_url: str = "http://127.0.0.1:8765"
     # The offline compute endpoint's per-stack secret (offline.stack makes one for each stack).
     local_endpoint_token: SecretStr | None = None

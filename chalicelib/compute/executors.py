@@ -15,13 +15,14 @@ A warm-up is an ordinary task: ``hpc_functions.warm`` with ``{"engine": ...}`` (
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
-from chalicelib.errors import UpstreamUnavailableError
+from chalicelib.errors import PayloadTooLargeError, UpstreamUnavailableError
 from chalicelib.registry import Endpoint
 
 
@@ -58,7 +59,65 @@ def start_warm(executor: TaskExecutor, function_id: str, engine: dict[str, Any])
 
 
 class RemoteTaskError(Exception):
-    """The function raised on the endpoint; the message is the remote exception's text."""
+    """The function raised on the endpoint; the message is the remote exception's text (its
+    last line: the exception, without the traceback, which is kept in ``remote_data``)."""
+
+    def __init__(self, message: str, remote_data: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_data = remote_data if remote_data is not None else message
+
+
+class TaskTooLargeError(RemoteTaskError):
+    """A task over Globus Compute's data limits (docs/scaling.md): its submission (the web
+    service refuses it, HTTP 413 ``TASK_PAYLOAD_TOO_LARGE``) or its result
+    (``MaxResultSizeExceeded`` from the endpoint). The request's failure, not the endpoint's:
+    it would fail the same way on every endpoint, so it is not retried."""
+
+    # The service's name for each: what an operator searches its documentation for.
+    SERVICE_ERRORS = {"submission": "TASK_PAYLOAD_TOO_LARGE", "result": "MaxResultSizeExceeded"}
+
+    def __init__(self, what: str, size_bytes: int, limit_bytes: int, remote_data: str) -> None:
+        self.what = what  # "submission" | "result"
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+        super().__init__(
+            f"its task {what} is {size_bytes:,} bytes, over Globus Compute's {what} limit of"
+            f" {limit_bytes:,} bytes ({self.SERVICE_ERRORS[what]})",
+            remote_data,
+        )
+
+    def failure(self, request_id: str) -> dict[str, Any]:
+        """The request's failure fields: a 413 in OpenAI's shape naming the limit."""
+        if self.what == "submission":
+            outcome, advice = "was not run", "send a smaller request"
+        else:
+            outcome, advice = "failed", "ask for less (fewer inputs, fewer or shorter choices)"
+        error = PayloadTooLargeError(
+            f"Request {request_id} {outcome}: {self}; {advice}.",
+            code=f"task_{self.what}_too_large",
+        )
+        return {"error": error.to_body()["error"], "status_code": error.STATUS_CODE}
+
+
+# What Globus Compute reports for a task that failed (the SDK's TaskExecutionFailed.remote_data):
+# parsl's WorkerLost when the worker died; the endpoint's MaxResultSizeExceeded(size, limit).
+_WORKER_LOST = re.compile(r"\s*parsl\.\S+\.WorkerLost:")
+_RESULT_TOO_LARGE = re.compile(r"MaxResultSizeExceeded\((\d+),\s*(\d+)\)")
+
+
+def remote_failure(task: str, remote_data: str) -> Exception:
+    """The poller's reading of a task that failed on its endpoint, from the service's text:
+    ``TaskLostError`` when its worker died (the infrastructure's failure: run it again),
+    ``TaskTooLargeError`` for a result over the limit, else ``RemoteTaskError`` (the request's
+    failure)."""
+    if _WORKER_LOST.search(remote_data):
+        return TaskLostError(f"{task}: worker lost")
+    too_large = _RESULT_TOO_LARGE.search(remote_data)
+    if too_large:
+        size, limit = int(too_large.group(1)), int(too_large.group(2))
+        return TaskTooLargeError("result", size, limit, remote_data)
+    lines = [line.strip() for line in remote_data.splitlines() if line.strip("-+ \t")]
+    return RemoteTaskError(lines[-1] if lines else "task failed", remote_data)
 
 
 class TaskLostError(UpstreamUnavailableError):
@@ -110,9 +169,24 @@ class LocalEndpointExecutor(Executor):
         # Submit and wait in one round trip: a short task is collected by its submission.
         # Like the Globus Compute service, a submission waits out an endpoint that is
         # restarting (the caller's lease is kept alive meanwhile) rather than failing at once.
-        state = self._call(
-            "post", "/tasks", json=body, params={"wait": self._poll_s}, timeout=self._poll_s + 10
-        ).json()
+        resp = self._call(
+            "post",
+            "/tasks",
+            json=body,
+            params={"wait": self._poll_s},
+            timeout=self._poll_s + 10,
+            refused_ok=True,
+        )
+        if resp.status_code == 413:
+            # The web service's refusal of an oversize submission (TASK_PAYLOAD_TOO_LARGE).
+            refusal = resp.json()
+            raise TaskTooLargeError(
+                "submission",
+                int(refusal["size_bytes"]),
+                int(refusal["limit_bytes"]),
+                str(refusal.get("message") or refusal.get("code")),
+            )
+        state = resp.json()
         while True:
             if state["status"] != "pending":
                 return self._outcome(state)
@@ -134,10 +208,12 @@ class LocalEndpointExecutor(Executor):
         if state["status"] == "success":
             return state["result"]
         if state["status"] == "failed":
-            raise RemoteTaskError(state.get("exception") or "task failed")
-        raise TaskLostError(state.get("exception") or f"task {state['status']}")
+            raise remote_failure(str(state.get("task_id")), str(state.get("exception") or ""))
+        raise TaskLostError(f"task {state.get('task_id')} {state['status']}")
 
-    def _call(self, method: str, path: str, *, lost_ok: bool = False, **kw: Any) -> Any:
+    def _call(
+        self, method: str, path: str, *, lost_ok: bool = False, refused_ok: bool = False, **kw: Any
+    ) -> Any:
         import requests
 
         deadline = time.monotonic() + self._unreachable_s
@@ -151,7 +227,7 @@ class LocalEndpointExecutor(Executor):
                 continue
             except requests.RequestException as exc:
                 raise UpstreamUnavailableError(f"local endpoint failed: {exc}") from exc
-            if resp.status_code == 404 and lost_ok:
+            if (resp.status_code == 404 and lost_ok) or (resp.status_code == 413 and refused_ok):
                 return resp
             if resp.status_code >= 400:
                 raise UpstreamUnavailableError(

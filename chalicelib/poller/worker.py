@@ -28,6 +28,7 @@ from chalicelib.compute.executors import (
     ExecutorPool,
     RemoteTaskError,
     TaskTimeoutError,
+    TaskTooLargeError,
 )
 from chalicelib.poller import planning
 from chalicelib.poller.accounting import Accounting
@@ -463,6 +464,9 @@ class Poller:
                 f"task of {request_id} on {endpoint.name} not done after"
                 f" {self._s.task_timeout_s:g} s"
             ) from exc
+        except TaskTooLargeError as exc:
+            # Over Globus Compute's limits: it would fail so on any endpoint, not retried.
+            return "failed", {**exc.failure(request_id), "endpoint": endpoint.name}, None
         except RemoteTaskError as exc:
             # The function itself raised on the node: the request's failure, not retried.
             failure = planning.engine_failure(request_id, str(exc))
