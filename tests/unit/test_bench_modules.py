@@ -5,7 +5,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["bench.interactive", "bench.auth_overhead", "bench.common"])
+@pytest.mark.parametrize(
+    "name", ["bench.interactive", "bench.auth_overhead", "bench.endpoint_overhead", "bench.common"]
+)
 def test_benchmark_module_imports(name: str) -> None:
     module = importlib.import_module(name)
     assert callable(getattr(module, "main", None)) or name == "bench.common"
