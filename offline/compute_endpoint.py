@@ -70,11 +70,15 @@ import uuid
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-if TYPE_CHECKING:
-    from offline.globus_engine import LocalGlobusEngine
+from offline.globus_engine import (
+    PAYLOAD_TOO_LARGE,
+    LocalGlobusEngine,
+    SubmissionTooLargeError,
+    TaskFailed,
+)
 
 HOT, STARTING, COLD, UNAVAILABLE = "hot", "starting", "cold", "unavailable"
 # Finished tasks are kept this long for late (re)attaching pollers.
@@ -88,8 +92,6 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 def _failure(exc: BaseException) -> tuple[str, str]:
     """(the service's text for a failed task, its error code)."""
-    from offline.globus_engine import TaskFailed
-
     if isinstance(exc, TaskFailed):
         return exc.remote_data, exc.code
     # The endpoint's own failure reading the result back (not the function's).
@@ -97,14 +99,10 @@ def _failure(exc: BaseException) -> tuple[str, str]:
 
 
 def _lost(exc: BaseException | None) -> bool:
-    from offline.globus_engine import TaskFailed
-
     return isinstance(exc, TaskFailed) and exc.worker_lost
 
 
 def _why(exc: BaseException) -> str:
-    from offline.globus_engine import TaskFailed
-
     return exc.summary if isinstance(exc, TaskFailed) else f"{type(exc).__name__}: {exc}"
 
 
@@ -419,8 +417,6 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self._send(400, {"error": f"bad task: {type(exc).__name__}"})
                 return
-            from offline.globus_engine import PAYLOAD_TOO_LARGE, SubmissionTooLargeError
-
             try:
                 task_id = table.submit(function_id, args, kwargs)
             except SubmissionTooLargeError as exc:
@@ -524,9 +520,6 @@ def main(argv: list[str] | None = None) -> None:
     preheat = [] if args.no_preheat else list(engines.values())
     scratch = None if args.run_dir or args.name else tempfile.mkdtemp(prefix="first-endpoint-")
     run_dir = args.run_dir or Path(scratch or settings.home / "compute" / str(args.name))
-    # Imported here: the engine's packages (parsl, globus-compute-endpoint) are the endpoint's.
-    from offline.globus_engine import LocalGlobusEngine
-
     engine = LocalGlobusEngine(
         workers=args.workers,
         run_dir=run_dir.resolve(),
