@@ -47,9 +47,10 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def start_endpoint(port: int, *args: str) -> subprocess.Popen[bytes]:
+def start_endpoint(port: int, run_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), *args],
+        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port)]
+        + ["--run-dir", str(run_dir), *args],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN},
     )
@@ -68,7 +69,9 @@ def test_endpoint_refuses_to_start_without_a_token() -> None:
     assert out.returncode == 2 and "FIRST_LOCAL_ENDPOINT_TOKEN" in out.stderr
 
 
-def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint() -> None:
+def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
+    tmp_path: Path,
+) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -81,6 +84,8 @@ def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
             "--workers",
             "1",
             "--no-preheat",
+            "--run-dir",
+            str(tmp_path),
         ],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN},
@@ -124,7 +129,7 @@ def test_a_cold_model_reports_starting_while_a_warm_task_loads_it_then_hot(
     engine = {"kind": "transformers", "model": "first/tiny-chat", "path": str(build(tmp_path))}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_endpoint(port, "--workers", "1", "--no-preheat")
+    proc = start_endpoint(port, tmp_path / "run", "--workers", "1", "--no-preheat")
     try:
         health = wait_healthy(url, proc)
         assert health["models"]["first/tiny-chat"] == "cold"
@@ -177,7 +182,8 @@ def test_a_model_whose_preheat_fails_reads_unavailable_and_an_alias_reads_as_its
     registry.write_text(json.dumps({"endpoints": [endpoint]}))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), "--workers", "1"]
+        + ["--run-dir", str(tmp_path / "run")],
         cwd=REPO_ROOT,
         env={
             **os.environ,
@@ -234,7 +240,8 @@ def strict_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), "--workers", "1"]
-        + ["--no-preheat", "--functions", "gone_functions"],
+        + ["--no-preheat", "--functions", "gone_functions"]
+        + ["--run-dir", str(tmp_path_factory.mktemp("run"))],
         cwd=REPO_ROOT,
         env={
             **os.environ,
