@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 REQS   := requirements.txt requirements-dev.txt requirements-endpoint.txt hpc_functions/requirements.txt \
           pyproject.toml
 
-.PHONY: run up down test unit integration e2e lint audit bench clean
+.PHONY: run up down test unit integration e2e lint audit bench clean browser
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,25 @@ up: $(STAMP)   ## the same in the background; returns once healthy (.first/local
 down:
 	$(PY) -m offline.stack down
 
-test: $(STAMP) ## the full suite: lint, types, unit, integration, end-to-end
+test: $(STAMP) browser ## the full suite: lint, types, unit, integration, end-to-end
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# The operator page's browser test drives Debian's chromium (Playwright's own browser download is
+# not reachable here): installed with apt when missing and apt can be used (root, or sudo without
+# a password); otherwise one line says what to run, and the browser test fails naming it.
+browser:
+	@command -v chromium >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else SUDO=none; fi; \
+	if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: chromium is missing and cannot be installed from here; run 'sudo apt-get install -y chromium' (the browser test fails until then)"; \
+	  exit 0; fi; \
+	echo "make: installing Debian's chromium for the browser test (apt-get)"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  || echo "make: 'apt-get install chromium' failed; the browser test fails until chromium is on PATH"
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
@@ -53,8 +68,10 @@ lint: $(STAMP)
 audit: $(STAMP) ## pip-audit of the pinned requirements; fails only on a known vulnerability
 	$(PY) .ci/audit.py
 
-bench: $(STAMP) ## uses the `make up` stack, or starts one for the run
-	$(PY) -m bench.interactive
+bench: $(STAMP) ## the interactive and load benchmarks (the `make up` stack, or one of their own), then the tables of README.md and docs/performance.md from their result files
+	$(PY) -m bench.interactive --requests 200 --concurrency 1 32 --max-tokens 1
+	$(PY) -m bench.load --clients 32 256 --requests-per-client 3 --max-tokens 1
+	$(PY) -m bench.report
 
 clean:
 	rm -rf $(VENV) .first

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,10 @@ from offline.background import BackgroundStack
 from offline.stack import StackConfig
 
 ENV_FILE = REPO_ROOT / ".first" / "local.env"
+# Committed: README.md's and docs/performance.md's tables are rendered from these (bench.report).
+RESULTS = REPO_ROOT / "bench" / "results"
+# Not the code measured: the result files and documents (a run rewrites some of them).
+_NOT_CODE = ("bench/results", "*.md")
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -119,3 +125,33 @@ def percentile(values: list[float], p: float) -> float:
 
 def apply_env(env: dict[str, str]) -> None:
     os.environ.update(env)
+
+
+def commit() -> str:
+    """The commit measured (``+ local changes`` when the code differs from it)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in _NOT_CODE)
+    )
+    return f"{head} + local changes" if changed else head
+
+
+def write_result(name: str, command: str, figures: dict[str, Any]) -> Path:
+    """``bench/results/<name>.json``: the figures with when, where and what was measured."""
+    measured = {
+        "date": datetime.now(UTC).date().isoformat(),
+        "commit": commit(),
+        "cores": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(
+        json.dumps({"measured": measured, "command": command, **figures}, indent=2) + "\n"
+    )
+    return path

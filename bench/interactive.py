@@ -12,7 +12,6 @@ else starts one for the run.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,8 +26,8 @@ from bench.common import (
     local_stack,
     percentile,
     stack_pids,
+    write_result,
 )
-from chalicelib.settings import REPO_ROOT
 
 MODEL = "first/tiny-chat"
 MESSAGES = [{"role": "user", "content": "Summarise the benefits of federated inference."}]
@@ -128,9 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     for r in out:
         print(f"calls per request at concurrency {r['concurrency']}: {r['aws_calls_by_operation']}")
         print(f"CPU ms per request at concurrency {r['concurrency']}: {r['cpu_ms_per_request']}")
-    results = REPO_ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "interactive.json").write_text(json.dumps(out, indent=2) + "\n")
+    command = (
+        f"python -m bench.interactive --requests {args.requests} --concurrency"
+        f" {' '.join(map(str, args.concurrency))} --max-tokens {' '.join(map(str, args.max_tokens))}"
+    )
+    write_result("interactive", command, {"phases": out})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ by id until it is completed, and each request ran on the engine exactly once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections import Counter
@@ -31,9 +30,9 @@ from bench.common import (
     local_stack,
     percentile,
     stack_pids,
+    write_result,
 )
 from bench.interactive import cpu_per_request
-from chalicelib.settings import REPO_ROOT
 
 MODEL = "first/tiny-chat"
 CLIENT_TIMEOUT_S = 60.0
@@ -141,9 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     for r in out:
         print(f"CPU ms per request at {r['clients']} clients: {r['cpu_ms_per_request']}")
         print(f"AWS calls per request at {r['clients']} clients: {r['aws_calls_per_request']}")
-    results = REPO_ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "load.json").write_text(json.dumps(out, indent=2) + "\n")
+    command = (
+        f"python -m bench.load --clients {' '.join(map(str, args.clients))}"
+        f" --requests-per-client {args.requests_per_client} --max-tokens {args.max_tokens}"
+    )
+    write_result("load", command, {"levels": out})
 
 
 if __name__ == "__main__":

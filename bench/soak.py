@@ -46,7 +46,14 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from bench.common import apply_env, children, local_stack, percentile, stack_pids
+from bench.common import (
+    apply_env,
+    children,
+    local_stack,
+    percentile,
+    stack_pids,
+    write_result,
+)
 from chalicelib.settings import REPO_ROOT
 from first_cli.client import StreamClient, StreamError
 
@@ -538,9 +545,11 @@ def main(argv: list[str] | None = None) -> None:
         apply_env(env)
         report = soak(env, args.minutes, args.concurrency, args.users)
     print_report(report)
-    results = REPO_ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+    command = (
+        f"python -m bench.soak --minutes {args.minutes:g} --concurrency {args.concurrency}"
+        f" --users {args.users}"
+    )
+    write_result("soak", command, report)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
     FirstError                      500 server_error
     ├── BadRequestError             400 invalid_request_error (param names the field)
-    │   └── PayloadTooLargeError    413 invalid_request_error
+    │   ├── PayloadTooLargeError    413 invalid_request_error
+    │   └── LengthRequiredError     411 invalid_request_error (a body without a Content-Length)
     ├── AuthenticationError         401 invalid_request_error, code invalid_api_key
     ├── PermissionDeniedError       403 invalid_request_error
     ├── NotFoundError               404 invalid_request_error
@@ -12,6 +13,7 @@
     ├── StreamGoneError             410 invalid_request_error, code connection_gone
     ├── RateLimitError              429 requests, Retry-After
     ├── EngineFailedError           500 server_error (carries the request id)
+    ├── BadGatewayError             502 server_error (``first proxy``: the gateway unreachable)
     ├── UpstreamUnavailableError    503 server_error
     └── WaitTimeoutError            504 timeout (carries the request id)
 
@@ -67,6 +69,11 @@ class PayloadTooLargeError(BadRequestError):
     CODE = "request_too_large"
 
 
+class LengthRequiredError(BadRequestError):
+    STATUS_CODE = 411
+    CODE = "length_required"
+
+
 class AuthenticationError(FirstError):
     STATUS_CODE = 401
     ERROR_TYPE = "invalid_request_error"
@@ -106,6 +113,12 @@ class EngineFailedError(FirstError):
     STATUS_CODE = 500
     ERROR_TYPE = "server_error"
     CODE = "engine_error"
+
+
+class BadGatewayError(FirstError):
+    STATUS_CODE = 502
+    ERROR_TYPE = "server_error"
+    CODE = "bad_gateway"
 
 
 class UpstreamUnavailableError(FirstError):

@@ -1,8 +1,12 @@
 """The API side of an interactive request: validate, record, enqueue, wait, answer.
 
-Per request this costs (warm process): one DynamoDB put, one SQS send, and one SQS receive shared
-by every request the reply listener wakes together; the record is read only when a notice is
-late, the result was too large for the notice, or a client asks for it by id. With rate limits
+Per request this costs (warm process): one SQS send, and one SQS receive shared by every request
+the reply listener wakes together. The request's record travels in its message, and the
+poller's claim writes it; the API writes it itself (``RequestStore.put_new``, unless it is there)
+only for a request it does not answer with a result (504, 503: the client gets the id to collect
+it by) and as the read-back of a notice that is late. The record is read only when a notice is
+late, the result was too large for the notice, or a client asks for it by id. A record too big
+for a message (``MAX_MESSAGE_BYTES``) is written first, as before. With rate limits
 configured, one conditional update per limited counter item (1–3, side by side) comes first; the
 poller gives the counters back when the request finishes.
 
@@ -15,7 +19,9 @@ wait ends (answered at once, without waiting) or is still starting when it ends.
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -43,13 +49,13 @@ from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener
-from chalicelib.stores.requests import TERMINAL, RequestStore
+from chalicelib.stores.requests import API_WRITES_AFTER_S, TERMINAL, RequestStore
 
 # A waiter re-reads the record in case its notice was lost: after 5 s, then every 10 s. A notice
 # is lost only when this process stopped listening (a frozen Lambda), so the reads are a safety
 # net, not the path: under load every early read is one more DynamoDB call per waiting request
 # (at 256 waiting clients, reads after 2 s cost more than a third of the local AWS's CPU).
-FALLBACK_READ_S = 5.0
+FALLBACK_READ_S = API_WRITES_AFTER_S
 FALLBACK_READ_MAX_S = 10.0
 _UNQUEUED = {
     "error": {
@@ -64,6 +70,9 @@ _UNQUEUED = {
 MAX_RETRY_AFTER_S = 120
 # Side-by-side AWS calls of the request path (threads only wait on sockets).
 _IO = ThreadPoolExecutor(16, thread_name_prefix="gateway-io")
+# A queue message that carries its record stays under this (SQS takes 256 KiB; a record's inline
+# payload is at most FIRST_INLINE_LIMIT_BYTES of text, which JSON escaping can make larger).
+MAX_MESSAGE_BYTES = 192 * 1024
 
 
 @dataclass(frozen=True)
@@ -126,11 +135,14 @@ class Gateway:
         self._limits = limits_config
         self._limit_store = limit_store
         self._fleet = fleet
+        # Records of submitted requests that only their queue message holds so far.
+        self._unwritten: dict[str, dict[str, Any]] = {}
+        self._unwritten_lock = threading.Lock()
 
     def list_models(self, principal: Principal) -> dict[str, Any]:
         """The models the caller may use; the others are not listed."""
         data = [
-            model_object(dep)
+            model_object(self._registry, dep)
             for m in self._registry.model_ids()
             if (dep := self._registry.model(m)) is not None and may_use(principal, dep.access)
         ]
@@ -158,6 +170,7 @@ class Gateway:
         admission = self.admit(principal, req)
         try:
             request_id = self.submit(principal, function, req, admission.hold)
+            done: Completed | None = None
             try:
                 starting_s = self._start_wait_s(req.model, function)
                 if starting_s is not None and starting_s > self._wait_limit_s(wait_s):
@@ -172,6 +185,9 @@ class Gateway:
                     raise still_running(request_id, starting_s) from exc
             finally:
                 self._replies.forget(request_id)
+                if done is None:
+                    # Not answered with its outcome: the client may collect it by id.
+                    self._write_record(request_id)
         except FirstError as exc:
             exc.headers = {**admission.headers, **exc.headers}
             raise
@@ -254,21 +270,58 @@ class Gateway:
             ),
         }
         self._replies.expect(request_id)
-        # The record write and the enqueue run side by side: both are on every request's
-        # critical path, and a poller that wins the race re-reads a missing record briefly.
-        created = _IO.submit(self._requests.create, item)
+        record = self._requests.new(item)
+        message = json.dumps({"request_id": request_id, "record": record})
+        carried = len(message.encode()) <= MAX_MESSAGE_BYTES
+        if carried:
+            with self._unwritten_lock:
+                self._unwritten[request_id] = record
+            created = None
+        else:
+            # Too big to travel in the message: written first, the message names it (the
+            # record write and the enqueue side by side; a poller that wins the race re-reads
+            # a missing record briefly).
+            message = json.dumps({"request_id": request_id})
+            created = _IO.submit(self._requests.create, item)
         try:
-            self._queue.send({"request_id": request_id})
+            self._queue.send(message)
         except Exception as exc:
-            created.result()
+            if created is not None:
+                created.result()
+            else:
+                self._forget_record(request_id)
+                self._requests.create(item)
             # Never leave a record queued that no poller will ever see.
             self._requests.fail(request_id, _UNQUEUED)
             raise UpstreamUnavailableError(
                 "The request could not be queued; try again.", request_id=request_id
             ) from exc
         # If the write failed, the message names no record: pollers drop it to the DLQ.
-        created.result()
+        if created is not None:
+            created.result()
         return request_id
+
+    def _write_record(self, request_id: str) -> dict[str, Any] | None:
+        """Write the record only the message holds (unless the poller did): a client is about
+        to get this request's id. The record as it is when the poller was first, else None."""
+        with self._unwritten_lock:
+            record = self._unwritten.pop(request_id, None)
+        if record is None:
+            return None
+        return self._requests.put_new(record)
+
+    def _forget_record(self, request_id: str) -> None:
+        with self._unwritten_lock:
+            self._unwritten.pop(request_id, None)
+
+    def _read_back(self, request_id: str) -> dict[str, Any] | None:
+        """The record, read because a notice is late: written now if only the message holds
+        it (one call either way: ``put_new`` answers with the record it finds)."""
+        with self._unwritten_lock:
+            unwritten = request_id in self._unwritten
+        if unwritten:
+            return self._write_record(request_id)
+        return self._requests.get(request_id)
 
     def wait(self, request_id: str, wait_s: float | None = None) -> Completed:
         """Wait at most ``wait_s`` (capped by the settings' bound) for the outcome."""
@@ -277,17 +330,20 @@ class Gateway:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._write_record(request_id)
                 raise still_running(request_id)
             notice = self._replies.wait(request_id, min(interval, remaining))
             interval = min(interval * 2, FALLBACK_READ_MAX_S)
             if notice is not None and notice.get("status") in TERMINAL:
+                self._forget_record(request_id)  # the poller wrote it
                 if "result" in notice or "error" in notice:
                     return self._answer(request_id, notice)
                 record = self._requests.get(request_id)
             else:
-                record = self._requests.get(request_id)
+                record = self._read_back(request_id)
                 if record is None or record["status"] not in TERMINAL:
                     continue
+                self._forget_record(request_id)
             assert record is not None
             return self._answer(request_id, self._outcome(record))
 
@@ -323,7 +379,8 @@ class Gateway:
             "result": None,
             "error": None,
         }
-        if record["status"] == "completed":
+        if record["status"] in ("completed", "cancelled"):
+            # Cancelled: a stream its client left; the result holds the tokens that ran.
             view["result"] = self._blobs.load(record, "result")
         elif record["status"] == "failed":
             try:

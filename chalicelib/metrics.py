@@ -170,9 +170,10 @@ def stream_refused(m: MetricsRecorder, *, status: int, code: str | None) -> None
 
 
 def relay_push(m: MetricsRecorder, *, outcome: str, frames: int) -> None:
-    """One push from an HPC function: ``posted``, ``duplicate`` (a retry already posted),
-    ``gone`` (the client left: the function stops generating) or ``refused`` (a bad token or
-    body, answered 4xx)."""
+    """One push from an HPC function: ``posted``, ``duplicate`` (a retry already posted, or an
+    empty push), ``gone`` (the client left: the function stops generating), ``finished`` (the
+    request is terminal: 410), ``too_large`` (a frame over 128 KB: 413, nothing posted) or
+    ``refused`` (a bad token or body, answered 4xx)."""
     m.add("RelayPushes", COUNT, 1, outcome=outcome)
     if frames:
         m.add("RelayFrames", COUNT, frames)
@@ -207,7 +208,7 @@ def request_finished(
         m.add("TimeToFirstToken", MS, ttft_ms, **where)
     m.add("PromptTokens", COUNT, prompt_tokens, **where)
     m.add("CompletionTokens", COUNT, completion_tokens, **where)
-    if status != "completed":
+    if status == "failed":  # cancelled (its client left) is counted by RequestsFinished
         m.add("RequestErrors", COUNT, 1, **where, status=str(status_code), code=code or "none")
 
 

@@ -1,4 +1,11 @@
-"""``GET /v1/models/{model}``: one model object, as ``GET /v1/models`` lists it."""
+"""``GET /v1/models/{model}``: one model object, as ``GET /v1/models`` lists it.
+
+OpenAI's model object (``id``, ``object``, ``created``, ``owned_by``) plus the gateway's fenced
+extras: ``capabilities`` (what the registry says the model can do: the routes it serves, tools,
+structured outputs, reasoning, its context length; ``chalicelib/registry.py``) and, where the
+fleet is known, ``status`` (``chalicelib/fleet.py``). The OpenAI SDK keeps extras in
+``model_extra``.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,13 @@ from chalicelib.errors import ModelNotFoundError
 from chalicelib.registry import ModelDeployment, Registry
 
 
-def model_object(deployment: ModelDeployment) -> dict[str, Any]:
+def model_object(registry: Registry, deployment: ModelDeployment) -> dict[str, Any]:
     return {
         "id": deployment.model,
         "object": "model",
         "created": 0,
         "owned_by": deployment.owned_by,
+        "capabilities": registry.capabilities(deployment.model),
     }
 
 
@@ -39,4 +47,4 @@ def retrieve_model(registry: Registry, principal: Principal, model_id: str) -> d
             f"The model '{model_id}' does not exist or you do not have access to it.",
             param="model",
         )
-    return model_object(deployment)
+    return model_object(registry, deployment)

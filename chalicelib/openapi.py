@@ -55,6 +55,53 @@ class Operation:
     description: str = ""
 
 
+# OpenAI's model object, plus the gateway's extras: what the model can do (the registry's
+# capabilities) and, where the fleet is known, its warmth.
+_MODEL: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by", "capabilities"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+        "capabilities": {
+            "type": "object",
+            "description": "What the model can do here, from the deployment registry.",
+            "required": ["routes", "tools", "structured_outputs", "reasoning", "context_length"],
+            "properties": {
+                "routes": {
+                    "type": "array",
+                    "items": {"enum": ["chat", "completions", "embeddings"]},
+                    "description": "The routes that serve it: /v1/chat/completions, "
+                    "/v1/completions, /v1/embeddings.",
+                },
+                "tools": {"type": "boolean", "description": "tools and tool_choice on chat"},
+                "structured_outputs": {
+                    "type": "boolean",
+                    "description": "response_format json_object and json_schema on chat",
+                },
+                "reasoning": {
+                    "type": "boolean",
+                    "description": "answers carry reasoning_content",
+                },
+                "context_length": {
+                    "type": ["integer", "null"],
+                    "description": "The context window in tokens; null when not configured.",
+                },
+            },
+        },
+        "status": {"enum": ["hot", "starting", "cold", "unavailable"]},
+    },
+}
+_MODEL_OK = {"application/json": _MODEL}
+_MODEL_LIST_OK = {
+    "application/json": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}},
+    }
+}
 _LIMIT = Query("limit", {"type": "integer", "minimum": 1}, "Items per page.")
 _AFTER = Query("after", {"type": "string"}, "The last id of the previous page.")
 _COMPLETION_OK = {
@@ -90,15 +137,18 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ok={"application/json": {"type": "object", "properties": {"status": {"const": "ok"}}}},
     ),
     ("/openapi.json", "GET"): Operation("This document", "meta", auth="none"),
-    ("/v1/models", "GET"): Operation("List the models", "models"),
+    ("/v1/models", "GET"): Operation("List the models", "models", ok=_MODEL_LIST_OK),
     ("/v1/models/{model}", "GET"): Operation(
-        "Retrieve a model", "models", description="The id URL-encoded (`first%2Ftiny-chat`)."
+        "Retrieve a model",
+        "models",
+        description="The id URL-encoded (`first%2Ftiny-chat`).",
+        ok=_MODEL_OK,
     ),
     ("/v1/models/{model}/{name}", "GET"): Operation(
-        "Retrieve a model whose id has a slash", "models"
+        "Retrieve a model whose id has a slash", "models", ok=_MODEL_OK
     ),
     ("/v1/models/{model}/warm", "GET"): Operation(
-        "Retrieve a model whose id is `<model>/warm`", "models"
+        "Retrieve a model whose id is `<model>/warm`", "models", ok=_MODEL_OK
     ),
     ("/v1/models/{model}/warm", "POST"): Operation(
         "Warm a model up (200 when hot, 202 while it starts)",

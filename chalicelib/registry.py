@@ -3,6 +3,17 @@
 One JSON file per stage under ``infra/deployments/`` (``local.json`` is the offline stack).
 ``${VAR}`` in engine configs expands from the environment when loaded (``FIRST_HOME`` defaults to
 the settings' home), so the same file works on any checkout.
+
+What a model can do (``capabilities``, listed by ``GET /v1/models``) follows from its entries: the
+routes its deployments serve, and from each engine config::
+
+    transformers  chat models: tools and structured outputs (constrained decoding); no reasoning
+    vllm          structured outputs on chat (vLLM's guided decoding); tools only where the
+                  engine names its "tool_call_parser", reasoning only where it names its
+                  "reasoning_parser" (the launcher starts `vllm serve` with the same parsers)
+
+A model served by several deployments can do only what every one of its chat deployments can:
+the router may send a request to any of them.
 """
 
 from __future__ import annotations
@@ -20,6 +31,11 @@ from chalicelib.access import AccessRule
 # every completion token is engine time, and a runaway request holds a worker until it is done.
 DEFAULT_MAX_TOKENS = 16384
 
+# The routes a deployment serves, by the name clients know (function names are internal).
+# Responses and Messages are not served yet: listing them would be a promise the API breaks.
+ROUTES = {"chat_completions": "chat", "completions": "completions", "embeddings": "embeddings"}
+CAPABILITIES = ("tools", "structured_outputs", "reasoning")
+
 
 @dataclass(frozen=True)
 class ModelDeployment:
@@ -31,6 +47,22 @@ class ModelDeployment:
     access: AccessRule | None = None
     # The most completion tokens one request may ask for (chalicelib/ceilings.py).
     max_tokens: int = DEFAULT_MAX_TOKENS
+    # The model's context window in tokens (vLLM's max_model_len, the tokenizer's
+    # model_max_length for the transformers engine); None when the entry does not say.
+    context_length: int | None = None
+
+    def supports(self, capability: str) -> bool:
+        """Whether this deployment can do ``capability`` (one of ``CAPABILITIES``)."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r} (one of {CAPABILITIES})")
+        kind = self.engine.get("kind")
+        if "chat_completions" not in self.endpoints or kind not in ("transformers", "vllm"):
+            return False
+        if capability == "structured_outputs":
+            return True
+        if capability == "tools":
+            return kind == "transformers" or bool(self.engine.get("tool_call_parser"))
+        return kind == "vllm" and bool(self.engine.get("reasoning_parser"))
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,7 @@ class Registry:
                         engine=dict(m["engine"]),
                         access=AccessRule.from_dict(m.get("access")),
                         max_tokens=int(m.get("max_tokens", DEFAULT_MAX_TOKENS)),
+                        context_length=_optional_int(m.get("context_length")),
                     )
                     for m in e.get("models", [])
                 ),
@@ -108,6 +141,28 @@ class Registry:
                     return m
         return None
 
+    def deployments(self, model_id: str) -> list[ModelDeployment]:
+        """Every deployment of ``model_id``, one per endpoint that serves it."""
+        return [m for e in self.endpoints for m in e.models if m.model == model_id]
+
+    def supports(self, model_id: str, capability: str) -> bool:
+        """Whether every chat deployment of ``model_id`` can do ``capability`` (False if none):
+        the router may send a chat request to any of them."""
+        chat = [m for m in self.deployments(model_id) if "chat_completions" in m.endpoints]
+        return bool(chat) and all(m.supports(capability) for m in chat)
+
+    def capabilities(self, model_id: str) -> dict[str, Any]:
+        """What ``model_id`` can do, as ``GET /v1/models`` lists it."""
+        found = self.deployments(model_id)
+        served = {f for m in found for f in m.endpoints}
+        lengths = [m.context_length for m in found if m.context_length is not None]
+        return {
+            "routes": [route for function, route in ROUTES.items() if function in served],
+            **{c: self.supports(model_id, c) for c in CAPABILITIES},
+            # The smallest window of any deployment: the one a request may land on.
+            "context_length": min(lengths) if lengths else None,
+        }
+
     def access(self, model_id: str) -> AccessRule | None:
         deployment = self.model(model_id)
         return deployment.access if deployment else None
@@ -120,3 +175,7 @@ class Registry:
             for m in e.models
             if m.model == model_id and function in m.endpoints and e.functions.get(function)
         ]
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)

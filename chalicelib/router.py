@@ -6,7 +6,7 @@ function, the order of preference is:
 
 1. usable: online (heard from within ``stale_s``) and its circuit not open;
 2. hot for this model before starting, before cold;
-3. spare capacity before full (in-flight counted across every poller);
+3. spare capacity before full (in-flight: the slots pollers lease, counted across every poller);
 4. lower load (in-flight / capacity), then higher priority, then name (stable).
 
 A circuit opens after ``failures_to_open`` consecutive infrastructure failures (a task lost with
@@ -50,6 +50,14 @@ class CircuitPolicy:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Slots of an endpoint one poller leases, until when (epoch s) unless it renews."""
+
+    slots: int
+    until: float
+
+
+@dataclass(frozen=True)
 class EndpointStatus:
     """One endpoint's live status as every poller sees it (an item of the endpoints table)."""
 
@@ -65,6 +73,10 @@ class EndpointStatus:
     ready_at: Mapping[str, float] = field(default_factory=dict)
     # model → when a warm-up was last asked for on this endpoint (epoch s).
     warming: Mapping[str, float] = field(default_factory=dict)
+    # poller → its lease on the endpoint's slots (``inflight`` is their sum), and poller → when
+    # it last found the endpoint full (``chalicelib/poller/capacity.py``).
+    leases: Mapping[str, Lease] = field(default_factory=dict)
+    wants: Mapping[str, float] = field(default_factory=dict)
 
 
 def circuit(status: EndpointStatus, now: float, policy: CircuitPolicy) -> str:

@@ -251,9 +251,17 @@ class Services:
 
     @cached_property
     def relay(self) -> Relay:
+        from chalicelib.logs import get_logger
         from chalicelib.streaming.relay import Relay
 
-        return Relay(self.settings.stream_key_bytes, self.connection_poster, self.api_metrics)
+        return Relay(
+            self.settings.stream_key_bytes,
+            self.connection_poster,
+            self.api_metrics,
+            requests=self.requests,
+            recheck_s=self.settings.stream_status_recheck_s,
+            logger=get_logger("first-relay"),
+        )
 
     @cached_property
     def streams(self) -> StreamService:
@@ -313,6 +321,7 @@ class Services:
     @cached_property
     def batch_api(self) -> BatchApi:
         from chalicelib.batch.api import BatchApi
+        from chalicelib.logs import get_logger
 
         return BatchApi(
             settings=self.settings,
@@ -320,4 +329,6 @@ class Services:
             batches=self.batch_store,
             objects=self.objects,
             queue=self.batch_queue,
+            logger=get_logger("first-api"),
+            recorder=self.api_metrics,
         )

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     # A request whose endpoints are all at capacity waits in its poller's line this long for a
     # slot (its lease kept alive) before it is put back on the queue with a backoff.
     poller_slot_wait_s: float = 900.0
+    # Endpoint slots a poller leases (chalicelib/poller/capacity.py): a lease not renewed this
+    # long (its poller died) is taken back by a peer, about when the dead poller's messages
+    # reappear; a slot unused this long goes back to the shared count.
+    poller_slot_lease_s: float = 10.0
+    poller_slot_linger_s: float = 1.0
+    # While requests wait for endpoint slots (the endpoints are the bottleneck), the poller
+    # waits up to this long to share SQS calls: notices to one API process go out together and
+    # new messages are received several at a time. Idle or below capacity it never waits.
+    poller_share_wait_s: float = 0.1
     # How long a request waits in the poller while no endpoint serving its model is online
     # (starting up, restarting, circuit open) before it is retried with back-off.
     poller_offline_wait_s: float = 30.0
@@ -103,6 +112,20 @@ class Settings(BaseSettings):
     model_start_estimate_s: float = 60.0
     # After this many receives a message goes to the DLQ (redrive policy in the template).
     max_receive_count: int = 3
+    # Globus Compute's hosted service refuses a submission over 5 MB and a task result over
+    # 512 KB (its docs/limits.rst; the SDK states no byte figure, so the stricter, decimal
+    # reading). The poller's executors refuse a task over the first before sending it; the
+    # offline endpoint enforces both as the service does (offline/globus_engine.py: the body
+    # the SDK POSTs; the SDK-serialized result, checked by the engine's execute_task). NB: the
+    # limits page has said 10MB for both since its April 2024 revision, and the endpoint's own
+    # result check defaults to 10 * 1024 * 1024 (docs/hpc.md "Limits"): these are stricter.
+    compute_submit_limit_bytes: int = 5 * 1000 * 1000
+    compute_result_limit_bytes: int = 512 * 1000
+    # Interactive request bodies and results over this travel by S3 instead of inside the task
+    # (presigned URLs: HPC nodes hold no AWS credentials; docs/hpc.md "Large requests").
+    # Off, they travel inline and fail at those limits as they would on the service.
+    compute_offload: bool = True
+    compute_offload_over_bytes: int = 256 * 1024
     # Reply queues (chalicelib/stores/replies.py, sweeper.py): a live listener refreshes its
     # queue's last-used tag this often; the hourly sweep deletes queues unused for this long.
     reply_queue_touch_s: float = 3600.0
@@ -127,13 +150,6 @@ class Settings(BaseSettings):
     presigned_url_ttl_s: int = 6 * 3600
     # File contents up to this size are answered in the response; larger ones redirect to S3.
     file_content_inline_bytes: int = 5 * 1024 * 1024
-
-    # Globus Compute's data limits (its docs/limits.rst: "10MB" per task submission and per
-    # result since its 2024 revision; the endpoint's own result check is 10 * 1024 * 1024
-    # bytes). The local compute endpoint enforces them as the service does: the submission is
-    # the body the SDK POSTs, the result the SDK-serialized string.
-    compute_submission_limit_bytes: int = 10 * 1024 * 1024
-    compute_result_limit_bytes: int = 10 * 1024 * 1024
 
     local_endpoint_url: str = "http://127.0.0.1:8765"
     # The offline compute endpoint's per-stack secret (offline.stack makes one for each stack).
@@ -161,6 +177,10 @@ class Settings(BaseSettings):
     # Streamed requests one user may have in flight at once, over all their connections (429
     # beyond; 0: no limit). Each holds a GPU slot for as long as the client keeps reading.
     stream_max_per_user: int = 16
+    # The relay reads a streaming request's status at most this often per request and process:
+    # pushes after the request finished are refused (410) within this bound, and a stream's
+    # pushes cost one read per this many seconds, not one each.
+    stream_status_recheck_s: float = 1.0
 
     # Usage and metrics (docs/operations.md "Metrics", "Usage"). A usage record per finished
     # request is kept this long (TTL); long-running processes (poller, batch worker) flush their
@@ -201,6 +221,17 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _offload_under_the_limits(self) -> Settings:
+        # A result just under the threshold travels inline: it must fit the result limit.
+        over = self.compute_offload_over_bytes
+        if self.compute_offload and over >= self.compute_result_limit_bytes:
+            raise ValueError(
+                f"compute_offload_over_bytes ({over}) must be under compute_result_limit_bytes"
+                f" ({self.compute_result_limit_bytes})"
+            )
+        return self
 
     @property
     def local_endpoint_token_value(self) -> str:

@@ -3,6 +3,9 @@
 Over plain HTTP (a Lambda returns one body) ``stream=true`` is buffered: the whole completion is
 computed, then sent as the chunk sequence the OpenAI SDK parses: a role chunk, content chunks,
 a finish chunk per choice, the usage chunk when ``stream_options.include_usage``, ``[DONE]``.
+Tool calls stream as OpenAI streams them: per call, one chunk with its ``index``, ``id``,
+``type`` and name (``arguments: ""``), then the arguments in pieces under the same ``index``;
+``reasoning_content`` (where an engine wrote some) comes before the content, in pieces too.
 Live token streams go over the WebSocket API instead.
 """
 
@@ -15,6 +18,8 @@ from typing import Any
 
 # Split after whitespace so each chunk carries a word and its trailing space, as engines do.
 _PIECES = re.compile(r"\S+\s*|\s+")
+# A tool call's arguments (JSON, rarely any whitespace) go in pieces of a few tokens' worth.
+ARGUMENT_PIECE_CHARS = 16
 
 
 def _pieces(text: str) -> list[str]:
@@ -43,13 +48,40 @@ def chat_chunks(response: dict[str, Any], include_usage: bool) -> Iterator[dict[
 
     for choice in response["choices"]:
         idx = choice["index"]
-        yield chunk(idx, {"role": "assistant", "content": ""}, None)
-        for piece in _pieces(choice["message"].get("content") or ""):
+        message = choice["message"]
+        calls = message.get("tool_calls") or []
+        content = message.get("content")
+        yield chunk(
+            idx, {"role": "assistant", "content": None if calls and not content else ""}, None
+        )
+        for piece in _pieces(message.get("reasoning_content") or ""):
+            if piece:
+                yield chunk(idx, {"reasoning_content": piece}, None)
+        for piece in _pieces(content or ""):
             if piece:
                 yield chunk(idx, {"content": piece}, None)
+        for delta in tool_call_deltas(calls):
+            yield chunk(idx, delta, None)
         yield chunk(idx, {}, choice["finish_reason"])
     if include_usage:
         yield {**base, "choices": [], "usage": response.get("usage")}
+
+
+def tool_call_deltas(calls: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The deltas OpenAI streams a message's ``tool_calls`` in: the head, then the arguments."""
+    for index, call in enumerate(calls):
+        function = call.get("function") or {}
+        head = {
+            "index": index,
+            "id": call.get("id"),
+            "type": call.get("type", "function"),
+            "function": {"name": function.get("name"), "arguments": ""},
+        }
+        yield {"tool_calls": [head]}
+        arguments = function.get("arguments") or ""
+        for start in range(0, len(arguments), ARGUMENT_PIECE_CHARS):
+            piece = arguments[start : start + ARGUMENT_PIECE_CHARS]
+            yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
 
 
 def completion_chunks(response: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:

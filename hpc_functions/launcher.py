@@ -12,6 +12,8 @@ Run from a Globus Compute endpoint's ``worker_init`` (see ``infra/globus-compute
                  "port": 8001,                    # default: --base-port + index
                  "tensor_parallel_size": 4,       # default 1
                  "max_model_len": 8192,           # optional
+                 "tool_call_parser": "llama3_json",  # optional: tools with tool_choice auto
+                 "reasoning_parser": "deepseek_r1",  # optional: reasoning_content
                  "startup_timeout_s": 1800,       # optional; --timeout otherwise
                  "env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"},
                  "extra_args": ["--gpu-memory-utilization", "0.9"]}]}
@@ -22,6 +24,11 @@ shell. Idempotent: a model already healthy on its port, or already started by an
 (its pid file names a live process), is not started again. Exit status 0 when every model is
 healthy; 1 otherwise, with the tail of each failed model's log on stderr so the batch job's
 output says why; 2 for a bad config or no ``vllm`` executable.
+
+A model's ``tool_call_parser`` and ``reasoning_parser`` are the ones its registry entry names
+(``infra/deployments/``): the gateway lists the model as able to call tools (and reason) from the
+registry, and vLLM does it only when started with ``--enable-auto-tool-choice --tool-call-parser``
+(``--reasoning-parser``).
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ class ModelSpec:
     port: int
     tensor_parallel_size: int = 1
     max_model_len: int | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
     startup_timeout_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
@@ -78,6 +87,8 @@ class ModelSpec:
                 port=int(data.get("port") or default_port),
                 tensor_parallel_size=int(data.get("tensor_parallel_size") or 1),
                 max_model_len=None if max_len is None else int(max_len),
+                tool_call_parser=_optional_name(data, "tool_call_parser"),
+                reasoning_parser=_optional_name(data, "reasoning_parser"),
                 startup_timeout_s=None if timeout is None else float(timeout),
                 env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
                 extra_args=tuple(str(a) for a in data.get("extra_args") or ()),
@@ -95,8 +106,21 @@ class ModelSpec:
         cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
         if self.max_model_len is not None:
             cmd += ["--max-model-len", str(self.max_model_len)]
+        if self.tool_call_parser is not None:
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
+        if self.reasoning_parser is not None:
+            cmd += ["--reasoning-parser", self.reasoning_parser]
         cmd += ["--served-model-name", self.served_model_name, *self.extra_args]
         return cmd
+
+
+def _optional_name(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key} must be a parser name, got {value!r}")
+    return value
 
 
 @dataclass

@@ -5,16 +5,19 @@ poller mints the capability token). The engine's chunks are read in this thread 
 background sender, so generation never waits on the network; the sender pushes what has gathered
 as soon as a token is there and the last push is more than ``flush_ms`` old, or ``flush_tokens``
 tokens have gathered, one push at a time, numbered from 1, each retried with the same number
-(the relay and the clients drop what they already have). A 410 from the relay means the client
-is gone: generation is cancelled and the function returns what ran. The function's result is
-the plain one (the whole response, assembled from the chunks) plus ``stream_stats``, so the
-gateway stores it exactly as a non-streamed result.
+(the relay and the clients drop what they already have). A chunk too large for one WebSocket
+frame (128 KB) is cut into several, and a large batch into several pushes (``plan_pushes``). A 410 from the relay means the client
+is gone: generation is cancelled and the function returns what ran, ``stream_stats.cancelled``
+true (the gateway stores the request ``cancelled``). The function's result is the plain one (the
+whole response, assembled from the chunks) plus ``stream_stats``, so the gateway stores it
+exactly as a non-streamed result.
 
 Self-contained like every HPC function: no chalicelib, no boto3; ``requests`` only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,6 +26,13 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# API Gateway delivers a WebSocket frame of at most 128 KB; the relay wraps each chunk in a frame
+# (type, ids, seq, part: well under 4 KB with the longest client id) and refuses a push holding
+# one over the limit (413). A chunk is split to fit, and a push carries at most this much (the
+# relay's body limit is 6 MB) and the relay's 1,024 chunks.
+MAX_CHUNK_BYTES = 124 * 1024
+MAX_PUSH_BYTES = 1024 * 1024
+MAX_CHUNKS_PER_PUSH = 1024
 PUSH_RETRIES = 3
 PUSH_BACKOFF_S = (0.05, 0.2, 0.5)
 PUSH_TIMEOUT_S = (5.0, 15.0)
@@ -35,8 +45,33 @@ CLOSE_TIMEOUT_S = 30.0
 
 def _choice_tokens(choice: dict[str, Any]) -> int:
     delta = choice.get("delta")
-    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-    return 1 if text else 0
+    if not isinstance(delta, dict):
+        return 1 if choice.get("text") else 0
+    # vLLM's reasoning parsers stream the thinking as delta.reasoning_content: tokens too.
+    return 1 if any(delta.get(k) for k in ("content", "reasoning_content", "tool_calls")) else 0
+
+
+# The delta fields whose pieces join into one text.
+_TEXT_FIELDS = ("content", "reasoning_content")
+
+
+def merge_tool_calls(calls: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """Adds streamed ``delta.tool_calls`` entries to ``calls`` (copies, merged by ``index``):
+    the first entry of a call gives its id, type and name, later ones add to its arguments."""
+    for entry in entries:
+        call = next((c for c in calls if c.get("index") == entry.get("index")), None)
+        if call is None:
+            calls.append({**entry, "function": dict(entry.get("function") or {})})
+            continue
+        function = call.setdefault("function", {})
+        for key, value in (entry.get("function") or {}).items():
+            if key == "arguments":
+                function["arguments"] = (function.get("arguments") or "") + (value or "")
+            elif function.get(key) is None:
+                function[key] = value
+        for key, value in entry.items():
+            if key != "function" and call.get(key) is None:
+                call[key] = value
 
 
 class Coalescer:
@@ -78,12 +113,19 @@ class Coalescer:
             merged = {k: v for k, v in choice.items()}
             if isinstance(choice.get("delta"), dict):
                 merged["delta"] = dict(choice["delta"])
+                if choice["delta"].get("tool_calls"):  # merged into later: a copy of its own
+                    merged["delta"]["tool_calls"] = []
+                    merge_tool_calls(merged["delta"]["tool_calls"], choice["delta"]["tool_calls"])
             self._choices[index] = merged
         elif isinstance(choice.get("delta"), dict):
             delta = current["delta"]
             for key, value in choice["delta"].items():
-                if key == "content" and value is not None:
-                    delta["content"] = (delta.get("content") or "") + value
+                if key in _TEXT_FIELDS and value is not None:
+                    delta[key] = (delta.get(key) or "") + value
+                elif key == "tool_calls" and value:
+                    calls = delta.get("tool_calls") or []
+                    merge_tool_calls(calls, value)
+                    delta["tool_calls"] = calls
                 elif key not in delta or delta[key] is None:
                     delta[key] = value
         else:
@@ -114,6 +156,116 @@ class Coalescer:
         self._finished = False
         self.last_flush = now
         return out
+
+
+# -- splitting under the frame limit (pure) ------------------------------------------------
+
+
+def _size(obj: Any) -> int:
+    """Bytes of ``obj`` as the relay renders it in a frame (compact, ASCII-escaped JSON)."""
+    return len(json.dumps(obj, separators=(",", ":")))
+
+
+def _cut(text: str, room: int) -> list[str]:
+    """``text`` in consecutive pieces, each at most ``room`` bytes once JSON-escaped (a
+    character takes 1 to 12 bytes: ``\\ud83d\\ude00``)."""
+    pieces: list[str] = []
+    i = 0
+    while i < len(text):
+        n = min(len(text) - i, room)
+        while (size := _size(text[i : i + n]) - 2) > room:
+            n = min(n - 1, max(1, n * room // size))
+        pieces.append(text[i : i + n])
+        i += n
+    return pieces
+
+
+def split_chunk(chunk: dict[str, Any], limit: int = MAX_CHUNK_BYTES) -> list[dict[str, Any]]:
+    """``chunk`` as chunks of at most ``limit`` bytes each, by cutting its one choice's text
+    (``delta.content`` or ``text``): the first piece keeps the choice's other fields (role,
+    logprobs), the last its finish reason. A chunk that is small enough, or whose size is not in
+    its text, is returned as it is (the relay refuses it; the sender counts it and goes on)."""
+    if _size(chunk) <= limit or len(chunk.get("choices") or []) != 1:
+        return [chunk]
+    choice = chunk["choices"][0]
+    chat = isinstance(choice.get("delta"), dict)
+    if chat and choice["delta"].get("tool_calls"):
+        return _split_tool_calls(chunk, limit)
+    text = choice["delta"].get("content") if chat else choice.get("text")
+    if not isinstance(text, str) or not text:
+        return [chunk]
+
+    def with_text(base: dict[str, Any], piece: str, finish: Any) -> dict[str, Any]:
+        out = {**base, "finish_reason": finish}
+        if chat:
+            out["delta"] = {**base["delta"], "content": piece}
+        else:
+            out["text"] = piece
+        return {**chunk, "choices": [out]}
+
+    room = limit - _size(with_text(choice, "", None))
+    if room < 1024:
+        return [chunk]
+    rest: dict[str, Any] = {"index": choice.get("index", 0), "logprobs": None}
+    if chat:
+        rest["delta"] = {}
+    pieces = _cut(text, room)
+    last = len(pieces) - 1
+    return [
+        with_text(
+            choice if i == 0 else rest, piece, choice.get("finish_reason") if i == last else None
+        )
+        for i, piece in enumerate(pieces)
+    ]
+
+
+def _split_tool_calls(chunk: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """A chat chunk carrying ``delta.tool_calls`` as chunks of one call entry each, a long
+    ``arguments`` cut in pieces: the first piece keeps the entry's id, type and name and the
+    delta's other fields, the last chunk the finish reason."""
+    choice = chunk["choices"][0]
+    head = {k: v for k, v in choice["delta"].items() if k != "tool_calls"}
+    finish = choice.get("finish_reason")
+
+    def with_entry(delta: dict[str, Any], entry: dict[str, Any], last: bool) -> dict[str, Any]:
+        part = {**choice, "delta": {**delta, "tool_calls": [entry]}, "finish_reason": None}
+        if last:
+            part["finish_reason"] = finish
+        return {**chunk, "choices": [part]}
+
+    entries: list[dict[str, Any]] = []
+    for entry in choice["delta"]["tool_calls"]:
+        function = entry.get("function") or {}
+        first = {**entry, "function": {**function, "arguments": ""}}
+        room = limit - _size(with_entry(head, first, True))
+        if room < 1024:
+            return [chunk]
+        pieces = _cut(str(function.get("arguments") or ""), room) or [""]
+        entries.append({**first, "function": {**function, "arguments": pieces[0]}})
+        entries.extend(
+            {"index": entry.get("index"), "function": {"arguments": p}} for p in pieces[1:]
+        )
+    last = len(entries) - 1
+    return [with_entry(head if i == 0 else {}, entry, i == last) for i, entry in enumerate(entries)]
+
+
+def plan_pushes(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The coalesced ``batch`` as pushes, in order: every chunk split under the frame limit,
+    each push at most ``MAX_PUSH_BYTES`` and ``MAX_CHUNKS_PER_PUSH`` chunks."""
+    pushes: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for chunk in batch:
+        for piece in split_chunk(chunk):
+            n = _size(piece)
+            if current and (size + n > MAX_PUSH_BYTES or len(current) >= MAX_CHUNKS_PER_PUSH):
+                pushes.append(current)
+                current, size = [], 0
+            current.append(piece)
+            size += n
+    if current:
+        pushes.append(current)
+    return pushes
 
 
 # -- the sender ------------------------------------------------------------------------------
@@ -184,19 +336,20 @@ class RelaySender:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self.seq += 1
-            try:
-                self._push({"seq": self.seq, "chunks": batch})
-            except RelayGoneError as exc:
-                log.info("stream stopped by the relay: %s", exc)
-                with self._cond:
-                    self.gone = True
-                if self._on_gone is not None:
-                    self._on_gone()
-                return
-            except Exception as exc:  # noqa: BLE001 - counted; the result is stored anyway
-                self.stats["push_failures"] += 1
-                log.warning("push %d lost after retries: %s", self.seq, type(exc).__name__)
+            for chunks in plan_pushes(batch):
+                self.seq += 1
+                try:
+                    self._push({"seq": self.seq, "chunks": chunks})
+                except RelayGoneError as exc:
+                    log.info("stream stopped by the relay: %s", exc)
+                    with self._cond:
+                        self.gone = True
+                    if self._on_gone is not None:
+                        self._on_gone()
+                    return
+                except Exception as exc:  # noqa: BLE001 - counted; the result is stored anyway
+                    self.stats["push_failures"] += 1
+                    log.warning("push %d lost after retries: %s", self.seq, type(exc).__name__)
 
     def _push(self, body: dict[str, Any]) -> None:
         import requests
@@ -232,6 +385,8 @@ class Assembler:
     def __init__(self) -> None:
         self.first: dict[str, Any] | None = None
         self.texts: dict[int, str] = {}
+        self.tool_calls: dict[int, list[dict[str, Any]]] = {}
+        self.reasoning: dict[int, str] = {}
         self.finish: dict[int, str | None] = {}
         self.usage: dict[str, Any] | None = None
         self.token_chunks = 0
@@ -248,21 +403,38 @@ class Assembler:
             delta = choice.get("delta")
             piece = (delta.get("content") if isinstance(delta, dict) else choice.get("text")) or ""
             self.texts[index] = self.texts.get(index, "") + piece
-            tokens += 1 if piece else 0
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if calls:
+                merge_tool_calls(self.tool_calls.setdefault(index, []), calls)
+            thought = (delta.get("reasoning_content") if isinstance(delta, dict) else None) or ""
+            if thought:
+                self.reasoning[index] = self.reasoning.get(index, "") + thought
+            tokens += 1 if piece or calls or thought else 0
             if choice.get("finish_reason") is not None or index not in self.finish:
                 self.finish[index] = choice.get("finish_reason")
         self.token_chunks += tokens
         return tokens > 0
 
-    def response(self, kind: str) -> dict[str, Any]:
+    def response(self, kind: str, cancelled: bool = False) -> dict[str, Any]:
+        """The plain response. A cancelled stream's choices have no finish reason (null): the
+        engine may still name one (the transformers engine ends its stream with "stop" or
+        "length" when its generation is stopped), but the end was the client's."""
         first = self.first or {}
         chat = kind == "chat_completions"
         choices: list[dict[str, Any]] = []
         for index in sorted(self.texts) or [0]:
             text = self.texts.get(index, "")
-            finish = self.finish.get(index) or "stop"
+            finish = None if cancelled else self.finish.get(index) or "stop"
             if chat:
-                message = {"role": "assistant", "content": text, "refusal": None}
+                message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+                if self.reasoning.get(index):  # as vLLM answers it unstreamed
+                    message["reasoning_content"] = self.reasoning[index]
+                calls = self.tool_calls.get(index)
+                if calls:  # as OpenAI answers a call: null content, the calls without index
+                    message["content"] = None
+                    message["tool_calls"] = [
+                        {k: v for k, v in c.items() if k != "index"} for c in calls
+                    ]
                 choices.append(
                     {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
                 )
@@ -294,8 +466,8 @@ class Assembler:
 
 def run_stream_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
     """Run one streaming task; the plain result plus ``stream_stats``."""
-    from hpc_functions.engines import get_engine
     from hpc_functions.engines.base import EngineError
+    from hpc_functions.engines.warm import get_engine
 
     stream = task["stream"]
     started_at = time.time()
@@ -336,7 +508,7 @@ def run_stream_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
     finished_at = time.time()
     engine_time_ms = (time.perf_counter() - started) * 1000.0
     sender.close()
-    response = assembler.response(kind)
+    response = assembler.response(kind, cancel.is_set())
     max_tokens = task["body"].get("max_completion_tokens") or task["body"].get("max_tokens")
     stats = {
         "started_at": round(started_at, 6),

@@ -30,6 +30,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from offline.moto_memory import memory_report, stop_instance_tracking
 from offline.moto_transactions import stop_table_copies
+from offline.s3_events import add_sequencers
 from offline.s3_post_policy import PostPolicyLimits
 
 COUNTER_PATH = "/_first/calls"
@@ -156,6 +157,8 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
     stop_instance_tracking()
     # Else each transaction deep-copies every table it touches: a request costs O(table size).
     stop_table_copies()
+    # moto's queue events lack the sequencer that orders the writes of one key (the drop folder).
+    add_sequencers()
     # moto stores a form upload whatever its policy's content-length-range says; S3 refuses it.
     app = CountingApp(AtomicDynamoDB(PostPolicyLimits(_Dispatcher(create_backend_app))))
     return make_server(host, port, app, threaded=True, request_handler=_Handler)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.settings import REPO_ROOT
-from offline.stack import StackConfig, wait_until
+from offline.config import StackConfig, wait_until
 
 
 def _alive(pid: int) -> bool:

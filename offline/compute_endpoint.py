@@ -5,7 +5,7 @@ poller killed mid-request can restart and collect the result. Tasks run through 
 own machinery (``offline.globus_engine``): packed as the SDK packs them, executed by
 ``globus-compute-endpoint``'s ``GlobusComputeEngine`` in a worker pool whose workers keep their
 engines warm between tasks, exactly like ``hpc_functions`` on a GPU node, and held to the hosted
-service's limits (``FIRST_COMPUTE_SUBMISSION_LIMIT_BYTES``, ``FIRST_COMPUTE_RESULT_LIMIT_BYTES``).
+service's limits (``FIRST_COMPUTE_SUBMIT_LIMIT_BYTES``, ``FIRST_COMPUTE_RESULT_LIMIT_BYTES``).
 
 HTTP, JSON in and out, 127.0.0.1 only. Every route but ``/health`` needs the stack's secret
 (``FIRST_LOCAL_ENDPOINT_TOKEN``, made per stack by ``offline.stack``) as
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         run_dir=run_dir.resolve(),
         functions=dict(importlib.import_module(args.functions).FUNCTIONS),
-        submission_limit_bytes=settings.compute_submission_limit_bytes,
+        submission_limit_bytes=settings.compute_submit_limit_bytes,
         result_limit_bytes=settings.compute_result_limit_bytes,
         max_retries_on_system_failure=args.max_retries_on_system_failure,
         worker_init=args.worker_init,

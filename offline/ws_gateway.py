@@ -6,6 +6,7 @@ Gateway sends a WebSocket API's Lambda functions, and calls the app's handlers a
 
     handshake          → $connect    (headers, query string); a non-2xx answer refuses it
     each text message  → $default    (body), on a pool of threads like concurrent Lambdas
+    a binary message   → closed with 1003, as API Gateway does (it serves text frames only)
     close              → $disconnect
 
 ``Connections`` is the management API (``POST`` / ``GET`` / ``DELETE /@connections/{id}``) the
@@ -31,14 +32,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from chalice.app import Chalice
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
+
+# A post larger than MAX_FRAME_BYTES (128 KB) is refused as API Gateway refuses it (413
+# PayloadTooLargeException); a message that large from a client closes its connection (1009).
+from chalicelib.stores.websocket import MAX_FRAME_BYTES as MAX_FRAME_BYTES
 
 logger = logging.getLogger(__name__)
 
 API_ID = "local"
-# A post larger than this is refused, as API Gateway refuses frames over 128 KB.
-MAX_FRAME_BYTES = 128 * 1024
 # How long a post waits for a connection whose handshake is finishing.
 OPEN_WAIT_S = 5.0
 _GONE = {"message": "Gone", "__type": "GoneException"}
@@ -252,7 +256,12 @@ class WsGateway:
         self.connections.add(connection_id, connection)
         try:
             for message in connection:
-                text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+                if not isinstance(message, str):
+                    # API Gateway's WebSocket API takes text frames only: a binary one closes
+                    # the connection with 1003 (unsupported data) before any route sees it.
+                    connection.close(CloseCode.UNSUPPORTED_DATA, "Binary frames are not supported")
+                    break
+                text = message
                 context = self._context("$default", "MESSAGE", connection_id)
                 context["messageId"] = uuid.uuid4().hex
                 event = {"requestContext": context, "body": text, "isBase64Encoded": False}

@@ -14,6 +14,7 @@ client copies the session's event hooks when it is created.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from typing import Any
@@ -24,14 +25,23 @@ import boto3
 class CallCounter:
     def __init__(self, session: boto3.Session) -> None:
         self._calls: Counter[str] = Counter()
+        self._tables: Counter[str] = Counter()
         self._lock = threading.Lock()
         session.events.register("before-send", self._count)
 
-    def _count(self, event_name: str, **_: Any) -> None:
+    def _count(self, event_name: str, request: Any = None, **_: Any) -> None:
         # "before-send.<service id>.<Operation>"
         _, service, operation = event_name.split(".", 2)
+        table = _table_of(request) if service == "dynamodb" else None
         with self._lock:
             self._calls[f"{service}.{operation}"] += 1
+            if table is not None:
+                self._tables[f"{service}.{operation} {table}"] += 1
+
+    def on_table(self, operation: str, table: str) -> int:
+        """Calls of ``operation`` (``"dynamodb.UpdateItem"``) that named ``table``."""
+        with self._lock:
+            return self._tables[f"{operation} {table}"]
 
     @property
     def by_operation(self) -> dict[str, int]:
@@ -46,3 +56,14 @@ class CallCounter:
     def reset(self) -> None:
         with self._lock:
             self._calls.clear()
+            self._tables.clear()
+
+
+def _table_of(request: Any) -> str | None:
+    """The ``TableName`` of a DynamoDB call (its JSON body), if it names one."""
+    try:
+        body = json.loads(request.body or b"{}")
+    except (AttributeError, TypeError, ValueError):
+        return None
+    name = body.get("TableName") if isinstance(body, dict) else None
+    return name if isinstance(name, str) else None

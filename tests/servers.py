@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-S = TypeVar("S", bound=socketserver.BaseServer)
+
+class Server(Protocol):
+    """``socketserver``'s three methods (``first proxy`` has them too)."""
+
+    def serve_forever(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def server_close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Server)
 
 
 @contextmanager

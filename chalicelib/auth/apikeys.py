@@ -30,6 +30,24 @@ def principal_of(item: dict[str, Any]) -> Principal:
     )
 
 
+def user_principal(user: str, keys: list[dict[str, Any]]) -> Principal | None:
+    """The principal of ``user`` acting without a key (the drop folder): the one REST builds
+    from the user's active keys (``KeyStore.user_keys``), or None when there is none (an unknown
+    or revoked user). Keys that disagree grant only what all of them grant: the groups every
+    key has, the domain only if all name it, ``service`` only if all are service keys."""
+    principals = [principal_of(k) for k in keys if k.get("active", True) and k["user"] == user]
+    if not principals:
+        return None
+    domains = {p.idp_domain for p in principals}
+    return Principal(
+        id=user,
+        username=user,
+        kind="service" if all(p.kind == "service" for p in principals) else "user",
+        idp_domain=domains.pop() if len(domains) == 1 else None,
+        groups=frozenset.intersection(*(p.groups for p in principals)),
+    )
+
+
 class ApiKeyAuthenticator:
     def __init__(
         self,

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from aws_lambda_powertools import Logger
 
 from chalicelib.auth import Principal
 from chalicelib.batch.multipart import field_text, parse_form
 from chalicelib.errors import BadRequestError, NotFoundError, PayloadTooLargeError
+from chalicelib.logs import get_logger
+from chalicelib.metrics import MetricsRecorder, handled_errors
 from chalicelib.protocol.batches import (
     COMPLETION_WINDOW_S,
     CreateBatchRequest,
@@ -24,6 +30,7 @@ from chalicelib.protocol.batches import (
     file_object,
     list_object,
 )
+from chalicelib.protocol.bounds import MAX_FILENAME_BYTES
 from chalicelib.protocol.common import load_json, parse_body
 from chalicelib.settings import Settings
 from chalicelib.stores.batches import BatchConflictError, BatchStore
@@ -45,6 +52,25 @@ class Content:
 
 def file_key(file_id: str) -> str:
     return f"files/{file_id}"
+
+
+def check_filename(filename: Any) -> str:
+    """A file's name as given (a name, never a path: the bytes live under ``files/<id>``), or a
+    400 naming ``filename``: at most ``MAX_FILENAME_BYTES`` of UTF-8, no control characters."""
+    if not isinstance(filename, str) or not filename:
+        raise BadRequestError("filename must be a non-empty string.", param="filename")
+    try:
+        size = len(filename.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequestError("filename must be valid Unicode.", param="filename") from None
+    if size > MAX_FILENAME_BYTES:
+        raise BadRequestError(
+            f"filename is {size} bytes of UTF-8; at most {MAX_FILENAME_BYTES} are allowed.",
+            param="filename",
+        )
+    if any(unicodedata.category(c) == "Cc" for c in filename):
+        raise BadRequestError("filename must not contain control characters.", param="filename")
+    return filename
 
 
 def _limit(query: dict[str, str], default: int, maximum: int) -> int:
@@ -69,12 +95,18 @@ class BatchApi:
         batches: BatchStore,
         objects: ObjectStore,
         queue: RequestQueue,
+        logger: Logger | None = None,
+        recorder: MetricsRecorder | None = None,
     ) -> None:
         self._s = settings
         self._files = files
         self._batches = batches
         self._objects = objects
         self._queue = queue
+        self._log = logger or get_logger("first-api")
+        self._recorder = recorder
+        # Failures handled here (logged, cleaned up): also written to ``recorder`` when given.
+        self.counts: Counter[str] = Counter()
 
     # ----- files ---------------------------------------------------------------------------
 
@@ -85,21 +117,42 @@ class BatchApi:
         part = parts.get("file")
         if part is None or not part.data:
             raise BadRequestError("The form has no (or an empty) 'file' part.", param="file")
+        filename = check_filename(part.filename or "upload.jsonl")
         file_id = sortable_id("file-")
         key = file_key(file_id)
         self._objects.put_bytes(key, part.data)
-        record = self._files.create(
-            {
-                "owner": principal.id,
-                "file_id": file_id,
-                "filename": part.filename or "upload.jsonl",
-                "purpose": purpose,
-                "bytes": len(part.data),
-                "status": "processed",
-                "key": key,
-            }
-        )
+        try:
+            record = self._files.create(
+                {
+                    "owner": principal.id,
+                    "file_id": file_id,
+                    "filename": filename,
+                    "purpose": purpose,
+                    "bytes": len(part.data),
+                    "status": "processed",
+                    "key": key,
+                }
+            )
+        except Exception:
+            # No object without its record: outside every listing and the per-user count.
+            self._discard(key)
+            raise
         return file_object(record)
+
+    def _discard(self, key: str) -> None:
+        """Delete the bytes of a file whose record could not be written (logged, counted)."""
+        self._count("file_record_failed")
+        self._log.exception("file record not written; deleting its object", extra={"key": key})
+        try:
+            self._objects.delete(key)
+        except Exception:  # noqa: BLE001 - the record's error is the one the caller gets
+            self._count("file_object_orphaned")
+            self._log.exception("file object left without a record", extra={"key": key})
+
+    def _count(self, kind: str) -> None:
+        self.counts[kind] += 1
+        if self._recorder is not None:
+            handled_errors(self._recorder, {kind: 1})
 
     def create_upload(self, principal: Principal, raw: bytes) -> dict[str, Any]:
         """A file record waiting for its bytes, and a presigned POST to send them to S3."""
@@ -107,9 +160,7 @@ class BatchApi:
         if not isinstance(data, dict):
             raise BadRequestError('Send {"filename", "purpose": "batch"} as JSON.')
         purpose = self._purpose(data.get("purpose"))
-        filename = data.get("filename")
-        if not isinstance(filename, str) or not filename:
-            raise BadRequestError("filename must be a non-empty string.", param="filename")
+        filename = check_filename(data.get("filename"))
         self._check_file_count(principal)
         file_id = sortable_id("file-")
         key = file_key(file_id)

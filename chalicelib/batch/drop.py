@@ -3,7 +3,12 @@
 Pure functions over S3 event notifications. An event names one object version; its identity is
 ``bucket/key`` + the version id (versioned buckets) or else the ETag (the content), so one event
 delivered twice, or the same bytes written twice, bind to one batch, and a new version starts a
-new one. The ``sequencer`` orders events of one key; it is kept on the batch for tracing.
+new one.
+
+The ``sequencer`` orders the events of one key: S3 gives each write of a key a larger one, and
+events may arrive in any order. The newest version owns ``outbox/<owner>/NAME.*``: the batch
+worker keeps, per owner and name, the largest sequencer seen (``sequence_key`` makes them
+comparable as strings) and the batch it belongs to, and only that batch publishes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,20 @@ from urllib.parse import unquote_plus
 
 INBOX = "inbox/"
 OUTBOX = "outbox/"
+# S3's sequencers are hex strings of varying length (about 16 digits): padded to this width they
+# compare as strings in the order of their values.
+SEQUENCE_WIDTH = 64
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def sequence_key(sequencer: str) -> str:
+    """``sequencer`` as a string that compares in S3's order: upper case, zero-padded to equal
+    length on the left (AWS: compare sequencers as hex strings padded to equal length). "" for
+    a missing or malformed one: such an event is not ordered."""
+    value = sequencer.strip().upper()
+    if not value or len(value) > SEQUENCE_WIDTH or not set(value) <= _HEX:
+        return ""
+    return value.rjust(SEQUENCE_WIDTH, "0")
 
 
 @dataclass(frozen=True)

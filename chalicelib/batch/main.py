@@ -27,6 +27,7 @@ def build(services: Services) -> BatchWorker:
         files=services.file_store,
         data=services.objects,
         drop=services.drop_objects,
+        keys=services.keys,
         executors=ExecutorPool(default_factory(s.local_endpoint_url, s.local_endpoint_token_value)),
         logger=logger,
         endpoints=services.endpoint_store,

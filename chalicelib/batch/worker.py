@@ -18,16 +18,27 @@ dies, the message reappears and a worker resumes the batch from its record:
 3. ``finalizing``: shard outputs are concatenated in shard order (= input order) through a
    temporary file into the output and error files → ``completed`` (or ``cancelled`` after a
    cancel, ``expired`` past the 24 h window, both keeping the finished lines).
+
+A drop-folder object becomes a batch only for an owner the gateway knows: a user with an active
+API key, whose groups and domain the batch then carries (anyone else's fails at once,
+``unknown_owner``, and runs nothing). The newest version of ``inbox/<owner>/NAME.jsonl`` owns
+``outbox/<owner>/NAME.*`` (``BatchStore.claim_drop_name``): a newer version cancels the batch of
+the older one (``superseded_by``), an older one arriving late is cancelled at once, and a batch
+writes to the outbox only while it holds the name, under the name's publish lease. Its input is
+read by the ETag its event named, so a rewrite between the event and the read fails the batch
+(``input_file_changed``, nothing published) instead of running the new bytes twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,9 +48,10 @@ from aws_lambda_powertools import Logger
 from chalicelib import router
 from chalicelib.access import may_use
 from chalicelib.auth import Principal
+from chalicelib.auth.apikeys import user_principal
 from chalicelib.batch.accounting import BatchAccounting
-from chalicelib.batch.api import dumps_line, principal_from
-from chalicelib.batch.drop import DropObject, drop_objects
+from chalicelib.batch.api import dumps_line, principal_fields, principal_from
+from chalicelib.batch.drop import DropObject, drop_objects, sequence_key
 from chalicelib.ceilings import check_max_tokens
 from chalicelib.compute.executors import ExecutorPool
 from chalicelib.poller.leases import Leases
@@ -50,12 +62,19 @@ from chalicelib.settings import Settings
 from chalicelib.stores.batches import TERMINAL, BatchConflictError, BatchExistsError, BatchStore
 from chalicelib.stores.endpoints import EndpointStore
 from chalicelib.stores.files import FileIdTakenError, FileStore, sortable_id
-from chalicelib.stores.objects import ObjectNotFoundError, ObjectStore
+from chalicelib.stores.keys import KeyStore
+from chalicelib.stores.objects import ObjectChangedError, ObjectNotFoundError, ObjectStore
 from chalicelib.stores.queue import RequestQueue
 
 SHARD_FUNCTION = "batch_shard"
 # Batches one worker drives at once (their shards share ``batch_max_inflight_shards``).
 MAX_BATCHES = 4
+# A drop name's publish lease: longer than any one outbox write (an output file of a 200 MB
+# input, at S3's slowest), so only a worker that died mid-write holds it until it runs out.
+PUBLISH_LEASE_S = 600.0
+# How long a progress update waits for another writer's lease before it is skipped (the next
+# update carries newer counts); a final one waits out the lease.
+PROGRESS_WAIT_S = 10.0
 
 
 class ShardRun(NamedTuple):
@@ -90,11 +109,13 @@ class BatchWorker:
         files: FileStore,
         data: ObjectStore,
         drop: ObjectStore,
+        keys: KeyStore,
         executors: ExecutorPool,
         logger: Logger,
         endpoints: EndpointStore | None = None,
         policy: router.CircuitPolicy | None = None,
         accounting: BatchAccounting | None = None,
+        progress_wait_s: float = PROGRESS_WAIT_S,
     ) -> None:
         self._s = settings
         self._registry = registry
@@ -103,6 +124,8 @@ class BatchWorker:
         self._files = files
         self._data = data
         self._drop = drop
+        self._keys = keys
+        self._progress_wait_s = progress_wait_s
         self._executors = executors
         self._log = logger
         # Shared endpoint status (``None``: every candidate is taken as usable, e.g. in tests).
@@ -191,28 +214,74 @@ class BatchWorker:
             self.counts["drop_duplicates"] += 1
             self._log.info("drop object seen before", extra={"key": obj.key, "batch": batch_id})
         now = int(time.time())
+        item: dict[str, Any] = {
+            "owner": obj.owner,
+            "batch_id": batch_id,
+            "endpoint": "",
+            "input_file_id": f"s3://{obj.bucket}/{obj.key}",
+            "input_bucket": obj.bucket,
+            "input_key": obj.key,
+            "input_version": obj.version_id,
+            "input_etag": obj.etag,
+            "sequencer": obj.sequencer,
+            "drop_name": obj.name,
+            "completion_window": "24h",
+            "created_at": now,
+            "expires_at": now + COMPLETION_WINDOW_S,
+        }
+        principal = user_principal(obj.owner, self._keys.user_keys(obj.owner))
+        if principal is None:
+            self.counts["drop_unknown_owners"] += 1
+            self._log.warning(
+                "drop folder owner is not a user with an active key",
+                extra={"key": obj.key, "batch": batch_id},
+            )
+            item.update(
+                status="failed",
+                failed_at=now,
+                principal={"id": obj.owner, "username": obj.owner},
+                errors=[
+                    {
+                        "code": "unknown_owner",
+                        "line": None,
+                        "message": f"{obj.owner!r} is not a user of this gateway with an active "
+                        "API key: the drop folder runs batches only for such users.",
+                        "param": None,
+                    }
+                ],
+            )
+        else:
+            item["principal"] = principal_fields(principal)
+        created: dict[str, Any] | None = None
         # Made already on an earlier delivery: resume it.
         with contextlib.suppress(BatchExistsError):
-            created = self._batches.create(
-                {
-                    "owner": obj.owner,
-                    "batch_id": batch_id,
-                    "endpoint": "",
-                    "input_file_id": f"s3://{obj.bucket}/{obj.key}",
-                    "input_bucket": obj.bucket,
-                    "input_key": obj.key,
-                    "input_version": obj.version_id,
-                    "sequencer": obj.sequencer,
-                    "drop_name": obj.name,
-                    "completion_window": "24h",
-                    "created_at": now,
-                    "expires_at": now + COMPLETION_WINDOW_S,
-                    "principal": {"id": obj.owner, "username": obj.owner},
-                }
-            )
+            created = self._batches.create(item)
+        if not obj.sequencer:
+            self.counts["drop_unsequenced"] += 1
+            self._log.warning("drop event without a sequencer", extra={"key": obj.key})
+        claim = self._batches.claim_drop_name(
+            obj.owner, obj.name, sequence_key(obj.sequencer), batch_id
+        )
+        if not claim.won:
+            # An older version than the one whose batch holds the name: it never runs.
+            self._supersede(obj.owner, batch_id, claim.holder)
+        elif claim.previous:
+            self._supersede(obj.owner, claim.previous, batch_id)
+        if created is not None:
             # The owner sees the batch from the start (validating), not only once it runs.
             self._publish(created)
         return obj.owner, batch_id
+
+    def _supersede(self, owner: str, batch_id: str, by: str) -> None:
+        """A newer version of its drop object holds the name: cancel ``batch_id`` if it is
+        still validating or running (once finalizing or done, it only stops publishing)."""
+        self.counts["drop_superseded"] += 1
+        self._log.info("drop batch superseded", extra={"batch": batch_id, "by": by})
+        # Past cancelling already, or not made yet: it publishes nothing either way.
+        with contextlib.suppress(BatchConflictError):
+            self._batches.transition(
+                owner, batch_id, "cancelling", ("validating", "in_progress"), {"superseded_by": by}
+            )
 
     # ----- one batch -----------------------------------------------------------------------
 
@@ -259,9 +328,28 @@ class BatchWorker:
             ceiling=self._ceiling,
             max_requests=self._s.batch_max_requests,
         )
+        changed = False
         try:
             shards = self._write_shards(record, checker)
             errors = checker.finish()
+        except ObjectChangedError:
+            # Written again (no versions) after its event: the new bytes have an event and a
+            # batch of their own; running them here would run them twice.
+            self.counts["input_changed"] += 1
+            self._log.warning(
+                "batch input was written again before it was read",
+                extra={"batch": batch_id, "key": record["input_key"]},
+            )
+            changed, shards = True, 0
+            errors = [
+                {
+                    "code": "input_file_changed",
+                    "line": None,
+                    "message": f"{record['input_file_id']} was written again before this "
+                    "batch read it; the new content runs as a batch of its own.",
+                    "param": "input_file_id",
+                }
+            ]
         except ObjectNotFoundError:
             # Deleted (or its version removed) after the batch was made: retrying cannot help,
             # so the batch fails now instead of its message going round to the dead-letter queue.
@@ -309,7 +397,8 @@ class BatchWorker:
                     {"total": checker.requests, "shard_count": 0, "endpoint": checker.endpoint},
                     status="cancelling",
                 )
-        self._publish(record)
+        if not changed:
+            self._publish(record)
         return record
 
     def _write_shards(self, record: dict[str, Any], checker: LineChecker) -> int:
@@ -320,7 +409,10 @@ class BatchWorker:
         size = 0
         shard: list[bytes] = []
         shards = 0
-        for raw in source.lines(record["input_key"], record.get("input_version")):
+        lines = source.lines(
+            record["input_key"], record.get("input_version"), record.get("input_etag")
+        )
+        for raw in lines:
             size += len(raw) + 1
             if size > self._s.batch_max_file_bytes:
                 checker.file_too_large(self._s.batch_max_file_bytes)
@@ -504,7 +596,9 @@ class BatchWorker:
                 size = sum(self._data.download_to(shard_key(batch_id, kind, n), tmp) for n in done)
                 tmp.flush()
                 if record.get("drop_name"):
-                    self._drop.upload_file(Path(tmp.name), self._outbox(record, f"{suffix}.jsonl"))
+                    outbox = self._outbox(record, f"{suffix}.jsonl")
+                    upload = functools.partial(self._drop.upload_file, Path(tmp.name), outbox)
+                    self._drop_write(record, upload, True)
                 if size:
                     fields[field] = self._output_file(record, suffix, Path(tmp.name), size)
         record = self._transition(record, final, (record["status"],), fields)
@@ -555,4 +649,39 @@ class BatchWorker:
         if not record.get("drop_name"):
             return
         body = json.dumps(batch_object(record), indent=1).encode()
-        self._drop.put_bytes(self._outbox(record, "status.json"), body, "application/json")
+        key = self._outbox(record, "status.json")
+        self._drop_write(
+            record,
+            lambda: self._drop.put_bytes(key, body, "application/json"),
+            record["status"] in TERMINAL,
+        )
+
+    def _drop_write(self, record: dict[str, Any], write: Callable[[], None], final: bool) -> bool:
+        """Run ``write`` (to the outbox) if the batch holds its drop name, under the name's
+        publish lease; whether it ran. A progress update (not ``final``) that finds another
+        write under way for longer than ``progress_wait_s`` is skipped: the next one is newer."""
+        owner, name, batch_id = record["owner"], record["drop_name"], record["batch_id"]
+        deadline = time.monotonic() + (PUBLISH_LEASE_S if final else self._progress_wait_s)
+        while True:
+            gate, token = self._batches.begin_publish(owner, name, batch_id, PUBLISH_LEASE_S)
+            if gate == "unclaimed":
+                # Made before names were claimed: claim it now, in its own sequencer's order.
+                sequence = sequence_key(str(record.get("sequencer") or ""))
+                self._batches.claim_drop_name(owner, name, sequence, batch_id)
+                continue
+            if gate == "superseded":
+                self.counts["drop_writes_superseded"] += 1
+                return False
+            if gate == "open":
+                break
+            if time.monotonic() > deadline:
+                self.counts["drop_writes_skipped"] += 1
+                self._log.warning("outbox busy; update skipped", extra={"batch": batch_id})
+                return False
+            if self.stopping.wait(0.1):
+                raise Interrupted(batch_id)
+        try:
+            write()
+        finally:
+            self._batches.end_publish(owner, name, token)
+        return True

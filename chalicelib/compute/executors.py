@@ -11,19 +11,43 @@ Both expose ``submit_to_registered_function(function_id, args=..., kwargs=...)``
   attaches to the task already running instead of running the engine twice.
 
 A warm-up is an ordinary task: ``hpc_functions.warm`` with ``{"engine": ...}`` (``start_warm``).
+
+Both refuse a task over Globus Compute's submission limit before sending it
+(``TaskTooLargeError``), measured as the service receives it: the SDK's own packing of the
+arguments (``pack_task``), JSON-encoded in the submission's body. A result the endpoint refused
+as over the service's result limit comes back as ``ResultTooLargeError``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from functools import cache
 from typing import Any, Protocol, runtime_checkable
 
-from chalicelib.errors import PayloadTooLargeError, UpstreamUnavailableError
+from chalicelib.errors import UpstreamUnavailableError
 from chalicelib.registry import Endpoint
+
+# How the SDK names a result over the service's limit, and its sizes as its message gives them
+# ("Task result of 9600123B exceeded current limit of 524288B") or its repr does
+# ("MaxResultSizeExceeded(9600123, 524288)").
+_RESULT_TOO_LARGE = "MaxResultSizeExceeded"
+_RESULT_SIZES = re.compile(
+    r"Task result of (\d+)B exceeded current limit of (\d+)B|"
+    r"MaxResultSizeExceeded\((\d+),\s*(\d+)\)"
+)
+# How an HPC function names a presigned URL it could not use (hpc_functions.offload).
+_TRANSFER_FAILED = "PresignedUrlError"
+# How Globus Compute reports a task whose worker died: parsl's WorkerLost ("Task failure due to
+# loss of worker N on host H"), as the SDK's TaskExecutionFailed looks for it.
+_WORKER_LOST = re.compile(r"\s*parsl\.\S+\.WorkerLost:")
+# A submission's body beside its tasks: JSON keys and the SDK's user_runtime (918 bytes for one
+# task with SDK 4.19.0, measured), with room to spare.
+SUBMIT_ENVELOPE_BYTES = 4096
 
 
 class TaskExecutor(Protocol):
@@ -59,70 +83,96 @@ def start_warm(executor: TaskExecutor, function_id: str, engine: dict[str, Any])
 
 
 class RemoteTaskError(Exception):
-    """The function raised on the endpoint; the message is the remote exception's text (its
-    last line: the exception, without the traceback, which is kept in ``remote_data``)."""
+    """The function raised on the endpoint; the message is the remote exception's text (for a
+    remote traceback, its last line: the exception; the whole text stays in ``remote_data``)."""
 
     def __init__(self, message: str, remote_data: str | None = None) -> None:
         super().__init__(message)
         self.remote_data = remote_data if remote_data is not None else message
 
 
-class TaskTooLargeError(RemoteTaskError):
-    """A task over Globus Compute's data limits (docs/scaling.md): its submission (the web
-    service refuses it, HTTP 413 ``TASK_PAYLOAD_TOO_LARGE``) or its result
-    (``MaxResultSizeExceeded`` from the endpoint). The request's failure, not the endpoint's:
-    it would fail the same way on every endpoint, so it is not retried."""
+class ResultTooLargeError(RemoteTaskError):
+    """The endpoint refused the task's result as over the service's result limit
+    (``MaxResultSizeExceeded``): the request's failure, run again it would fail again. The
+    sizes are read from the SDK's message where it has one."""
 
-    # The service's name for each: what an operator searches its documentation for.
-    SERVICE_ERRORS = {"submission": "TASK_PAYLOAD_TOO_LARGE", "result": "MaxResultSizeExceeded"}
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        found = _RESULT_SIZES.search(text)
+        sizes = [int(n) for n in found.groups() if n is not None] if found else []
+        self.size_bytes: int | None = sizes[0] if sizes else None
+        self.limit_bytes: int | None = sizes[1] if sizes else None
 
-    def __init__(self, what: str, size_bytes: int, limit_bytes: int, remote_data: str) -> None:
-        self.what = what  # "submission" | "result"
+
+class TaskTooLargeError(Exception):
+    """A task over the service's submission limit, refused before it is sent. The request's
+    own failure: every Globus Compute endpoint has the limit, so it is neither retried nor
+    failed over."""
+
+    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"the task is {size_bytes} bytes as submitted, over Globus Compute's submission"
+            f" limit of {limit_bytes} bytes"
+        )
         self.size_bytes = size_bytes
         self.limit_bytes = limit_bytes
-        super().__init__(
-            f"its task {what} is {size_bytes:,} bytes, over Globus Compute's {what} limit of"
-            f" {limit_bytes:,} bytes ({self.SERVICE_ERRORS[what]})",
-            remote_data,
-        )
-
-    def failure(self, request_id: str) -> dict[str, Any]:
-        """The request's failure fields: a 413 in OpenAI's shape naming the limit."""
-        if self.what == "submission":
-            outcome, advice = "was not run", "send a smaller request"
-        else:
-            outcome, advice = "failed", "ask for less (fewer inputs, fewer or shorter choices)"
-        error = PayloadTooLargeError(
-            f"Request {request_id} {outcome}: {self}; {advice}.",
-            code=f"task_{self.what}_too_large",
-        )
-        return {"error": error.to_body()["error"], "status_code": error.STATUS_CODE}
 
 
-# What Globus Compute reports for a task that failed (the SDK's TaskExecutionFailed.remote_data):
-# parsl's WorkerLost when the worker died; the endpoint's MaxResultSizeExceeded(size, limit).
-_WORKER_LOST = re.compile(r"\s*parsl\.\S+\.WorkerLost:")
-_RESULT_TOO_LARGE = re.compile(r"MaxResultSizeExceeded\((\d+),\s*(\d+)\)")
+def remote_error(text: str) -> Exception:
+    """The function's failure reported by the endpoint, the result limit, the node's transfers
+    and a dead worker told apart."""
+    if _WORKER_LOST.search(text):
+        # The worker died under the task (parsl's WorkerLost): the infrastructure's failure.
+        return TaskLostError(_last_line(text))
+    if _TRANSFER_FAILED in text:
+        # Only the last line: its own words, not the remote traceback.
+        return TransferFailedError(_last_line(text))
+    if _RESULT_TOO_LARGE in text:
+        return ResultTooLargeError(text)
+    return RemoteTaskError(_last_line(text), text)
 
 
-def remote_failure(task: str, remote_data: str) -> Exception:
-    """The poller's reading of a task that failed on its endpoint, from the service's text:
-    ``TaskLostError`` when its worker died (the infrastructure's failure: run it again),
-    ``TaskTooLargeError`` for a result over the limit, else ``RemoteTaskError`` (the request's
-    failure)."""
-    if _WORKER_LOST.search(remote_data):
-        return TaskLostError(f"{task}: worker lost")
-    too_large = _RESULT_TOO_LARGE.search(remote_data)
-    if too_large:
-        size, limit = int(too_large.group(1)), int(too_large.group(2))
-        return TaskTooLargeError("result", size, limit, remote_data)
-    lines = [line.strip() for line in remote_data.splitlines() if line.strip("-+ \t")]
-    return RemoteTaskError(lines[-1] if lines else "task failed", remote_data)
+def _last_line(text: str) -> str:
+    """A remote traceback's last line (the exception), past the engine's +++ / --- rules."""
+    lines = [line.strip() for line in text.splitlines() if line.strip("-+ \t")]
+    return lines[-1] if lines else "task failed"
+
+
+@cache
+def _serializer() -> Any:
+    # Imported on first use: the Lambda package never imports the SDK (only the poller does).
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    return ComputeSerializer()
+
+
+def pack_task(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+    """A task's arguments as the SDK's ``Batch.add`` packs them (its default serializer)."""
+    serde = _serializer()
+    return str(serde.pack_buffers([serde.serialize(args), serde.serialize(kwargs)]))
+
+
+def submitted_bytes(payload: str) -> int:
+    """What a packed task adds to a submission's body: its JSON string (the base64 lines'
+    newlines are escaped there) and a separator."""
+    return len(json.dumps(payload)) + 2
+
+
+def check_submission(size_bytes: int, limit_bytes: int | None) -> None:
+    """Refuse a task of ``size_bytes`` (``submitted_bytes``) that would take its submission
+    over ``limit_bytes`` (None: unchecked)."""
+    if limit_bytes is not None and size_bytes + SUBMIT_ENVELOPE_BYTES > limit_bytes:
+        raise TaskTooLargeError(size_bytes + SUBMIT_ENVELOPE_BYTES, limit_bytes)
 
 
 class TaskLostError(UpstreamUnavailableError):
     """The endpoint lost the task with its worker: the infrastructure failed, not the request,
     so the poller runs it again (bounded by the queue's redrive)."""
+
+
+class TransferFailedError(UpstreamUnavailableError):
+    """The node could not fetch the body or store the result by the task's presigned URL:
+    that endpoint's reach to S3 failed, not the request, so the poller runs it elsewhere."""
 
 
 class TaskTimeoutError(UpstreamUnavailableError):
@@ -139,6 +189,7 @@ class LocalEndpointExecutor(Executor):
         poll_s: float = 20.0,
         max_waiters: int = 64,
         unreachable_s: float = 10.0,
+        submit_limit_bytes: int | None = None,
     ) -> None:
         import requests
 
@@ -150,6 +201,8 @@ class LocalEndpointExecutor(Executor):
         self._http.mount("http://", adapter)
         self._poll_s = poll_s
         self._unreachable_s = unreachable_s
+        # The stand-in for the service checks what the service would (None: nothing).
+        self._submit_limit_bytes = submit_limit_bytes
         self._waiters = ThreadPoolExecutor(max_waiters, thread_name_prefix="local-task")
         self._lock = threading.Lock()
 
@@ -162,6 +215,9 @@ class LocalEndpointExecutor(Executor):
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> Future[Any]:
+        if self._submit_limit_bytes is not None:
+            packed = pack_task(tuple(args or ()), kwargs or {})
+            check_submission(submitted_bytes(packed), self._submit_limit_bytes)
         body = {"function_id": function_id, "args": list(args or ()), "kwargs": kwargs or {}}
         return self._waiters.submit(self._run, body)
 
@@ -178,14 +234,9 @@ class LocalEndpointExecutor(Executor):
             refused_ok=True,
         )
         if resp.status_code == 413:
-            # The web service's refusal of an oversize submission (TASK_PAYLOAD_TOO_LARGE).
+            # The endpoint refused it as the web service does (TASK_PAYLOAD_TOO_LARGE).
             refusal = resp.json()
-            raise TaskTooLargeError(
-                "submission",
-                int(refusal["size_bytes"]),
-                int(refusal["limit_bytes"]),
-                str(refusal.get("message") or refusal.get("code")),
-            )
+            raise TaskTooLargeError(int(refusal["size_bytes"]), int(refusal["limit_bytes"]))
         state = resp.json()
         while True:
             if state["status"] != "pending":
@@ -208,8 +259,8 @@ class LocalEndpointExecutor(Executor):
         if state["status"] == "success":
             return state["result"]
         if state["status"] == "failed":
-            raise remote_failure(str(state.get("task_id")), str(state.get("exception") or ""))
-        raise TaskLostError(f"task {state.get('task_id')} {state['status']}")
+            raise remote_error(state.get("exception") or "task failed")
+        raise TaskLostError(state.get("exception") or f"task {state['status']}")
 
     def _call(
         self, method: str, path: str, *, lost_ok: bool = False, refused_ok: bool = False, **kw: Any
@@ -262,7 +313,10 @@ class ExecutorPool:
 
 
 def default_factory(
-    local_endpoint_url: str, local_endpoint_token: str = ""
+    local_endpoint_url: str,
+    local_endpoint_token: str = "",
+    *,
+    submit_limit_bytes: int | None = None,
 ) -> Callable[[Endpoint], TaskExecutor]:
     pacer: Any = None  # one SubmissionPacer for every Globus endpoint: one client, one limit
 
@@ -270,12 +324,16 @@ def default_factory(
         nonlocal pacer
         if endpoint.executor == "local":
             # Each local "cluster" of the offline stack listens on its own URL.
-            return LocalEndpointExecutor(endpoint.url or local_endpoint_url, local_endpoint_token)
+            return LocalEndpointExecutor(
+                endpoint.url or local_endpoint_url,
+                local_endpoint_token,
+                submit_limit_bytes=submit_limit_bytes,
+            )
         # The poller's only tie to the Globus Compute web service (it authenticates on first
         # use; the Lambda package never imports it).
         from chalicelib.compute.globus import GlobusTasks, SubmissionPacer
 
         pacer = pacer or SubmissionPacer()
-        return GlobusTasks(endpoint.endpoint_id, pacer=pacer)
+        return GlobusTasks(endpoint.endpoint_id, pacer=pacer, submit_limit_bytes=submit_limit_bytes)
 
     return make

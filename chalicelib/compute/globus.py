@@ -18,6 +18,9 @@ Cost, against the service's limit of 20 submissions per 10 s per client (docs/sc
   read one by one with ``get_task``, which raises the task's remote exception.
 - **Nothing is kept.** The SDK's ``Client`` caches every finished task's result in memory for
   ever; a long-running poller drops each one as soon as it has collected it.
+- **Nothing too large is sent.** The service refuses a submission over 5 MB, tasks included:
+  a task is packed once, as the SDK packs it, when it is submitted; one over the limit raises
+  ``TaskTooLargeError`` there, and a group commit stops adding tasks before the limit.
 
 Why not ``globus_compute_sdk.Executor``: its futures learn their task id later, on a background
 thread, and its results come over AMQP to the process that submitted them; a successor cannot
@@ -28,18 +31,42 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.compute.executors import RemoteTaskError, TaskLostError
+from chalicelib.compute.executors import (
+    SUBMIT_ENVELOPE_BYTES,
+    TaskLostError,
+    check_submission,
+    pack_task,
+    remote_error,
+    submitted_bytes,
+)
 
 # The text of a Globus Compute task that failed because its worker died (parsl's WorkerLost):
 # the infrastructure's failure, so the poller fails over rather than failing the request.
 _WORKER_LOST = "WorkerLost"
 # Task ids per ``POST /v2/batch_status``.
 POLL_CHUNK = 128
+
+
+def take_batch(
+    outbox: list[_Submission], max_tasks: int, max_bytes: int | None
+) -> tuple[list[_Submission], list[_Submission]]:
+    """The next submission's tasks (in order, at most ``max_tasks``, together under
+    ``max_bytes``: every task alone is) and those left for the one after."""
+    room = None if max_bytes is None else max_bytes - SUBMIT_ENVELOPE_BYTES
+    n = 0
+    for sub in outbox[:max_tasks]:
+        if room is not None:
+            room -= sub.size_bytes
+            if room < 0 and n > 0:
+                break
+        n += 1
+    return outbox[:n], outbox[n:]
 
 
 def _settle_future(
@@ -82,8 +109,9 @@ class SubmissionPacer:
 @dataclass
 class _Submission:
     function_id: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    # The task's arguments packed as ``Batch.add`` packs them, and its share of the body.
+    payload: str
+    size_bytes: int
     done: threading.Event = field(default_factory=threading.Event)
     task_id: str | None = None
     error: BaseException | None = None
@@ -101,6 +129,7 @@ class GlobusTasks:
         poll_s: float = 2.0,
         max_batch: int = 64,
         pacer: SubmissionPacer | None = None,
+        submit_limit_bytes: int | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self._client = client
@@ -108,6 +137,8 @@ class GlobusTasks:
         self._poll_s = poll_s
         self._max_batch = max_batch
         self._pacer = pacer or SubmissionPacer()
+        # The service's limit on one submission's body (None: unchecked).
+        self._submit_limit_bytes = submit_limit_bytes
         # Submissions waiting for the next batch_run, and whether a caller is sending one.
         self._outbox: list[_Submission] = []
         self._sending = False
@@ -135,8 +166,12 @@ class GlobusTasks:
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> tuple[str, Future[Any]]:
-        """Submit one task; its Globus task id (known once this returns) and its future."""
-        mine = _Submission(function_id, tuple(args or ()), kwargs or {})
+        """Submit one task; its Globus task id (known once this returns) and its future.
+        A task over the submission limit raises ``TaskTooLargeError``, and nothing is sent."""
+        payload = pack_task(tuple(args or ()), kwargs or {})
+        size_bytes = submitted_bytes(payload)
+        check_submission(size_bytes, self._submit_limit_bytes)
+        mine = _Submission(function_id, payload, size_bytes)
         with self._lock:
             self._outbox.append(mine)
             lead = not self._sending
@@ -157,9 +192,8 @@ class GlobusTasks:
             if pause > 0:
                 time.sleep(pause)  # others keep joining the batch meanwhile
             with self._lock:
-                batch, self._outbox = (
-                    self._outbox[: self._max_batch],
-                    self._outbox[self._max_batch :],
+                batch, self._outbox = take_batch(
+                    self._outbox, self._max_batch, self._submit_limit_bytes
                 )
                 if not batch:
                     self._sending = False
@@ -170,7 +204,8 @@ class GlobusTasks:
         try:
             request = self.client.create_batch()
             for sub in batch:
-                request.add(sub.function_id, sub.args, sub.kwargs)
+                # What ``request.add`` would append (the SDK's packing), packed once already.
+                request.tasks[uuid.UUID(sub.function_id)].append(sub.payload)
             self._pacer.sent(time.monotonic())
             self.submissions += 1
             out = self.client.batch_run(self.endpoint_id, request)
@@ -250,7 +285,7 @@ class GlobusTasks:
             if _WORKER_LOST in exc.remote_data:
                 _settle_future(future, error=TaskLostError(f"Globus task {task_id}: worker lost"))
             else:
-                _settle_future(future, error=RemoteTaskError(exc.remote_data.strip()))
+                _settle_future(future, error=remote_error(exc.remote_data.strip()))
             return
         except Exception as exc:  # noqa: BLE001 - the service failing: the poller fails over
             self._forget(task_id)

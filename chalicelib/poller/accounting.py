@@ -28,7 +28,8 @@ def usage_of(record: dict[str, Any], status: str, fields: dict[str, Any], now: f
     stats = fields.get("stream_stats") or {}
     first_token = _float(stats.get("first_token_at"))
     error = fields.get("error") or {}
-    failed = status != "completed"
+    # Cancelled (a stream its client left) is no failure: its tokens ran and count as used.
+    failed = status == "failed"
     return Usage(
         owner=str(record.get("owner") or ""),
         request_id=str(record["request_id"]),
@@ -44,6 +45,7 @@ def usage_of(record: dict[str, Any], status: str, fields: dict[str, Any], now: f
         completion_tokens=int(usage.get("completion_tokens") or 0),
         requests=1,
         errors=1 if failed else 0,
+        cancelled=1 if status == "cancelled" else 0,
         created_at=created,
         queue_ms=_ms(created, dispatched),
         engine_ms=_float(fields.get("engine_time_ms")) if not failed else None,

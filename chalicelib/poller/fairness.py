@@ -33,10 +33,12 @@ class Place:
         self.ticket = ticket
         self.owner = owner
         self.running = False
+        # Woken when this place comes up (the gate's lock): only the one next up is woken.
+        self.turn = threading.Condition(gate._lock)
 
     def wait_turn(self, timeout_s: float) -> bool:
         """Block until this request is next up (True) or ``timeout_s`` passes (False)."""
-        return self._gate._wait_turn(self.ticket, timeout_s)
+        return self._gate._wait_turn(self, timeout_s)
 
     def start(self) -> None:
         """It has a slot: out of the line, counted as running for its owner."""
@@ -53,58 +55,70 @@ class Place:
 
 
 class FairGate:
+    """The line itself. A change (an arrival, a start, a request leaving) wakes only the
+    request next up, not every waiting one: with 128 requests held, waking all of them on each
+    change cost the poller more CPU than the requests' own AWS calls."""
+
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._waiting: dict[int, tuple[str, int]] = {}
+        self._places: dict[int, Place] = {}
         self._running: Counter[str] = Counter()
         self._tickets = itertools.count()
 
     @contextmanager
     def line(self, owner: str) -> Iterator[Place]:
-        with self._cond:
+        with self._lock:
             ticket = next(self._tickets)
+            place = self._places[ticket] = Place(self, ticket, owner)
             self._waiting[ticket] = (owner, ticket)
-            self._cond.notify_all()
-        place = Place(self, ticket, owner)
+            self._changed()
         try:
             yield place
         finally:
-            with self._cond:
+            with self._lock:
                 self._waiting.pop(ticket, None)
+                self._places.pop(ticket, None)
                 if place.running:
                     self._running[owner] -= 1
                     if self._running[owner] <= 0:
                         del self._running[owner]
-                self._cond.notify_all()
+                self._changed()
 
     def waiting(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._waiting)
 
-    def _wait_turn(self, ticket: int, timeout_s: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: next_up(self._waiting, self._running) == ticket, timeout_s
+    def _changed(self) -> None:
+        """Wake the request next up (the lock held)."""
+        up = next_up(self._waiting, self._running)
+        if up is not None:
+            self._places[up].turn.notify()
+
+    def _wait_turn(self, place: Place, timeout_s: float) -> bool:
+        with self._lock:
+            return place.turn.wait_for(
+                lambda: next_up(self._waiting, self._running) == place.ticket, timeout_s
             )
 
     def _start(self, place: Place) -> None:
-        with self._cond:
+        with self._lock:
             self._waiting.pop(place.ticket, None)
             self._running[place.owner] += 1
             place.running = True
-            self._cond.notify_all()
+            self._changed()
 
     def _aside(self, place: Place) -> None:
-        with self._cond:
+        with self._lock:
             self._waiting.pop(place.ticket, None)
-            self._cond.notify_all()
+            self._changed()
 
     def _back(self, place: Place) -> None:
-        with self._cond:
+        with self._lock:
             if place.running:
                 self._running[place.owner] -= 1
                 if self._running[place.owner] <= 0:
                     del self._running[place.owner]
                 place.running = False
             self._waiting[place.ticket] = (place.owner, place.ticket)
-            self._cond.notify_all()
+            self._changed()

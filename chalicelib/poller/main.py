@@ -28,7 +28,13 @@ def build(services: Services) -> Poller:
         requests=services.requests,
         blobs=services.blobs,
         replies=services.reply_sender,
-        executors=ExecutorPool(default_factory(s.local_endpoint_url, s.local_endpoint_token_value)),
+        executors=ExecutorPool(
+            default_factory(
+                s.local_endpoint_url,
+                s.local_endpoint_token_value,
+                submit_limit_bytes=s.compute_submit_limit_bytes,
+            )
+        ),
         logger=logger,
         endpoints=services.endpoint_store,
         board=StatusBoard(services.registry, services.endpoint_store, logger, policy=policy),

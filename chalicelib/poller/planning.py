@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -22,6 +23,32 @@ def warm_of(message: dict[str, Any]) -> tuple[str, str] | None:
     if not isinstance(model, str) or not isinstance(endpoint, str):
         raise PoisonMessageError('a warm message is {"warm": {"model", "endpoint"}}')
     return model, endpoint
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What routing a request needs before it is claimed, so the poller chooses the endpoint
+    first and notes it in the claim's own write."""
+
+    owner: str
+    model: str
+    function: str
+
+
+def record_of(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The queued record the message carries (the API's, for the claim to write), or None: a
+    message of only ``request_id`` names a record already written."""
+    try:
+        record = json.loads(message["Body"]).get("record")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) and "created_at" in record else None
+
+
+def hints_from(record: dict[str, Any]) -> Hints:
+    return Hints(
+        str(record.get("owner") or ""), str(record.get("model")), str(record.get("function"))
+    )
 
 
 def request_id_of(message: dict[str, Any]) -> str:
@@ -57,8 +84,10 @@ def outcome_of(
 ) -> tuple[str, dict[str, Any], Any]:
     """Classify an HPC function's result: (status, record fields, response-or-None).
 
-    ``{"response", "engine_time_ms"}`` completes; ``{"error", "status_code"}`` fails with the
-    engine's own OpenAI error; anything else is a broken function and fails with a 500.
+    ``{"response", "engine_time_ms"}`` completes, or is ``cancelled`` when its stream was
+    stopped before the end (``stream_stats.cancelled``: the client went away), keeping the
+    response and usage of what ran; ``{"error", "status_code"}`` fails with the engine's own
+    OpenAI error; anything else is a broken function and fails with a 500.
     """
     if isinstance(result, dict) and isinstance(result.get("response"), dict):
         response = result["response"]
@@ -67,9 +96,12 @@ def outcome_of(
             "engine_time_ms": float(result.get("engine_time_ms") or 0.0),
             "endpoint": endpoint,
         }
-        if isinstance(result.get("stream_stats"), dict):
+        stats = result.get("stream_stats")
+        if isinstance(stats, dict):
             # A streamed run's own account: timings, pushes, whether the client went away.
-            fields["stream_stats"] = result["stream_stats"]
+            fields["stream_stats"] = stats
+            if stats.get("cancelled") is True:
+                return "cancelled", fields, response
         return "completed", fields, response
     if isinstance(result, dict) and isinstance(result.get("error"), dict):
         return (
@@ -82,6 +114,100 @@ def outcome_of(
             None,
         )
     return "failed", engine_failure(request_id, "the function returned no response"), None
+
+
+# How a task gets its request body (``body_source``).
+INLINE = "inline"  # in the task
+BY_URL = "url"  # a presigned GET of the API's S3 copy: the poller never reads it
+UPLOAD = "upload"  # held in the record but over the threshold: put in S3, then as BY_URL
+MEASURE = "measure"  # in S3 with no size on the record (written before sizes were): read it
+
+
+def body_source(record: dict[str, Any], over_bytes: int | None) -> str:
+    """How the request body of ``record`` travels to the HPC function; ``over_bytes`` is the
+    size above which it goes by S3 (None: the S3 path is off, always inline).
+
+    The API stores a body over its inline limit in S3 with its size (``payload_key``,
+    ``payload_bytes``); one over ``over_bytes`` is handed over by URL, one of a size the record
+    does not give is read first (then asked again with its size). A body held in the record
+    goes inline unless it is over ``over_bytes`` (only when the inline limit is set above it).
+    """
+    if over_bytes is None:
+        return INLINE
+    if record.get("payload_key"):
+        size = record.get("payload_bytes")
+        if size is None:
+            return MEASURE
+        return BY_URL if int(size) > over_bytes else INLINE
+    text = record.get("payload")
+    # A character is at most 4 bytes in UTF-8: most bodies are decided without encoding them.
+    if isinstance(text, str) and len(text) * 4 > over_bytes and len(text.encode()) > over_bytes:
+        return UPLOAD
+    return INLINE
+
+
+def body_from(url: str, size_bytes: int | None) -> dict[str, Any]:
+    """The task's ``body_from``: where the HPC function fetches the body (a presigned GET)."""
+    return {"url": url, "bytes": size_bytes}
+
+
+def result_key(request_id: str, token: str) -> str:
+    """Where one task may store its result: a key of its own per submission (``token``), so a
+    task abandoned on a timeout that finishes late cannot overwrite a result already given."""
+    return f"requests/{request_id}/task-result-{token}.json"
+
+
+def result_to(url: str, key: str, over_bytes: int) -> dict[str, Any]:
+    """The task's ``result_to``: a result over ``over_bytes`` is PUT to ``url`` (a presigned
+    PUT of ``key``), and the function returns ``{"result_at": {"key", "bytes"}}`` instead."""
+    return {"url": url, "key": key, "over_bytes": over_bytes}
+
+
+def stored_result_key(request_id: str, result: Any) -> str | None:
+    """The S3 key of a result the HPC function stored (``{"result_at": {"key", "bytes"}}``);
+    None for a result carried in the task. A key outside this request's own prefix is not
+    followed: the result then fails as one without a response."""
+    if not isinstance(result, dict) or set(result) != {"result_at"}:
+        return None
+    pointer = result["result_at"]
+    key = pointer.get("key") if isinstance(pointer, dict) else None
+    if isinstance(key, str) and key.startswith(f"requests/{request_id}/task-result-"):
+        return key
+    return None
+
+
+def task_too_large(request_id: str, detail: str) -> dict[str, Any]:
+    """A request whose task the executor refused as over the service's submission limit."""
+    return {
+        "error": {
+            "message": f"Request {request_id} is too large to run: {detail}.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_too_large",
+        },
+        "status_code": 413,
+    }
+
+
+def result_too_large(
+    request_id: str, size_bytes: int | None, limit_bytes: int | None
+) -> dict[str, Any]:
+    """A request whose result the endpoint refused as over the service's result limit (the
+    sizes when the endpoint gave them; never its traceback)."""
+    size = f" is {size_bytes} bytes," if size_bytes is not None else ""
+    limit = f" of {limit_bytes} bytes" if limit_bytes is not None else ""
+    return {
+        "error": {
+            "message": (
+                f"The result of request {request_id}{size} over Globus Compute's result"
+                f" limit{limit}."
+            ),
+            "type": "server_error",
+            "param": None,
+            "code": "result_too_large",
+        },
+        "status_code": 500,
+    }
 
 
 def engine_failure(request_id: str, detail: str) -> dict[str, Any]:

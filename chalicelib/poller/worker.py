@@ -7,14 +7,23 @@ the waiting API process, delete the message. The record is written before the no
 a client that has its answer reads the request completed. A failure before the result is stored
 (an endpoint that cannot be reached, a task lost with its worker) leaves the message for
 redelivery after a backoff; on its last delivery the request is marked failed and the message
-goes on to the DLQ. Only the function's own exception fails a request at once.
+goes on to the DLQ. Only the function's own exception fails a request at once (and a task over
+the service's size limits, which would fail anywhere).
+
+Large bodies and results travel by S3, not inside the task (``compute_offload``): the task
+carries a presigned GET of a body over ``compute_offload_over_bytes`` and a presigned PUT for a
+result over it (``planning.body_source``, ``result_to``); the HPC function answers a stored
+result with a pointer, read back here. A small request costs no S3 call for it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
+import os
+import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -27,17 +36,19 @@ from chalicelib.compute.executors import (
     Attachable,
     ExecutorPool,
     RemoteTaskError,
+    ResultTooLargeError,
     TaskTimeoutError,
     TaskTooLargeError,
 )
 from chalicelib.poller import planning
 from chalicelib.poller.accounting import Accounting
 from chalicelib.poller.board import StatusBoard
+from chalicelib.poller.capacity import Capacity
 from chalicelib.poller.fairness import FairGate
 from chalicelib.poller.leases import Leases
 from chalicelib.poller.warming import Warmer
 from chalicelib.registry import Endpoint, ModelDeployment, Registry
-from chalicelib.router import COLD, CircuitPolicy
+from chalicelib.router import COLD, CircuitPolicy, EndpointStatus
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.deleter import BatchDeleter
@@ -45,11 +56,17 @@ from chalicelib.stores.endpoints import EndpointStore
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplySender
-from chalicelib.stores.requests import RequestConflictError, RequestStore, Slot
+from chalicelib.stores.requests import TERMINAL, RequestConflictError, RequestStore
 from chalicelib.streaming.notifier import StreamNotifier
 
 # Waits before re-claiming a request whose record is not there yet.
 CLAIM_RETRY_S = (0.01, 0.05, 0.25)
+
+
+def holder_id() -> str:
+    """This poller's name on the leases it holds: host, process, and a nonce per start."""
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:32]
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class NoEndpointError(Exception):
@@ -84,6 +101,8 @@ class Poller:
         self._queue = queue
         self._requests = requests
         self._blobs = blobs
+        # Presigned URLs for what travels by S3 to and from the HPC node.
+        self._objects = blobs.objects()
         self._replies = replies
         self._executors = executors
         self._log = logger
@@ -110,15 +129,29 @@ class Poller:
         self._leases = Leases(queue, settings.poller_visibility_timeout_s, logger)
         # Warm-ups: asked for by the API, or for a cold deployment a request is routed to.
         self.warmer = Warmer(executors, endpoints, logger)
+        # Endpoint slots this poller leases from the shared capacity (``capacity``).
+        self._capacity = Capacity(
+            endpoints,
+            holder_id(),
+            logger,
+            lease_s=settings.poller_slot_lease_s,
+            linger_s=settings.poller_slot_linger_s,
+            statuses=board.statuses,
+        )
 
     def run(self) -> None:
         self._log.info("poller started", extra={"queue": self._queue.url})
         self._board.start()
+        self._capacity.start()
         while not self.stopping.is_set():
             free = self._free_slots()
             if free == 0:
                 time.sleep(0.005)
                 continue
+            if self._gate.waiting():
+                # Requests already wait for endpoint slots: new ones could not start sooner,
+                # so let several gather and receive them in one call.
+                self.stopping.wait(self._s.poller_share_wait_s)
             try:
                 self.receiving = True
                 messages = self._queue.receive(
@@ -139,6 +172,7 @@ class Poller:
                 self._leases.hold(message["ReceiptHandle"])
                 self._workers.submit(self._handle_guarded, message)
         self._workers.shutdown(wait=True)
+        self._capacity.close()
         self._board.close()
         self._leases.close()
         self._deleter.close()
@@ -185,12 +219,19 @@ class Poller:
             self._retry_later(message)
             return  # left undeleted: it reaches the DLQ after max_receive_count deliveries
         log = {"request_id": request_id, "receive_count": planning.receive_count(message)}
+        # The record once claimed (what a failure is reported with).
+        claimed: dict[str, Any] = {}
+        # The queued record the message carries (the API wrote none): the claim writes it.
+        carried = planning.record_of(message)
         try:
-            t0 = time.perf_counter()
-            record = self._claim(request_id)
+            hints = planning.hints_from(carried) if carried else self._hints(request_id)
+            status, fields, response, record, slot = self._run(
+                request_id, hints, carried, log, claimed
+            )
         except RequestConflictError as exc:
             if exc.current is not None:
                 # Already completed or failed: a duplicate delivery. Drop it.
+                self.counts["duplicates_dropped"] += 1
                 self._deleter.add(receipt)
                 self._log.info(
                     "duplicate delivery dropped", extra={**log, "status": exc.current["status"]}
@@ -201,17 +242,6 @@ class Poller:
                 self._log.error("message for unknown request", extra=log)
                 self._retry_later(message)
             return
-        t1 = time.perf_counter()
-        log.update(
-            model=record.get("model"),
-            owner=record.get("owner"),
-            attempt=record["attempt"],
-            # Where a request's time goes, without any text of it.
-            queued_ms=round((time.time() - float(record["created_at"])) * 1000, 1),
-            claim_ms=round((t1 - t0) * 1000, 1),
-        )
-        try:
-            status, fields, response, slot = self._run(request_id, record)
         except Exception as exc:  # noqa: BLE001 - any failure here is retried, then DLQ'd
             self.counts["run_errors"] += 1
             self._log.exception("request could not be run", extra=log)
@@ -219,9 +249,14 @@ class Poller:
                 # Only our own words reach the client: no endpoint URL, no remote traceback.
                 reason = str(exc) if isinstance(exc, NoEndpointError) else type(exc).__name__
                 detail = f"{reason} (gave up after {planning.receive_count(message)} tries)"
+                if not claimed and carried:
+                    self._requests.put_new(carried)  # never claimed: only the message held it
                 self._finish(
                     request_id,
-                    record,
+                    claimed
+                    or carried
+                    or self._requests.get(request_id)
+                    or {"request_id": request_id},
                     "failed",
                     planning.engine_failure(request_id, detail),
                     None,
@@ -230,9 +265,21 @@ class Poller:
             else:
                 self._retry_later(message)
             return  # not deleted: redelivered, or on to the DLQ after the final try
-        log["run_ms"] = round((time.perf_counter() - t1) * 1000, 1)
         self._finish(request_id, record, status, fields, response, log, slot)
         self._deleter.add(receipt)
+
+    def _hints(self, request_id: str) -> planning.Hints:
+        """A message without routing hints (a streamed request's): they come from the record,
+        re-read briefly if it is not there yet; a finished one is a duplicate delivery."""
+        for delay in (*CLAIM_RETRY_S, None):
+            record = self._requests.get(request_id)
+            if record is not None:
+                if record["status"] in TERMINAL:
+                    raise RequestConflictError(f"request {request_id} is finished", record)
+                return planning.hints_from(record)
+            if delay is not None:
+                time.sleep(delay)
+        raise RequestConflictError(f"request {request_id} is missing", None)
 
     def _final_frame_again(self, request_id: str, current: dict[str, Any]) -> None:
         """A finished streamed request delivered again: the poller that finished it may have
@@ -240,7 +287,7 @@ class Poller:
         client that already has it ignores a second final frame for a finished id."""
         if not current.get("stream") or self._streams is None:
             return
-        if current["status"] not in ("completed", "failed"):
+        if current["status"] not in TERMINAL:
             return
         self.counts["final_frames_resent"] += 1
         self._streams.finished(request_id, current["stream"], current["status"], current)
@@ -265,51 +312,58 @@ class Poller:
             self.counts["backoff_errors"] += 1
             self._log.exception("could not set the retry backoff")
 
-    def _claim(self, request_id: str) -> dict[str, Any]:
-        """Claim; a missing record is re-read briefly (the API writes it as it enqueues)."""
+    def _claim(self, request_id: str, slot: str, carried: dict[str, Any] | None) -> dict[str, Any]:
+        """Claim, writing the record the message carries if there is none yet; a message that
+        names a record not there yet (the API writes it as it enqueues) retries briefly."""
         for delay in CLAIM_RETRY_S:
             try:
-                return self._requests.claim(request_id)
+                return self._requests.claim(request_id, slot=slot, record=carried)
             except RequestConflictError as exc:
                 if exc.current is not None:
                     raise
             time.sleep(delay)
-        return self._requests.claim(request_id)
+        return self._requests.claim(request_id, slot=slot, record=carried)
 
     def _run(
-        self, request_id: str, record: dict[str, Any]
-    ) -> tuple[str, dict[str, Any], Any, Slot]:
+        self,
+        request_id: str,
+        hints: planning.Hints,
+        carried: dict[str, Any] | None,
+        log: dict[str, Any],
+        claimed: dict[str, Any],
+    ) -> tuple[str, dict[str, Any], Any, dict[str, Any], str]:
         """Run the request on the best endpoint that has room; fail over on infrastructure
-        failures. Returns the outcome and the slot the request holds (released by ``_finish``).
+        failures. Returns the outcome, the claimed record and the endpoint it ran on.
 
         Requests wait for slots in a fair line (``fairness``): the next free slot goes to the
         owner with the fewest requests running here, so one user's flood cannot hold another
-        user's request behind it.
+        user's request behind it. The request is claimed once it has a slot, with the endpoint
+        noted in the same write (``slot``); its slot goes back as soon as its task is done.
         """
-        candidates = self._registry.candidates(record["model"], record["function"])
-        body = self._blobs.load(record, "payload")
-        held: str | None = record.get("slot")  # taken by a predecessor that died
-        # The predecessor's task on that endpoint (Globus Compute: by its task id).
-        task = record.get("task") or {}
-        attach = str(task["id"]) if held and task.get("endpoint") == held else None
+        candidates = self._registry.candidates(hints.model, hints.function)
+        record: dict[str, Any] | None = None
+        # The task's fields that carry the body (inline, or a presigned GET): made once claimed.
+        body: dict[str, Any] | None = None
+        # Where the request goes back to (a dead predecessor's task is there, keyed by request
+        # id), and what the record names; the predecessor's task id (Globus Compute) to attach.
+        held: str | None = None
+        recorded: str | None = None
+        attach: str | None = None
         failed_on: dict[str, str] = {}
         deadline = time.monotonic() + self._s.poller_slot_wait_s
         offline_until = time.monotonic() + self._s.poller_offline_wait_s
         waited_offline = False
-        with self._gate.line(str(record.get("owner") or "")) as place:
+        with self._gate.line(hints.owner) as place:
             while True:
-                if not place.wait_turn(0.25):
+                if not place.wait_turn(1.0):
                     self._check(deadline)
                     continue
+                statuses = self._capacity.view(self._board.statuses())
                 ranked = [
                     c
-                    for c in router.rank(
-                        candidates, self._board.statuses(), time.time(), self._policy
-                    )
+                    for c in router.rank(candidates, statuses, time.time(), self._policy)
                     if c[0].name not in failed_on
                 ]
-                # A request re-claimed from a dead poller goes back to the endpoint it was
-                # running on: its task is still there (keyed by request id), so it attaches.
                 ranked.sort(key=lambda c: c[0].name != held)
                 if not ranked and not failed_on and time.monotonic() < offline_until:
                     # Nothing serving the model is online (the stack starting, an endpoint
@@ -323,59 +377,85 @@ class Poller:
                     continue
                 if not ranked:
                     raise NoEndpointError(
-                        f"no endpoint can run {record['model']} now (offline, circuit open, or"
+                        f"no endpoint can run {hints.model} now (offline, circuit open, or"
                         f" failed: {failed_on})"
                     )
                 chosen = None
                 for endpoint, deployment in ranked:
-                    slot = self._endpoints.slot(endpoint.name, endpoint.max_inflight)
-                    if self._enter(request_id, endpoint.name, slot, held):
-                        chosen = (endpoint, deployment, slot)
+                    if self._enter(endpoint, statuses.get(endpoint.name), held):
+                        chosen = (endpoint, deployment)
                         break
                 if chosen is None:
                     # Every usable endpoint is at capacity: wait for a slot here, first in
                     # line, the message kept invisible by the heartbeat.
                     self._check(deadline)
-                    self._board.wait_for_change(0.25)
+                    self._capacity.wait(0.25)
                     continue
-                endpoint, deployment, slot = chosen
+                endpoint, deployment = chosen
+                try:
+                    if record is None:
+                        started = time.perf_counter()
+                        record = self._claim(request_id, endpoint.name, carried)
+                        claimed.update(record)
+                        log.update(
+                            model=record.get("model"),
+                            owner=record.get("owner"),
+                            attempt=record["attempt"],
+                            # Where a request's time goes, without any text of it.
+                            queued_ms=round((time.time() - float(record["created_at"])) * 1000, 1),
+                            claim_ms=round((time.perf_counter() - started) * 1000, 1),
+                        )
+                        recorded = record.get("slot")
+                        task = record.get("task") or {}
+                        attach = str(task["id"]) if task.get("endpoint") == recorded else None
+                        if recorded != endpoint.name:
+                            # Re-claimed from a poller that died: it goes back to the endpoint
+                            # it was running on, where its task still is (it attaches).
+                            held = recorded
+                            self._capacity.give(endpoint.name)
+                            continue
+                    elif recorded != endpoint.name:
+                        self._requests.move_slot(request_id, recorded, endpoint.name)
+                        recorded, attach = endpoint.name, None
+                    if body is None:
+                        body = self._task_body(request_id, record)
+                except BaseException:
+                    self._capacity.give(endpoint.name)
+                    raise
                 held = endpoint.name
                 place.start()
-                known = self._board.statuses().get(endpoint.name)
+                known = statuses.get(endpoint.name)
                 now = time.time()
                 if known and router.reported(known, deployment.model, now, self._policy) == COLD:
                     # The request waits for the load either way; the warm-up makes every
                     # worker load it and shows the deployment starting to everyone.
                     self.warmer.start(endpoint, deployment)
-                task_id, attach = (attach if endpoint.name == held else None), None
+                task_id, attach = attach, None
                 try:
                     status, fields, response = self._run_on(
                         request_id, record, endpoint, deployment, body, task_id
                     )
                 except Exception as exc:  # noqa: BLE001 - the endpoint's failure: fail over
-                    self._requests.give_slot_back(request_id, slot)
+                    self._capacity.give(endpoint.name)
                     held = None
                     self._endpoint_failed(endpoint.name, request_id, exc)
                     failed_on[endpoint.name] = type(exc).__name__
                     place.back_in_line()
                     continue
+                self._capacity.give(endpoint.name)
                 self._endpoint_ok(endpoint.name)
-                return status, fields, response, slot
+                return status, fields, response, record, endpoint.name
 
     @staticmethod
     def _check(deadline: float) -> None:
         if time.monotonic() > deadline:
             raise NoEndpointError("every endpoint serving the model stayed full")
 
-    def _enter(self, request_id: str, name: str, slot: Slot, held: str | None) -> bool:
-        """Hold a slot on endpoint ``name`` (inheriting a dead predecessor's if it is there)."""
-        if held == name:
-            return True
-        if held is not None:
-            # Someone else may have moved it already: then there is nothing to give back.
-            with contextlib.suppress(RequestConflictError):
-                self._requests.give_slot_back(request_id, self._endpoints.slot(held, 0))
-        status = self._board.statuses().get(name)
+    def _enter(self, endpoint: Endpoint, status: EndpointStatus | None, held: str | None) -> bool:
+        """A slot on ``endpoint`` for the request (where its task already runs: whether the
+        endpoint has room or not)."""
+        if held == endpoint.name:
+            return self._capacity.take(endpoint, status, force=True)
         half_open = (
             status is not None
             and router.circuit(status, time.time(), self._policy) == router.HALF_OPEN
@@ -383,9 +463,9 @@ class Poller:
         # One probe per cooldown: whoever wins the conditional write sends it.
         if half_open and status is not None:
             open_until = status.opened_at + self._policy.cooldown_s
-            if not self._endpoints.take_probe(name, open_until):
+            if not self._endpoints.take_probe(endpoint.name, open_until):
                 return False
-        return self._requests.take_slot(request_id, slot)
+        return self._capacity.take(endpoint, status, wanted=max(1, self._gate.waiting()))
 
     def _endpoint_failed(self, name: str, request_id: str, exc: Exception) -> None:
         self.counts["endpoint_failures"] += 1
@@ -417,20 +497,49 @@ class Poller:
             self._log.exception("circuit not closed", extra={"endpoint": name})
         self._board.refresh()
 
+    def _task_body(self, request_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """The task's fields that carry the body: ``{"body"}``, or ``{"body_from"}`` naming a
+        presigned GET (``planning.body_source``)."""
+        s = self._s
+        over = s.compute_offload_over_bytes if s.compute_offload else None
+        source = planning.body_source(record, over)
+        text = None
+        if source == planning.MEASURE:
+            # Its size not on the record: read it (a missing object raises here, as before).
+            text = self._blobs.load_text(record, "payload") or "null"
+            source = planning.body_source({**record, "payload_bytes": len(text.encode())}, over)
+        if source == planning.INLINE:
+            if text is not None:
+                return {"body": json.loads(text)}
+            return {"body": self._blobs.load(record, "payload")}
+        if source == planning.UPLOAD:
+            key = f"requests/{request_id}/payload.json"
+            size: int | None = self._blobs.put_text(key, record["payload"])
+        else:
+            key, size = record["payload_key"], record.get("payload_bytes")
+        self.counts["bodies_by_url"] += 1
+        url = self._objects.presign_get(key, s.presigned_url_ttl_s)
+        return {"body_from": planning.body_from(url, None if size is None else int(size))}
+
+    def _result_to(self, request_id: str) -> dict[str, Any]:
+        """Where the task stores a result over the threshold: a presigned PUT (made here, no
+        AWS call), used only when the result is that large."""
+        key = planning.result_key(request_id, uuid.uuid4().hex[:12])
+        url = self._objects.presign_put(key, self._s.presigned_url_ttl_s)
+        return planning.result_to(url, key, self._s.compute_offload_over_bytes)
+
     def _run_on(
         self,
         request_id: str,
         record: dict[str, Any],
         endpoint: Endpoint,
         deployment: ModelDeployment,
-        body: Any,
+        body: dict[str, Any],
         task_id: str | None = None,
     ) -> tuple[str, dict[str, Any], Any]:
-        task: dict[str, Any] = {
-            "request_id": request_id,
-            "engine": deployment.engine,
-            "body": body,
-        }
+        task: dict[str, Any] = {"request_id": request_id, "engine": deployment.engine, **body}
+        if self._s.compute_offload:
+            task["result_to"] = self._result_to(request_id)
         if record.get("stream"):
             if self._streams is not None:
                 task["stream"] = self._streams.task_fields(request_id, record["stream"])
@@ -442,18 +551,24 @@ class Poller:
         function_id = endpoint.functions[record["function"]]
         executor = self._executors.get(endpoint)
         submitted_at = time.time()
-        if isinstance(executor, Attachable):
-            if task_id is not None:
-                # Re-claimed from a poller that died: collect its task, do not run it again.
-                self.counts["tasks_reattached"] += 1
-                future = executor.attach(task_id)
-                submitted_at = float(record.get("task_at") or submitted_at)
+        try:
+            if isinstance(executor, Attachable):
+                if task_id is not None:
+                    # Re-claimed from a poller that died: collect its task, do not run it again.
+                    self.counts["tasks_reattached"] += 1
+                    future = executor.attach(task_id)
+                    submitted_at = float(record.get("task_at") or submitted_at)
+                else:
+                    task_id, future = executor.submit_task(function_id, args=(task,))
+                    self._requests.note_task(request_id, endpoint.name, task_id)
             else:
-                task_id, future = executor.submit_task(function_id, args=(task,))
-                self._requests.note_task(request_id, endpoint.name, task_id)
-        else:
-            # The local endpoint keys tasks by request id: a resubmission attaches by itself.
-            future = executor.submit_to_registered_function(function_id, args=(task,))
+                # The local endpoint keys tasks by request id: a resubmission attaches by itself.
+                future = executor.submit_to_registered_function(function_id, args=(task,))
+        except TaskTooLargeError as exc:
+            # Over the service's submission limit: any endpoint would refuse it.
+            self.counts["tasks_too_large"] += 1
+            failure = planning.task_too_large(request_id, str(exc))
+            return "failed", {**failure, "endpoint": endpoint.name}, None
         timeout_s = self._s.task_timeout_s - (time.time() - submitted_at)
         try:
             # The heartbeat keeps the message invisible however long this takes.
@@ -465,12 +580,24 @@ class Poller:
                 f" {self._s.task_timeout_s:g} s"
             ) from exc
         except TaskTooLargeError as exc:
-            # Over Globus Compute's limits: it would fail so on any endpoint, not retried.
-            return "failed", {**exc.failure(request_id), "endpoint": endpoint.name}, None
+            # Refused by the endpoint itself (413), where the poller did not check first.
+            self.counts["tasks_too_large"] += 1
+            failure = planning.task_too_large(request_id, str(exc))
+            return "failed", {**failure, "endpoint": endpoint.name}, None
+        except ResultTooLargeError as exc:
+            # The endpoint refused the result (S3 path off, or a function that ignored it).
+            self.counts["results_too_large"] += 1
+            failure = planning.result_too_large(request_id, exc.size_bytes, exc.limit_bytes)
+            return "failed", {**failure, "endpoint": endpoint.name}, None
         except RemoteTaskError as exc:
             # The function itself raised on the node: the request's failure, not retried.
             failure = planning.engine_failure(request_id, str(exc))
             return "failed", {**failure, "endpoint": endpoint.name}, None
+        stored = planning.stored_result_key(request_id, result)
+        if stored is not None:
+            # The function PUT its large result by the task's URL: read it back.
+            self.counts["results_by_url"] += 1
+            result = self._blobs.get_json(stored)
         return planning.outcome_of(request_id, result, endpoint=endpoint.name)
 
     def _finish(
@@ -481,10 +608,10 @@ class Poller:
         fields: dict[str, Any],
         response: Any,
         log: dict[str, Any],
-        slot: Slot | None = None,
+        slot: str | None = None,
     ) -> None:
         result_text = None
-        if status == "completed":
+        if status in ("completed", "cancelled"):  # cancelled: the response of what ran
             # Serialised once: the same text goes into the record (or S3) and the notice.
             result_text = dumps(response)
             key = f"requests/{request_id}/result.json"
@@ -497,6 +624,8 @@ class Poller:
         try:
             if status == "completed":
                 self._requests.complete(request_id, fields, slot=slot)
+            elif status == "cancelled":
+                self._requests.cancel(request_id, fields, slot=slot)
             else:
                 self._requests.fail(request_id, fields, slot=slot)
         except RequestConflictError as exc:
@@ -507,7 +636,9 @@ class Poller:
             notice = planning.notice_for(
                 request_id, status, fields, result_text, self._s.inline_limit_bytes
             )
-            if not self._replies.send(record["reply_to"], notice):
+            # Saturated (requests wait for slots): other notices follow within the linger.
+            linger_s = self._s.poller_share_wait_s if self._gate.waiting() else 0.0
+            if not self._replies.send(record["reply_to"], notice, linger_s=linger_s):
                 self.counts["notices_undelivered"] += 1
         if record.get("stream") and self._streams is not None:
             # After the record: a client that has its done frame reads the request completed.

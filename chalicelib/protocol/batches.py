@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from chalicelib.errors import BadRequestError
+from chalicelib.protocol.bounds import MAX_FILENAME_BYTES
 from chalicelib.protocol.chat import ChatCompletionRequest
 from chalicelib.protocol.common import GatewayRequest, OpenAIModel, load_json
 from chalicelib.protocol.completions import CompletionRequest
@@ -40,7 +41,11 @@ class CreateUploadRequest(OpenAIModel):
     """``POST /v1/files/uploads``: checked field by field in ``BatchApi.create_upload``; the
     model is its schema in ``GET /openapi.json``."""
 
-    filename: str = Field(min_length=1)
+    filename: str = Field(
+        min_length=1,
+        max_length=MAX_FILENAME_BYTES,
+        description=f"At most {MAX_FILENAME_BYTES} bytes of UTF-8, no control characters.",
+    )
     purpose: Literal["batch"]
 
 
@@ -200,6 +205,9 @@ class LineChecker:
             first = exc.errors()[0]
             param = ".".join(["body", *(str(p) for p in first["loc"])])
             raise _LineError("invalid_body", f"Invalid {param}: {first['msg']}", param) from None
+        except BadRequestError as exc:  # what the model's own checks refuse (tools, formats)
+            where = f"body.{exc.param}" if exc.param else "body"
+            raise _LineError("invalid_body", exc.message, where) from None
         if self.ceiling is not None:
             try:
                 self.ceiling(req)

@@ -50,3 +50,8 @@ LOGIT_BIAS_MAX = 100.0
 MAX_EMBEDDING_INPUTS = 2048
 # Embeddings: output dimensions (the largest models have a few thousand).
 MAX_DIMENSIONS = 65536
+
+# Files: a file name is at most 255 bytes of UTF-8, the longest name ext4, XFS and APFS accept,
+# so a name that fits can be saved under itself anywhere. Unbounded, a name is echoed in every
+# file object and list page, and past DynamoDB's 400 KB item its record cannot be written.
+MAX_FILENAME_BYTES = 255

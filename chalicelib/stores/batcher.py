@@ -2,7 +2,9 @@
 
 ``add`` returns at once; a thread hands the items to ``_write`` in batches of at most ``size``,
 when ``size`` are waiting or ``max_delay_s`` after the last write, whichever comes first, so the
-caller's request never waits on the call and N items cost about N/size calls. ``close`` writes
+caller's request never waits on the call and N items cost about N/size calls. Woken by a full
+batch, the thread writes full batches only: the few that arrived meanwhile wait for company
+(or for ``max_delay_s``) rather than go out alone. ``close`` writes
 what is left. Used where losing an item to a crash is acceptable and said so: SQS deletes
 (``deleter``), usage records (``usage``).
 
@@ -57,10 +59,13 @@ class BackgroundBatcher(Generic[T]):
         if full:
             self._wake.set()
 
-    def flush(self) -> None:
+    def flush(self, *, full_only: bool = False) -> None:
+        """Write what is waiting (``full_only``: only whole batches of ``size``)."""
         with self._flushing:
             while True:
                 with self._lock:
+                    if full_only and len(self._pending) < self._size:
+                        return
                     batch = self._pending[: self._size]
                     self._pending = self._pending[self._size :]
                 if not batch:
@@ -88,6 +93,6 @@ class BackgroundBatcher(Generic[T]):
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(self._delay)
+            woken = self._wake.wait(self._delay)
             self._wake.clear()
-            self.flush()
+            self.flush(full_only=woken and not self._closed)

@@ -11,12 +11,20 @@ Each transition stamps ``<status>_at``. A shard's result is counted by one condi
 that adds its number to ``done_shards`` and its line counts to the counters together, on the
 condition that the number is not there yet: a shard reported twice (a redelivered message, a
 worker that restarted) is counted once.
+
+The drop folder keeps one item per owner and name in a partition no user owns (``drop#<owner>``,
+sort key the name): ``holder``, the batch of the newest version (largest ``sequencer``) and so
+the only one that may write ``outbox/<owner>/NAME.*``; ``previous``, the holder it replaced; and
+a publish lease (``publisher``, ``publish_until``) that a batch takes around each outbox write,
+so a write the old holder began before it was replaced ends before the new holder's begins.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
@@ -41,8 +49,30 @@ class BatchConflictError(StoreError):
         self.current = current
 
 
+@dataclass(frozen=True)
+class DropClaim:
+    """Who holds a drop name after a claim: ``won`` when it is the claiming batch (now or
+    before), ``previous`` the batch it replaced (to be superseded; None when none)."""
+
+    won: bool
+    holder: str
+    previous: str | None = None
+
+
+Gate = Literal["open", "superseded", "busy", "unclaimed"]
+
+
 def _failed(exc: ClientError) -> bool:
     return exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def _old(exc: ClientError) -> dict[str, Any]:
+    old = cast("dict[str, Any]", exc.response.get("Item") or {})
+    return {k: _DESERIALIZE.deserialize(v) for k, v in old.items()}
+
+
+def _drop_key(owner: str, name: str) -> dict[str, str]:
+    return {"owner": f"drop#{owner}", "batch_id": name}
 
 
 class BatchStore:
@@ -85,6 +115,83 @@ class BatchStore:
                 raise
         item = self._table.get_item(Key=key, ConsistentRead=True)["Item"]
         return str(item["target"]), False
+
+    def claim_drop_name(self, owner: str, name: str, sequence: str, batch_id: str) -> DropClaim:
+        """Make ``batch_id`` the holder of ``owner``'s drop name ``name`` if ``sequence`` (a
+        ``drop.sequence_key``) is larger than the holder's; "" (no sequencer): by arrival.
+        Claiming again is harmless: the same answer, ``previous`` included."""
+        ordered = "sequencer < :s" if sequence else "holder <> :b"
+        try:
+            out = self._table.update_item(
+                Key=_drop_key(owner, name),
+                UpdateExpression=(
+                    "SET previous = if_not_exists(holder, :none), holder = :b, sequencer = :s, "
+                    "claimed_at = :now"
+                ),
+                ConditionExpression=f"attribute_not_exists(holder) OR {ordered}",
+                ExpressionAttributeValues={
+                    ":b": batch_id,
+                    ":s": sequence,
+                    ":none": "",
+                    ":now": int(time.time()),
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _failed(exc):
+                raise
+            old = _old(exc)
+            holder = str(old.get("holder") or "")
+            if holder != batch_id:
+                return DropClaim(False, holder)
+            # Claimed before (a redelivered event): the batch it replaced then is still the one.
+            previous = str(old.get("previous") or "")
+        else:
+            previous = str(out["Attributes"].get("previous") or "")
+        return DropClaim(True, batch_id, previous if previous not in ("", batch_id) else None)
+
+    def begin_publish(
+        self, owner: str, name: str, batch_id: str, lease_s: float
+    ) -> tuple[Gate, str]:
+        """Take the publish lease of a drop name for ``batch_id``: ``("open", token)`` when it
+        holds the name and no other write is under way (or its lease ran out); else why not.
+        Give the token back with ``end_publish``."""
+        token = f"{batch_id}/{uuid.uuid4().hex}"
+        now = time.time()
+        try:
+            self._table.update_item(
+                Key=_drop_key(owner, name),
+                UpdateExpression="SET publisher = :t, publish_until = :until",
+                ConditionExpression=(
+                    "holder = :b AND (attribute_not_exists(publish_until) OR publish_until < :now)"
+                ),
+                ExpressionAttributeValues=dynamo(
+                    {":t": token, ":b": batch_id, ":now": now, ":until": now + lease_s}
+                ),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _failed(exc):
+                raise
+            old = _old(exc)
+            if not old.get("holder"):
+                return "unclaimed", ""
+            return ("busy" if old["holder"] == batch_id else "superseded"), ""
+        return "open", token
+
+    def end_publish(self, owner: str, name: str, token: str) -> None:
+        """Give a publish lease back (not if it ran out and another writer has it now)."""
+        try:
+            self._table.update_item(
+                Key=_drop_key(owner, name),
+                UpdateExpression="REMOVE publisher, publish_until",
+                ConditionExpression="publisher = :t",
+                ExpressionAttributeValues={":t": token},
+            )
+        except ClientError as exc:
+            if not _failed(exc):
+                raise
 
     def get(self, owner: str, batch_id: str) -> dict[str, Any] | None:
         item = self._table.get_item(

@@ -1,7 +1,9 @@
 """The S3 bucket: large payloads and results (DynamoDB items stop at 400 KB).
 
 A record field holds its JSON text inline when it fits (``{name: text}``), else a pointer to an
-S3 object (``{name_key: key}``): ``fields`` writes that choice, ``load`` reads it back.
+S3 object and its size (``{name_key: key, name_bytes: n}``): ``fields`` writes that choice,
+``load`` reads it back. The size lets the poller hand a large payload to an HPC node by URL
+without reading it first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
+from chalicelib.stores.objects import ObjectStore
 
 
 class BlobNotFoundError(StoreError):
@@ -26,6 +29,10 @@ class BlobStore:
     def __init__(self, client: Any, bucket: str) -> None:
         self._s3 = client
         self.bucket = bucket
+
+    def objects(self) -> ObjectStore:
+        """The same bucket as objects: presigned URLs for those without AWS credentials."""
+        return ObjectStore(self._s3, self.bucket)
 
     def put_text(self, key: str, text: str) -> int:
         data = text.encode()
@@ -48,11 +55,12 @@ class BlobStore:
         return json.loads(self.get_text(key))
 
     def fields(self, name: str, text: str, key: str, inline_limit_bytes: int) -> dict[str, Any]:
-        """``{name: text}`` when it fits inline, else ``{name_key: key}`` after writing to S3."""
+        """``{name: text}`` when it fits inline, else ``{name_key: key, name_bytes: n}`` after
+        writing to S3."""
         if len(text) <= inline_limit_bytes and len(text.encode()) <= inline_limit_bytes:
             return {name: text}
-        self.put_text(key, text)
-        return {f"{name}_key": key}
+        size_bytes = self.put_text(key, text)
+        return {f"{name}_key": key, f"{name}_bytes": size_bytes}
 
     def load(self, record: dict[str, Any], name: str) -> Any:
         """The value ``fields`` stored on ``record`` (None when it has neither form)."""

@@ -1,7 +1,8 @@
-"""The ``connections`` table: one item per open WebSocket connection (owner, principal, TTL).
+"""The ``connections`` table: one item per open WebSocket connection (owner, principal, the
+caller's credential sealed (``chalicelib.auth.sealed``), TTL).
 
 Written at ``$connect``, read at each ``$default`` message (a Lambda has no memory of the
-connection), deleted at ``$disconnect``. API Gateway closes a connection after 2 h at most, so
+connection, and the message carries no credentials), deleted at ``$disconnect``. API Gateway closes a connection after 2 h at most, so
 the TTL bounds what a lost ``$disconnect`` leaves behind; expired items are filtered in code
 (AWS deletes them late, moto never).
 """
@@ -9,6 +10,7 @@ the TTL bounds what a lost ``$disconnect`` leaves behind; expired items are filt
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from chalicelib.auth import Principal
@@ -37,29 +39,41 @@ def principal_from(fields: dict[str, Any]) -> Principal:
     )
 
 
+@dataclass(frozen=True)
+class Connection:
+    principal: Principal
+    # The bearer token it connected with, sealed; None on a record written without one.
+    credential: str | None
+
+
 class ConnectionStore:
     def __init__(self, table: Any, *, ttl_s: int = 2 * 3600) -> None:
         self._table = table
         self._ttl_s = ttl_s
 
-    def put(self, connection_id: str, principal: Principal) -> None:
+    def put(self, connection_id: str, principal: Principal, credential: str | None = None) -> None:
         now = time.time()
-        self._table.put_item(
-            Item={
-                "connection_id": connection_id,
-                "owner": principal.id,
-                "principal": principal_fields(principal),
-                "connected_at": int(now),
-                "expires_at": int(now) + self._ttl_s,
-            }
-        )
+        item: dict[str, Any] = {
+            "connection_id": connection_id,
+            "owner": principal.id,
+            "principal": principal_fields(principal),
+            "connected_at": int(now),
+            "expires_at": int(now) + self._ttl_s,
+        }
+        if credential is not None:
+            item["credential"] = credential
+        self._table.put_item(Item=item)
 
-    def principal(self, connection_id: str) -> Principal | None:
-        """The connection's principal, or None when it is gone or expired."""
+    def get(self, connection_id: str) -> Connection | None:
+        """The connection, or None when it is gone or expired."""
         item = self._table.get_item(Key={"connection_id": connection_id}).get("Item")
         if item is None or int(item.get("expires_at", 0)) < time.time():
             return None
-        return principal_from(dict(item["principal"]))
+        credential = item.get("credential")
+        return Connection(
+            principal_from(dict(item["principal"])),
+            str(credential) if credential is not None else None,
+        )
 
     def delete(self, connection_id: str) -> None:
         self._table.delete_item(Key={"connection_id": connection_id})

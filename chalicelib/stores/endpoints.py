@@ -1,7 +1,9 @@
 """The ``endpoints`` table: each endpoint's live status, shared by every poller.
 
-One item per endpoint (``name``): ``inflight`` (requests running there, counted across pollers,
-moved only inside the requests table's transactions: ``Slot``), ``failures`` (consecutive
+One item per endpoint (``name``): ``inflight`` (its slots leased by pollers, counted across
+pollers) with one ``lease#<poller>`` (slots) and ``lease_until#<poller>`` (epoch s) per poller
+holding a lease and ``want#<poller>`` (epoch s) per poller that found it full (the leases:
+``chalicelib/poller/capacity.py``), ``failures`` (consecutive
 infrastructure failures) with ``opened_at`` / ``probe_at`` for its circuit, ``last_seen`` (the
 last heartbeat), ``models`` (model → hot | starting | cold | unavailable), ``ready_at`` (model →
 when a starting one is expected hot, where the endpoint says), ``capacity``, and one
@@ -12,15 +14,20 @@ The router (``chalicelib/router.py``) decides over these values; this store only
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
-from chalicelib.router import EndpointStatus
+from chalicelib.router import EndpointStatus, Lease
+from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import from_wire, to_wire
-from chalicelib.stores.requests import Slot
 
 WARMING = "warming#"
+LEASE, LEASE_UNTIL, WANT = "lease#", "lease_until#", "want#"
+
+
+class LeaseLostError(StoreError):
+    """The poller's lease is not what it holds: a peer reclaimed it as expired."""
 
 
 def _conditional_failure(exc: ClientError) -> bool:
@@ -44,22 +51,138 @@ class EndpointStore:
             kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
         return {str(i["name"]): _status(i) for i in items}
 
-    def slot(self, name: str, capacity: int) -> Slot:
-        key = to_wire({"name": name})
-        acquire = {
-            "TableName": self.table_name,
-            "Key": key,
-            "UpdateExpression": "ADD inflight :one",
-            "ConditionExpression": "attribute_not_exists(inflight) OR inflight < :capacity",
-            "ExpressionAttributeValues": to_wire({":one": 1, ":capacity": capacity}),
-        }
-        release = {
-            "TableName": self.table_name,
-            "Key": key,
-            "UpdateExpression": "ADD inflight :minus",
-            "ExpressionAttributeValues": to_wire({":minus": -1}),
-        }
-        return Slot(name, acquire, release)
+    def lease(
+        self,
+        name: str,
+        holder: str,
+        *,
+        held: int,
+        more: int,
+        capacity: int,
+        until: float,
+    ) -> int:
+        """Lease up to ``more`` further slots of endpoint ``name`` for ``holder`` (which holds
+        ``held``), never past ``capacity`` in all; the slots granted (0 when it is full). One
+        conditional update; a second with what is left when the first asked for too many."""
+        while more > 0:
+            try:
+                self._ddb.update_item(
+                    TableName=self.table_name,
+                    Key=to_wire({"name": name}),
+                    UpdateExpression="ADD inflight :more, #l :more SET #u = :until REMOVE #w",
+                    ConditionExpression=(
+                        f"(attribute_not_exists(inflight) OR inflight <= :room) AND {_mine(held)}"
+                    ),
+                    ExpressionAttributeNames=_names(holder, want=True),
+                    ExpressionAttributeValues=to_wire(
+                        {":more": more, ":room": capacity - more, ":until": until}
+                        | ({":held": held} if held else {})
+                    ),
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if not _conditional_failure(exc):
+                    raise
+                old = from_wire(cast("dict[str, Any]", exc.response.get("Item") or {}))
+                _check_mine(old, name, holder, held)
+                room = capacity - int(old.get("inflight", 0))
+                if room >= more or room <= 0:
+                    return 0  # full (or the count moved under us: the caller asks again)
+                more = room
+                continue
+            return more
+        return 0
+
+    def give_back(self, name: str, holder: str, *, held: int, n: int) -> None:
+        """``holder`` returns ``n`` of the ``held`` slots it leases (all: the lease ends)."""
+        if n >= held:
+            update, values = "ADD inflight :minus REMOVE #l, #u", {":minus": -held}
+        else:
+            update, values = "ADD inflight :minus, #l :minus", {":minus": -n}
+        self._lease_update(name, holder, held, update, values)
+
+    def renew(self, name: str, holder: str, *, held: int, until: float) -> None:
+        """Keep ``holder``'s lease of ``held`` slots until ``until``."""
+        self._lease_update(name, holder, held, "SET #u = :until", {":until": until})
+
+    def restore(self, name: str, holder: str, *, n: int, until: float) -> None:
+        """A lost lease counted again: ``n`` slots that are in use whatever the capacity says
+        (requests running there), so the count matches what the endpoint runs."""
+        self._lease_update(
+            name,
+            holder,
+            0,
+            "ADD inflight :n SET #l = :n, #u = :until",
+            {":n": n, ":until": until},
+        )
+
+    def reclaim(self, name: str, holder: str, lease: Lease) -> bool:
+        """Take back an expired lease of a poller that stopped renewing it (it died): True for
+        exactly one caller, and only while the lease is still the one seen (``lease``)."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_wire({"name": name}),
+                UpdateExpression="ADD inflight :minus REMOVE #l, #u",
+                ConditionExpression="#l = :held AND #u = :until",
+                ExpressionAttributeNames=_names(holder),
+                ExpressionAttributeValues=to_wire(
+                    {":minus": -lease.slots, ":held": lease.slots, ":until": lease.until}
+                ),
+            )
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+            return False
+        return True
+
+    def want(self, name: str, holder: str, now: float | None = None) -> None:
+        """``holder`` found endpoint ``name`` full: holders above their fair share give back."""
+        self._ddb.update_item(
+            TableName=self.table_name,
+            Key=to_wire({"name": name}),
+            UpdateExpression="SET #w = :now",
+            ExpressionAttributeNames={"#w": f"{WANT}{holder}"},
+            ExpressionAttributeValues=to_wire({":now": time.time() if now is None else now}),
+        )
+
+    def forget_want(self, name: str, holder: str, at: float) -> None:
+        """Drop ``holder``'s ``want`` of ``at`` (a poller that is gone: its name is not reused)."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_wire({"name": name}),
+                UpdateExpression="REMOVE #w",
+                ConditionExpression="#w = :at",
+                ExpressionAttributeNames={"#w": f"{WANT}{holder}"},
+                ExpressionAttributeValues=to_wire({":at": at}),
+            )
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+
+    def _lease_update(
+        self, name: str, holder: str, held: int, update: str, values: dict[str, Any]
+    ) -> None:
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_wire({"name": name}),
+                UpdateExpression=update,
+                ConditionExpression=_mine(held),
+                ExpressionAttributeNames={
+                    k: v for k, v in _names(holder).items() if k in update or k == "#l"
+                },
+                ExpressionAttributeValues=to_wire({**values, ":held": held} if held else values),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+            old = from_wire(cast("dict[str, Any]", exc.response.get("Item") or {}))
+            raise LeaseLostError(
+                f"{holder}'s lease on {name} is {old.get(LEASE + holder, 0)}, not {held}"
+            ) from exc
 
     def heartbeat(
         self,
@@ -180,4 +303,26 @@ def _status(item: dict[str, Any]) -> EndpointStatus:
         warming={
             k.removeprefix(WARMING): float(v) for k, v in item.items() if k.startswith(WARMING)
         },
+        leases={
+            k.removeprefix(LEASE): Lease(int(v), float(item.get(LEASE_UNTIL + k[len(LEASE) :], 0)))
+            for k, v in item.items()
+            if k.startswith(LEASE)
+        },
+        wants={k.removeprefix(WANT): float(v) for k, v in item.items() if k.startswith(WANT)},
     )
+
+
+def _names(holder: str, *, want: bool = False) -> dict[str, str]:
+    names = {"#l": f"{LEASE}{holder}", "#u": f"{LEASE_UNTIL}{holder}"}
+    return {**names, "#w": f"{WANT}{holder}"} if want else names
+
+
+def _mine(held: int) -> str:
+    """The condition that the holder's lease is the ``held`` slots it thinks it has."""
+    return "#l = :held" if held else "attribute_not_exists(#l)"
+
+
+def _check_mine(old: dict[str, Any], name: str, holder: str, held: int) -> None:
+    current = int(old.get(LEASE + holder, 0))
+    if current != held:
+        raise LeaseLostError(f"{holder}'s lease on {name} is {current}, not {held}")

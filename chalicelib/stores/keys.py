@@ -20,6 +20,8 @@ KEY_PREFIX = "sk-first-"
 BASE62 = string.digits + string.ascii_letters
 BODY_CHARS = 32
 CHECKSUM_CHARS = 6  # 62**6 > 2**32: a CRC32 always fits
+# The keys table's index by user (infra/resources.yaml): whose keys are active, for the drop folder.
+USER_INDEX = "by-user"
 _KEY = re.compile(
     rf"{re.escape(KEY_PREFIX)}(?P<body>[0-9A-Za-z]{{{BODY_CHARS}}})"
     rf"(?P<checksum>[0-9A-Za-z]{{{CHECKSUM_CHARS}}})"
@@ -90,6 +92,24 @@ class KeyStore:
         if item is None or not item.get("active", True):
             return None
         return dict(item)
+
+    def user_keys(self, user: str) -> list[dict[str, Any]]:
+        """The active keys of ``user`` (what the ``by-user`` index holds of them: ``user``,
+        ``kind``, ``groups``, ``domain``, ``active``). The index is eventually consistent: a
+        key made or revoked a moment ago may not show yet."""
+        kwargs: dict[str, Any] = {
+            "IndexName": USER_INDEX,
+            "KeyConditionExpression": "#u = :u",
+            "ExpressionAttributeNames": {"#u": "user"},
+            "ExpressionAttributeValues": {":u": user},
+        }
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self._table.query(**kwargs)
+            found += [dict(i) for i in page.get("Items", []) if i.get("active", True)]
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def revoke(self, key_hash: str) -> None:
         self._table.update_item(

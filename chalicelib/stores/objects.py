@@ -20,6 +20,10 @@ class ObjectNotFoundError(StoreError):
     pass
 
 
+class ObjectChangedError(StoreError):
+    """The object is no longer the one asked for (its ETag differs: it was written again)."""
+
+
 def _missing(exc: ClientError) -> bool:
     return exc.response["Error"]["Code"] in ("NoSuchKey", "NoSuchVersion", "404", "NotFound")
 
@@ -43,23 +47,31 @@ class ObjectStore:
     def get_bytes(self, key: str) -> bytes:
         return bytes(self._get(key)["Body"].read())
 
-    def lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
-        """The object's lines, streamed (each without its newline); never the whole body."""
-        body = self._get(key, version_id)["Body"]
+    def lines(
+        self, key: str, version_id: str | None = None, etag: str | None = None
+    ) -> Iterator[bytes]:
+        """The object's lines, streamed (each without its newline); never the whole body. With
+        ``etag``, only the object with that ETag (else ``ObjectChangedError``): in a bucket
+        without versions, a key written again is another object under the same name."""
+        body = self._get(key, version_id, etag)["Body"]
         try:
             yield from body.iter_lines(chunk_size=64 * 1024, keepends=False)
         finally:
             body.close()
 
-    def _get(self, key: str, version_id: str | None = None) -> Any:
+    def _get(self, key: str, version_id: str | None = None, etag: str | None = None) -> Any:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if version_id:
             kwargs["VersionId"] = version_id
+        if etag:
+            kwargs["IfMatch"] = f'"{etag.strip(chr(34))}"'
         try:
             return self._s3.get_object(**kwargs)
         except ClientError as exc:
             if _missing(exc):
                 raise ObjectNotFoundError(f"s3://{self.bucket}/{key} does not exist") from exc
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                raise ObjectChangedError(f"s3://{self.bucket}/{key} is not {etag}") from exc
             raise
 
     def size(self, key: str) -> int | None:

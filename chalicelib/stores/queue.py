@@ -15,8 +15,9 @@ class RequestQueue:
         # Concurrent requests of one process share SendMessageBatch calls.
         self._sender = sender or GroupSender(client)
 
-    def send(self, body: dict[str, Any]) -> None:
-        self._sender.send(self.url, json.dumps(body))
+    def send(self, body: dict[str, Any] | str) -> None:
+        """Send a message (a dict, or its JSON text)."""
+        self._sender.send(self.url, body if isinstance(body, str) else json.dumps(body))
 
     def receive(self, max_messages: int, wait_s: int, visibility_s: int) -> list[dict[str, Any]]:
         out = self.client.receive_message(

@@ -59,11 +59,12 @@ class ReplySender:
     def __init__(self, client: Any) -> None:
         self._sender = GroupSender(client)
 
-    def send(self, queue_url: str, notice: dict[str, Any] | str) -> bool:
-        """Send a notice (a dict, or its JSON text); False when the waiter's queue is gone."""
+    def send(self, queue_url: str, notice: dict[str, Any] | str, *, linger_s: float = 0.0) -> bool:
+        """Send a notice (a dict, or its JSON text); False when the waiter's queue is gone.
+        ``linger_s``: more notices are coming (``GroupSender``): share a call with them."""
         body = notice if isinstance(notice, str) else json.dumps(notice)
         try:
-            self._sender.send(queue_url, body)
+            self._sender.send(queue_url, body, linger_s=linger_s)
         except SendFailedError:
             # The waiting process is gone (queue deleted): the record already holds the truth.
             return False

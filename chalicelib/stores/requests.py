@@ -1,9 +1,17 @@
 """The ``requests`` table: one item per request; status moves only forward, by conditional writes.
 
-``queued → dispatched → completed | failed``. ``claim`` may re-claim a ``dispatched`` request:
-the SQS visibility timeout is the lease, so a message that reappears means its poller died, and
-the new holder takes over (``attempt`` + 1). ``complete``/``fail`` only succeed from a
-non-terminal state, so a redelivered message never completes a request twice.
+``queued → dispatched → completed | failed | cancelled``. ``claim`` may re-claim a ``dispatched``
+request: the SQS visibility timeout is the lease, so a message that reappears means its poller
+died, and the new holder takes over (``attempt`` + 1). ``complete``/``fail``/``cancel`` only
+succeed from a non-terminal state, so a redelivered message never completes a request twice.
+``cancelled`` is a stream stopped before its end (its client went away): it keeps the result of
+the tokens that ran, and their usage.
+
+The API does not write the record of an interactive request it can answer at once: its queue
+message carries the record (``new``), and the poller's ``claim`` writes it, claimed, in one
+call. The API writes it itself (``put_new``, if it is not there yet) when the request outlives
+the first read-back of its wait or is answered without a result, so a request id handed to a
+client always names a record.
 
 Until it is terminal a record carries ``pending_shard``, which puts it in the sparse index
 ``pending`` (``pending_shard`` → ``created_at``): the oldest unfinished request, whose SQS message
@@ -14,7 +22,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from typing import Any, cast
 
 from botocore.exceptions import ClientError
@@ -22,8 +29,11 @@ from botocore.exceptions import ClientError
 from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import from_wire, to_wire
 
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "cancelled")
 PENDING_INDEX = "pending"
+# A request the API has not answered this long has its record written by the API (its first
+# read-back of the record, chalicelib/gateway.py), if the poller's claim did not write it first.
+API_WRITES_AFTER_S = 5.0
 # The index's partitions: creates spread over them, since one partition key takes at most
 # 1,000 writes/s and a rising ``created_at`` always writes at its tail.
 PENDING_SHARDS = 4
@@ -46,9 +56,10 @@ class RequestStore:
         self.table_name = table_name
         self._ttl_s = ttl_s
 
-    def create(self, item: dict[str, Any]) -> None:
+    def new(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The queued record of a new request (``item`` plus status, shard, times, TTL)."""
         now = time.time()
-        record = {
+        return {
             **item,
             "status": "queued",
             "attempt": 0,
@@ -56,11 +67,29 @@ class RequestStore:
             "created_at": round(now, 3),
             "expires_at": int(now) + self._ttl_s,
         }
+
+    def create(self, item: dict[str, Any]) -> None:
         self._ddb.put_item(
             TableName=self.table_name,
-            Item=to_wire(record),
+            Item=to_wire(self.new(item)),
             ConditionExpression="attribute_not_exists(request_id)",
         )
+
+    def put_new(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Write ``record`` (from ``new``) unless the request has one already; that one, or None
+        when this call wrote it. One call either way: it doubles as a read-back."""
+        try:
+            self._ddb.put_item(
+                TableName=self.table_name,
+                Item=to_wire(record),
+                ConditionExpression="attribute_not_exists(request_id)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return from_wire(cast("dict[str, Any]", exc.response.get("Item") or {}))
+        return None
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         out = self._ddb.get_item(
@@ -71,6 +100,21 @@ class RequestStore:
             # AWS deletes expired TTL items late (moto never does): treat them as gone.
             return None
         return item
+
+    def status(self, request_id: str) -> str | None:
+        """The request's status alone, or None when it is missing or expired: the stream
+        relay's check, so an eventually consistent read (half the cost; a status turns terminal
+        there within a second)."""
+        out = self._ddb.get_item(
+            TableName=self.table_name,
+            Key=_key(request_id),
+            ProjectionExpression="#s, expires_at",
+            ExpressionAttributeNames={"#s": "status"},
+        )
+        item = from_wire(out["Item"]) if out.get("Item") else None
+        if item is None or int(item.get("expires_at", 0)) < time.time():
+            return None
+        return str(item["status"])
 
     def get_owned(self, request_id: str, owner: str) -> dict[str, Any] | None:
         """The record if ``owner`` owns it, else None, and the same work either way.
@@ -112,29 +156,74 @@ class RequestStore:
                     oldest = (str(record["request_id"]), created_at)
         return oldest
 
-    def claim(self, request_id: str) -> dict[str, Any]:
-        """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call)."""
+    def claim(
+        self,
+        request_id: str,
+        *,
+        slot: str | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call).
+
+        ``slot``: the endpoint the claimer will run it on, noted in the same write unless the
+        record names one already (``slot`` in the record returned): a predecessor that died
+        left its task running there, and the request goes back to it.
+
+        ``record``: the queued record the message carried (``new``). While the request has no
+        record (the API wrote none: the first delivery), the claim writes it, claimed, with one
+        conditional put; a record that is there is claimed by update (a second call). A record
+        older than the API's first read-back (``API_WRITES_AFTER_S``) is likely there: the
+        update goes first then, and the put only if there is none.
+        """
+        if record is None:
+            return self._claim_update(request_id, slot)
+        age_s = time.time() - float(record.get("created_at", 0))
+        if age_s >= API_WRITES_AFTER_S - 0.5:
+            try:
+                return self._claim_update(request_id, slot)
+            except RequestConflictError as exc:
+                if exc.current is not None:
+                    raise
+        claimed = {
+            **record,
+            "request_id": request_id,
+            "status": "dispatched",
+            "dispatched_at": round(time.time(), 3),
+            "attempt": int(record.get("attempt", 0)) + 1,
+            **({"slot": slot} if slot is not None else {}),
+        }
+        if self.put_new(claimed) is None:
+            return claimed
+        return self._claim_update(request_id, slot)
+
+    def _claim_update(self, request_id: str, slot: str | None) -> dict[str, Any]:
+        update = "SET #s = :dispatched, dispatched_at = :now"
+        values: dict[str, Any] = {":dispatched": "dispatched", ":queued": "queued", ":one": 1}
+        if slot is not None:
+            update += ", slot = if_not_exists(slot, :slot)"
+            values[":slot"] = slot
         return self._update(
             request_id,
-            "SET #s = :dispatched, dispatched_at = :now ADD attempt :one",
+            update + " ADD attempt :one",
             "#s IN (:queued, :dispatched)",
-            {":dispatched": "dispatched", ":queued": "queued", ":one": 1},
+            values,
             returns="ALL_NEW",
         )
 
-    def complete(
-        self, request_id: str, fields: dict[str, Any], *, slot: Slot | None = None
-    ) -> None:
+    def complete(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
         self._finish(request_id, "completed", fields, slot)
 
-    def fail(self, request_id: str, fields: dict[str, Any], *, slot: Slot | None = None) -> None:
+    def fail(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
         self._finish(request_id, "failed", fields, slot)
 
+    def cancel(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
+        self._finish(request_id, "cancelled", fields, slot)
+
     def _finish(
-        self, request_id: str, status: str, fields: dict[str, Any], slot: Slot | None
+        self, request_id: str, status: str, fields: dict[str, Any], slot: str | None
     ) -> None:
-        """Make the request terminal; with ``slot``, give its endpoint slot back in the same
-        transaction: only the write that finishes the request releases it, exactly once."""
+        """Make the request terminal; with ``slot``, only while the record names that endpoint
+        (the write of the poller that ran it there), and the slot leaves the record."""
         # Nothing returned: the caller has the fields, and echoing the result back costs bytes.
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         values = {f":f{i}": v for i, v in enumerate(fields.values())}
@@ -146,32 +235,17 @@ class RequestStore:
         if slot is not None:
             update += ", slot"
             condition += " AND slot = :slot"
-            values[":slot"] = slot.endpoint
-        self._update(
-            request_id,
-            update,
-            condition,
-            values,
-            names,
-            returns="NONE",
-            also=slot.release if slot else None,
-        )
+            values[":slot"] = slot
+        self._update(request_id, update, condition, values, names, returns="NONE")
 
-    def take_slot(self, request_id: str, slot: Slot) -> bool:
-        """Count the request against its endpoint's capacity (shared by every poller) and note
-        the slot on the record, in one transaction; False when the endpoint is full."""
-        try:
-            self._update(
-                request_id,
-                "SET slot = :slot",
-                "#s = :dispatched AND attribute_not_exists(slot)",
-                {":slot": slot.endpoint, ":dispatched": "dispatched"},
-                returns="NONE",
-                also=slot.acquire,
-            )
-        except SlotUnavailableError:
-            return False
-        return True
+    def move_slot(self, request_id: str, old: str | None, new: str) -> None:
+        """The request leaves endpoint ``old`` unfinished (failover, or its predecessor's
+        endpoint cannot take it) for ``new``: noted before it is submitted there."""
+        condition = "#s = :dispatched AND " + (
+            "slot = :old" if old else "attribute_not_exists(slot)"
+        )
+        values = {":slot": new, ":dispatched": "dispatched", **({":old": old} if old else {})}
+        self._update(request_id, "SET slot = :slot", condition, values, returns="NONE")
 
     def note_task(self, request_id: str, endpoint: str, task_id: str) -> None:
         """Keep the endpoint's task id on the record (``task``, submitted at ``task_at``) while the
@@ -189,17 +263,6 @@ class RequestStore:
             returns="NONE",
         )
 
-    def give_slot_back(self, request_id: str, slot: Slot) -> None:
-        """The request leaves its endpoint unfinished (failover): release exactly once."""
-        self._update(
-            request_id,
-            "REMOVE slot",
-            "slot = :slot",
-            {":slot": slot.endpoint},
-            returns="NONE",
-            also=slot.release,
-        )
-
     def _update(
         self,
         request_id: str,
@@ -209,11 +272,7 @@ class RequestStore:
         names: dict[str, str] | None = None,
         *,
         returns: str,
-        also: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        if also is not None:
-            self._transact(request_id, update, condition, values, names, also)
-            return {}
         try:
             out = self._ddb.update_item(
                 TableName=self.table_name,
@@ -221,7 +280,9 @@ class RequestStore:
                 UpdateExpression=update,
                 ConditionExpression=f"attribute_exists(request_id) AND {condition}",
                 ExpressionAttributeNames={"#s": "status", **(names or {})},
-                ExpressionAttributeValues=to_wire({**values, ":now": round(time.time(), 3)}),
+                ExpressionAttributeValues=to_wire(
+                    {**values, ":now": round(time.time(), 3)} if ":now" in update else values
+                ),
                 ReturnValues=returns,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -235,61 +296,6 @@ class RequestStore:
             state = current["status"] if current else "missing"
             raise RequestConflictError(f"request {request_id} is {state}", current) from exc
         return from_wire(out.get("Attributes", {}))
-
-    def _transact(
-        self,
-        request_id: str,
-        update: str,
-        condition: str,
-        values: dict[str, Any],
-        names: dict[str, str] | None,
-        also: dict[str, Any],
-    ) -> None:
-        record: dict[str, Any] = {
-            "TableName": self.table_name,
-            "Key": _key(request_id),
-            "UpdateExpression": update,
-            "ConditionExpression": f"attribute_exists(request_id) AND {condition}",
-            "ExpressionAttributeNames": {"#s": "status", **(names or {})},
-            "ExpressionAttributeValues": to_wire({**values, ":now": round(time.time(), 3)}),
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-        if "#s" not in update and "#s" not in condition:
-            del record["ExpressionAttributeNames"]["#s"]
-        if not record["ExpressionAttributeNames"]:
-            del record["ExpressionAttributeNames"]
-        try:
-            self._ddb.transact_write_items(TransactItems=[{"Update": record}, {"Update": also}])
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "TransactionCanceledException":
-                raise
-            reasons = cast("list[dict[str, Any]]", exc.response.get("CancellationReasons") or [])
-            mine = reasons[0] if reasons else {}
-            if mine.get("Code") == "ConditionalCheckFailed":
-                old = mine.get("Item")
-                current = from_wire(old) if old else None
-                state = current["status"] if current else "missing"
-                raise RequestConflictError(f"request {request_id} is {state}", current) from exc
-            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
-                raise SlotUnavailableError(f"no free slot for {request_id}") from exc
-            raise
-
-
-class SlotUnavailableError(StoreError):
-    """The endpoint was at capacity (its conditional counter refused)."""
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One unit of an endpoint's capacity, held by a request while it runs there.
-
-    ``acquire`` and ``release`` are the endpoints table's halves of the transactions
-    (``chalicelib/stores/endpoints.py`` builds them).
-    """
-
-    endpoint: str
-    acquire: dict[str, Any]
-    release: dict[str, Any]
 
 
 def _key(request_id: str) -> dict[str, Any]:

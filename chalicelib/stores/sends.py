@@ -5,11 +5,20 @@ added latency). Senders that arrive while a call is in flight queue up, and the 
 up to ten of them. Under load this turns N ``SendMessage`` calls into about N/10 (AWS bills a
 batch of ten as one request), and on the embedded moto server it is the difference between
 keeping up with hundreds of concurrent clients and falling behind.
+
+Senders only share a call when they overlap it, and a system that hands work on one request at
+a time (a poller whose endpoint slots are full starts the next request as one finishes) makes
+its sends one at a time too: nothing overlaps, nothing is shared. A sender that knows more sends
+to the queue are coming (the poller, while requests wait for its slots) passes ``linger_s``: the
+call then waits that long, or until ten are waiting, for company; only where the queue was sent
+to within the last ``RECENT_S`` (a queue that gets one message now and then is not kept
+waiting for a second).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -18,6 +27,8 @@ from botocore.exceptions import ClientError
 from chalicelib.stores import StoreError
 
 BATCH = 10
+# A linger applies only to a queue sent to this recently.
+RECENT_S = 1.0
 
 
 class SendFailedError(StoreError):
@@ -25,11 +36,14 @@ class SendFailedError(StoreError):
 
 
 class _Lane:
-    __slots__ = ("busy", "pending")
+    __slots__ = ("busy", "full", "last_at", "pending")
 
     def __init__(self) -> None:
         self.pending: list[tuple[str, Future[None]]] = []
         self.busy = False
+        # Set when a lingering call has a whole batch waiting.
+        self.full = threading.Event()
+        self.last_at = float("-inf")
 
 
 class GroupSender:
@@ -38,16 +52,25 @@ class GroupSender:
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
 
-    def send(self, queue_url: str, body: str) -> None:
-        """Send one message; returns once SQS accepted it, raises ``SendFailedError`` if not."""
+    def send(self, queue_url: str, body: str, *, linger_s: float = 0.0) -> None:
+        """Send one message; returns once SQS accepted it, raises ``SendFailedError`` if not.
+        ``linger_s``: more sends to this queue are expected; wait up to that long for them."""
         done: Future[None] = Future()
+        now = time.monotonic()
         with self._lock:
             lane = self._lanes.setdefault(queue_url, _Lane())
-            lane.pending.append((body, done))
             lead = not lane.busy
             if lead:
                 lane.busy = True
+                lane.full.clear()
+            linger = lead and linger_s > 0 and now - lane.last_at < RECENT_S
+            lane.last_at = now
+            lane.pending.append((body, done))
+            if len(lane.pending) >= BATCH:
+                lane.full.set()
         if lead:
+            if linger:
+                lane.full.wait(linger_s)
             self._drain(queue_url, lane)
         done.result()
 

@@ -43,7 +43,7 @@ GROUP_BY: tuple[GroupBy, ...] = ("model", "day", "user")
 # BatchWriteItem takes at most 25 puts.
 BATCH = 25
 UNPROCESSED_RETRIES_S = (0.05, 0.2)
-TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
+TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors", "cancelled")
 
 
 class UsageRangeError(StoreError):
@@ -61,7 +61,7 @@ class Usage:
     mode: str
     # chat_completions | completions | embeddings
     function: str
-    # completed | failed
+    # completed | failed | cancelled (a stream its client left: its tokens count)
     status: str
     finished_at: float
     # The endpoint that ran it (None: it never reached one).
@@ -72,6 +72,7 @@ class Usage:
     completion_tokens: int = 0
     requests: int = 1
     errors: int = 0
+    cancelled: int = 0
     created_at: float | None = None
     queue_ms: float | None = None
     engine_ms: float | None = None
@@ -132,7 +133,8 @@ class UsageStore:
 
     # Only what a summary adds up.
     _PROJECTION = (
-        "#o, sk, model, #d, requests, errors, prompt_tokens, completion_tokens, total_tokens"
+        "#o, sk, model, #d, requests, errors, cancelled, prompt_tokens, completion_tokens,"
+        " total_tokens"
     )
 
     def __init__(self, client: Any, table_name: str, *, ttl_s: int = 400 * 24 * 3600) -> None:

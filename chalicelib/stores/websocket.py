@@ -2,8 +2,9 @@
 
 The endpoint is per WebSocket API (``https://{api-id}.execute-api.{region}.amazonaws.com/{stage}``
 on AWS, the local API server offline), so it comes from settings rather than from an event as
-Chalice's own ``websocket_api`` builds it. ``GoneException`` (the client went away) enters as
-``ConnectionGoneError``.
+Chalice's own ``websocket_api`` builds it. AWS errors enter as ours: ``GoneException`` (the
+client went away) as ``ConnectionGoneError``, ``PayloadTooLargeException`` (a frame over API
+Gateway's 128 KB) as ``FrameTooLargeError``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
 
+# API Gateway's limit on one WebSocket frame (message), the same both ways; it cannot be raised.
+MAX_FRAME_BYTES = 128 * 1024
+
 
 class ConnectionGoneError(StoreError):
     """The WebSocket connection is closed: nothing posted to it will ever arrive."""
+
+
+class FrameTooLargeError(StoreError):
+    """API Gateway refused a frame over ``MAX_FRAME_BYTES``: it will never be delivered."""
 
 
 class ConnectionPoster:
@@ -27,8 +35,13 @@ class ConnectionPoster:
         try:
             self._client.post_to_connection(ConnectionId=connection_id, Data=text.encode())
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "GoneException":
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "GoneException":
                 raise ConnectionGoneError(f"connection {connection_id} is gone") from exc
+            if code == "PayloadTooLargeException":
+                raise FrameTooLargeError(
+                    f"a frame of {len(text.encode())} bytes for {connection_id}"
+                ) from exc
             raise
 
     def close(self, connection_id: str) -> None:

@@ -2,7 +2,7 @@
 
 ``task_fields`` is what an HPC function needs to push (the relay URL, a capability token for
 this request and connection, the coalescing settings). ``finished`` posts ``done`` (with usage)
-or ``error`` once the outcome is stored, so a client that has its ``done`` reads the request
+or ``error`` (410 ``cancelled`` for a stream stopped before its end) once the outcome is stored, so a client that has its ``done`` reads the request
 completed, and ``GET /v1/requests/{id}`` agrees with what streamed.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from chalicelib.errors import error_from_result
+from chalicelib.errors import FirstError, StreamGoneError, error_from_result
 from chalicelib.settings import Settings
 from chalicelib.stores.websocket import ConnectionGoneError, ConnectionPoster
 from chalicelib.streaming import frames
@@ -51,6 +51,16 @@ class StreamNotifier:
             text = frames.done(
                 ref, request_id, fields.get("usage") or {}, fields.get("stream_stats")
             )
+        elif status == "cancelled":
+            # Usually nobody is left to read it; a client still connected (its stream could no
+            # longer be delivered) learns the end, and where what ran is kept.
+            exc: FirstError = StreamGoneError(
+                f"The stream was cancelled before it finished; what ran is stored: "
+                f"GET /v1/requests/{request_id}.",
+                code="cancelled",
+                request_id=request_id,
+            )
+            text = frames.error(ref, request_id, exc)
         else:
             exc = error_from_result(
                 fields.get("error") or {}, int(fields.get("status_code") or 500), request_id

@@ -2,37 +2,80 @@
 the WebSocket connection the token names.
 
 A push is ``{"seq": n, "chunks": [<OpenAI chunk>, …]}`` with ``Authorization: Bearer <capability
-token>``; each chunk becomes one ``chunk`` frame. Pushes of one request are numbered from 1 and
-sent one at a time, so a push whose ``seq`` this process already posted is a retry (its answer
-was lost) and is acknowledged without posting again. A retry that reaches another process
-(another Lambda container) is posted again with the same ``seq``, and clients drop it
-(``frames``). A closed connection answers 410 (``StreamGoneError``): the function stops.
+token>``; each chunk becomes one ``chunk`` frame (``part`` 0, 1, …). Pushes of one request are
+numbered from 1 (at most ``MAX_SEQ``) and sent one at a time, so this process remembers the last
+``(seq, part)`` it posted for each request: a push at or below it is a retry whose answer was
+lost, and only its parts not posted yet are posted. A retry that reaches another process (another
+Lambda container) is posted again with the same numbers, and clients drop it (``frames``). An
+empty push posts nothing and moves nothing.
+
+A push is delivered whole or refused: every frame is rendered and measured before the first is
+posted, and one over API Gateway's 128 KB refuses the push (413, nothing posted; the sender
+splits its chunks under the limit). Refused with 410 (``StreamGoneError``), the function stops:
+the connection is closed (``connection_gone``), or the request has finished
+(``request_finished``: its record is terminal, read at most every ``recheck_s`` per request and
+remembered once terminal, so a token cannot keep posting after ``done`` for the rest of its life).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from aws_lambda_powertools import Logger
 
 from chalicelib import metrics
-from chalicelib.errors import AuthenticationError, BadRequestError, StreamGoneError
-from chalicelib.stores.websocket import ConnectionGoneError, ConnectionPoster
+from chalicelib.errors import (
+    AuthenticationError,
+    BadRequestError,
+    PayloadTooLargeError,
+    StreamGoneError,
+)
+from chalicelib.protocol.bounds import INT32_MAX
+from chalicelib.stores.requests import TERMINAL
+from chalicelib.stores.websocket import (
+    MAX_FRAME_BYTES,
+    ConnectionGoneError,
+    ConnectionPoster,
+    FrameTooLargeError,
+)
 from chalicelib.streaming import frames
 from chalicelib.streaming.tokens import StreamTokenError, verify
 
 MAX_CHUNKS_PER_PUSH = 1024
-# Requests whose last posted seq this process remembers (a warm container serves many).
+# A push carries at least one token (the sender pushes nothing else), and token counts are int32
+# everywhere: no stream gets near this. Larger numbers would also lose precision in JavaScript.
+MAX_SEQ = INT32_MAX
+# Requests this process remembers (last posted frame, status); a warm container serves many.
 DEDUP_ENTRIES = 4096
+
+
+class RequestStatus(Protocol):
+    def status(self, request_id: str) -> str | None:
+        """The request's status, or None when there is no such (unexpired) request."""
+        ...
 
 
 @dataclass(frozen=True)
 class Delivery:
     request_id: str
     seq: int
-    posted: int  # frames posted; 0 for a retry already posted
+    posted: int  # frames posted; 0 for a retry already posted, or an empty push
+
+
+@dataclass
+class _Stream:
+    """What this process knows of one request's stream."""
+
+    seq: int = 0  # the last frame posted: (seq, part)
+    part: int = -1
+    status: str | None = None  # as last read, at checked_at (the clock's seconds)
+    checked_at: float = float("-inf")
 
 
 class Relay:
@@ -41,11 +84,20 @@ class Relay:
         key: bytes,
         poster: ConnectionPoster,
         recorder: metrics.MetricsRecorder | None = None,
+        *,
+        requests: RequestStatus | None = None,
+        recheck_s: float = 1.0,
+        logger: Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._key = key
         self._poster = poster
         self._metrics = recorder
-        self._posted: OrderedDict[str, int] = OrderedDict()
+        self._requests = requests
+        self._recheck_s = recheck_s
+        self._log = logger or Logger(service="first-relay")
+        self._clock = clock
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
 
@@ -55,8 +107,11 @@ class Relay:
             delivery = self._push(token, raw)
             outcome = "posted" if delivery.posted else "duplicate"
             return delivery
-        except StreamGoneError:
-            outcome = "gone"
+        except StreamGoneError as exc:
+            outcome = "finished" if exc.code == "request_finished" else "gone"
+            raise
+        except PayloadTooLargeError:
+            outcome = "too_large"
             raise
         finally:
             if self._metrics is not None:
@@ -75,41 +130,109 @@ class Relay:
                 f"Capability token refused: {exc.reason}.", code=code
             ) from exc
         seq, chunks = _parse(raw)
+        request_id = claims.request_id
+        self._check_live(request_id)
+        if not chunks:
+            self.counts["empty_pushes"] += 1
+            return Delivery(request_id, seq, 0)
         with self._lock:
-            last = self._posted.get(claims.request_id, 0)
-        if seq <= last:
+            stream = self._stream(request_id)
+            last = (stream.seq, stream.part)
+        start = last[1] + 1 if seq == last[0] else 0
+        if seq < last[0] or start >= len(chunks):
             self.counts["duplicate_pushes"] += 1
-            return Delivery(claims.request_id, seq, 0)
-        try:
-            for part, data in enumerate(chunks):
-                self._poster.post(
-                    claims.connection_id,
-                    frames.chunk(claims.client_ref, claims.request_id, seq, part, data),
+            return Delivery(request_id, seq, 0)
+        texts = [
+            frames.chunk(claims.client_ref, request_id, seq, part, chunks[part])
+            for part in range(start, len(chunks))
+        ]
+        for part, text in enumerate(texts, start):
+            size = len(text.encode())
+            if size > MAX_FRAME_BYTES:
+                self.counts["frames_too_large"] += 1
+                raise PayloadTooLargeError(
+                    f"chunks[{part}] makes a frame of {size} bytes; a WebSocket frame is at "
+                    f"most {MAX_FRAME_BYTES} bytes (API Gateway's limit): split it. Nothing of "
+                    "this push was posted.",
+                    param="chunks",
+                    request_id=request_id,
                 )
-        except ConnectionGoneError as exc:
-            self.counts["gone"] += 1
-            raise StreamGoneError(
-                "The client's connection is closed; stop generating.",
-                request_id=claims.request_id,
-            ) from exc
+        posted = 0
+        for part, text in enumerate(texts, start):
+            try:
+                self._poster.post(claims.connection_id, text)
+            except ConnectionGoneError as exc:
+                self.counts["gone"] += 1
+                raise StreamGoneError(
+                    "The client's connection is closed; stop generating.", request_id=request_id
+                ) from exc
+            except FrameTooLargeError as exc:  # measured above; API Gateway's own count differs
+                self.counts["frames_too_large"] += 1
+                raise PayloadTooLargeError(
+                    f"chunks[{part}] was refused as larger than a WebSocket frame may be "
+                    f"({MAX_FRAME_BYTES} bytes): split it.",
+                    param="chunks",
+                    request_id=request_id,
+                ) from exc
+            posted += 1
+            # Recorded frame by frame: a retry after a failure part-way posts only the rest.
+            with self._lock:
+                stream = self._stream(request_id)
+                if (seq, part) > (stream.seq, stream.part):
+                    stream.seq, stream.part = seq, part
+        return Delivery(request_id, seq, posted)
+
+    def _stream(self, request_id: str) -> _Stream:
+        """This process's entry for ``request_id`` (the lock held), the newest in the LRU."""
+        stream = self._streams.get(request_id)
+        if stream is None:
+            stream = self._streams[request_id] = _Stream()
+            while len(self._streams) > DEDUP_ENTRIES:
+                self._streams.popitem(last=False)
+        self._streams.move_to_end(request_id)
+        return stream
+
+    def _check_live(self, request_id: str) -> None:
+        """410 ``request_finished`` when the request is terminal (or gone from the table)."""
+        if self._requests is None:
+            return
+        now = self._clock()
         with self._lock:
-            self._posted[claims.request_id] = max(seq, self._posted.get(claims.request_id, 0))
-            self._posted.move_to_end(claims.request_id)
-            while len(self._posted) > DEDUP_ENTRIES:
-                self._posted.popitem(last=False)
-        return Delivery(claims.request_id, seq, len(chunks))
+            stream = self._stream(request_id)
+            status, fresh = stream.status, now - stream.checked_at < self._recheck_s
+        if not (_finished(status) or fresh):
+            try:
+                status = self._requests.status(request_id) or "missing"
+            except Exception:  # noqa: BLE001 - a bound, not the authorization: the token is
+                self.counts["status_read_errors"] += 1
+                self._log.exception("request status unread", extra={"request_id": request_id})
+                return
+            with self._lock:
+                stream = self._stream(request_id)
+                stream.status, stream.checked_at = status, now
+        if _finished(status):
+            self.counts["pushes_after_finish"] += 1
+            raise StreamGoneError(
+                f"Request {request_id} is {status}: its stream takes no more pushes.",
+                code="request_finished",
+                request_id=request_id,
+            )
+
+
+def _finished(status: str | None) -> bool:
+    return status == "missing" or status in TERMINAL
 
 
 def _parse(raw: bytes) -> tuple[int, list[dict[str, Any]]]:
     try:
         body = json.loads(raw or b"null")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nested past the parser's depth: not a 500
         raise BadRequestError("The push is not valid JSON.") from exc
     if not isinstance(body, dict):
         raise BadRequestError('A push is {"seq": n, "chunks": [...]}.')
     seq, chunks = body.get("seq"), body.get("chunks")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise BadRequestError("seq must be a positive integer.", param="seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+        raise BadRequestError(f"seq must be an integer from 1 to {MAX_SEQ}.", param="seq")
     if (
         not isinstance(chunks, list)
         or len(chunks) > MAX_CHUNKS_PER_PUSH

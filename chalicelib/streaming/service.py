@@ -9,6 +9,12 @@ frames (``frames``): refusals from here, chunks from the HPC node through the re
 ``done`` or ``error`` from the poller once the result is stored. Many requests may be in flight
 on one connection.
 
+Each message is authenticated again, through the same authenticator and caches as a REST call
+(``$connect`` keeps the caller's token on the connection, sealed: ``chalicelib.auth.sealed``):
+a key revoked, or a Globus token gone inactive, after the connection opened is refused within
+the same bound as on REST (``auth_cache_ttl_s``), with a 401 error frame, and the connection is
+closed.
+
 Cancelling on ``$disconnect`` needs no bookkeeping: the relay's next post to the closed
 connection meets ``GoneException`` and tells the HPC function to stop.
 """
@@ -26,6 +32,7 @@ from aws_lambda_powertools import Logger
 from chalicelib import limits, metrics
 from chalicelib.auth import Principal, bearer_token
 from chalicelib.auth.chain import ChainAuthenticator
+from chalicelib.auth.sealed import SealError, seal, unseal
 from chalicelib.ceilings import check_max_tokens
 from chalicelib.errors import (
     AuthenticationError,
@@ -39,7 +46,7 @@ from chalicelib.protocol.common import GatewayRequest, load_json
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore, dumps
-from chalicelib.stores.connections import ConnectionStore
+from chalicelib.stores.connections import Connection, ConnectionStore
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.requests import RequestStore
@@ -109,11 +116,15 @@ class StreamService:
     def connect(self, connection_id: str, event: Mapping[str, Any]) -> dict[str, Any]:
         """API Gateway refuses the handshake when ``$connect`` answers other than 2xx."""
         try:
-            principal = self._auth.authenticate(connect_token(event))
+            token = connect_token(event)
+            principal = self._auth.authenticate(token)
         except FirstError as exc:
             self._log.info("websocket refused", extra={"status": exc.STATUS_CODE})
             return {"statusCode": exc.STATUS_CODE, "body": json.dumps(exc.to_body())}
-        self._connections.put(connection_id, principal)
+        # Without a stream key nothing streams (each message answers 503): nothing to seal with.
+        key = self._s.stream_key_bytes
+        credential = seal(key, token, connection_id) if key else None
+        self._connections.put(connection_id, principal, credential)
         self._log.info("websocket connected", extra={"user": principal.id})
         return {"statusCode": 200}
 
@@ -129,14 +140,16 @@ class StreamService:
             frame = self._frame(text)
             ref = _client_ref(frame)
             self._check_fields(frame)
-            principal = self._connections.principal(connection_id)
-            if principal is None:
-                raise AuthenticationError("This connection is not authenticated; reconnect.")
+            if not self._s.stream_key:
+                raise UpstreamUnavailableError("Streaming is not configured on this gateway.")
+            principal = self._authenticate(connection_id, self._connections.get(connection_id))
             function, model = self._action(frame)
             req = parse_body(json.dumps(frame.get("body")).encode(), model)
             request_id = self._open(principal, connection_id, ref, function, req)
         except FirstError as exc:
             self._refuse(connection_id, ref, exc)
+            if isinstance(exc, AuthenticationError):
+                self._close(connection_id)  # its credentials are no good: nothing more here
             return None
         except Exception:  # noqa: BLE001 - logged; the client gets a 500 frame, not silence
             self._log.exception("stream message failed", extra={"connection_id": connection_id})
@@ -154,6 +167,30 @@ class StreamService:
             known = req.model if req.model in self._registry.model_ids() else None
             metrics.stream_admitted(self._metrics, model=known)
         return request_id
+
+    def _authenticate(self, connection_id: str, connection: Connection | None) -> Principal:
+        """The caller, authenticated again with the token it connected with (401 when that
+        token is no longer good, the connection is unknown, or its credential does not open)."""
+        if connection is None or connection.credential is None:
+            raise AuthenticationError("This connection is not authenticated; reconnect.")
+        try:
+            token = unseal(self._s.stream_key_bytes, connection.credential, connection_id)
+        except SealError as exc:
+            self.counts["credentials_unopened"] += 1
+            raise AuthenticationError(
+                "This connection's credentials cannot be checked; reconnect."
+            ) from exc
+        return self._auth.authenticate(token)
+
+    def _close(self, connection_id: str) -> None:
+        try:
+            self._poster.close(connection_id)
+        except Exception:  # noqa: BLE001 - refused anyway: every message on it gets the 401
+            self.counts["close_errors"] += 1
+            self._log.exception("connection not closed", extra={"connection_id": connection_id})
+        else:
+            self.counts["connections_closed"] += 1
+            self._log.info("websocket closed: credentials refused")
 
     def _frame(self, text: str | None) -> dict[str, Any]:
         # The REST body's parser: nesting that would make json.loads recurse past Python's
@@ -190,8 +227,6 @@ class StreamService:
         function: str,
         req: GatewayRequest,
     ) -> str:
-        if not self._s.stream_key:
-            raise UpstreamUnavailableError("Streaming is not configured on this gateway.")
         self._gateway.authorize(principal, req.model, function)
         check_max_tokens(self._registry.model(req.model), req)
         stream_hold = self._stream_slot(principal)

@@ -11,52 +11,61 @@ tokenizer, ``generate``) and answers with OpenAI-exact objects. Config::
 A directory with sentence-transformers files (``modules.json``) or without a causal-LM
 architecture is an embedding model; anything else serves chat and completions.
 
-Sampling is done by our own logits processor with a per-request ``torch.Generator``, not by
-``generate(do_sample=True)``: that draws from torch's global RNG, so a seed would not reproduce
-while another thread samples, and OpenAI's presence/frequency penalties have no transformers
-equivalent.
+Generation goes through one public preparation step that the plain calls here, the streaming
+module (``transformers_stream``) and the batch module (``transformers_batch``) share:
+
+- :meth:`TransformersEngine.prepare` checks a body and gives a :class:`Prepared`: the prompt(s)
+  rendered (chat template with tools, ``chat_template``) and tokenized, the sampling parameters
+  (``transformers_sampling``) and the output constraint that ``response_format`` and ``tools``
+  ask for (``constrained``);
+- :meth:`~TransformersEngine.generate` runs one ``generate`` call over rows (the grammar's
+  processor before the sampler, one constraint per row), :meth:`~TransformersEngine.finish`
+  reads a row as a :class:`Choice` (text or ``tool_calls``, finish reason, tokens), and
+  :meth:`~TransformersEngine.response` builds the OpenAI object.
 """
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import (
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
-    LogitsProcessor,
     LogitsProcessorList,
 )
+from transformers.generation.stopping_criteria import StoppingCriteriaList
 
+from hpc_functions.engines import output_format, transformers_stream
 from hpc_functions.engines.base import EngineError, EngineUnavailableError
+from hpc_functions.engines.chat_template import render_chat
+from hpc_functions.engines.constrained import (
+    GrammarLogitsProcessor,
+    OutputConstraint,
+    TokenVocabulary,
+    build_constraint,
+)
+from hpc_functions.engines.transformers_embeddings import EmbeddingModel
+from hpc_functions.engines.transformers_sampling import (
+    OpenAISampler,
+    SamplingParams,
+    StopOnEvents,
+    read_sampling,
+)
 
 DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
-MAX_STOP_SEQUENCES = 4
-# One forward per chunk bounds activation memory for OpenAI's 2048-input maximum.
-EMBEDDING_CHUNK = 128
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# sentence-transformers' 1_Pooling/config.json keys for the modes implemented in _pool.
-_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_lasttoken": "lasttoken",
-}
 
 
 def resolve_model_path(path: str) -> Path:
@@ -75,73 +84,34 @@ def resolve_model_path(path: str) -> Path:
 
 
 @dataclass(frozen=True)
-class _Sampling:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    presence_penalty: float
-    frequency_penalty: float
-    logit_bias: dict[int, float]
-    stop: list[str]
-    seed: int | None
-    n: int
+class Prepared:
+    """A chat or completions request checked and ready to generate (the preparation step)."""
+
+    kind: str  # "chat_completions" or "completions"
+    prompts: list[list[int]]  # token ids; chat has one prompt
+    sampling: SamplingParams
+    constraint: OutputConstraint | None = None
+    # tool_choice named one function: OpenAI answers that forced call with finish_reason "stop".
+    named_tool: bool = False
+    prompt_text: str | None = None  # chat: the rendered template
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    def rows(self) -> list[list[int]]:
+        """One row per choice: each prompt ``n`` times (OpenAI orders choices so)."""
+        return [p for p in self.prompts for _ in range(self.sampling.n)]
 
 
 @dataclass(frozen=True)
-class _Choice:
+class Choice:
+    """One generated row, read: its text (cut at a stop string), or the tool calls it wrote."""
+
     text: str
     finish_reason: str
     completion_tokens: int
-
-
-class _OpenAISampler(LogitsProcessor):
-    """Applies OpenAI's sampling parameters and picks the next token itself.
-
-    It returns scores that are -inf everywhere but the chosen token, so ``generate`` runs in
-    greedy mode and merely follows the choice.
-    """
-
-    def __init__(self, params: _Sampling, prompt_len: int, banned: list[int], device: Any) -> None:
-        self.params = params
-        self.prompt_len = prompt_len
-        self.banned = banned
-        self.generator = torch.Generator(device=device)
-        if params.seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(params.seed)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        p = self.params
-        logits = scores.float().clone()
-        if self.banned:
-            logits[:, self.banned] = float("-inf")
-        for token_id, bias in p.logit_bias.items():
-            logits[:, token_id] += bias
-        generated = input_ids[:, self.prompt_len :]
-        if generated.shape[1] and (p.presence_penalty or p.frequency_penalty):
-            counts = torch.zeros_like(logits).scatter_add_(
-                1, generated, torch.ones_like(generated, dtype=logits.dtype)
-            )
-            logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).float()
-        if p.temperature == 0:
-            chosen = logits.argmax(dim=-1, keepdim=True)
-        else:
-            probs = torch.softmax(logits / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                probs = _top_p_filter(probs, p.top_p)
-            chosen = torch.multinomial(probs, 1, generator=self.generator)
-        out = torch.full_like(scores, float("-inf"))
-        # transformers declares the legacy FloatTensor; torch types its ops as returning Tensor.
-        return out.scatter_(1, chosen, 0.0)  # type: ignore[return-value]
-
-
-def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    # Drop a token once the mass before it already reaches top_p; the top token always stays.
-    drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
-    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-    return torch.zeros_like(probs).scatter_(1, order, sorted_probs)
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class TransformersEngine:
@@ -163,9 +133,15 @@ class TransformersEngine:
         architectures = hf_config.get("architectures") or []
         is_causal = any(a.endswith("ForCausalLM") for a in architectures)
         self.is_embedding = (self.path / "modules.json").is_file() or not is_causal
+        self.embedder: EmbeddingModel | None = None
         try:
             if self.is_embedding:
-                self._load_embedding(dtype)
+                self.embedder = EmbeddingModel(
+                    self.path, self.served_name, self.device, dtype, self._lock
+                )
+                self.tokenizer, self.model = self.embedder.tokenizer, self.embedder.model
+                self.context_window = self.embedder.context_window
+                self.vocab_size = self.embedder.vocab_size
             else:
                 self._load_generative(dtype)
         except OSError as exc:
@@ -205,134 +181,55 @@ class TransformersEngine:
         # torch types Module attribute lookup as Tensor | Module; num_embeddings is an int.
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)  # type: ignore[arg-type]
 
-    def _load_embedding(self, dtype: Any) -> None:
-        modules = self._read_json("modules.json") or []
-        types = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules}
-        transformer_path = str(types.get("Transformer", {}).get("path", ""))
-        transformer_dir = self.path / transformer_path
-        self.tokenizer = AutoTokenizer.from_pretrained(transformer_dir, local_files_only=True)
-        model = AutoModel.from_pretrained(transformer_dir, local_files_only=True, dtype=dtype)
-        self.model = model.to(self.device).eval()
+    # ----- the preparation step -----------------------------------------------------------
 
-        pooling_dir = types.get("Pooling", {}).get("path")
-        pooling = self._read_json(f"{pooling_dir}/config.json") if pooling_dir else None
-        # Without sentence-transformers files: mean pooling, unit length (as OpenAI returns).
-        self.pooling = "mean"
-        if pooling:
-            enabled = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
-            modes = [_POOLING_KEYS.get(k) for k in enabled]
-            # Several modes concatenate vectors; not worth supporting until a model needs it.
-            if len(modes) != 1 or modes[0] is None:
-                raise EngineUnavailableError(f"unsupported pooling configuration {pooling}")
-            self.pooling = modes[0]
-        self.normalize = "Normalize" in types or not modules
+    def prepare(self, kind: str, body: dict[str, Any]) -> Prepared:
+        """``body`` checked and ready to generate; raises the ``EngineError`` that refuses it."""
+        if kind == "chat_completions":
+            return self.prepare_chat(body)
+        if kind == "completions":
+            return self.prepare_completions(body)
+        raise ValueError(f"the transformers engine does not generate {kind!r}")
 
-        st_config = self._read_json(f"{transformer_path}/sentence_bert_config.json") or {}
-        limits = [
-            st_config.get("max_seq_length"),
-            getattr(model.config, "max_position_embeddings", None),
-        ]
-        self.context_window = min(int(x) for x in limits if x)
-        self.dimension = int(model.config.hidden_size)
-        # Matryoshka models declare it in config.json, as vLLM reads it.
-        matryoshka = getattr(model.config, "matryoshka_dimensions", None)
-        self.matryoshka_dims = [int(d) for d in matryoshka] if matryoshka else None
-        self.is_matryoshka = bool(matryoshka or getattr(model.config, "is_matryoshka", False))
-        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
-
-    def _read_json(self, relative: str) -> Any:
-        file = self.path / relative.lstrip("/")
-        return json.loads(file.read_text()) if file.is_file() else None
-
-    # ----- chat and completions ------------------------------------------------------------
-
-    def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+    def prepare_chat(self, body: dict[str, Any]) -> Prepared:
         self._require_generative("chat completions")
-        _reject_unsupported(body, ("tools", "functions", "logprobs", "top_logprobs", "audio"))
-        prompt = self._render_chat(body.get("messages") or [])
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        _reject_unsupported(body, ("functions", "logprobs", "top_logprobs", "audio"))
+        tools, tool_choice = body.get("tools") or None, body.get("tool_choice")
+        constraint = build_constraint(
+            body.get("response_format"), tools, tool_choice, body.get("parallel_tool_calls")
+        )
+        if constraint is not None:
+            self.vocabulary()  # a model it cannot serve is refused before generation
+        prompt = render_chat(
+            self.tokenizer,
+            body.get("messages") or [],
+            served_name=self.served_name,
+            tools=tools,
+            tool_choice=tool_choice,
+        )
+        ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        params = self._sampling(body, max_tokens, len(ids), DEFAULT_CHAT_MAX_TOKENS, "messages")
-        choices = self._generate([ids], params)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.served_name,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": c.finish_reason,
-                }
-                for i, c in enumerate(choices)
-            ],
-            "usage": _usage(len(ids), sum(c.completion_tokens for c in choices)),
-        }
+        sampling = self._sampling(body, max_tokens, len(ids), DEFAULT_CHAT_MAX_TOKENS, "messages")
+        named = isinstance(tool_choice, dict) and constraint is not None
+        return Prepared("chat_completions", [ids], sampling, constraint, named, prompt)
 
-    def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+    def prepare_completions(self, body: dict[str, Any]) -> Prepared:
         self._require_generative("completions")
         _reject_unsupported(body, ("logprobs", "echo", "suffix"))
         if body.get("best_of") not in (None, 1, body.get("n") or 1):
             raise EngineError("best_of is not supported by this engine", param="best_of")
         prompts = self._prompt_ids(body.get("prompt"))
         longest = max(len(p) for p in prompts)
-        params = self._sampling(
+        sampling = self._sampling(
             body, body.get("max_tokens"), longest, DEFAULT_COMPLETION_MAX_TOKENS, "prompt"
         )
-        choices = self._generate(prompts, params)
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.served_name,
-            # OpenAI orders choices prompt by prompt, n per prompt.
-            "choices": [
-                {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-                for i, c in enumerate(choices)
-            ],
-            "usage": _usage(
-                sum(len(p) for p in prompts), sum(c.completion_tokens for c in choices)
-            ),
-        }
+        return Prepared("completions", prompts, sampling)
 
-    def stream_chat_completions(
-        self, body: dict[str, Any], cancel: threading.Event | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Chat completion chunks as tokens are generated; ``cancel`` stops generation."""
-        from hpc_functions.engines.transformers_stream import stream_chat
-
-        return stream_chat(self, body, cancel)
-
-    def stream_completions(
-        self, body: dict[str, Any], cancel: threading.Event | None = None
-    ) -> Iterator[dict[str, Any]]:
-        from hpc_functions.engines.transformers_stream import stream_completions
-
-        return stream_completions(self, body, cancel)
-
-    def _render_chat(self, messages: list[dict[str, Any]]) -> str:
-        if not messages:
-            raise EngineError("messages must not be empty", param="messages")
-        if not self.tokenizer.chat_template:
-            raise EngineError(
-                f"model {self.served_name!r} has no chat template; use /v1/completions",
-                param="messages",
-                code="model_not_supported",
-            )
-        plain = [_plain_message(m) for m in messages]
-        try:
-            rendered = self.tokenizer.apply_chat_template(
-                plain, tokenize=False, add_generation_prompt=True
-            )
-        except Exception as exc:  # jinja's TemplateError: the template refused these messages
-            raise EngineError(
-                f"chat template rejected the messages: {exc}", param="messages"
-            ) from exc
-        # tokenize=False renders text; the signature has no overloads to say so.
-        assert isinstance(rendered, str)
-        return rendered
+    def vocabulary(self) -> TokenVocabulary:
+        """The token bytes constrained decoding works on (built on first use, then cached)."""
+        return TokenVocabulary.from_tokenizer(
+            self.tokenizer, vocab_size=self.vocab_size, eos_ids=self.eos_ids
+        )
 
     def _prompt_ids(self, prompt: Any) -> list[list[int]]:
         if isinstance(prompt, str):
@@ -363,211 +260,190 @@ class TransformersEngine:
 
     def _sampling(
         self, body: dict[str, Any], max_tokens: Any, prompt_len: int, default_max: int, param: str
-    ) -> _Sampling:
-        room = self.context_window - prompt_len
-        if room <= 0:
-            raise _context_error(
-                f"the prompt has {prompt_len} tokens; this model's context window is "
-                f"{self.context_window}",
-                param,
-            )
-        if max_tokens is None:
-            max_tokens = min(default_max, room)
-        elif not isinstance(max_tokens, int) or max_tokens < 1:
-            raise EngineError("max_tokens must be a positive integer", param="max_tokens")
-        elif max_tokens > room:
-            raise _context_error(
-                f"the prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds this "
-                f"model's context window of {self.context_window} tokens",
-                param,
-            )
-        stop = body.get("stop")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        stops = [s for s in stops if s]
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise EngineError(f"at most {MAX_STOP_SEQUENCES} stop sequences", param="stop")
-        n = body.get("n") or 1
-        if not isinstance(n, int) or n < 1:
-            raise EngineError("n must be a positive integer", param="n")
-        temperature = 1.0 if body.get("temperature") is None else float(body["temperature"])
-        if temperature < 0:
-            raise EngineError("temperature must not be negative", param="temperature")
-        top_p = 1.0 if body.get("top_p") is None else float(body["top_p"])
-        if not 0 < top_p <= 1:
-            raise EngineError("top_p must be in (0, 1]", param="top_p")
-        seed = body.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise EngineError("seed must be an integer", param="seed")
-        return _Sampling(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            presence_penalty=float(body.get("presence_penalty") or 0.0),
-            frequency_penalty=float(body.get("frequency_penalty") or 0.0),
-            logit_bias=self._logit_bias(body.get("logit_bias")),
-            stop=stops,
-            seed=seed,
-            n=n,
+    ) -> SamplingParams:
+        return read_sampling(
+            body,
+            max_tokens,
+            prompt_len=prompt_len,
+            default_max=default_max,
+            param=param,
+            context_window=self.context_window,
+            vocab_size=self.vocab_size,
         )
 
-    def _logit_bias(self, raw: Any) -> dict[int, float]:
-        bias: dict[int, float] = {}
-        for key, value in (raw or {}).items():
-            try:
-                token_id = int(key)
-            except ValueError:
-                raise EngineError("logit_bias keys must be token ids", param="logit_bias") from None
-            if not 0 <= token_id < self.vocab_size:
-                raise EngineError(
-                    f"logit_bias token {token_id} is not in the vocabulary", param="logit_bias"
-                )
-            bias[token_id] = float(value)
-        return bias
+    # ----- generating ----------------------------------------------------------------------
 
-    def _generate(self, prompts: list[list[int]], params: _Sampling) -> list[_Choice]:
-        rows = [ids for ids in prompts for _ in range(params.n)]
+    def generate(
+        self,
+        rows: Sequence[list[int]],
+        sampling: SamplingParams,
+        constraints: Sequence[OutputConstraint | None] | None = None,
+        *,
+        streamer: Any = None,
+        stop_events: Sequence[threading.Event] = (),
+    ) -> list[list[int]]:
+        """One ``generate`` call over ``rows`` (prompts, left-padded), under the engine's lock:
+        each row's new tokens, eos and padding included (:meth:`finish` reads them).
+
+        ``constraints`` has one entry per row (None: free); the grammar's processor masks the
+        scores before the sampler picks. ``streamer`` gets tokens as they come (a batch of one);
+        generation stops at the next token once any of ``stop_events`` is set.
+        """
         width = max(len(r) for r in rows)
         # Left padding: every row's next token is then generated at the same position.
         input_ids = torch.tensor(
-            [[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device
+            [[self.pad_id] * (width - len(r)) + list(r) for r in rows], device=self.device
         )
         attention_mask = torch.tensor(
             [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device
         )
         generation_config = GenerationConfig(
-            max_new_tokens=params.max_tokens,
+            max_new_tokens=sampling.max_tokens,
             do_sample=False,
             num_beams=1,
             eos_token_id=self.eos_ids or None,
             pad_token_id=self.pad_id,
-            stop_strings=params.stop or None,
+            stop_strings=sampling.stop or None,
         )
+        processors: list[Any] = []
+        if constraints is not None and any(c is not None for c in constraints):
+            processors.append(
+                GrammarLogitsProcessor(
+                    constraints,
+                    self.vocabulary(),
+                    prompt_len=width,
+                    max_new_tokens=sampling.max_tokens,
+                    pad_id=self.pad_id,
+                )
+            )
         # A model should never emit padding; banning it lets trailing pads mark a finished row.
         banned = [] if self.pad_id in self.eos_ids else [self.pad_id]
-        sampler = _OpenAISampler(params, width, banned, self.device)
+        processors.append(OpenAISampler(sampling, width, banned, self.device))
+        stopping = StoppingCriteriaList([StopOnEvents(*stop_events)]) if stop_events else None
         with self._lock, torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=generation_config,
-                logits_processor=LogitsProcessorList([sampler]),
-                tokenizer=self.tokenizer if params.stop else None,
+                logits_processor=LogitsProcessorList(processors),
+                stopping_criteria=stopping,
+                tokenizer=self.tokenizer if sampling.stop else None,
+                streamer=streamer,
             )
-        return [self._finish(row, params) for row in output[:, width:].tolist()]
+        rows_out: list[list[int]] = output[:, width:].tolist()
+        return rows_out
 
-    def _finish(self, row: list[int], params: _Sampling) -> _Choice:
+    def output_text(self, tokens: Sequence[int], constraint: OutputConstraint | None) -> str:
+        """What ``tokens`` (no eos or padding) write, as the plain answer reads them."""
+        if constraint is None:
+            text = self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+            # One id list decodes to one string; the signature has no overloads to say so.
+            assert isinstance(text, str)
+            return text
+        return output_format.output_text(constraint, tokens, self.vocabulary())
+
+    def finish(
+        self,
+        row: list[int],
+        sampling: SamplingParams,
+        constraint: OutputConstraint | None = None,
+        *,
+        named_tool: bool = False,
+    ) -> Choice:
+        """A generated row (from :meth:`generate`) as text or tool calls, with its finish
+        reason and completion tokens."""
         ends = set(self.eos_ids) | {self.pad_id}
         length = next((i for i, t in enumerate(row) if t in ends), len(row))
         tokens = row[:length]
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        # One id list decodes to one string; the signature has no overloads to say so.
-        assert isinstance(text, str)
-        cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
+        text = self.output_text(tokens, constraint)
+        cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
         if cut >= 0:
             # generate stopped right after the token that completed the stop string.
-            return _Choice(text[:cut], "stop", len(tokens))
+            return Choice(text[:cut], "stop", len(tokens))
+        finish, count = "stop", len(tokens)
         if length < len(row) and row[length] in self.eos_ids:
-            return _Choice(text, "stop", len(tokens) + 1)  # the eos token was generated too
-        if len(tokens) >= params.max_tokens:
-            return _Choice(text, "length", len(tokens))
-        return _Choice(text, "stop", len(tokens))
+            count += 1  # the eos token was generated too
+        elif len(tokens) >= sampling.max_tokens:
+            finish = "length"
+        calls = output_format.read_text(constraint, text).tool_calls
+        if calls:
+            return Choice(text, "stop" if named_tool else "tool_calls", count, calls)
+        return Choice(text, finish, count)
+
+    def run(self, prepared: Prepared) -> list[Choice]:
+        """Every choice of a prepared request, from one ``generate`` call."""
+        rows = prepared.rows()
+        constraints = [prepared.constraint] * len(rows) if prepared.constraint else None
+        new = self.generate(rows, prepared.sampling, constraints)
+        return [
+            self.finish(row, prepared.sampling, prepared.constraint, named_tool=prepared.named_tool)
+            for row in new
+        ]
+
+    def response(self, prepared: Prepared, choices: list[Choice]) -> dict[str, Any]:
+        """The OpenAI object for ``choices`` (indexed in order) of ``prepared``."""
+        usage = _usage(prepared.prompt_tokens, sum(c.completion_tokens for c in choices))
+        if prepared.kind == "completions":
+            return {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": self.served_name,
+                "choices": [
+                    {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+                    for i, c in enumerate(choices)
+                ],
+                "usage": usage,
+            }
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.served_name,
+            "choices": [
+                {
+                    "index": i,
+                    "message": _message(c),
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": usage,
+        }
+
+    # ----- the routes ----------------------------------------------------------------------
+
+    def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        prepared = self.prepare_chat(body)
+        return self.response(prepared, self.run(prepared))
+
+    def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        prepared = self.prepare_completions(body)
+        return self.response(prepared, self.run(prepared))
+
+    def stream_chat_completions(
+        self, body: dict[str, Any], cancel: threading.Event | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Chat completion chunks as tokens are generated; ``cancel`` stops generation. The
+        body is checked here, before the first chunk."""
+        return transformers_stream.stream(self, self.prepare_chat(body), cancel)
+
+    def stream_completions(
+        self, body: dict[str, Any], cancel: threading.Event | None = None
+    ) -> Iterator[dict[str, Any]]:
+        return transformers_stream.stream(self, self.prepare_completions(body), cancel)
 
     # ----- embeddings ----------------------------------------------------------------------
 
     def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not self.is_embedding:
+        if self.embedder is None:
             raise EngineError(
                 f"model {self.served_name!r} is a generative model; it does not serve embeddings",
                 param="model",
                 code="model_not_supported",
             )
-        encoding = body.get("encoding_format") or "float"
-        if encoding not in ("float", "base64"):
-            raise EngineError(
-                "encoding_format must be 'float' or 'base64'", param="encoding_format"
-            )
-        dimensions = self._check_dimensions(body.get("dimensions"))
-        inputs = self._embedding_ids(body.get("input"))
-        vectors = torch.cat(
-            [
-                self._embed(inputs[i : i + EMBEDDING_CHUNK])
-                for i in range(0, len(inputs), EMBEDDING_CHUNK)
-            ]
-        )
-        if dimensions is not None:
-            vectors = vectors[:, :dimensions]
-            if self.normalize:
-                vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        vectors = vectors.to(torch.float32).cpu()
-        tokens = sum(len(ids) for ids in inputs)
-        return {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": _encode(v, encoding)}
-                for i, v in enumerate(vectors)
-            ],
-            "model": self.served_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-
-    def _check_dimensions(self, dimensions: Any) -> int | None:
-        if dimensions is None or dimensions == self.dimension:
-            return None
-        if not isinstance(dimensions, int) or not 0 < dimensions < self.dimension:
-            raise EngineError(
-                f"dimensions must be a positive integer below {self.dimension}",
-                param="dimensions",
-            )
-        allowed = self.matryoshka_dims
-        if not self.is_matryoshka or (allowed and dimensions not in allowed):
-            raise EngineError(
-                f"model {self.served_name!r} does not support dimensions={dimensions}: only "
-                "Matryoshka models can be shortened"
-                + (f" (to one of {allowed})" if allowed else ""),
-                param="dimensions",
-            )
-        return dimensions
-
-    def _embedding_ids(self, raw: Any) -> list[list[int]]:
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list) or not raw:
-            raise EngineError("input must be a non-empty string or list", param="input")
-        if all(isinstance(t, int) for t in raw):
-            raw = [raw]
-        ids: list[list[int]]
-        if all(isinstance(t, str) for t in raw):
-            ids = self.tokenizer(raw, add_special_tokens=True, truncation=False)["input_ids"]
-        elif all(isinstance(t, list) and all(isinstance(i, int) for i in t) for t in raw):
-            # Token ids are taken as given: the client chose them for this model's tokenizer.
-            ids = [list(t) for t in raw]
-            if any(not t for t in ids) or any(
-                i < 0 or i >= self.vocab_size for t in ids for i in t
-            ):
-                raise EngineError("input has an empty list or an unknown token id", param="input")
-        else:
-            raise EngineError(
-                "input items must all be strings or all token-id lists", param="input"
-            )
-        longest = max(len(t) for t in ids)
-        if longest > self.context_window:
-            raise _context_error(
-                f"an input has {longest} tokens; this model accepts at most {self.context_window}",
-                "input",
-            )
-        return ids
-
-    def _embed(self, batch: list[list[int]]) -> torch.Tensor:
-        width = max(len(t) for t in batch)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.tensor([t + [pad] * (width - len(t)) for t in batch], device=self.device)
-        mask = torch.tensor(
-            [[1] * len(t) + [0] * (width - len(t)) for t in batch], device=self.device
-        )
-        with self._lock, torch.inference_mode():
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        pooled = _pool(hidden.float(), mask, self.pooling)
-        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+        return self.embedder.embeddings(body)
 
     def _require_generative(self, what: str) -> None:
         if self.is_embedding:
@@ -578,46 +454,22 @@ class TransformersEngine:
             )
 
 
-def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    if mode == "cls":
-        return hidden[:, 0]
-    if mode == "lasttoken":
-        last = mask.sum(dim=1) - 1  # right padding: the last real token of each row
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    if mode == "max":
-        return hidden.masked_fill(weights == 0, float("-inf")).max(dim=1).values
-    summed = (hidden * weights).sum(dim=1)
-    counts = weights.sum(dim=1).clamp(min=1e-9)
-    return summed / (counts.sqrt() if mode == "mean_sqrt_len" else counts)
-
-
-def _encode(vector: torch.Tensor, encoding: str) -> list[float] | str:
-    if encoding == "base64":
-        # OpenAI's base64 is the raw little-endian float32 array.
-        return base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
-
-
-def _plain_message(message: dict[str, Any]) -> dict[str, str]:
-    role = str(message.get("role", ""))
-    content = message.get("content")
-    if isinstance(content, list):
-        if any(part.get("type") != "text" for part in content):
-            raise EngineError("only text content parts are supported", param="messages")
-        content = "\n".join(str(part.get("text", "")) for part in content)
-    # Most chat templates predate OpenAI's "developer" role, which replaces "system".
-    return {"role": "system" if role == "developer" else role, "content": content or ""}
+def _message(choice: Choice) -> dict[str, Any]:
+    if choice.tool_calls:
+        # OpenAI: a message that calls tools has null content.
+        return {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": choice.tool_calls,
+        }
+    return {"role": "assistant", "content": choice.text, "refusal": None}
 
 
 def _reject_unsupported(body: dict[str, Any], fields: tuple[str, ...]) -> None:
     for field in fields:
         if body.get(field):
             raise EngineError(f"{field} is not supported by this engine", param=field)
-
-
-def _context_error(message: str, param: str) -> EngineError:
-    return EngineError(message, param=param, code="context_length_exceeded")
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

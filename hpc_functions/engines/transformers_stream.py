@@ -1,15 +1,19 @@
 """Token streaming for the transformers engine: ``generate`` in a thread, tokens as they come.
 
-``generate`` runs in a thread of its own (holding the engine's lock, as a plain call does) and
-hands each new token to a streamer of ours; the caller's thread decodes them and yields OpenAI
+The engine prepares the request (its public preparation step) and :func:`stream` runs
+``engine.generate`` in a thread of its own (holding the engine's lock, as a plain call does),
+handing each new token to a streamer of ours; the caller's thread decodes them and yields OpenAI
 chunks. A ``cancel`` event stops generation at the next token (the client went away), and the
 stream still ends with its finish and usage chunks, counting only the tokens that ran.
 
-What streams is exactly what the plain call returns: the text is re-decoded from all tokens so
-far, a tail that could be the start of a stop string (or half a UTF-8 character) is held back,
-and the last chunk carries whatever the plain call's own finishing (``_finish``) adds. Several
-choices (``n`` > 1) or prompts are generated as one batch, which ``generate`` cannot stream:
-those run whole and are then sent as chunks.
+What streams is exactly what the plain call returns: the text is re-read from all tokens so far
+(``engine.output_text``), a tail that could be the start of a stop string (or half a UTF-8
+character) is held back, and the last chunk carries whatever the plain call's own finishing
+(``engine.finish``) adds. A row that calls tools streams as OpenAI streams tool calls
+(``delta.tool_calls``: index, id, type and name first, then the arguments in pieces, read by
+``output_format.ToolCallStream``), and ends with the plain call's finish reason. Several choices
+(``n`` > 1) or prompts are generated as one batch, which ``generate`` cannot stream: those run
+whole and are then sent as chunks.
 """
 
 from __future__ import annotations
@@ -21,13 +25,12 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
-from transformers.generation.stopping_criteria import StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from hpc_functions.engines.output_format import ToolCallStream
+
 if TYPE_CHECKING:
-    from hpc_functions.engines.transformers_engine import TransformersEngine, _Sampling
+    from hpc_functions.engines.transformers_engine import Prepared, TransformersEngine
 
 _END = object()
 
@@ -50,63 +53,20 @@ class _TokenQueue(BaseStreamer):
         self.tokens.put(_END)
 
 
-class _Cancelled(StoppingCriteria):
-    """Stops generation once any of ``events`` is set (checked after every token)."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> Any:
-        stop = any(e.is_set() for e in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
-
-
-def stream_chat(
-    engine: TransformersEngine, body: dict[str, Any], cancel: threading.Event | None
+def stream(
+    engine: TransformersEngine, prepared: Prepared, cancel: threading.Event | None
 ) -> Iterator[dict[str, Any]]:
-    from hpc_functions.engines.transformers_engine import (
-        DEFAULT_CHAT_MAX_TOKENS,
-        _reject_unsupported,
-    )
-
-    engine._require_generative("chat completions")
-    _reject_unsupported(body, ("tools", "functions", "logprobs", "top_logprobs", "audio"))
-    prompt = engine._render_chat(body.get("messages") or [])
-    ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    params = engine._sampling(body, max_tokens, len(ids), DEFAULT_CHAT_MAX_TOKENS, "messages")
-    if params.n != 1:
-        return whole_as_chunks(engine.chat_completions(body))
-    return _chat_chunks(engine, ids, params, cancel or threading.Event())
-
-
-def stream_completions(
-    engine: TransformersEngine, body: dict[str, Any], cancel: threading.Event | None
-) -> Iterator[dict[str, Any]]:
-    from hpc_functions.engines.base import EngineError
-    from hpc_functions.engines.transformers_engine import (
-        DEFAULT_COMPLETION_MAX_TOKENS,
-        _reject_unsupported,
-    )
-
-    engine._require_generative("completions")
-    _reject_unsupported(body, ("logprobs", "echo", "suffix"))
-    if body.get("best_of") not in (None, 1, body.get("n") or 1):
-        raise EngineError("best_of is not supported by this engine", param="best_of")
-    prompts = engine._prompt_ids(body.get("prompt"))
-    longest = max(len(p) for p in prompts)
-    params = engine._sampling(
-        body, body.get("max_tokens"), longest, DEFAULT_COMPLETION_MAX_TOKENS, "prompt"
-    )
-    if params.n != 1 or len(prompts) != 1:
-        return whole_as_chunks(engine.completions(body))
-    return _completion_chunks(engine, prompts[0], params, cancel or threading.Event())
+    """The chunks of a prepared chat or completions request."""
+    if prepared.sampling.n != 1 or len(prepared.prompts) != 1:
+        return whole_as_chunks(engine.response(prepared, engine.run(prepared)))
+    cancel = cancel or threading.Event()
+    if prepared.kind == "chat_completions":
+        return _chat_chunks(engine, prepared, cancel)
+    return _completion_chunks(engine, prepared, cancel)
 
 
 def _chat_chunks(
-    engine: TransformersEngine, ids: list[int], params: _Sampling, cancel: threading.Event
+    engine: TransformersEngine, prepared: Prepared, cancel: threading.Event
 ) -> Iterator[dict[str, Any]]:
     base = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -121,17 +81,19 @@ def _chat_chunks(
 
     yield chunk({"role": "assistant", "content": ""}, None)
     finish, tokens = "stop", 0
-    for piece, done in _pieces(engine, ids, params, cancel):
-        if piece:
-            yield chunk({"content": piece}, None)
-        if done is not None:
-            finish, tokens = done
+    for kind, value in _events(engine, prepared, cancel):
+        if kind == "content" and value:
+            yield chunk({"content": value}, None)
+        elif kind == "tool_call":
+            yield chunk({"tool_calls": [value]}, None)
+        elif kind == "finish":
+            finish, tokens = value
     yield chunk({}, finish)
-    yield {**base, "choices": [], "usage": _usage(len(ids), tokens)}
+    yield {**base, "choices": [], "usage": _usage(prepared.prompt_tokens, tokens)}
 
 
 def _completion_chunks(
-    engine: TransformersEngine, ids: list[int], params: _Sampling, cancel: threading.Event
+    engine: TransformersEngine, prepared: Prepared, cancel: threading.Event
 ) -> Iterator[dict[str, Any]]:
     base = {
         "id": f"cmpl-{uuid.uuid4().hex}",
@@ -145,50 +107,65 @@ def _completion_chunks(
         return {**base, "choices": [choice]}
 
     finish, tokens = "stop", 0
-    for piece, done in _pieces(engine, ids, params, cancel):
-        if piece:
-            yield chunk(piece, None)
-        if done is not None:
-            finish, tokens = done
+    for kind, value in _events(engine, prepared, cancel):
+        if kind == "content" and value:
+            yield chunk(value, None)
+        elif kind == "finish":
+            finish, tokens = value
     yield chunk("", finish)
-    yield {**base, "choices": [], "usage": _usage(len(ids), tokens)}
+    yield {**base, "choices": [], "usage": _usage(prepared.prompt_tokens, tokens)}
 
 
-def _pieces(
-    engine: TransformersEngine, ids: list[int], params: _Sampling, cancel: threading.Event
-) -> Iterator[tuple[str, tuple[str, int] | None]]:
-    """Text pieces as tokens arrive; the last carries (finish_reason, completion tokens)."""
-    from hpc_functions.engines.transformers_engine import _OpenAISampler
+class _Router:
+    """Sends new text as content, or, for a row that may call tools, through a tool-call reader
+    until the row turns out to be text (``tool_choice: auto``) or a JSON answer."""
 
+    def __init__(self, mode: str | None) -> None:
+        self.mode = mode
+        self.reader = ToolCallStream() if mode not in (None, "json") else None
+
+    def route(self, text: str) -> Iterator[tuple[str, Any]]:
+        reader = self.reader
+        if reader is None:
+            yield "content", text
+            return
+        if self.mode == "tools_or_text" and not reader.text and not text.startswith("{"):
+            self.reader = None  # free text: the grammar has let the row go
+            yield "content", text
+            return
+        for entry in reader.feed(text):
+            yield "tool_call", entry
+        if reader.kind == "content":  # a JSON answer, not a call: all of it is content
+            self.reader = None
+            yield "content", reader.text
+
+    def close(self) -> Iterator[tuple[str, Any]]:
+        """Text a reader still holds undecided (a row cut short) goes out as content."""
+        if self.reader is not None and self.reader.kind is None and self.reader.text:
+            yield "content", self.reader.text
+        self.reader = None
+
+
+def _events(
+    engine: TransformersEngine, prepared: Prepared, cancel: threading.Event
+) -> Iterator[tuple[str, Any]]:
+    """("content", text) and ("tool_call", delta entry) as tokens arrive; the last event is
+    ("finish", (finish_reason, completion tokens))."""
+    params, constraint = prepared.sampling, prepared.constraint
     streamer = _TokenQueue()
-    generation_config = GenerationConfig(
-        max_new_tokens=params.max_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=engine.eos_ids or None,
-        pad_token_id=engine.pad_id,
-        stop_strings=params.stop or None,
-    )
-    banned = [] if engine.pad_id in engine.eos_ids else [engine.pad_id]
-    sampler = _OpenAISampler(params, len(ids), banned, engine.device)
     failure: list[BaseException] = []
     # Set when the consumer stops reading (the generator is closed): generation stops too.
     abandoned = threading.Event()
 
     def generate() -> None:
         try:
-            with engine._lock, torch.inference_mode():
-                engine.model.generate(
-                    input_ids=torch.tensor([ids], device=engine.device),
-                    attention_mask=torch.ones(
-                        (1, len(ids)), dtype=torch.long, device=engine.device
-                    ),
-                    generation_config=generation_config,
-                    logits_processor=LogitsProcessorList([sampler]),
-                    stopping_criteria=StoppingCriteriaList([_Cancelled(cancel, abandoned)]),
-                    tokenizer=engine.tokenizer if params.stop else None,
-                    streamer=streamer,
-                )
+            engine.generate(
+                prepared.prompts,
+                params,
+                [constraint] if constraint is not None else None,
+                streamer=streamer,
+                stop_events=(cancel, abandoned),
+            )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(exc)
         finally:
@@ -198,6 +175,7 @@ def _pieces(
     thread.start()
     hold = max((len(s) for s in params.stop), default=1) - 1
     ends = set(engine.eos_ids) | {engine.pad_id}
+    router = _Router(constraint.mode if constraint is not None else None)
     row: list[int] = []
     sent = ""
     try:
@@ -205,8 +183,7 @@ def _pieces(
             row.append(token)
             if token in ends:
                 continue
-            text = engine.tokenizer.decode(row, skip_special_tokens=True)
-            assert isinstance(text, str)
+            text = engine.output_text(row, constraint)
             cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
             if cut >= 0:
                 # The stop string is complete: nothing from it on is ever sent.
@@ -215,15 +192,18 @@ def _pieces(
             safe = safe.rstrip("\ufffd")  # half a character: wait for the rest of it
             if len(safe) > len(sent) and safe.startswith(sent):
                 piece, sent = safe[len(sent) :], safe
-                yield piece, None
+                yield from router.route(piece)
     finally:
         abandoned.set()
         thread.join()
     if failure:
         raise failure[0]
-    final = engine._finish(row, params)
+    final = engine.finish(row, params, constraint, named_tool=prepared.named_tool)
     rest = final.text[len(sent) :] if final.text.startswith(sent) else ""
-    yield rest, (final.finish_reason, final.completion_tokens)
+    if rest:
+        yield from router.route(rest)
+    yield from router.close()
+    yield "finish", (final.finish_reason, final.completion_tokens)
 
 
 def whole_as_chunks(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -238,11 +218,13 @@ def whole_as_chunks(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for choice in response["choices"]:
         index = choice["index"]
         if chat:
-            content = choice["message"].get("content") or ""
-            for delta, finish in (
-                ({"role": "assistant", "content": content}, None),
-                ({}, choice["finish_reason"]),
-            ):
+            message = choice["message"]
+            first: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+            if message.get("tool_calls"):
+                first["tool_calls"] = [
+                    {"index": i, **call} for i, call in enumerate(message["tool_calls"])
+                ]
+            for delta, finish in ((first, None), ({}, choice["finish_reason"])):
                 yield {
                     **base,
                     "choices": [

@@ -10,6 +10,13 @@ translated where they enter::
                                         -> EngineUnavailableError (503)
     an error object inside the SSE stream -> EngineError, or EngineUnavailableError if 5xx
 
+Tools, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` pass through to vLLM, and
+its answer comes back unchanged (``message.tool_calls``, ``finish_reason: "tool_calls"``,
+``reasoning_content``; streamed ``delta.tool_calls`` / ``delta.reasoning_content``): vLLM's tool
+and reasoning parsers do the work. Tools need the parser the deployment's registry entry names
+(``tool_call_parser``, which the launcher passes to ``vllm serve``): without one, a request with
+tools is refused here with a 400 naming ``tools``, rather than answered as plain text.
+
 Prompt and completion text never reach the log: only paths, statuses and timings do.
 """
 
@@ -99,7 +106,8 @@ class VllmEngine:
     """One model served by a node-local vLLM OpenAI server.
 
     ``config``: ``{"kind": "vllm", "model": served name, "base_url": "http://127.0.0.1:8001/v1"}``
-    plus optional ``api_key``, ``timeout_s`` (per read; default 600) and ``health_url``.
+    plus optional ``api_key``, ``timeout_s`` (per read; default 600), ``health_url``, and the
+    parsers its ``vllm serve`` was started with: ``tool_call_parser``, ``reasoning_parser``.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -114,6 +122,7 @@ class VllmEngine:
             ) from exc
         self.timeout_s = float(config.get("timeout_s") or DEFAULT_TIMEOUT_S)
         self.health_url = str(config.get("health_url") or health_url_for(self.base_url))
+        self.tool_call_parser = config.get("tool_call_parser") or None
         self._session = requests.Session()
         api_key = config.get("api_key")
         if api_key:
@@ -122,6 +131,7 @@ class VllmEngine:
     # -- non-streaming -------------------------------------------------------------------
 
     def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._check_tools(body)
         return self._call("/chat/completions", body)
 
     def completions(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +149,7 @@ class VllmEngine:
 
         Once ``cancel`` is set the stream ends early: closing the response makes vLLM abort
         the request and free its GPU slot."""
+        self._check_tools(body)
         return self._stream("/chat/completions", body, cancel)
 
     def stream_completions(
@@ -174,6 +185,18 @@ class VllmEngine:
         self._session.close()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _check_tools(self, body: dict[str, Any]) -> None:
+        # Without a tool parser vLLM refuses tool_choice "auto" with a message about its own
+        # command line, and answers "required" or a named tool by guided decoding: one model
+        # that calls tools for some requests only. The registry lists it without tools; say so.
+        if body.get("tools") and not self.tool_call_parser:
+            raise EngineError(
+                f"The model '{body.get('model') or self.model}' does not support tools: its "
+                "deployment names no tool_call_parser.",
+                param="tools",
+                code="tools_not_supported",
+            )
 
     def _request_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         out = dict(body)

@@ -5,8 +5,9 @@ through the OpenAI SDK, and sees the numbers move: requests and tokens, the new 
 top users, a failed request listed by its id. A non-operator key is refused by the page's data
 route (403) and by the page itself.
 
-Chromium comes from apt (``.ci/run`` installs it); Playwright's own browser download is not
-used. Without chromium the test fails, naming the fix; ``FIRST_SKIP_BROWSER=1`` skips it.
+Chromium comes from apt (``make test`` installs it when missing and apt can be used);
+Playwright's own browser download is not used. Without chromium the test fails, naming the fix;
+``FIRST_SKIP_BROWSER=1`` skips it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def browser() -> Iterator[Browser]:
         if os.environ.get("FIRST_SKIP_BROWSER") == "1":
             pytest.skip("FIRST_SKIP_BROWSER=1 and no chromium on PATH")
         pytest.fail(
-            "chromium is not on PATH: `apt-get install -y chromium` (.ci/run does it), "
-            "or set FIRST_SKIP_BROWSER=1 to skip the browser test"
+            "chromium is not on PATH: `apt-get install -y chromium` (make test does it where apt"
+            " can be used), or set FIRST_SKIP_BROWSER=1 to skip the browser test"
         )
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, headless=True)

@@ -175,10 +175,15 @@ def test_a_stopped_clusters_circuit_opens_then_one_probe_half_opens_and_success_
     assert all(endpoint_of(r) for r in served)  # every request of the test completed
 
 
+def status_of(client: OpenAI, model: str) -> object:
+    """The model's warmth, one of its extras (``capabilities`` is the other)."""
+    return (client.models.retrieve(model).model_extra or {}).get("status")
+
+
 def test_a_model_whose_every_deployment_is_cold_answers_503_retry_after_and_is_served_later(
     client: OpenAI, stack: BackgroundStack
 ) -> None:
-    assert client.models.retrieve(COLD_MODEL).model_extra == {"status": "cold"}
+    assert status_of(client, COLD_MODEL) == "cold"
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(
             model=COLD_MODEL, messages=[{"role": "user", "content": "Are you up?"}], max_tokens=4
@@ -203,7 +208,7 @@ def test_a_model_whose_every_deployment_is_cold_answers_503_retry_after_and_is_s
     wait_for(collected, 60, "the request completed")
     result = requests.get(url, headers=headers, timeout=10).json()["result"]
     assert result["object"] == "chat.completion" and result["choices"][0]["message"]["content"]
-    hot = lambda: client.models.retrieve(COLD_MODEL).model_extra == {"status": "hot"}  # noqa: E731
+    hot = lambda: status_of(client, COLD_MODEL) == "hot"  # noqa: E731
     wait_for(hot, 30, "the model hot")
 
 

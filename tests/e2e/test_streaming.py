@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from first_cli.proxy import Proxy
 from offline.background import BackgroundStack
 from offline.stack import free_port
 from tests.e2e.conftest import BROKEN_MODEL, CORRUPT_MODEL, TINY, create_key
+from tests.e2e.test_durability import wait_for
 from tests.servers import serving
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
@@ -73,7 +75,7 @@ def wait_for_record(services: Services, request_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         record = services.requests.get(request_id)
-        if record is not None and record["status"] in ("completed", "failed"):
+        if record is not None and record["status"] in ("completed", "failed", "cancelled"):
             return record
         time.sleep(0.1)
     raise AssertionError(f"{request_id} did not finish")
@@ -139,15 +141,38 @@ def test_a_client_that_disconnects_stops_the_generation(
     stack: BackgroundStack, services: Services
 ) -> None:
     asked = 1500
-    ws = ws_connect(stack)
+    user = f"stream-cancel-{uuid.uuid4().hex[:6]}"
+    key = create_key(stack, user)
+    start = int(time.time()) - 1
+    ws = ws_connect(stack, key)
     send(ws, "long", messages=HELLO, max_tokens=asked, temperature=0, logit_bias=NO_EOS)
     first = json.loads(ws.recv(timeout=RECV_TIMEOUT_S))
     assert first["type"] == "chunk"
     ws.close()
     record = wait_for_record(services, first["request_id"])
-    assert record["status"] == "completed"
+    # It was stored as a natural finish: completed, finish_reason "stop".
+    assert record["status"] == "cancelled"
     assert record["stream_stats"]["cancelled"] is True
-    assert record["usage"]["completion_tokens"] < asked
+    ran = record["usage"]["completion_tokens"]
+    assert 0 < ran < asked
+    auth = {"Authorization": f"Bearer {key}"}
+    view = requests.get(
+        f"{stack.config.api_url}/v1/requests/{first['request_id']}", headers=auth, timeout=10
+    ).json()
+    assert view["status"] == "cancelled" and view["error"] is None
+    assert view["result"]["usage"]["completion_tokens"] == ran  # the tokens that ran are kept
+    assert view["result"]["choices"][0]["finish_reason"] is None
+
+    def counted() -> dict[str, Any] | None:
+        body = requests.get(
+            f"{stack.config.api_url}/v1/usage", params={"start": start}, headers=auth, timeout=10
+        ).json()
+        return body["totals"] if body["totals"]["requests"] else None
+
+    # The usage record is written off the request's path, within about a second.
+    totals = wait_for(counted, 20, "the cancelled stream in the usage")
+    assert (totals["requests"], totals["cancelled"], totals["errors"]) == (1, 1, 0)
+    assert totals["completion_tokens"] == ran
 
 
 def test_a_bad_token_is_refused_at_connect(stack: BackgroundStack) -> None:
@@ -271,9 +296,37 @@ def test_the_relay_refuses_forged_and_expired_capability_tokens(stack: Backgroun
             url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10
         )
         assert resp.status_code == 401 and resp.json()["error"]["code"] == code
+    # A genuine token for a request the table does not hold (expired, or never was): 410.
     genuine = mint_for(stack.stream_key.encode(), "req_x", "no-such-connection", None, 600)
     resp = requests.post(url, json=body, headers={"Authorization": f"Bearer {genuine}"}, timeout=10)
-    assert resp.status_code == 410 and resp.json()["error"]["code"] == "connection_gone"
+    assert resp.status_code == 410 and resp.json()["error"]["code"] == "request_finished"
+
+
+def test_the_relay_refuses_pushes_once_the_request_has_finished(stack: BackgroundStack) -> None:
+    # They were posted for the token's whole life (2 h), after the client had its done frame.
+    with ws_connect(stack) as ws:
+        send(ws, "done", messages=HELLO, max_tokens=4, temperature=0)
+        done = frames_until_done(ws, "done")[-1]
+        assert done["type"] == "done"
+        conn_token = mint_for(
+            stack.stream_key.encode(), done["request_id"], "no-such-connection", None, 600
+        )
+        url = f"{stack.config.api_url}/relay/push"
+        headers = {"Authorization": f"Bearer {conn_token}"}
+        body = {"seq": 10**6, "chunks": [{"choices": [], "id": "late"}]}
+        # The relay reads the status at most once a second per request: within that, the push
+        # still reaches the (absent) connection and is answered connection_gone.
+        deadline = time.monotonic() + 30
+        while True:
+            resp = requests.post(url, json=body, headers=headers, timeout=10)
+            assert resp.status_code == 410
+            if resp.json()["error"]["code"] == "request_finished" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert resp.json()["error"]["code"] == "request_finished"
+        # seq is bounded: a 400 naming it.
+        huge = requests.post(url, json={"seq": 2**70, "chunks": []}, headers=headers, timeout=10)
+        assert huge.status_code == 400 and huge.json()["error"]["param"] == "seq"
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +388,7 @@ def test_an_sdk_caller_that_aborts_through_the_proxy_stops_the_generation(
     stream.close()  # the caller stops reading: its HTTP connection to the proxy closes
     sdk.close()
     record = wait_for_record(services, request_id)
-    assert record["status"] == "completed"
+    assert record["status"] == "cancelled"
     assert record["stream_stats"]["cancelled"] is True
     assert record["usage"]["completion_tokens"] < asked
     assert proxy.counts["aborted"] == aborted + 1

@@ -55,6 +55,7 @@ def test_a_users_requests_are_counted_and_nobody_elses_are_visible(
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "errors": 0,
+        "cancelled": 0,
     }
     assert [(b["model"], b["requests"]) for b in body["data"]] == [(TINY, 2)]
     assert body["user"] == alice

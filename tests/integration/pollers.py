@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from chalicelib.compute.executors import ExecutorPool
 from chalicelib.logs import get_logger
 from chalicelib.poller.board import Probe, StatusBoard
@@ -22,9 +24,12 @@ from chalicelib.streaming.notifier import StreamNotifier
 StartPoller = Callable[..., Poller]
 
 
-def poller_services(stage: str, registry_path: Path, **settings: Any) -> Services:
+def poller_services(
+    stage: str, registry_path: Path, *, session: boto3.Session | None = None, **settings: Any
+) -> Services:
     """Services for a test's pollers: short leases and long polls, and a reply queue of the
-    test's own (an earlier test's listener must not take this one's notices)."""
+    test's own (an earlier test's listener must not take this one's notices); ``session``: one
+    whose calls a ``CallCounter`` counts."""
     return Services(
         Settings(
             stage=stage,
@@ -34,7 +39,8 @@ def poller_services(stage: str, registry_path: Path, **settings: Any) -> Service
             registry_path=str(registry_path),
             reply_queue_prefix=f"first-{stage}-reply-{uuid.uuid4().hex[:6]}",
             **settings,
-        )
+        ),
+        session=session,
     )
 
 

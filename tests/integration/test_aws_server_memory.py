@@ -32,7 +32,40 @@ def live(kind: type, match: Callable[[Any], bool]) -> int:
 
 def test_transactions_leave_no_copy_of_their_tables_behind(services: Services) -> None:
     requests, table = services.requests, services.requests.table_name
-    slot = services.endpoint_store.slot(f"mem-{uuid.uuid4().hex[:8]}", 1)
+    client, counter = services.dynamodb_client, services.settings.endpoints_table_name
+    name = f"mem-{uuid.uuid4().hex[:8]}"
+
+    def transact(request_id: str, slot: str, add: int) -> bool:
+        """The request's slot noted with one endpoint slot counted (at most one there)."""
+        try:
+            client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": table,
+                            "Key": {"request_id": {"S": request_id}},
+                            "UpdateExpression": "SET slot = :slot",
+                            "ExpressionAttributeValues": {":slot": {"S": slot}},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": counter,
+                            "Key": {"name": {"S": name}},
+                            "UpdateExpression": "ADD inflight :n",
+                            "ConditionExpression": "attribute_not_exists(inflight) OR inflight < :one",
+                            "ExpressionAttributeValues": {
+                                ":n": {"N": str(add)},
+                                ":one": {"N": "1"},
+                            },
+                        }
+                    },
+                ]
+            )
+        except client.exceptions.TransactionCanceledException:
+            return False
+        return True
+
     ids = [uuid.uuid4().hex for _ in range(ROUNDS + 1)]
     for request_id in ids:
         requests.create({"request_id": request_id, "owner": "o", "model": "m"})
@@ -40,11 +73,17 @@ def test_transactions_leave_no_copy_of_their_tables_behind(services: Services) -
     requests.claim(waiting)
     for request_id in ids:
         requests.claim(request_id)
-        assert requests.take_slot(request_id, slot)
+        assert transact(request_id, name, 1)
         # The endpoint is full: a refused transaction, rolled back (offline/moto_transactions.py).
-        assert not requests.take_slot(waiting, slot)
-        requests.complete(request_id, {"result": "ok"}, slot=slot)
-    # 60 transactions, 20 of them rolled back: one table remains, the one the backend serves
+        assert not transact(waiting, name, 1)
+        requests.complete(request_id, {"result": "ok"})
+        client.update_item(
+            TableName=counter,
+            Key={"name": {"S": name}},
+            UpdateExpression="ADD inflight :n",
+            ExpressionAttributeValues={":n": {"N": "-1"}},
+        )
+    # 40 transactions, 20 of them rolled back: one table remains, the one the backend serves
     # (moto's own rollback deep-copied the table each time and swapped a copy in).
     assert live(Table, lambda t: t.name == table) == 1
     assert all(requests.get(i)["status"] == "completed" for i in ids)  # type: ignore[index]

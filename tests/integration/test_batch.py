@@ -131,6 +131,7 @@ def running_worker(
         files=s.file_store,
         data=s.objects,
         drop=drop or s.drop_objects,
+        keys=s.keys,
         executors=ExecutorPool(executor_for),
         logger=get_logger("first-batch-test"),
         **options,
@@ -174,6 +175,13 @@ def upload(services: Services, user: Principal, data: bytes) -> str:
     ).prepare()
     body = req.body if isinstance(req.body, bytes) else b""
     return str(services.batch_api.upload(user, req.headers["Content-Type"], body)["id"])
+
+
+def drop_user(services: Services, name: str, **key: Any) -> str:
+    """``name`` as a drop-folder owner: a user with an active API key (``key``: its groups,
+    domain, kind)."""
+    services.keys.create(name, **key)
+    return name
 
 
 def until(check: Callable[[], Any], timeout_s: float = 60) -> Any:
@@ -273,6 +281,7 @@ def test_the_drop_folder_starts_one_batch_per_object_version(
     s3, s = batch_services.s3, batch_services.settings
     bucket = s.drop_bucket_name
     data = lines(4)
+    drop_user(batch_services, "carol")
     s3.put_object(Bucket=bucket, Key="inbox/carol/night run.jsonl", Body=data)
     status_key = "outbox/carol/night run.status.json"
 

@@ -93,3 +93,21 @@ def test_every_batch_is_tried_on_close_even_after_one_fails(services: Services) 
     logged = [int(str(r["messages"])) for r in records(out) if r["level"] == "ERROR"]
     assert sum(logged) == 25
     assert max(logged) <= 10
+
+
+def test_a_full_batch_goes_out_alone_and_the_stragglers_wait_for_company(
+    services: Services, aws_calls: CallCounter
+) -> None:
+    """What the background thread does when woken by a full batch: whole batches only (it sent
+    the few that came in meanwhile as a second, small call)."""
+    url, receipts = received(services, "deleter-full-only", 13)
+    deleter = BatchDeleter(services.sqs, url, max_delay_s=60)
+    deleter.close()  # the thread stopped: each flush below is the test's
+    aws_calls.reset()
+    for r in receipts:
+        deleter.add(r)
+    deleter.flush(full_only=True)
+    assert aws_calls.by_operation == {"sqs.DeleteMessageBatch": 1}
+    deleter.flush()  # the delay passed (or the process ends): the three go too
+    assert aws_calls.by_operation == {"sqs.DeleteMessageBatch": 2}
+    assert deleter.failures == 0

@@ -6,6 +6,7 @@ DynamoDB read" are counted, not assumed.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -14,14 +15,18 @@ from typing import Any
 import globus_sdk
 import pytest
 import responses
+from aws_lambda_powertools import Logger
 from globus_sdk.testing import RegisteredResponse, load_response
 
 from chalicelib.auth.cache import IntrospectionCache
+from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.auth.globus import QUICK_RETRY, GlobusAuthenticator
 from chalicelib.auth.policy import AuthPolicy
 from chalicelib.errors import AuthenticationError, PermissionDeniedError, UpstreamUnavailableError
 from chalicelib.services import Services
+from chalicelib.settings import REPO_ROOT, Settings
 from chalicelib.stores.keys import hash_key
+from chalicelib.streaming.service import StreamService
 from tests.aws_calls import CallCounter
 
 GATEWAY = "11111111-2222-3333-4444-555555555555"
@@ -271,3 +276,63 @@ def test_process_memory_is_bounded_and_bad_tokens_do_not_evict_good_ones(
     assert auth.authenticate(good).id == ALICE
     assert aws_calls.total == 0
     assert globus_calls(globus_http) == before
+
+
+class ClosingPoster:
+    """The WebSocket management API: the frames posted, and the connections closed."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closed: list[str] = []
+
+    def post(self, connection_id: str, text: str) -> None:
+        self.frames.append(json.loads(text))
+
+    def close(self, connection_id: str) -> None:
+        self.closed.append(connection_id)
+
+
+def test_a_globus_token_gone_inactive_is_refused_on_its_open_websocket_connection(
+    stage: str, globus_http: responses.RequestsMock
+) -> None:
+    # $connect stored the identity and every later message trusted it for the connection's
+    # life; now each message goes through the same Globus authenticator (and caches) as REST.
+    answer(globus_http)  # at $connect
+    answer(globus_http, active=False)  # revoked at Globus since
+    now = [time.time()]
+    api = Services(
+        Settings(
+            stage=stage,
+            stream_key="globus-ws-stream-key",
+            registry_path=str(REPO_ROOT / "infra" / "deployments" / "local.json"),
+        )
+    )
+    client = globus_sdk.ConfidentialAppAuthClient(GATEWAY, "secret", retry_config=QUICK_RETRY)
+    cache = IntrospectionCache(api.dynamodb.Table(api.settings.auth_cache_table_name))
+    globus = GlobusAuthenticator(client, cache, AuthPolicy.create(GATEWAY), clock=lambda: now[0])
+    poster = ClosingPoster()
+    service = StreamService(
+        settings=api.settings,
+        authenticator=ChainAuthenticator(api.api_key_authenticator, globus),
+        connections=api.connections,
+        poster=poster,  # type: ignore[arg-type]
+        gateway=api.gateway,
+        registry=api.registry,
+        requests=api.requests,
+        queue=None,  # type: ignore[arg-type]  # nothing here gets as far as the queue
+        blobs=api.blobs,
+        logger=Logger(service="test"),
+    )
+    t = token()
+    assert service.connect("conn-g", {"headers": {"Authorization": f"Bearer {t}"}}) == {
+        "statusCode": 200
+    }
+    body = {"model": "no/such-model", "messages": [{"role": "user", "content": "hi"}]}
+    message = json.dumps({"action": "chat.completions", "id": "m", "body": body})
+    assert service.message("conn-g", message) is None
+    assert poster.frames[-1]["status"] == 404  # authenticated (from the caches), then refused
+    now[0] += 601  # past the shared cache's 600 s and this process's 60 s: Globus is asked
+    assert service.message("conn-g", message) is None
+    assert (poster.frames[-1]["status"], poster.frames[-1]["id"]) == (401, "m")
+    assert "not active" in poster.frames[-1]["error"]["message"]
+    assert poster.closed == ["conn-g"] and globus_calls(globus_http) == 2

@@ -10,6 +10,7 @@ Globus Compute service's HTTP answers are recorded (``tests/integration/globus_s
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -21,14 +22,15 @@ from typing import Any
 import pytest
 import responses
 
-from chalicelib.compute.executors import RemoteTaskError, TaskLostError
+from chalicelib.compute.executors import RemoteTaskError, TaskLostError, pack_task, submitted_bytes
 from chalicelib.compute.globus import GlobusTasks, SubmissionPacer
 from chalicelib.poller.worker import Poller
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT
+from hpc_functions import offload
 from tests.integration.globus_service import GlobusService, Raised
 from tests.integration.pollers import forget_endpoints, poller_services, pollers
-from tests.integration.test_poller import MODEL, ScriptedExecutor, response, submit
+from tests.integration.test_poller import MODEL, ScriptedExecutor, response, submit, wait_until
 
 CHAT_FN = "0b5e4f8a-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
 GLOBUS_EP = "5f0c2a9e-7b1d-4c3e-9f8a-1b2c3d4e5f60"
@@ -194,9 +196,8 @@ def test_a_reclaimed_request_attaches_to_its_globus_task_instead_of_running_agai
             "payload": json.dumps({"model": MODEL, "messages": []}),
         }
     )
-    services.requests.claim(request_id)
-    slot = services.endpoint_store.slot("globus-a", 4)
-    assert services.requests.take_slot(request_id, slot)
+    # The dead poller claimed it for globus-a (its lease there expires with it).
+    services.requests.claim(request_id, slot="globus-a")
     task_id = service.add_task({"request_id": request_id})
     services.requests.note_task(request_id, "globus-a", task_id)
     # The dead poller's message reappears for the next poller.
@@ -210,7 +211,8 @@ def test_a_reclaimed_request_attaches_to_its_globus_task_instead_of_running_agai
     assert record["attempt"] == 2 and record["task"]["id"] == task_id
     assert service.submitted == []  # collected, never submitted again
     assert poller.counts["tasks_reattached"] == 1
-    assert services.endpoint_store.statuses()["globus-a"].inflight == 0  # its slot given back
+    # Its slot given back (once unused for poller_slot_linger_s).
+    wait_until(lambda: services.endpoint_store.statuses()["globus-a"].inflight == 0, "the slot")
 
 
 def test_a_task_past_its_timeout_moves_to_another_deployment(
@@ -251,3 +253,129 @@ def test_with_every_deployment_timing_out_the_request_fails_naming_its_id(
     assert request_id in message and record["error"]["code"] == "engine_error"
     assert "'globus-a': 'TaskTimeoutError'" in message
     assert "'local-b': 'TaskTimeoutError'" in message
+
+
+# --- Globus Compute's size limits (5 MB per submission, 512 KB per result) -----------------
+
+PROMPT_5_5_MB = "x" * 5_500_000
+
+
+def test_a_task_over_the_submission_limit_is_never_sent_and_fails_413_at_once(
+    stage: str,
+    registry_file: Path,
+    globus_http: responses.RequestsMock,
+    run_poller: Callable[..., Poller],
+) -> None:
+    """With the S3 path off, a 5.5 MB prompt makes a task the service would refuse: the
+    executor refuses it first, and the request fails naming the limit, on its first try and
+    on no other deployment (every one has the limit)."""
+    services = make_services(stage, registry_file, compute_offload=False)
+    service = GlobusService(globus_http, lambda task, n: pytest.fail("must not be submitted"))
+    globus = GlobusTasks(
+        GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05, submit_limit_bytes=5_000_000
+    )
+    never = ScriptedExecutor(lambda task, n: pytest.fail("local-b must not run it"))
+    poller = run_poller(services, {"globus-a": globus, "local-b": never})
+    request_id = submit(services, PROMPT_5_5_MB)
+    record = finished(services, request_id)
+    assert record["status"] == "failed" and record["status_code"] == 413
+    assert record["error"]["code"] == "request_too_large" and record["attempt"] == 1
+    message = record["error"]["message"]
+    assert request_id in message and "submission limit of 5000000 bytes" in message
+    assert service.submissions == [] and never.attempts == {}
+    assert poller.counts["tasks_too_large"] == 1 and poller.counts["endpoint_failures"] == 0
+
+
+def test_a_large_prompt_reaches_a_globus_task_by_url_and_its_result_comes_back_by_url(
+    stage: str,
+    registry_file: Path,
+    globus_http: responses.RequestsMock,
+    run_poller: Callable[..., Poller],
+) -> None:
+    """The same 5.5 MB prompt with the S3 path on: the submission carries a URL (a few KB,
+    packed by the SDK), the node fetches the body from S3 and stores a large result there."""
+    services = make_services(stage, registry_file)
+    globus_http.add_passthru(os.environ["AWS_ENDPOINT_URL"])  # the node reaches S3 (moto)
+
+    def node(task: dict[str, Any], n: int) -> Any:
+        if n < 2:
+            return None  # running
+        task = offload.fetch_body(task)
+        out = response(task["request_id"])
+        content = task["body"]["messages"][0]["content"]
+        out["choices"][0]["message"]["content"] = content[:600_000]  # over 512 KB back
+        out["usage"]["prompt_tokens"] = len(content)
+        return offload.store_result(task, {"response": out, "engine_time_ms": 1.0})
+
+    service = GlobusService(globus_http, node)
+    globus = GlobusTasks(
+        GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05, submit_limit_bytes=5_000_000
+    )
+    never = ScriptedExecutor(lambda task, n: pytest.fail("local-b must not run it"))
+    run_poller(services, {"globus-a": globus, "local-b": never})
+    request_id = submit(services, PROMPT_5_5_MB)
+    record = finished(services, request_id)
+    assert record["status"] == "completed" and record["endpoint"] == "globus-a"
+    assert record["usage"]["prompt_tokens"] == len(PROMPT_5_5_MB)
+    result = services.blobs.load(record, "result")
+    assert result["choices"][0]["message"]["content"] == PROMPT_5_5_MB[:600_000]
+    (task_id,) = service.submitted
+    task = service.tasks[task_id]
+    assert "body" not in task and task["body_from"]["bytes"] > 5_500_000
+    assert submitted_bytes(pack_task((task,), {})) < 10_000
+
+
+def test_a_result_the_service_refused_as_too_large_fails_at_once_naming_the_limit(
+    stage: str,
+    registry_file: Path,
+    globus_http: responses.RequestsMock,
+    run_poller: Callable[..., Poller],
+) -> None:
+    services = make_services(stage, registry_file, compute_offload=False)
+    refused = Raised(
+        "Traceback (most recent call last):\n  ...\nglobus_compute_sdk.errors.error_types."
+        "MaxResultSizeExceeded: Task result of 9600123B exceeded current limit of 524288B"
+    )
+    service = GlobusService(globus_http, lambda task, n: refused)
+    globus = GlobusTasks(GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05)
+    never = ScriptedExecutor(lambda task, n: pytest.fail("local-b must not run it"))
+    poller = run_poller(services, {"globus-a": globus, "local-b": never})
+    request_id = submit(services)
+    record = finished(services, request_id)
+    assert record["status"] == "failed" and record["status_code"] == 500
+    assert record["error"]["code"] == "result_too_large" and record["attempt"] == 1
+    message = record["error"]["message"]
+    assert f"{request_id} is 9600123 bytes" in message and "limit of 524288 bytes" in message
+    assert "Traceback" not in message
+    assert len(service.submitted) == 1 and never.attempts == {}
+    assert poller.counts["results_too_large"] == 1
+
+
+def test_a_group_commit_never_carries_more_than_the_submission_limit(
+    globus_http: responses.RequestsMock,
+) -> None:
+    """Tasks of ~2 MB as submitted (1.5 MB of text, pickled and base64'd) piling up behind a
+    slow submission: each batch_run takes what fits in 5 MB (two), never all that waits; every
+    caller still gets its own task."""
+    service = GlobusService(globus_http, lambda task, n: {"echo": task["i"]})
+    service.submit_delay_s = 0.3
+    tasks = GlobusTasks(
+        GLOBUS_EP, service.client(), poll_min_s=0.01, poll_s=0.05, submit_limit_bytes=5_000_000
+    )
+    out: dict[int, Any] = {}
+
+    def one(i: int) -> None:
+        out[i] = tasks.submit_to_registered_function(
+            CHAT_FN, args=({"i": i, "pad": "x" * 1_500_000},)
+        ).result(30)
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert out == {i: {"echo": i} for i in range(6)}
+        assert sum(service.submissions) == 6 and max(service.submissions) == 2
+    finally:
+        tasks.shutdown(cancel_futures=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import boto3
@@ -53,3 +54,35 @@ def test_a_send_to_a_missing_queue_fails_its_sender(moto_server: Moto) -> None:
     sqs.delete_queue(QueueUrl=url)
     with pytest.raises(SendFailedError):
         GroupSender(sqs).send(url, "hello")
+
+
+def test_a_lingering_send_shares_a_call_with_sends_that_come_just_after(
+    aws_session: boto3.Session, aws_calls: CallCounter
+) -> None:
+    """Sends that never overlap (one every few milliseconds, as a poller finishing requests
+    one slot at a time makes them) share calls when the sender lingers, and go alone when not."""
+    sqs = aws_session.client("sqs", config=Config(max_pool_connections=SENDERS))
+    url = sqs.create_queue(QueueName=f"linger-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    sender = GroupSender(sqs)
+
+    def one_by_one(linger_s: float) -> int:
+        aws_calls.reset()
+        threads = []
+        for i in range(8):
+            t = threading.Thread(
+                target=sender.send, args=(url, f"m{i}"), kwargs={"linger_s": linger_s}
+            )
+            threads.append(t)
+            t.start()
+            if linger_s:
+                time.sleep(0.005)  # the next send comes a little later
+            else:
+                t.join(30)  # the next send comes once this one is done
+        for t in threads:
+            t.join(30)
+        calls = aws_calls.by_operation
+        return calls.get("sqs.SendMessage", 0) + calls.get("sqs.SendMessageBatch", 0)
+
+    sender.send(url, "first")  # the queue was sent to just now: lingers apply
+    assert one_by_one(0.0) == 8
+    assert one_by_one(0.5) < 4

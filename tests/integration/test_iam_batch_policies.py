@@ -66,6 +66,7 @@ WORKER_MUST_EXERCISE = {
     ("s3:GetObject", "first-prod-data/batches/"),
     ("s3:GetObject", "first-prod-drop/inbox/"),
     ("s3:PutObject", "first-prod-drop/outbox/"),
+    ("dynamodb:Query", "table/first-prod-keys/index/by-user"),
     ("dynamodb:Scan", "table/first-prod-endpoints"),
     ("dynamodb:BatchWriteItem", "table/first-prod-usage"),
 }
@@ -100,6 +101,7 @@ def test_batch_policies_allow_every_call_each_side_makes(
         files=ws.file_store,
         data=ws.objects,
         drop=ws.drop_objects,
+        keys=ws.keys,
         executors=ExecutorPool(lambda e: InProcessEndpoint()),
         logger=logger,
         endpoints=ws.endpoint_store,
@@ -120,6 +122,8 @@ def test_batch_policies_allow_every_call_each_side_makes(
         batch = batch_api.create_batch(
             user, json.dumps({**create, "completion_window": "24h"}).encode()
         )
+        # The drop folder's owner is a user with a key (made by an operator, not the worker).
+        operator.keys.create("iam-batch")
         # A user's write (drop-folder-user-policy.json), not the worker's: its own client.
         boto3.client("s3", region_name="us-east-1").put_object(
             Bucket=settings.drop_bucket_name, Key="inbox/iam-batch/d.jsonl", Body=lines(2)

@@ -107,6 +107,7 @@ API_MUST_EXERCISE = {
     ("dynamodb:GetItem", "table/first-prod-connections"),
     ("dynamodb:DeleteItem", "table/first-prod-connections"),
     ("execute-api:ManageConnections", f"/{WS_STAGE}/POST/@connections/"),
+    ("execute-api:ManageConnections", f"/{WS_STAGE}/DELETE/@connections/"),
 }
 POLLER_MUST_EXERCISE = {
     ("sqs:GetQueueUrl", ":first-prod-interactive"),
@@ -365,6 +366,31 @@ def api_streams_over_the_websocket(w: World) -> None:
     assert w.disconnected.wait(TIMEOUT_S), "$disconnect ran"
 
 
+def api_closes_a_connection_whose_credential_is_refused(w: World) -> None:
+    """A message on a connection whose credential no longer passes (here its record lost it, as
+    a revoked key would fail) gets a 401 frame, and the API closes the connection
+    (``DELETE @connections``)."""
+    w.disconnected.clear()
+    headers = {"Authorization": f"Bearer {w.key}"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    # Outside both sides' recorders: the test's own edit of the record.
+    table = (
+        boto3.Session(region_name="us-east-1")
+        .resource("dynamodb")
+        .Table(w.api.services.settings.connections_table_name)
+    )
+    with connect(w.websocket.url, additional_headers=headers) as conn:
+        (item,) = [
+            i for i in table.scan(ConsistentRead=True)["Items"] if i["owner"] == "iam-test-user"
+        ]
+        table.update_item(
+            Key={"connection_id": item["connection_id"]}, UpdateExpression="REMOVE credential"
+        )
+        conn.send(json.dumps({"action": "chat.completions", "id": "c2", "body": body}))
+        assert json.loads(conn.recv(timeout=TIMEOUT_S))["status"] == 401
+        assert w.disconnected.wait(TIMEOUT_S), "the API closed the connection"
+
+
 def api_warms_a_cold_model(w: World) -> None:
     """``POST /v1/models/{model}/warm`` on a model every deployment reports cold: the API marks
     the router's choice warming and queues ``{warm}``; the poller marks it too, sends the warm
@@ -443,7 +469,8 @@ def poller_fails_a_request(w: World) -> None:
     leases.beat()
     leases.close()
     assert leases.counts["heartbeats"] == 1
-    record = ps.requests.claim(request_id)
+    # As the poller's claim does: the record the message carries, written claimed.
+    record = ps.requests.claim(request_id, slot="local-a", record=planning.record_of(message))
     failure = planning.engine_failure(request_id, "iam test")
     ps.requests.fail(request_id, failure)
     w.accounting.finished(record, "failed", failure)  # as the poller's _finish does
@@ -477,6 +504,7 @@ STEPS: list[Callable[[World], None]] = [
     api_globus_auth_cache,
     api_warms_a_cold_model,
     api_streams_over_the_websocket,
+    api_closes_a_connection_whose_credential_is_refused,
     api_reads_usage_and_the_dashboard,
     api_container_goes_away,
     poller_process_ends,

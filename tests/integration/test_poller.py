@@ -18,6 +18,7 @@ import pytest
 
 from chalicelib.auth import Principal
 from chalicelib.compute.executors import TaskLostError
+from chalicelib.errors import FirstError
 from chalicelib.logs import get_logger
 from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
@@ -160,8 +161,13 @@ def test_a_task_lost_with_its_worker_fails_over_to_the_other_endpoint(
     assert record is not None and record["status"] == "completed" and record["attempt"] == 1
     assert record["endpoint"] == "local-b" and "slot" not in record
     assert poller.counts["endpoint_failures"] == 1
-    inflight = {n: s.inflight for n, s in services.endpoint_store.statuses().items()}
-    assert inflight.get("local-a", 0) == 0 and inflight.get("local-b", 0) == 0  # all given back
+
+    def all_given_back() -> bool:
+        inflight = {n: s.inflight for n, s in services.endpoint_store.statuses().items()}
+        return inflight.get("local-a", 0) == 0 and inflight.get("local-b", 0) == 0
+
+    # The poller's leased slots go back once unused for poller_slot_linger_s.
+    wait_until(all_given_back, "every slot given back")
 
 
 def test_the_circuit_opens_after_three_failures_and_traffic_goes_elsewhere(
@@ -237,6 +243,51 @@ def test_a_finished_stream_delivered_again_gets_its_final_frame_again(
     assert never.attempts == {}
 
 
+def test_a_stream_its_client_left_is_stored_cancelled_with_the_tokens_that_ran(
+    services: Services, run_poller: Callable[..., Poller]
+) -> None:
+    """The HPC function's account says the relay stopped it (``stream_stats.cancelled``): the
+    record is ``cancelled``, not ``completed`` with finish_reason stop, and keeps what ran."""
+    posts: list[tuple[str, dict[str, Any]]] = []
+
+    class Poster:
+        def post(self, connection_id: str, text: str) -> None:
+            posts.append((connection_id, json.loads(text)))
+
+    def cut_short(task: dict[str, Any], n: int) -> dict[str, Any]:
+        partial = response(task["request_id"])
+        partial["choices"][0]["finish_reason"] = None
+        partial["usage"] = {"prompt_tokens": 4, "completion_tokens": 17, "total_tokens": 21}
+        stats = {"cancelled": True, "completion_tokens": 17, "max_tokens": 2000}
+        return {"response": partial, "engine_time_ms": 9.0, "stream_stats": stats}
+
+    notifier = StreamNotifier(services.settings, Poster(), get_logger("test"))  # type: ignore[arg-type]
+    run_poller(ScriptedExecutor(cut_short), streams=notifier)
+    request_id = f"req_{uuid.uuid4().hex}"
+    services.requests.create(
+        {
+            "request_id": request_id,
+            "owner": USER.id,
+            "model": MODEL,
+            "function": "chat_completions",
+            "payload": json.dumps({"messages": [], "max_tokens": 2000}),
+            "stream": {"connection_id": "conn-1", "ref": "r1"},
+        }
+    )
+    services.interactive_queue.send({"request_id": request_id})
+    wait_until(lambda: bool(posts), "the final frame")
+    record = services.requests.get(request_id)
+    assert record is not None and record["status"] == "cancelled"
+    assert record["usage"]["completion_tokens"] == 17
+    view = services.gateway.fetch(USER, request_id)
+    assert view["status"] == "cancelled" and view["error"] is None
+    assert view["result"]["choices"][0]["finish_reason"] is None
+    assert view["result"]["usage"]["completion_tokens"] == 17
+    ((connection, frame),) = posts
+    assert (connection, frame["type"], frame["status"]) == ("conn-1", "error", 410)
+    assert frame["error"]["code"] == "cancelled" and frame["request_id"] == request_id
+
+
 def test_one_users_flood_does_not_hold_another_users_request_behind_it(
     services: Services, run_poller: Callable[..., Poller]
 ) -> None:
@@ -271,6 +322,49 @@ def test_one_users_flood_does_not_hold_another_users_request_behind_it(
     for request_id in flood + [quiet]:
         wait_until(lambda r=request_id: r in release, "every request started")
         release[request_id].set()
+
+
+def test_a_redelivered_message_never_runs_its_request_twice(
+    services: Services, run_poller: Callable[..., Poller]
+) -> None:
+    """The message carries the record (the API wrote none): its first delivery's claim writes
+    it; the same message delivered again after the request finished is dropped, not run."""
+    executor = ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])})
+    poller = run_poller(executor)
+    request_id = f"req_{uuid.uuid4().hex}"
+    record = services.requests.new(
+        {
+            "request_id": request_id,
+            "owner": USER.id,
+            "model": MODEL,
+            "function": "chat_completions",
+            "payload": "{}",
+        }
+    )
+    message = {"request_id": request_id, "record": record}
+    services.interactive_queue.send(message)
+    wait_until(
+        lambda: (services.requests.get(request_id) or {}).get("status") == "completed", "done"
+    )
+    services.interactive_queue.send(message)  # SQS delivers a message at least once
+    wait_until(lambda: poller.counts["duplicates_dropped"] == 1, "the duplicate dropped")
+    assert executor.attempts[request_id] == 1
+    done = services.requests.get(request_id)
+    assert done is not None and done["attempt"] == 1 and done["created_at"] == record["created_at"]
+
+
+def test_a_request_past_its_wait_is_recorded_before_its_id_goes_out(own_stage: str) -> None:
+    """No poller takes it: the record only the message held is written (queued) before the
+    client gets the id to collect it by."""
+    services = poller_services(own_stage, REPO_ROOT / "infra" / "deployments" / "local.json")
+    req = ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": [{"role": "user", "content": "anyone?"}], "max_tokens": 1}
+    )
+    with pytest.raises(FirstError) as raised:
+        services.gateway.run(USER, "chat_completions", req, wait_s=0.2)
+    request_id = raised.value.request_id
+    assert request_id is not None and raised.value.STATUS_CODE in (503, 504)
+    assert services.gateway.fetch(USER, request_id)["status"] == "queued"
 
 
 def wait_until(check: Callable[[], bool], what: str) -> None:

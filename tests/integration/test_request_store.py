@@ -1,5 +1,6 @@
 """Request status only moves forward, by conditional writes, whatever the delivery order."""
 
+import time
 import uuid
 from typing import Any
 
@@ -7,6 +8,7 @@ import pytest
 
 from chalicelib.services import Services
 from chalicelib.stores.requests import RequestConflictError
+from tests.aws_calls import CallCounter
 
 
 def new_id() -> str:
@@ -80,3 +82,60 @@ def test_someone_elses_request_reads_exactly_like_a_missing_one(services: Servic
     finally:
         events.unregister("after-call.dynamodb", record)
     assert foreign == missing and len(foreign) == 1
+
+
+def test_a_claim_writes_the_record_its_message_carries_with_one_call_either_way(
+    services: Services, aws_calls: CallCounter
+) -> None:
+    store, fresh, old = services.requests, new_id(), new_id()
+    carried = store.new({"request_id": fresh, "owner": "u", "payload": "{}"})
+    aws_calls.reset()
+    first = store.claim(fresh, slot="ep-1", record=carried)  # no record yet: put, claimed
+    assert aws_calls.by_operation == {"dynamodb.PutItem": 1}
+    assert first["status"] == "dispatched" and first["attempt"] == 1 and first["slot"] == "ep-1"
+    assert store.get(fresh) == {**first, "created_at": carried["created_at"]}
+    # Past the API's first read-back the API may have written it (queued): updated, not put.
+    waited = {**store.new({"request_id": old, "owner": "u"}), "created_at": time.time() - 60}
+    assert store.put_new(waited) is None  # what the API does then
+    aws_calls.reset()
+    claimed = store.claim(old, slot="ep-2", record=waited)
+    assert aws_calls.by_operation == {"dynamodb.UpdateItem": 1}
+    assert claimed["attempt"] == 1 and claimed["slot"] == "ep-2"
+    assert claimed["created_at"] == waited["created_at"]
+
+
+def test_a_cancelled_request_keeps_its_usage_and_nothing_moves_it_again(
+    services: Services,
+) -> None:
+    # A stream stopped by its client's disconnect was stored as completed: now cancelled, a
+    # terminal status like completed and failed.
+    store, rid = services.requests, new_id()
+    store.create({"request_id": rid, "owner": "u"})
+    store.claim(rid)
+    store.cancel(rid, {"usage": {"prompt_tokens": 3, "completion_tokens": 17}})
+    record = store.get(rid)
+    assert record is not None and record["status"] == "cancelled"
+    assert record["usage"] == {"prompt_tokens": 3, "completion_tokens": 17}
+    assert "pending_shard" not in record  # out of the pending index, as any finished request
+    for move in (store.claim, lambda r: store.complete(r, {}), lambda r: store.fail(r, {})):
+        with pytest.raises(RequestConflictError) as info:
+            move(rid)
+        assert info.value.current is not None and info.value.current["status"] == "cancelled"
+
+
+def test_the_relay_s_status_read_is_the_status_alone_and_none_once_expired(
+    services: Services,
+) -> None:
+    store, rid = services.requests, new_id()
+    store.create({"request_id": rid, "owner": "u", "payload": "x" * 20_000})
+    store.claim(rid)
+    assert store.status(rid) == "dispatched"
+    store.complete(rid, {})
+    assert store.status(rid) == "completed"
+    assert store.status(new_id()) is None
+    services.dynamodb.Table(services.settings.requests_table_name).update_item(
+        Key={"request_id": rid},
+        UpdateExpression="SET expires_at = :p",
+        ExpressionAttributeValues={":p": 1},
+    )
+    assert store.status(rid) is None

@@ -57,9 +57,11 @@ def stream_service(stage: str) -> tuple[Services, StreamService, RecordingPoster
     return services, service, poster
 
 
-def connect(services: Services, user: str, connection_id: str) -> None:
+def connect(services: Services, service: StreamService, user: str, connection_id: str) -> None:
+    """$connect as API Gateway sends it, with a new key of ``user``."""
     key = services.keys.create(user)
-    services.connections.put(connection_id, services.authenticator.authenticate(key))
+    answer = service.connect(connection_id, {"headers": {"Authorization": f"Bearer {key}"}})
+    assert answer == {"statusCode": 200}
 
 
 def message(ref: str) -> str:
@@ -72,8 +74,10 @@ def test_a_user_past_their_concurrent_streams_gets_a_429_frame_until_one_finishe
 ) -> None:
     services, service, poster = stream_service(stage)
     user = f"streamer-{uuid.uuid4().hex[:6]}"
-    connect(services, user, "conn-1")
-    connect(services, user, "conn-2")  # the limit is the user's, over all their connections
+    connect(services, service, user, "conn-1")
+    connect(
+        services, service, user, "conn-2"
+    )  # the limit is the user's, over all their connections
     first = service.message("conn-1", message("a"))
     second = service.message("conn-2", message("b"))
     assert first and second
@@ -84,7 +88,7 @@ def test_a_user_past_their_concurrent_streams_gets_a_429_frame_until_one_finishe
     assert f"{LIMIT} in flight" in frame["error"]["message"]
 
     # Someone else is not counted against this user.
-    connect(services, "someone-else", "conn-3")
+    connect(services, service, "someone-else", "conn-3")
     assert service.message("conn-3", message("d"))
 
     # The poller finishing a stream gives its slot back (exactly what it releases: the hold).

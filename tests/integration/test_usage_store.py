@@ -73,6 +73,7 @@ def test_a_users_range_is_one_query_and_sees_only_their_records(
         "completion_tokens": 10,
         "total_tokens": 23,
         "errors": 1,
+        "cancelled": 0,
     }
     assert [(b["model"], b["requests"], b["total_tokens"]) for b in summary["data"]] == [
         ("m1", 2, 20),
@@ -82,6 +83,17 @@ def test_a_users_range_is_one_query_and_sees_only_their_records(
     day0 = time.strftime("%Y-%m-%d", time.gmtime(T0))
     day1 = time.strftime("%Y-%m-%d", time.gmtime(T0 + DAY))
     assert [(b["day"], b["requests"], b["errors"]) for b in by_day] == [(day0, 2, 0), (day1, 1, 1)]
+
+
+def test_a_cancelled_stream_is_counted_as_cancelled_with_its_tokens_not_as_an_error(
+    store: UsageStore,
+) -> None:
+    erin = user()
+    stopped = usage(erin, T0 + 10, status="cancelled", cancelled=1, mode="stream")
+    assert store.put_many([usage(erin, T0 + 5), stopped]) == []
+    totals = store.summary(T0, T0 + DAY, owner=erin)["totals"]
+    assert (totals["requests"], totals["cancelled"], totals["errors"]) == (2, 1, 0)
+    assert totals["total_tokens"] == 30
 
 
 def test_the_range_ends_are_start_inclusive_end_exclusive(store: UsageStore) -> None:

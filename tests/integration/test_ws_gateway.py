@@ -17,10 +17,15 @@ from typing import Any
 import boto3
 import pytest
 from chalice.app import Chalice, WebsocketEvent
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from chalicelib.stores.websocket import ConnectionGoneError, ConnectionPoster
+from chalicelib.stores.websocket import (
+    MAX_FRAME_BYTES,
+    ConnectionGoneError,
+    ConnectionPoster,
+    FrameTooLargeError,
+)
 from offline.api_server import ApiServer
 from offline.stack import free_port
 from offline.ws_gateway import Connections, WsGateway
@@ -119,3 +124,31 @@ def test_management_api_posts_describes_and_closes_and_a_closed_one_is_gone(echo
         poster.post(connection_id, "too late")
     with pytest.raises(ConnectionGoneError):
         poster.post("never-was", "x")
+
+
+def test_a_binary_message_closes_the_connection_with_1003_as_api_gateway_does(
+    echo: Any,
+) -> None:
+    # API Gateway's WebSocket API serves text frames only; the emulation served binary ones, so
+    # a client that worked locally broke on AWS.
+    app, ws, _ = echo
+    with connect(ws.url) as conn:
+        connection_id = app.next_event("$connect")["requestContext"]["connectionId"]
+        conn.send(b'{"action": "chat.completions"}')
+        with pytest.raises(ConnectionClosed) as closed:
+            conn.recv(timeout=TIMEOUT_S)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1003
+    gone = app.next_event("$disconnect")  # no $default came before it
+    assert gone["requestContext"]["connectionId"] == connection_id
+
+
+def test_a_post_over_128_kb_is_refused_whole_as_api_gateway_refuses_it(echo: Any) -> None:
+    # API Gateway answers PayloadTooLargeException (413) to a frame over 128 KB; the adapter
+    # translates it where it enters, and the client receives nothing of it.
+    app, ws, poster = echo
+    with connect(ws.url, max_size=None) as conn:
+        connection_id = app.next_event("$connect")["requestContext"]["connectionId"]
+        with pytest.raises(FrameTooLargeError):
+            poster.post(connection_id, "x" * (MAX_FRAME_BYTES + 1))
+        poster.post(connection_id, "x" * MAX_FRAME_BYTES)  # the limit itself is delivered
+        assert conn.recv(timeout=TIMEOUT_S) == "x" * MAX_FRAME_BYTES

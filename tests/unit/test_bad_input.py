@@ -210,3 +210,128 @@ def test_embedding_fields_past_their_ceiling_are_a_400_naming_them(
 
 def test_a_union_field_of_the_wrong_shape_names_the_field_not_the_union_member() -> None:
     assert refused(completion(prompt=[{"a": 1}]), CompletionRequest).param == "prompt"
+
+
+# ----- tools, tool_choice, response_format and tool turns (issue 19) ----------------------
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+def tool(name: str = "get_weather", parameters: Any = WEATHER) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def deep(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return {"type": "object", "properties": {"a": schema}}
+
+
+def json_schema(schema: Any, name: str = "answer") -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "named"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools", "'web_search'"),
+        ({"tools": [tool("get weather")]}, "tools", "letters, digits"),
+        ({"tools": [tool("x" * 65)]}, "tools", "letters, digits"),
+        ({"tools": [tool(f"f{i}") for i in range(129)]}, "tools", "128"),
+        ({"tools": [tool(parameters={"type": "object", "oneOf": []})]}, "tools", "oneOf"),
+        ({"tools": [tool(parameters=deep(17))]}, "tools", "nested deeper than 16"),
+        (
+            {"tools": [tool(parameters={**WEATHER, "description": "x" * 200_000})]},
+            "tools",
+            "bytes",
+        ),
+        (
+            {"tools": [tool()], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "'nope', which is not among the tools",
+        ),
+        ({"tools": [tool()], "tool_choice": "always"}, "tool_choice", "must be"),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
+        ({"tools": [tool()], "parallel_tool_calls": "yes"}, "parallel_tool_calls", "boolean"),
+        ({"response_format": {"type": "xml"}}, "response_format", "response_format.type"),
+        ({"response_format": json_schema(WEATHER, name="a b")}, "response_format", "name"),
+        (
+            {"response_format": json_schema({"type": "object", "not": {}})},
+            "response_format",
+            "'not' is not supported",
+        ),
+        ({"response_format": json_schema({"type": "array"})}, "response_format", "root"),
+        ({"response_format": json_schema(deep(17))}, "response_format", "nested deeper"),
+    ],
+)
+def test_tools_and_formats_the_engines_cannot_enforce_are_400s_naming_the_field(
+    fields: dict[str, Any], param: str, named: str
+) -> None:
+    error = refused(chat(**fields))
+    assert error.param == param
+    assert named in error.message
+
+
+@pytest.mark.parametrize(
+    ("messages", "named"),
+    [
+        ([{"role": "tool", "tool_call_id": "call_1", "content": "20"}], "answers no tool call"),
+        (
+            [
+                {"role": "assistant", "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_2", "content": "20"},
+            ],
+            "'call_2' answers no tool call",
+        ),
+        ([{"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "content": "20"}], "needs"),
+        ([{"role": "user", "content": "hi", "tool_calls": [CALL]}], "only assistant"),
+    ],
+)
+def test_tool_turns_that_answer_no_earlier_call_are_400s_naming_messages(
+    messages: list[dict[str, Any]], named: str
+) -> None:
+    raw = json.dumps({"model": "m", "messages": messages}).encode()
+    error = refused(raw)
+    assert error.param == "messages"
+    assert named in error.message
+
+
+def test_a_tool_call_whose_arguments_are_an_object_is_refused_naming_the_message() -> None:
+    call = {**CALL, "function": {"name": "get_weather", "arguments": {"city": "paris"}}}
+    raw = json.dumps({"model": "m", "messages": [{"role": "assistant", "tool_calls": [call]}]})
+    assert refused(raw.encode()).param == "messages[0].tool_calls[0].function.arguments"
+
+
+def test_a_whole_tool_conversation_with_strict_tools_and_a_schema_is_accepted() -> None:
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "20"},
+    ]
+    raw = chat(
+        tools=[tool(), tool("ping", None)],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        response_format=json_schema(WEATHER),
+    )
+    req = parse_body(
+        raw.replace(
+            b'"messages": ' + json.dumps(HELLO).encode(),
+            b'"messages": ' + json.dumps(messages).encode(),
+        ),
+        ChatCompletionRequest,
+    )
+    body = req.engine_body()
+    assert body["parallel_tool_calls"] is False
+    assert body["messages"][1]["tool_calls"] == [CALL]
+    assert body["messages"][2]["tool_call_id"] == "call_1"
+    assert body["response_format"]["json_schema"]["strict"] is True

@@ -141,3 +141,43 @@ def test_embeddings_lines_are_checked_against_the_embeddings_request() -> None:
     bad = {**row, "custom_id": "f", "body": {"model": MODEL}}
     assert c.check(json.dumps(bad).encode()) is None
     assert c.finish()[0]["param"] == "body.input"
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}}
+
+
+def test_lines_with_tools_and_a_response_format_reach_the_engine_as_sent() -> None:
+    c = checker()
+    out = c.check(line("t", tools=TOOLS, tool_choice="required", response_format=JSON_SCHEMA))
+    assert out is not None
+    assert out["body"]["tools"] == TOOLS and out["body"]["tool_choice"] == "required"
+    assert out["body"]["response_format"] == JSON_SCHEMA
+    assert c.finish() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "w", "schema": {"type": "array"}},
+                }
+            },
+            "body.response_format",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "body.tool_choice",
+        ),
+        ({"tools": [{"type": "file_search"}]}, "body.tools"),
+    ],
+)
+def test_a_line_whose_tools_or_format_no_engine_can_enforce_is_a_line_error(
+    body: dict[str, Any], param: str
+) -> None:
+    errors = check_all(checker(), line("a"), line("b", **body))
+    assert [(e["code"], e["line"], e["param"]) for e in errors] == [("invalid_body", 2, param)]

@@ -6,7 +6,15 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "name", ["bench.interactive", "bench.auth_overhead", "bench.endpoint_overhead", "bench.common"]
+    "name",
+    [
+        "bench.interactive",
+        "bench.auth_overhead",
+        "bench.common",
+        "bench.constrained",
+        "bench.proxy",
+        "bench.server_layers",
+    ],
 )
 def test_benchmark_module_imports(name: str) -> None:
     module = importlib.import_module(name)

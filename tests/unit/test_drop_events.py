@@ -1,5 +1,6 @@
 """S3 event notifications for the drop folder: which objects start a batch, their keys decoded,
-and the identity that makes one batch per object version (pure, no I/O)."""
+the identity that makes one batch per object version, the order of a key's versions (their
+sequencers), and the principal an owner's batch runs as (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from chalicelib.batch.drop import drop_objects, parse_key
+from chalicelib.auth import Principal
+from chalicelib.auth.apikeys import user_principal
+from chalicelib.batch.drop import SEQUENCE_WIDTH, drop_objects, parse_key, sequence_key
 
 
 def record(
@@ -103,3 +106,51 @@ def test_the_same_key_in_another_bucket_is_another_object() -> None:
     a = drop_objects(event(record("inbox/a/q.jsonl", bucket="one")))[0]
     b = drop_objects(event(record("inbox/a/q.jsonl", bucket="two")))[0]
     assert a.source != b.source
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        ("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
+        ("FF", "0100"),  # shorter but smaller once padded: "FF" < "100" as numbers
+        ("0A1", "0a2"),  # case does not matter
+        ("9", "0055AED6DCD90281E5"),
+    ],
+)
+def test_sequencers_compare_as_padded_hex_strings(older: str, newer: str) -> None:
+    assert sequence_key(older) < sequence_key(newer)
+    assert len(sequence_key(older)) == len(sequence_key(newer)) == SEQUENCE_WIDTH
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "not-hex", "1" * (SEQUENCE_WIDTH + 1)])
+def test_a_missing_or_malformed_sequencer_is_unordered(bad: str) -> None:
+    assert sequence_key(bad) == ""
+
+
+def key(user: str, **fields: object) -> dict[str, object]:
+    return {"user": user, "kind": "user", "active": True, **fields}
+
+
+def test_an_owner_without_an_active_key_is_no_principal() -> None:
+    assert user_principal("alice", []) is None
+    assert user_principal("alice", [key("alice", active=False)]) is None
+    assert user_principal("alice", [key("bob")]) is None
+
+
+def test_an_owner_acts_as_its_key_does_on_rest() -> None:
+    got = user_principal("alice", [key("alice", groups=["lab"], domain="uni.edu")])
+    assert got == Principal(
+        id="alice", username="alice", idp_domain="uni.edu", groups=frozenset({"lab"})
+    )
+
+
+def test_keys_that_disagree_grant_only_what_all_of_them_grant() -> None:
+    got = user_principal(
+        "alice",
+        [
+            key("alice", kind="service", groups=["lab", "ops"], domain="uni.edu"),
+            key("alice", groups=["lab"], domain="other.edu"),
+            key("alice", groups=["ops"], active=False),  # revoked: not counted
+        ],
+    )
+    assert got == Principal(id="alice", username="alice", kind="user", groups=frozenset({"lab"}))

@@ -131,6 +131,21 @@ def worker_results(tiny_model_dir: Path, presigned: Presigned) -> dict[str, Any]
         }
         for name, args in _tasks(tiny_model_dir, presigned).items()
     ]
+    # Embeddings again, its body and its result by presigned URLs (hpc_functions.offload).
+    by_url = {
+        **_tasks(tiny_model_dir, presigned)["embeddings"][0],
+        "body_from": {"url": f"{presigned.url}/body", "bytes": 20},
+        "result_to": {"url": f"{presigned.url}/result", "key": "k", "over_bytes": 100},
+    }
+    del by_url["body"]
+    presigned.objects["/body"] = json.dumps({"input": ["a", "b", "c"]}).encode()
+    jobs.append(
+        {
+            "name": "embeddings_by_url",
+            "fn": serializer.serialize(hpc_functions.FUNCTIONS["embeddings"]),
+            "args": serializer.serialize((by_url,)),
+        }
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(
         [sys.executable, "-c", WORKER],
@@ -151,7 +166,7 @@ def test_every_registered_function_has_a_serialised_run(
     worker_results: dict[str, Any], tiny_model_dir: Path, presigned: Presigned
 ) -> None:
     tasks = _tasks(tiny_model_dir, presigned)
-    assert set(hpc_functions.FUNCTIONS) == set(tasks) == set(worker_results)
+    assert set(hpc_functions.FUNCTIONS) == set(tasks) == set(worker_results) - {"embeddings_by_url"}
 
 
 def test_warm_loads_the_engine_in_the_worker(worker_results: dict[str, Any]) -> None:
@@ -178,6 +193,15 @@ def test_embeddings_runs_deserialised(worker_results: dict[str, Any]) -> None:
     response = worker_results["embeddings"]["response"]
     assert [d["index"] for d in response["data"]] == [0, 1]
     assert all(len(d["embedding"]) == 384 for d in response["data"])
+
+
+def test_embeddings_take_their_body_and_leave_their_result_by_url(
+    worker_results: dict[str, Any], presigned: Presigned
+) -> None:
+    stored = presigned.objects["/result"]
+    assert worker_results["embeddings_by_url"] == {"result_at": {"key": "k", "bytes": len(stored)}}
+    response = json.loads(stored)["response"]
+    assert [d["index"] for d in response["data"]] == [0, 1, 2]
 
 
 def test_health_reports_the_warm_engines(worker_results: dict[str, Any]) -> None:

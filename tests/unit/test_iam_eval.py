@@ -92,6 +92,7 @@ def test_management_api_calls_name_the_connection_on_the_websocket_api_s_stage()
     )
     policy = json.loads((REPO_ROOT / ".chalice" / "policy-prod.json").read_text())
     assert allows(policy, "execute-api:ManageConnections", arn)
-    # Posting is all the API does; closing a client's connection is not granted.
-    closing = arn.replace("/POST/", "/DELETE/")
-    assert not allows(policy, "execute-api:ManageConnections", closing)
+    # The API posts, and closes a connection whose credentials it refuses (a revoked key);
+    # describing a client's connection is not granted.
+    assert allows(policy, "execute-api:ManageConnections", arn.replace("/POST/", "/DELETE/"))
+    assert not allows(policy, "execute-api:ManageConnections", arn.replace("/POST/", "/GET/"))

@@ -235,11 +235,72 @@ def test_malformed_config_exits_2(
     assert "launcher:" in capsys.readouterr().err
 
 
-def test_example_models_config_matches_the_example_registry_entry() -> None:
+def test_a_model_naming_its_parsers_starts_with_auto_tool_choice_and_the_reasoning_parser(
+    tmp_path: Path, fake_vllm: Path
+) -> None:
+    port = free_port()
+    config = _config(
+        tmp_path,
+        {
+            "model": "Qwen/Qwen3-8B",
+            "port": port,
+            "tool_call_parser": "hermes",
+            "reasoning_parser": "qwen3",
+        },
+    )
+
+    assert _run(config) == 0
+
+    (argv,) = _argv_lines(fake_vllm)
+    flags = argv[argv.index("--tensor-parallel-size") + 2 : argv.index("--served-model-name")]
+    assert flags == [
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+        "--reasoning-parser",
+        "qwen3",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"tool_call_parser": "llama3_json"}, ["--enable-auto-tool-choice", "--tool-call-parser"]),
+        ({"reasoning_parser": "deepseek_r1"}, ["--reasoning-parser"]),
+        ({}, []),
+    ],
+    ids=["tools-only", "reasoning-only", "neither"],
+)
+def test_each_parser_adds_only_its_own_flags(entry: dict[str, str], expected: list[str]) -> None:
+    spec = launcher.ModelSpec.from_dict({"model": "m", **entry}, 8001)
+
+    command = spec.command("vllm", "127.0.0.1")
+
+    assert [a for a in command if a.startswith("--") and ("parser" in a or "tool" in a)] == expected
+
+
+@pytest.mark.parametrize("value", ["", 3, ["hermes"]])
+def test_a_parser_that_is_not_a_name_is_a_config_error(
+    tmp_path: Path, value: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path, {"model": "m", "tool_call_parser": value})
+
+    assert _run(path, "--vllm", "/bin/true") == 2
+    assert "tool_call_parser" in capsys.readouterr().err
+
+
+def test_example_models_config_matches_the_example_registry_entries() -> None:
     repo = Path(__file__).resolve().parents[2]
     specs, _ = launcher.load_config(repo / "infra/globus-compute/models.example.json", 8001)
     registry = json.loads((repo / "infra/deployments/example-hpc.json").read_text())
-    engine = registry["endpoints"][0]["models"][0]["engine"]
+    entries = registry["endpoints"][0]["models"]
 
-    assert engine["model"] == specs[0].served_model_name
-    assert engine["base_url"] == f"http://127.0.0.1:{specs[0].port}/v1"
+    assert len(entries) == len(specs) == 2
+    for entry, spec in zip(entries, specs, strict=True):
+        engine = entry["engine"]
+        assert engine["model"] == spec.served_model_name
+        assert engine["base_url"] == f"http://127.0.0.1:{spec.port}/v1"
+        # The registry says what the model can do; the launcher must start vLLM to do it.
+        assert engine.get("tool_call_parser") == spec.tool_call_parser
+        assert engine.get("reasoning_parser") == spec.reasoning_parser
+        assert entry["context_length"] == spec.max_model_len

@@ -122,6 +122,27 @@ def test_a_finished_stream_is_timed_counted_and_its_tokens_recorded_per_model_an
     assert usage == [] and accounting.counts == {}
 
 
+def test_a_cancelled_stream_is_counted_cancelled_not_failed_with_the_tokens_that_ran() -> None:
+    record = {"request_id": "req_3", "owner": "carol", "model": "m", "stream": {"x": 1}}
+    fields = {"usage": {"prompt_tokens": 5, "completion_tokens": 17}, "endpoint": "local-a"}
+    u = usage_of({**record, "created_at": 10.0}, "cancelled", fields, now=12.0)
+    assert (u.status, u.cancelled, u.errors, u.requests, u.error_code) == (
+        "cancelled",
+        1,
+        0,
+        1,
+        None,
+    )
+    assert (u.prompt_tokens, u.completion_tokens, u.mode) == (5, 17, "stream")
+    m, out = recorder()
+    Accounting(m, get_logger("t")).finished(record, "cancelled", fields)
+    m.flush()
+    seen = by_metric(out)
+    assert "RequestErrors" not in seen
+    (finished,) = seen["RequestsFinished"]
+    assert finished["dims"]["status"] == "cancelled"
+
+
 def test_a_failed_request_is_an_error_by_status_and_code_and_its_usage_says_so() -> None:
     record = {"request_id": "req_2", "owner": "bob", "model": "m", "function": "completions"}
     fields = {

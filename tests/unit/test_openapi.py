@@ -14,8 +14,12 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from app import app
 from chalicelib import openapi
+from chalicelib.auth import Principal
 from chalicelib.errors import BadRequestError, EngineFailedError, FirstError
+from chalicelib.models_view import retrieve_model
 from chalicelib.protocol import ChatCompletionRequest
+from chalicelib.registry import Registry
+from chalicelib.settings import REPO_ROOT
 
 DOC = openapi.build(app)
 
@@ -110,3 +114,20 @@ def test_get_openapi_json_serves_the_document_without_a_key() -> None:
     assert json.loads(response["body"]) == DOC
     # Built once: the second call serves the same cached text.
     assert openapi.document_text(app) is openapi.document_text(app)
+
+
+def test_the_models_answer_is_described_with_its_capabilities() -> None:
+    registry = Registry.load(REPO_ROOT / "infra" / "deployments" / "local.json", {})
+    principal = Principal(id="alice", username="alice")
+    one = DOC["paths"]["/v1/models/{model}"]["get"]["responses"]["200"]["content"]
+    one = one["application/json"]["schema"]
+    listed = DOC["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]
+    listed = listed["application/json"]["schema"]
+    model = {**retrieve_model(registry, principal, "first/tiny-chat"), "status": "hot"}
+
+    jsonschema.validate(model, one)
+    jsonschema.validate({"object": "list", "data": [model]}, listed)
+    without_tools = {**model, "capabilities": {**model["capabilities"]}}
+    del without_tools["capabilities"]["tools"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(without_tools, one)

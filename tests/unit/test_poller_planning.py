@@ -40,6 +40,19 @@ def test_a_response_completes_with_usage_and_engine_time() -> None:
     assert fields == {"usage": {"total_tokens": 5}, "engine_time_ms": 12.5, "endpoint": "local"}
 
 
+def test_a_stream_its_client_left_is_cancelled_keeping_what_ran_and_its_usage() -> None:
+    # It was classified completed: GET /v1/requests/{id} said completed, finish_reason stop,
+    # after 17 of 2,000 tokens.
+    response = {"object": "chat.completion", "usage": {"completion_tokens": 17}}
+    stats = {"cancelled": True, "completion_tokens": 17, "max_tokens": 2000}
+    result = {"response": response, "engine_time_ms": 80.0, "stream_stats": stats}
+    status, fields, out = planning.outcome_of("req_1", result, endpoint="local")
+    assert status == "cancelled" and out is response
+    assert fields["usage"] == {"completion_tokens": 17} and fields["stream_stats"] == stats
+    finished = {**result, "stream_stats": {**stats, "cancelled": False}}
+    assert planning.outcome_of("req_1", finished, endpoint="local")[0] == "completed"
+
+
 def test_an_engine_error_fails_with_the_engines_own_status() -> None:
     error = {
         "message": "too long",
@@ -73,3 +86,13 @@ def test_a_failure_notice_carries_the_error() -> None:
     fields = {"error": {"message": "m", "code": "engine_error"}, "status_code": 500}
     notice = json.loads(planning.notice_for("r", "failed", fields, None, inline_limit=100))
     assert notice["error"]["code"] == "engine_error" and notice["status_code"] == 500
+
+
+def test_the_record_a_message_carries_is_read_and_a_message_of_only_an_id_has_none() -> None:
+    record = {"owner": "u", "model": "m", "function": "chat_completions", "created_at": 1.0}
+    carried = message({"request_id": "req_1", "record": record})
+    assert planning.record_of(carried) == record
+    assert planning.hints_from(record) == planning.Hints("u", "m", "chat_completions")
+    assert planning.record_of(message({"request_id": "req_1"})) is None
+    assert planning.record_of(message({"request_id": "req_1", "record": "x"})) is None
+    assert planning.record_of(message("not json")) is None

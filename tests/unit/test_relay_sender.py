@@ -19,7 +19,13 @@ import pytest
 from chalicelib.errors import FirstError
 from chalicelib.streaming.relay import Relay
 from chalicelib.streaming.tokens import mint_for
-from hpc_functions.streaming import RelaySender, run_stream_task
+from hpc_functions.streaming import (
+    MAX_PUSH_BYTES,
+    RelaySender,
+    plan_pushes,
+    run_stream_task,
+    split_chunk,
+)
 from tests.servers import serving
 from tests.unit.relay_fakes import RecordingPoster, chat_chunk
 
@@ -152,4 +158,52 @@ def test_a_410_stops_a_real_generation_short_of_its_max_tokens(
     stats = result["stream_stats"]
     assert stats["cancelled"] is True
     assert 0 < result["response"]["usage"]["completion_tokens"] < asked
+    # Cut short: no finish reason, not the "stop" of a natural end.
+    assert [c["finish_reason"] for c in result["response"]["choices"]] == [None]
     assert relay.answered == [410]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * (200 * 1024),  # 200 KB of ASCII
+        "\U0001f600" * 40_000,  # each escapes to 12 bytes in JSON: 480 KB as the relay posts it
+        'a\U0001f600\n"é' * 30_000,
+    ],
+)
+def test_a_chunk_over_the_frame_limit_is_split_and_arrives_whole(
+    relay: RelayServer, poster: RecordingPoster, text: str
+) -> None:
+    # Pushed as one chunk, it made a frame over API Gateway's 128 KB: refused, and lost.
+    token = mint_for(KEY, "req_1", "conn-a", "r" * 128, 60)
+    sender = RelaySender(relay.url, token, flush_ms=0, flush_tokens=1)
+    sender.add(chat_chunk("", role="assistant"))
+    sender.add(chat_chunk(text))
+    sender.add(chat_chunk(finish="stop"))
+    sender.close()
+    assert sender.stats["push_failures"] == 0 and sender.stats["pushes"] >= 1
+    frames = [f for _, f in poster.posts]
+    assert len(frames) > 1
+    assert all(len(json.dumps(f, separators=(",", ":"))) <= 128 * 1024 for f in frames)
+    assert "".join(f["data"]["choices"][0]["delta"].get("content") or "" for f in frames) == text
+    reasons = [f["data"]["choices"][0]["finish_reason"] for f in frames]
+    assert reasons[-1] == "stop" and set(reasons[:-1]) == {None}
+    assert [(f["seq"], f["part"]) for f in frames] == sorted((f["seq"], f["part"]) for f in frames)
+
+
+def test_a_batch_over_the_push_limit_goes_as_several_pushes() -> None:
+    batch = [chat_chunk("y" * (100 * 1024)) for _ in range(25)]  # 2.5 MB coalesced
+    pushes = plan_pushes(batch)
+    assert len(pushes) > 1
+    assert all(len(json.dumps(p)) <= MAX_PUSH_BYTES + 1024 for p in pushes)
+    assert [c for p in pushes for c in p] == batch
+
+
+def test_a_completion_chunk_is_split_on_its_text() -> None:
+    choice = {"index": 1, "text": "z" * (300 * 1024), "logprobs": None, "finish_reason": "length"}
+    chunk = {"id": "x", "object": "text_completion", "created": 1, "model": "m"}
+    pieces = split_chunk({**chunk, "choices": [choice]})
+    assert len(pieces) == 3
+    assert "".join(p["choices"][0]["text"] for p in pieces) == choice["text"]
+    assert [p["choices"][0]["index"] for p in pieces] == [1, 1, 1]
+    assert [p["choices"][0]["finish_reason"] for p in pieces] == [None, None, "length"]

@@ -16,6 +16,7 @@ import pytest
 from aws_lambda_powertools import Logger
 from pydantic import SecretStr
 
+from chalicelib.auth.sealed import SealError, seal, unseal
 from chalicelib.errors import AuthenticationError
 from chalicelib.settings import Settings
 from chalicelib.streaming.notifier import StreamNotifier
@@ -99,3 +100,25 @@ def test_an_expired_token_is_refused_by_the_relay_and_posts_nothing() -> None:
     with pytest.raises(AuthenticationError) as caught:
         Relay(KEY.encode(), poster).push(fields["token"], push(1))  # type: ignore[arg-type]
     assert caught.value.code == "expired_stream_token" and poster.posts == []
+
+
+# -- a connection's sealed credential (chalicelib/auth/sealed.py) ---------------------------
+
+
+def test_a_sealed_credential_opens_only_with_its_key_and_for_its_connection() -> None:
+    key = KEY.encode()
+    sealed = seal(key, "sk-first-secret", "conn-a")
+    assert "sk-first-secret" not in sealed and seal(key, "sk-first-secret", "conn-a") != sealed
+    assert unseal(key, sealed, "conn-a") == "sk-first-secret"
+    flipped = sealed[:20] + ("A" if sealed[20] != "A" else "B") + sealed[21:]
+    for text, context, with_key in (
+        (sealed, "conn-b", key),  # moved to another connection's record
+        (sealed, "conn-a", b"another gateway's key"),
+        (flipped, "conn-a", key),  # edited
+        ("not base64 !", "conn-a", key),
+        ("", "conn-a", key),
+    ):
+        with pytest.raises(SealError):
+            unseal(with_key, text, context)
+    with pytest.raises(SealError):
+        seal(b"", "sk-first-secret", "conn-a")  # no stream key: nothing to seal with

@@ -9,14 +9,19 @@ import pytest
 from aws_lambda_powertools import Logger
 from pydantic import SecretStr
 
-from chalicelib.errors import AuthenticationError, StreamGoneError
+from chalicelib.errors import (
+    AuthenticationError,
+    BadRequestError,
+    PayloadTooLargeError,
+    StreamGoneError,
+)
 from chalicelib.settings import Settings
 from chalicelib.streaming import frames
 from chalicelib.streaming.notifier import StreamNotifier
 from chalicelib.streaming.relay import Relay
 from chalicelib.streaming.tokens import StreamClaims, StreamTokenError, mint, mint_for, verify
 from hpc_functions.streaming import Assembler, Coalescer
-from tests.unit.relay_fakes import RecordingPoster, chat_chunk
+from tests.unit.relay_fakes import RecordingPoster, Statuses, chat_chunk
 
 KEY = b"k" * 32
 NOW = 1_800_000_000.0
@@ -229,3 +234,125 @@ def test_an_engine_failure_of_a_streamed_request_is_an_error_frame_with_its_stat
     poster.gone.add("conn-a")
     assert notifier.finished("req_9", stream, "failed", stored) is False
     assert notifier.counts["final_frames_undelivered"] == 1
+
+
+# -- the relay: what it refuses (issue 16 items 4 and 5) -------------------------------------
+
+
+def big_push(seq: int, *sizes: int) -> bytes:
+    return json.dumps({"seq": seq, "chunks": [chat_chunk("x" * n) for n in sizes]}).encode()
+
+
+def test_a_push_with_a_frame_over_128_kb_is_refused_whole_and_blocks_nothing_after_it() -> None:
+    # It was a 500 after posting the push's earlier chunks unrecorded: each retry posted them
+    # again, and a chunk that is always too big stood in front of every later push.
+    poster = RecordingPoster()
+    relay = Relay(KEY, poster)  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    for _ in range(2):  # the sender's retry meets the same answer
+        with pytest.raises(PayloadTooLargeError) as caught:
+            relay.push(token, big_push(1, 10, 200 * 1024))
+        assert caught.value.STATUS_CODE == 413 and caught.value.param == "chunks"
+        assert caught.value.to_body()["error"]["type"] == "invalid_request_error"
+    assert poster.posts == []  # nothing of it: delivered whole or not at all
+    assert relay.push(token, push(2, "after")).posted == 1
+    assert [(f["seq"], f["part"]) for _, f in poster.posts] == [(2, 0)]
+    assert relay.counts["frames_too_large"] == 2
+
+
+def test_a_push_that_fails_part_way_is_resumed_by_its_retry_not_posted_again() -> None:
+    poster = RecordingPoster()
+    relay = Relay(KEY, poster)  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+
+    class Throttled(Exception):
+        pass
+
+    real_post = poster.post
+    calls = iter([True, False])  # the first frame goes out, the second one fails
+
+    def flaky_post(connection_id: str, text: str) -> None:
+        if not next(calls, True):
+            raise Throttled
+        real_post(connection_id, text)
+
+    poster.post = flaky_post  # type: ignore[method-assign]
+    with pytest.raises(Throttled):
+        relay.push(token, push(1, "a", "b", "c"))
+    assert relay.push(token, push(1, "a", "b", "c")).posted == 2
+    assert [(f["seq"], f["part"]) for _, f in poster.posts] == [(1, 0), (1, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("seq", [0, -1, 2**31, 2**70, 1.0, "1", True, None, [1]])
+def test_a_seq_outside_1_to_2_31_minus_1_is_a_400_naming_it(seq: Any) -> None:
+    poster = RecordingPoster()
+    relay = Relay(KEY, poster)  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    raw = json.dumps({"seq": seq, "chunks": [chat_chunk("a")]}).encode()
+    with pytest.raises(BadRequestError) as caught:
+        relay.push(token, raw)
+    assert caught.value.STATUS_CODE == 400 and caught.value.param == "seq"
+    assert relay.push(token, push(2**31 - 1, "last")).posted == 1
+    assert poster.posts[0][1]["seq"] == 2**31 - 1
+
+
+def test_an_empty_push_never_moves_the_marker_that_drops_retries() -> None:
+    # An empty push numbered 2**31 - 1 made every later real push look like a retry: dropped.
+    poster = RecordingPoster()
+    relay = Relay(KEY, poster)  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    empty = json.dumps({"seq": 2**31 - 1, "chunks": []}).encode()
+    assert relay.push(token, empty).posted == 0
+    assert relay.push(token, push(1, "a")).posted == 1
+    assert relay.push(token, push(2, "b")).posted == 1
+    assert [f["data"]["choices"][0]["delta"]["content"] for _, f in poster.posts] == ["a", "b"]
+
+
+def test_a_push_nested_past_the_parser_s_depth_is_a_400_not_a_crash() -> None:
+    relay = Relay(KEY, RecordingPoster())  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    with pytest.raises(BadRequestError):
+        relay.push(token, b'{"seq": 1, "chunks": ' + b"[" * 200_000)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled", None])
+def test_pushes_after_the_request_finished_are_refused_with_410(status: str | None) -> None:
+    # They were posted for the token's whole life (2 h), after the client had its done frame.
+    poster, clock = RecordingPoster(), Clock()
+    statuses = Statuses(req_1="dispatched")
+    relay = Relay(KEY, poster, requests=statuses, recheck_s=1.0, clock=clock)  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    assert relay.push(token, push(1, "a")).posted == 1
+    if status is None:
+        del statuses.statuses["req_1"]  # expired and gone from the table
+    else:
+        statuses.statuses["req_1"] = status
+    clock.now = 1.0  # the status is read again at most every recheck_s
+    for seq in (2, 3):
+        with pytest.raises(StreamGoneError) as caught:
+            relay.push(token, push(seq, "late"))
+        assert caught.value.STATUS_CODE == 410 and caught.value.code == "request_finished"
+    # An empty push is refused the same way, and a terminal status is never read again.
+    with pytest.raises(StreamGoneError):
+        relay.push(token, json.dumps({"seq": 9, "chunks": []}).encode())
+    assert statuses.reads == 2
+    assert len(poster.posts) == 1
+
+
+def test_a_live_stream_s_status_is_read_once_per_recheck_interval_not_per_push() -> None:
+    clock = Clock()
+    statuses = Statuses(req_1="dispatched")
+    relay = Relay(KEY, RecordingPoster(), requests=statuses, recheck_s=1.0, clock=clock)  # type: ignore[arg-type]
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60)
+    for seq in range(1, 21):
+        clock.now = seq * 0.05  # a push every 50 ms for a second
+        relay.push(token, push(seq, "t"))
+    assert statuses.reads == 1

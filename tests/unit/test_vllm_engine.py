@@ -19,7 +19,7 @@ import pytest
 
 from hpc_functions.engines.base import EngineError, EngineUnavailableError
 from hpc_functions.engines.vllm import VllmEngine, health_url_for
-from hpc_functions.streaming import Assembler
+from hpc_functions.streaming import Assembler, Coalescer
 from tests.servers import serving
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm"
@@ -44,6 +44,8 @@ JSON_ROUTES: dict[str, tuple[int, str]] = {
     "bad-request/chat/completions": (400, "error_400.json"),
     "unknown-model/chat/completions": (404, "error_404_legacy.json"),
     "server-error/chat/completions": (500, "error_500.json"),
+    "tools/chat/completions": (200, "chat_tool_call.json"),
+    "reasoning/chat/completions": (200, "chat_reasoning.json"),
 }
 STREAM_ROUTES: dict[str, str] = {
     "ok/chat/completions": "chat_stream.sse",
@@ -53,6 +55,8 @@ STREAM_ROUTES: dict[str, str] = {
     "drop/chat/completions": "chat_stream.sse",
     "no-done/chat/completions": "chat_stream.sse",
     "continuous/chat/completions": "chat_stream_continuous.sse",
+    "tools/chat/completions": "chat_tool_call_stream.sse",
+    "reasoning/chat/completions": "chat_reasoning_stream.sse",
 }
 # A generation far longer than any test reads: the continuous-usage transcript's content chunk,
 # repeated with its usage counting up, until the client hangs up.
@@ -390,6 +394,159 @@ def test_not_ready_when_nothing_listens() -> None:
 
     assert engine.ready() is False
     assert engine.wait_ready(0.05, interval=0.01) is False
+
+
+# -- tools, structured outputs, reasoning: vLLM's parsers do it, the adapter passes through ------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+        "strict": True,
+    },
+}
+TOOLS_BODY = {
+    **CHAT_BODY,
+    "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    "tools": [WEATHER_TOOL],
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+}
+REASONER = "Qwen/Qwen3-8B"
+
+
+def _tool_engine(replay: ReplayServer) -> VllmEngine:
+    return _engine(replay, "tools", tool_call_parser="llama3_json")
+
+
+def test_tool_call_answer_comes_back_unchanged_and_the_tool_fields_reach_vllm(
+    replay: ReplayServer,
+) -> None:
+    result = _tool_engine(replay).chat_completions(TOOLS_BODY)
+
+    sent = replay.requests[-1]["body"]
+    assert {k: sent[k] for k in ("tools", "tool_choice", "parallel_tool_calls")} == {
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+    }
+    assert result == json.loads(_fixture("chat_tool_call.json"))
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "unit": "celsius"}
+
+
+def test_streamed_tool_call_chunks_come_back_unchanged_and_assemble_into_the_call(
+    replay: ReplayServer,
+) -> None:
+    chunks = list(_tool_engine(replay).stream_chat_completions(TOOLS_BODY))
+
+    expected = [json.loads(e[len(b"data: ") :]) for e in _events("chat_tool_call_stream.sse")[:-1]]
+    assert chunks == expected
+    assert replay.requests[-1]["body"]["tools"] == [WEATHER_TOOL]
+    # What the gateway stores for a streamed request: the call, its arguments joined.
+    assembler = Assembler()
+    for chunk in chunks:
+        assembler.add(chunk)
+    choice = assembler.response("chat_completions")["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"] == [
+        {
+            "id": "chatcmpl-tool-5d4c3b2a19f84e7d9c6b5a4f3e2d1c0b",
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "arguments": '{"city": "Paris", "unit": "celsius"}',
+            },
+        }
+    ]
+
+
+def test_response_format_reaches_vllm_as_sent(replay: ReplayServer) -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "schema": {"type": "object", "properties": {"a": {"type": "integer"}}},
+            "strict": True,
+        },
+    }
+
+    _engine(replay).chat_completions({**CHAT_BODY, "response_format": response_format})
+
+    assert replay.requests[-1]["body"]["response_format"] == response_format
+
+
+def test_reasoning_answer_keeps_reasoning_content(replay: ReplayServer) -> None:
+    engine = VllmEngine(
+        {
+            "kind": "vllm",
+            "model": REASONER,
+            "base_url": replay.url("reasoning"),
+            "reasoning_parser": "qwen3",
+        }
+    )
+
+    result = engine.chat_completions({**CHAT_BODY, "model": REASONER})
+
+    assert result == json.loads(_fixture("chat_reasoning.json"))
+    message = result["choices"][0]["message"]
+    assert message["reasoning_content"].startswith("\nThe user asks for 2 + 2.")
+    assert message["content"] == "\n\n2 + 2 = 4."
+
+
+def test_streamed_reasoning_chunks_come_back_unchanged(replay: ReplayServer) -> None:
+    engine = VllmEngine({"kind": "vllm", "model": REASONER, "base_url": replay.url("reasoning")})
+
+    chunks = list(engine.stream_chat_completions({**CHAT_BODY, "model": REASONER}))
+
+    expected = [json.loads(e[len(b"data: ") :]) for e in _events("chat_reasoning_stream.sse")[:-1]]
+    assert chunks == expected
+    thought = "\nThe user asks for 2 + 2. It is four.\n"
+    pieces = [c["choices"][0]["delta"].get("reasoning_content") for c in chunks if c["choices"]]
+    assert "".join(p for p in pieces if p) == thought
+    # Coalesced for the relay, every piece of the thinking survives, beside the content.
+    coalescer = Coalescer(flush_tokens=1000, flush_s=1000.0)
+    for chunk in chunks:
+        coalescer.add(chunk)
+    (merged,) = coalescer.take(0.0)
+    delta = merged["choices"][0]["delta"]
+    assert (delta["reasoning_content"], delta["content"]) == (thought, "\n\n2 + 2 = 4.")
+    # And stored as vLLM answers unstreamed: reasoning_content beside content.
+    assembler = Assembler()
+    for chunk in chunks:
+        assembler.add(chunk)
+    message = assembler.response("chat_completions")["choices"][0]["message"]
+    assert (message["reasoning_content"], message["content"]) == (thought, "\n\n2 + 2 = 4.")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tools_without_a_tool_call_parser_are_a_400_naming_tools_and_never_reach_vllm(
+    replay: ReplayServer, stream: bool
+) -> None:
+    engine = _engine(replay, "tools")
+    sent_before = len(replay.requests)
+
+    with pytest.raises(EngineError) as info:
+        if stream:
+            list(engine.stream_chat_completions(TOOLS_BODY))
+        else:
+            engine.chat_completions(TOOLS_BODY)
+
+    assert not isinstance(info.value, EngineUnavailableError)
+    assert info.value.param == "tools" and "tool_call_parser" in info.value.message
+    assert len(replay.requests) == sent_before
 
 
 # -- through the node entry point --------------------------------------------------------------
