@@ -249,6 +249,8 @@ def strict_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN,
             "FIRST_COMPUTE_SUBMIT_LIMIT_BYTES": str(SUBMISSION_LIMIT),
             "FIRST_COMPUTE_RESULT_LIMIT_BYTES": str(RESULT_LIMIT),
+            # (Settings refuse an S3 threshold above the result limit; this endpoint has none.)
+            "FIRST_COMPUTE_OFFLOAD": "false",
         },
     )
     url = f"http://127.0.0.1:{port}"
