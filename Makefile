@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-REQS   := requirements.txt requirements-dev.txt hpc_functions/requirements.txt pyproject.toml
+REQS   := requirements.txt requirements-dev.txt requirements-endpoint.txt hpc_functions/requirements.txt \
+          pyproject.toml
 
 .PHONY: run up down test unit integration e2e lint audit bench clean browser
 
@@ -14,6 +15,10 @@ $(STAMP): $(REQS)
 	# torch first, pinned: its CPU wheel is what this machine has; a looser spec pulls CUDA.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# The local compute endpoint's engine (globus-compute-endpoint) beside transformers: it pins
+	# click<8.4, huggingface-hub needs click>=8.4.2, so it goes in without its click pin and
+	# `pip check` names that one conflict (docs/hpc.md, "One environment, one override").
+	$(PY) -m pip install --quiet --no-deps -r requirements-endpoint.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = ["requirements.txt", "requirements-dev.txt", "hpc_functions/requirements.txt"]
+REQUIREMENTS = [
+    "requirements.txt",
+    "requirements-dev.txt",
+    "requirements-endpoint.txt",
+    "hpc_functions/requirements.txt",
+]
 
 
 def run_pip_audit(report: Path) -> tuple[int, str]:

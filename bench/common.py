@@ -45,13 +45,26 @@ def local_stack(home: Path | None = None, *, own: bool = False) -> Iterator[dict
 
 
 def stack_pids(env: dict[str, str]) -> dict[str, int]:
-    """Each process of the stack (from its ``stack.json``), the compute workers included."""
+    """Each process of the stack (from its ``stack.json``), the compute workers included: the
+    engine's workers (from ``/health``) as ``compute-X-worker-N``; its interchange (the
+    endpoint's child) and the workers' pool manager as ``compute-X-engine-N``."""
+    import requests
+
     state = json.loads((Path(env["FIRST_HOME"]) / "stack.json").read_text())
     pids = {name: int(pid) for name, pid in state["pids"].items()}
     for name in [n for n in pids if n.startswith("compute")]:
-        for i, child in enumerate(children(pids[name])):
-            pids[f"{name}-worker-{i}"] = child
+        url = state["compute_urls"][name.removeprefix("compute-")]
+        workers = requests.get(f"{url}/health", timeout=5).json()["pids"]
+        managers = {parent(w) for w in workers}
+        for i, pid in enumerate(sorted(set(children(pids[name])) | managers)):
+            pids[f"{name}-engine-{i}"] = pid
+        for i, pid in enumerate(workers):
+            pids[f"{name}-worker-{i}"] = pid
     return pids
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def engine_runs(env: dict[str, str]) -> dict[str, int]:

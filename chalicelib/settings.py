@@ -115,7 +115,10 @@ class Settings(BaseSettings):
     # Globus Compute's hosted service refuses a submission over 5 MB and a task result over
     # 512 KB (its docs/limits.rst; the SDK states no byte figure, so the stricter, decimal
     # reading). The poller's executors refuse a task over the first before sending it; the
-    # offline endpoint enforces both as the service does.
+    # offline endpoint enforces both as the service does (offline/globus_engine.py: the body
+    # the SDK POSTs; the SDK-serialized result, checked by the engine's execute_task). NB: the
+    # limits page has said 10MB for both since its April 2024 revision, and the endpoint's own
+    # result check defaults to 10 * 1024 * 1024 (docs/hpc.md "Limits"): these are stricter.
     compute_submit_limit_bytes: int = 5 * 1000 * 1000
     compute_result_limit_bytes: int = 512 * 1000
     # Interactive request bodies and results over this travel by S3 instead of inside the task

@@ -1,8 +1,11 @@
 """The offline stand-in for a Globus Compute endpoint on an HPC cluster.
 
 A separate process, as a real endpoint is: tasks outlive the poller that submitted them, so a
-poller killed mid-request can restart and collect the result. Worker processes (spawned) keep
-their engines warm between tasks, exactly like ``hpc_functions`` on a GPU node.
+poller killed mid-request can restart and collect the result. Tasks run through Globus Compute's
+own machinery (``offline.globus_engine``): packed as the SDK packs them, executed by
+``globus-compute-endpoint``'s ``GlobusComputeEngine`` in a worker pool whose workers keep their
+engines warm between tasks, exactly like ``hpc_functions`` on a GPU node, and held to the hosted
+service's limits (``FIRST_COMPUTE_SUBMIT_LIMIT_BYTES``, ``FIRST_COMPUTE_RESULT_LIMIT_BYTES``).
 
 HTTP, JSON in and out, 127.0.0.1 only. Every route but ``/health`` needs the stack's secret
 (``FIRST_LOCAL_ENDPOINT_TOKEN``, made per stack by ``offline.stack``) as
@@ -13,9 +16,15 @@ are users' completions::
                        → {"task_id", "status", ...} as GET /tasks/<id> below, after waiting up
                        to S seconds (0: at once); a task whose first argument carries a
                        request_id is keyed by it, so resubmitting the same request attaches to
-                       the existing task.
-    GET  /tasks/<id>?wait=S  → {"status": "pending"|"success"|"failed"|"lost",
-                                "result"|"exception"}
+                       the existing task. A submission over the limit is refused as the web
+                       service refuses it: 413 {"code": "TASK_PAYLOAD_TOO_LARGE", "message",
+                       "size_bytes", "limit_bytes"}, and nothing runs.
+    GET  /tasks/<id>?wait=S  → {"status": "pending"|"success"|"failed", "result" | "exception",
+                                "code"}: "exception" is the text the service reports (the SDK's
+                                TaskExecutionFailed.remote_data: the remote traceback,
+                                "...WorkerLost: Task failure due to loss of worker N on host H",
+                                "MaxResultSizeExceeded(size, limit)"), "code" the Result's
+                                error code (RemoteExecutionError, MaxResultSizeExceeded)
     GET  /health       → {"status": "ok"|"starting", "workers": N, "pids": [...],
                           "models": {model: "hot"|"starting"|"cold"},
                           "ready_in_s": {model: seconds, for a starting model whose load
@@ -27,89 +36,74 @@ are users' completions::
                           "spans": {task_id: [submitted, finished or null]}} (epoch seconds of its
                           last run: tests check how many tasks of a kind overlapped)
 
-A worker that dies (killed, out of memory) breaks the whole process pool and every task running
-in it. That is the infrastructure's failure, not the tasks': the pool is rebuilt and each such
-task runs again, up to ``max_retries_on_system_failure`` times (Globus Compute's engine has the
-same setting); after that it reports ``lost``, and the poller retries the request (bounded).
-A resubmitted request whose task was lost runs anew rather than attaching to the lost one.
+A worker that dies (killed, out of memory) fails the task it was running with parsl's
+``WorkerLost``, as on a real endpoint; the pool starts a new worker and the other tasks carry on.
+Such a task is retried by the engine ``--max-retries-on-system-failure`` times (0, the engine's
+default and the templates'); after that it is counted ``lost`` and the poller, which reads
+``WorkerLost`` as the infrastructure's failure, runs the request again (bounded). A resubmitted
+request whose task was lost runs anew rather than attaching to the lost one.
 
 Model states (``ModelStates``): a model of this endpoint is ``hot`` once loaded, ``starting``
 while it loads, ``cold`` before (``--cold MODEL``, ``--no-preheat``), ``unavailable`` when its
-load failed in every worker (the preheat's error is logged; a later task for it tries again). A
-``local:warm`` task, or a task for a cold model, starts a load: one ``hpc_functions.warm`` call
-per worker, so idle workers each load it; the model is hot when the first finishes (a worker
-busy meanwhile loads it on its next task for that model). States are kept per engine (tasks
-carry the engine's config): a registry model served by the same engine as another (an alias
-for another group) reads as that engine does.
+load failed in every worker (why is logged; a later task for it tries again). A ``local:warm``
+task, or a task for a cold model, starts a load: one ``hpc_functions.warm`` task per worker, so
+idle workers each load it; the model is hot when the first finishes (a worker busy meanwhile
+loads it on its next task for that model). States are kept per engine (tasks carry the engine's
+config): a registry model served by the same engine as another (an alias for another group)
+reads as that engine does.
 """
 
 from __future__ import annotations
 
 import argparse
 import hmac
+import importlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from offline.globus_engine import (
+    PAYLOAD_TOO_LARGE,
+    LocalGlobusEngine,
+    SubmissionTooLargeError,
+    TaskFailed,
+)
 
 HOT, STARTING, COLD, UNAVAILABLE = "hot", "starting", "cold", "unavailable"
 # Finished tasks are kept this long for late (re)attaching pollers.
 KEEP_FINISHED_S = 15 * 60
 TOKEN_ENV = "FIRST_LOCAL_ENDPOINT_TOKEN"
-MAX_BODY_BYTES = 16 * 1024 * 1024
+# Workers (a spawned pool) are up within seconds; this long means the pool cannot start.
+WORKERS_START_S = 300.0
+# A sanity bound on what is read at all; the submission limit is checked on the packed task.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
-class TaskLostError(Exception):
-    """The worker running the task died; the task itself may be fine."""
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """(the service's text for a failed task, its error code)."""
+    if isinstance(exc, TaskFailed):
+        return exc.remote_data, exc.code
+    # The endpoint's own failure reading the result back (not the function's).
+    return f"{type(exc).__name__}: {exc}", "EndpointError"
 
 
-def _exit_with_parent(parent: int) -> None:
-    # Pool workers outlive a parent that was killed (-9, OOM): each holds a model in memory.
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(0)
+def _lost(exc: BaseException | None) -> bool:
+    return isinstance(exc, TaskFailed) and exc.worker_lost
 
 
-# In each worker: model → why its preheat failed (read back by ``_preheat_report``).
-_PREHEAT_FAILED: dict[str, str] = {}
-
-
-def _init_worker(preheat: list[dict[str, Any]]) -> None:
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    import torch
-
-    # One intra-op thread per worker: N workers on N cores beat one worker fighting itself.
-    torch.set_num_threads(1)
-    from hpc_functions.engines import get_engine
-
-    for config in preheat:
-        try:
-            get_engine(config)
-        except Exception as exc:  # noqa: BLE001 - reported by _preheat_report, logged by warm()
-            _PREHEAT_FAILED[str(config.get("model"))] = f"{type(exc).__name__}: {exc}"[:500]
-
-
-def _preheat_report() -> dict[str, Any]:
-    """In a worker: the engines it holds, and the preheat loads that failed there (why)."""
-    from hpc_functions.engines import warm_engines
-
-    return {"engines": warm_engines(), "failed": dict(_PREHEAT_FAILED)}
-
-
-def _call(function_id: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    from hpc_functions import FUNCTIONS
-
-    name = function_id.split(":", 1)[-1]
-    return FUNCTIONS[name](*args, **kwargs)
+def _why(exc: BaseException) -> str:
+    return exc.summary if isinstance(exc, TaskFailed) else f"{type(exc).__name__}: {exc}"
 
 
 class ModelStates:
@@ -184,47 +178,40 @@ class ModelStates:
 class TaskTable:
     def __init__(
         self,
-        workers: int,
+        engine: LocalGlobusEngine,
         preheat: list[dict[str, Any]],
         *,
-        max_retries_on_system_failure: int = 1,
         known: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        self._workers = workers
+        self._engine = engine
+        self._workers = engine.workers
         self._preheat = preheat
         self.models = ModelStates(known or {}, preheat)
         self.warmed = threading.Event()
-        self._retries = max_retries_on_system_failure
-        self._pool = self._new_pool()
         # task id → (the task's own future, when it was submitted)
         self._tasks: dict[str, tuple[Future[Any], float]] = {}
         self.runs: dict[str, int] = {}
         self.spans: dict[str, list[float | None]] = {}
         self.lost = 0
         self._lock = threading.Lock()
-        # Re-runs after a pool broke are submitted from here, not from the pool's own thread.
-        self._rerun = ThreadPoolExecutor(1, thread_name_prefix="rerun")
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            self._workers,
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self._preheat,),
-        )
+    def _warm_tasks(self, config: dict[str, Any]) -> list[Future[Any]]:
+        """One ``warm`` task per worker: idle workers each take one and load the model."""
+        task = self._engine.pack("warm", [{"engine": config}], {})
+        return [self._engine.submit(task) for _ in range(self._workers)]
 
     def warm(self) -> None:
-        """Start every worker and load the preheat models (``/health`` says 200 after)."""
-        futures = [self._pool.submit(_preheat_report) for _ in range(self._workers)]
-        reports = [f.result() for f in futures]
-        loaded = {str(e) for r in reports for e in r["engines"]}
-        for config in self._preheat:
-            name = str(config.get("model"))
-            if name in loaded:
+        """Start the engine and load the preheat models (``/health`` says 200 after)."""
+        self._engine.start()
+        loads = {str(config.get("model")): self._warm_tasks(config) for config in self._preheat}
+        self._engine.wait_for_workers(WORKERS_START_S)
+        for name, futures in loads.items():
+            errors = [f.exception() for f in futures]
+            if any(e is None for e in errors):
                 # Not timed: the preheat also starts the workers, which a later load does not.
                 self.models.loaded(name, timed=False)
                 continue
-            why = next((r["failed"][name] for r in reports if name in r["failed"]), "not loaded")
+            why = next((_why(e) for e in errors if e is not None), "not loaded")
             print(f"preheat of {name} failed: {why}; unavailable", file=sys.stderr, flush=True)
             self.models.failed(name, RuntimeError(f"preheat of {name} failed: {why}"))
         self.warmed.set()
@@ -235,11 +222,7 @@ class TaskTable:
         ready, start = self.models.begin(name, config)
         if not start:
             return ready
-        with self._lock:
-            pool = self._pool
-        loads = [
-            pool.submit(_call, "local:warm", [{"engine": config}], {}) for _ in range(self._workers)
-        ]
+        loads = self._warm_tasks(config)
         left = [len(loads)]
 
         def done(f: Future[Any]) -> None:
@@ -251,7 +234,7 @@ class TaskTable:
                 left[0] -= 1
                 last = left[0] == 0
             if last:
-                print(f"load of {name} failed: {exc}", file=sys.stderr, flush=True)
+                print(f"load of {name} failed: {_why(exc)}", file=sys.stderr, flush=True)
                 self.models.failed(name, exc)
 
         for load in loads:
@@ -259,6 +242,9 @@ class TaskTable:
         return ready
 
     def submit(self, function_id: str, args: list[Any], kwargs: dict[str, Any]) -> str:
+        """The task's id. Raises ``SubmissionTooLargeError`` (over the limit: nothing runs) and
+        ``KeyError`` (no such function here)."""
+        name = function_id.split(":", 1)[-1]
         first = args[0] if args else None
         key = first.get("request_id") if isinstance(first, dict) else None
         task_id = f"task-{key}" if key else f"task-{uuid.uuid4().hex}"
@@ -268,39 +254,26 @@ class TaskTable:
             existing = self._tasks.get(task_id)
             if existing is not None and not _was_lost(existing[0]):
                 return task_id
+        # Outside the lock: a large payload takes a while to serialize.
+        packed = self._engine.pack(name, args, kwargs)
+        with self._lock:
+            existing = self._tasks.get(task_id)
+            if existing is not None and not _was_lost(existing[0]):
+                return task_id  # the same request, submitted meanwhile by another caller
             outer: Future[Any] = Future()
             self._tasks[task_id] = (outer, time.monotonic())
         if isinstance(engine, dict) and engine.get("model"):
             ready = self.start_load(engine)
-            if function_id.split(":", 1)[-1] == "warm":
+            if name == "warm":
                 # A warm-up task ends when the model is hot, whichever worker loaded it.
                 with self._lock:
                     self.runs[task_id] = self.runs.get(task_id, 0) + 1
                 _chain(ready, outer)
                 return task_id
-        self._run(task_id, outer, function_id, args, kwargs, self._retries)
-        return task_id
-
-    def _run(
-        self,
-        task_id: str,
-        outer: Future[Any],
-        function_id: str,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        retries_left: int,
-    ) -> None:
         with self._lock:
-            pool = self._pool
             self.runs[task_id] = self.runs.get(task_id, 0) + 1
             self.spans[task_id] = [time.time(), None]
-        try:
-            inner = pool.submit(_call, function_id, args, kwargs)
-        except BrokenProcessPool:
-            self._replace_pool(pool)
-            with self._lock:
-                pool = self._pool
-            inner = pool.submit(_call, function_id, args, kwargs)
+        inner = self._engine.submit(packed)
 
         def done(f: Future[Any]) -> None:
             exc = f.exception()
@@ -309,31 +282,16 @@ class TaskTable:
                 # never appears to overlap it.
                 if task_id in self.spans:
                     self.spans[task_id][1] = time.time()
-            if isinstance(exc, BrokenProcessPool):
-                self._replace_pool(pool)
-                if retries_left > 0:
-                    print(f"{task_id}: worker lost, running it again", file=sys.stderr, flush=True)
-                    self._rerun.submit(
-                        self._run, task_id, outer, function_id, args, kwargs, retries_left - 1
-                    )
-                    return
-                with self._lock:
+                if _lost(exc):
                     self.lost += 1
-                outer.set_exception(TaskLostError(f"worker lost while running {task_id}"))
-            elif exc is not None:
+            if exc is not None:
+                print(f"{task_id} failed: {_why(exc)}", file=sys.stderr, flush=True)
                 outer.set_exception(exc)
             else:
                 outer.set_result(f.result())
 
         inner.add_done_callback(done)
-
-    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
-        """Swap in a new pool once, however many of the broken pool's tasks report it."""
-        with self._lock:
-            if self._pool is not broken:
-                return
-            self._pool = self._new_pool()
-        broken.shutdown(wait=False, cancel_futures=True)
+        return task_id
 
     def state(self, task_id: str, wait_s: float) -> dict[str, Any] | None:
         with self._lock:
@@ -345,10 +303,9 @@ class TaskTable:
             result = future.result(timeout=wait_s)
         except TimeoutError:
             return {"status": "pending"}
-        except TaskLostError as exc:
-            return {"status": "lost", "exception": str(exc)}
         except Exception as exc:  # noqa: BLE001 - the remote exception is the task's result
-            return {"status": "failed", "exception": f"{type(exc).__name__}: {exc}"}
+            text, code = _failure(exc)
+            return {"status": "failed", "exception": text, "code": code}
         return {"status": "success", "result": result}
 
     def _expire(self) -> None:
@@ -358,22 +315,12 @@ class TaskTable:
             self.runs.pop(tid, None)
             self.spans.pop(tid, None)
 
-    def _processes(self) -> dict[int, Any]:
-        # ProcessPoolExecutor has no public handle on its workers before Python 3.14.
-        with self._lock:
-            pool = self._pool
-        return dict(pool._processes or {})
-
     def worker_pids(self) -> list[int]:
-        return sorted(self._processes())
+        return self._engine.worker_pids()
 
     def shutdown(self) -> None:
         # A worker may be mid-generation; nobody will collect its result, so stop it now.
-        workers = list(self._processes().values())
-        self._rerun.shutdown(wait=False, cancel_futures=True)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for worker in workers:
-            worker.terminate()
+        self._engine.shutdown()
 
 
 def _chain(source: Future[Any], target: Future[Any]) -> None:
@@ -388,7 +335,7 @@ def _chain(source: Future[Any], target: Future[Any]) -> None:
 
 
 def _was_lost(future: Future[Any]) -> bool:
-    return future.done() and isinstance(future.exception(), TaskLostError)
+    return future.done() and _lost(future.exception())
 
 
 def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
@@ -470,7 +417,19 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self._send(400, {"error": f"bad task: {type(exc).__name__}"})
                 return
-            task_id = table.submit(function_id, args, kwargs)
+            try:
+                task_id = table.submit(function_id, args, kwargs)
+            except SubmissionTooLargeError as exc:
+                # What the web service answers (the SDK raises it as a GlobusAPIError).
+                too_large = {"code": PAYLOAD_TOO_LARGE, "message": str(exc)}
+                self._send(
+                    413,
+                    {**too_large, "size_bytes": exc.size_bytes, "limit_bytes": exc.limit_bytes},
+                )
+                return
+            except KeyError:
+                self._send(404, {"error": f"no function {function_id} on this endpoint"})
+                return
             # ?wait=S: submit and collect in one round trip when the task finishes within S.
             state = table.state(task_id, wait_s) if wait_s > 0 else {"status": "pending"}
             self._send(200, {"task_id": task_id, **(state or {"status": "pending"})})
@@ -481,12 +440,12 @@ def make_handler(table: TaskTable, token: str) -> type[BaseHTTPRequestHandler]:
 def serve(
     host: str,
     port: int,
-    workers: int,
+    engine: LocalGlobusEngine,
     preheat: list[dict[str, Any]],
     token: str,
     known: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    table = TaskTable(workers, preheat, known=known)
+    table = TaskTable(engine, preheat, known=known)
     server = ThreadingHTTPServer((host, port), make_handler(table, token))
     server.daemon_threads = True
     # Listening while the workers start and load: the poller sees the models starting.
@@ -524,6 +483,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cold", action="append", default=[], metavar="MODEL", help="serve MODEL, not preheated"
     )
+    parser.add_argument(
+        "--functions",
+        default="hpc_functions",
+        metavar="MODULE",
+        help="the module whose FUNCTIONS are registered here (by reference, as Globus does)",
+    )
+    parser.add_argument(
+        "--worker-init",
+        default="",
+        metavar="SHELL",
+        help="run before the worker pool starts, as a site's worker_init (after the defaults)",
+    )
+    parser.add_argument("--max-retries-on-system-failure", type=int, default=0)
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help="the engine's run directory: logs, submit scripts (default: FIRST_HOME/compute/NAME,"
+        " or a temporary one removed at exit)",
+    )
     args = parser.parse_args(argv)
     token = os.environ.get(TOKEN_ENV, "")
     if len(token) < 16:
@@ -540,7 +518,22 @@ def main(argv: list[str] | None = None) -> None:
     # One load per engine, however many registry models it serves.
     engines = {json.dumps(c, sort_keys=True): c for m, c in known.items() if m not in args.cold}
     preheat = [] if args.no_preheat else list(engines.values())
-    serve(args.host, args.port, args.workers, preheat, token, known)
+    scratch = None if args.run_dir or args.name else tempfile.mkdtemp(prefix="first-endpoint-")
+    run_dir = args.run_dir or Path(scratch or settings.home / "compute" / str(args.name))
+    engine = LocalGlobusEngine(
+        workers=args.workers,
+        run_dir=run_dir.resolve(),
+        functions=dict(importlib.import_module(args.functions).FUNCTIONS),
+        submission_limit_bytes=settings.compute_submit_limit_bytes,
+        result_limit_bytes=settings.compute_result_limit_bytes,
+        max_retries_on_system_failure=args.max_retries_on_system_failure,
+        worker_init=args.worker_init,
+    )
+    try:
+        serve(args.host, args.port, engine, preheat, token, known)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

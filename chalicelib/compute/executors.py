@@ -42,6 +42,9 @@ _RESULT_SIZES = re.compile(
 )
 # How an HPC function names a presigned URL it could not use (hpc_functions.offload).
 _TRANSFER_FAILED = "PresignedUrlError"
+# How Globus Compute reports a task whose worker died: parsl's WorkerLost ("Task failure due to
+# loss of worker N on host H"), as the SDK's TaskExecutionFailed looks for it.
+_WORKER_LOST = re.compile(r"\s*parsl\.\S+\.WorkerLost:")
 # A submission's body beside its tasks: JSON keys and the SDK's user_runtime (918 bytes for one
 # task with SDK 4.19.0, measured), with room to spare.
 SUBMIT_ENVELOPE_BYTES = 4096
@@ -80,7 +83,12 @@ def start_warm(executor: TaskExecutor, function_id: str, engine: dict[str, Any])
 
 
 class RemoteTaskError(Exception):
-    """The function raised on the endpoint; the message is the remote exception's text."""
+    """The function raised on the endpoint; the message is the remote exception's text (for a
+    remote traceback, its last line: the exception; the whole text stays in ``remote_data``)."""
+
+    def __init__(self, message: str, remote_data: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_data = remote_data if remote_data is not None else message
 
 
 class ResultTooLargeError(RemoteTaskError):
@@ -111,12 +119,23 @@ class TaskTooLargeError(Exception):
 
 
 def remote_error(text: str) -> Exception:
-    """The function's failure reported by the endpoint, the result limit and the node's
-    transfers told apart."""
+    """The function's failure reported by the endpoint, the result limit, the node's transfers
+    and a dead worker told apart."""
+    if _WORKER_LOST.search(text):
+        # The worker died under the task (parsl's WorkerLost): the infrastructure's failure.
+        return TaskLostError(_last_line(text))
     if _TRANSFER_FAILED in text:
         # Only the last line: its own words, not the remote traceback.
-        return TransferFailedError(text.strip().splitlines()[-1])
-    return (ResultTooLargeError if _RESULT_TOO_LARGE in text else RemoteTaskError)(text)
+        return TransferFailedError(_last_line(text))
+    if _RESULT_TOO_LARGE in text:
+        return ResultTooLargeError(text)
+    return RemoteTaskError(_last_line(text), text)
+
+
+def _last_line(text: str) -> str:
+    """A remote traceback's last line (the exception), past the engine's +++ / --- rules."""
+    lines = [line.strip() for line in text.splitlines() if line.strip("-+ \t")]
+    return lines[-1] if lines else "task failed"
 
 
 @cache
@@ -206,9 +225,19 @@ class LocalEndpointExecutor(Executor):
         # Submit and wait in one round trip: a short task is collected by its submission.
         # Like the Globus Compute service, a submission waits out an endpoint that is
         # restarting (the caller's lease is kept alive meanwhile) rather than failing at once.
-        state = self._call(
-            "post", "/tasks", json=body, params={"wait": self._poll_s}, timeout=self._poll_s + 10
-        ).json()
+        resp = self._call(
+            "post",
+            "/tasks",
+            json=body,
+            params={"wait": self._poll_s},
+            timeout=self._poll_s + 10,
+            refused_ok=True,
+        )
+        if resp.status_code == 413:
+            # The endpoint refused it as the web service does (TASK_PAYLOAD_TOO_LARGE).
+            refusal = resp.json()
+            raise TaskTooLargeError(int(refusal["size_bytes"]), int(refusal["limit_bytes"]))
+        state = resp.json()
         while True:
             if state["status"] != "pending":
                 return self._outcome(state)
@@ -233,7 +262,9 @@ class LocalEndpointExecutor(Executor):
             raise remote_error(state.get("exception") or "task failed")
         raise TaskLostError(state.get("exception") or f"task {state['status']}")
 
-    def _call(self, method: str, path: str, *, lost_ok: bool = False, **kw: Any) -> Any:
+    def _call(
+        self, method: str, path: str, *, lost_ok: bool = False, refused_ok: bool = False, **kw: Any
+    ) -> Any:
         import requests
 
         deadline = time.monotonic() + self._unreachable_s
@@ -247,7 +278,7 @@ class LocalEndpointExecutor(Executor):
                 continue
             except requests.RequestException as exc:
                 raise UpstreamUnavailableError(f"local endpoint failed: {exc}") from exc
-            if resp.status_code == 404 and lost_ok:
+            if (resp.status_code == 404 and lost_ok) or (resp.status_code == 413 and refused_ok):
                 return resp
             if resp.status_code >= 400:
                 raise UpstreamUnavailableError(

@@ -579,6 +579,11 @@ class Poller:
                 f"task of {request_id} on {endpoint.name} not done after"
                 f" {self._s.task_timeout_s:g} s"
             ) from exc
+        except TaskTooLargeError as exc:
+            # Refused by the endpoint itself (413), where the poller did not check first.
+            self.counts["tasks_too_large"] += 1
+            failure = planning.task_too_large(request_id, str(exc))
+            return "failed", {**failure, "endpoint": endpoint.name}, None
         except ResultTooLargeError as exc:
             # The endpoint refused the result (S3 path off, or a function that ignored it).
             self.counts["results_too_large"] += 1

@@ -137,11 +137,6 @@ def test_without_s3_a_5_5_mb_prompt_is_refused_as_the_service_would(
     assert "submission limit of 5000000 bytes" in body["error"]["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the local endpoint enforces compute_result_limit_bytes once issue 24's engine"
-    " work (branch h24engine) is merged: remove this mark then",
-)
 def test_without_s3_2048_embeddings_fail_as_the_service_would(
     inline_client: OpenAI, inline_stack: BackgroundStack
 ) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from chalicelib.settings import REPO_ROOT
@@ -44,9 +47,10 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def start_endpoint(port: int, *args: str) -> subprocess.Popen[bytes]:
+def start_endpoint(port: int, run_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), *args],
+        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port)]
+        + ["--run-dir", str(run_dir), *args],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN},
     )
@@ -65,7 +69,9 @@ def test_endpoint_refuses_to_start_without_a_token() -> None:
     assert out.returncode == 2 and "FIRST_LOCAL_ENDPOINT_TOKEN" in out.stderr
 
 
-def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint() -> None:
+def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
+    tmp_path: Path,
+) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -78,6 +84,8 @@ def test_same_request_id_attaches_to_one_task_and_workers_die_with_the_endpoint(
             "--workers",
             "1",
             "--no-preheat",
+            "--run-dir",
+            str(tmp_path),
         ],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN},
@@ -121,7 +129,7 @@ def test_a_cold_model_reports_starting_while_a_warm_task_loads_it_then_hot(
     engine = {"kind": "transformers", "model": "first/tiny-chat", "path": str(build(tmp_path))}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_endpoint(port, "--workers", "1", "--no-preheat")
+    proc = start_endpoint(port, tmp_path / "run", "--workers", "1", "--no-preheat")
     try:
         health = wait_healthy(url, proc)
         assert health["models"]["first/tiny-chat"] == "cold"
@@ -174,7 +182,8 @@ def test_a_model_whose_preheat_fails_reads_unavailable_and_an_alias_reads_as_its
     registry.write_text(json.dumps({"endpoints": [endpoint]}))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), "--workers", "1"]
+        + ["--run-dir", str(tmp_path / "run")],
         cwd=REPO_ROOT,
         env={
             **os.environ,
@@ -196,3 +205,190 @@ def test_a_model_whose_preheat_fails_reads_unavailable_and_an_alias_reads_as_its
         _, stderr = proc.communicate()
     # The endpoint says why, in its own log.
     assert b"preheat of first/broken failed" in stderr and b"unavailable" in stderr
+
+
+# What a real Globus Compute endpoint fails with, seen at the endpoint and by a real poller. One
+# endpoint serves these tests: limits small enough to reach with a few bytes (the defaults are
+# the service's 10 MiB), and a function `gone` registered from a module that its workers cannot
+# import (the endpoint's own path has it; worker_init sets the workers' path, as on a cluster).
+SUBMISSION_LIMIT = 4096
+RESULT_LIMIT = 300
+GONE_MODULE = """
+from hpc_functions import FUNCTIONS as _HPC
+
+
+def gone(task):
+    return {"never": "runs"}
+
+
+FUNCTIONS = {**_HPC, "gone": gone}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from hpc_functions.build_tiny_model import build
+
+    path = build(tmp_path_factory.mktemp("tiny"))
+    return {"kind": "transformers", "model": "first/tiny-chat", "path": str(path)}
+
+
+@pytest.fixture(scope="module")
+def strict_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    only_here = tmp_path_factory.mktemp("endpoint-only")
+    (only_here / "gone_functions.py").write_text(GONE_MODULE)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offline.compute_endpoint", "--port", str(port), "--workers", "1"]
+        + ["--no-preheat", "--functions", "gone_functions"]
+        + ["--run-dir", str(tmp_path_factory.mktemp("run"))],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{only_here}{os.pathsep}{REPO_ROOT}",
+            "FIRST_LOCAL_ENDPOINT_TOKEN": TOKEN,
+            "FIRST_COMPUTE_SUBMIT_LIMIT_BYTES": str(SUBMISSION_LIMIT),
+            "FIRST_COMPUTE_RESULT_LIMIT_BYTES": str(RESULT_LIMIT),
+            # (Settings refuse an S3 threshold above the result limit; this endpoint has none.)
+            "FIRST_COMPUTE_OFFLOAD": "false",
+        },
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def authorized() -> requests.Session:
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {TOKEN}"
+    return http
+
+
+def chat_task(engine: dict[str, Any], request_id: str, content: str = "hi") -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "engine": engine,
+        "body": {"messages": [{"role": "user", "content": content}], "max_tokens": 4},
+    }
+
+
+def test_a_function_whose_module_is_missing_on_the_worker_fails_with_the_remote_traceback(
+    strict_endpoint: str, tiny_engine: dict[str, Any]
+) -> None:
+    task = {"function_id": "local:gone", "args": [chat_task(tiny_engine, "req_gone")]}
+    done = (
+        authorized()
+        .post(f"{strict_endpoint}/tasks", json=task, params={"wait": 60}, timeout=70)
+        .json()
+    )
+
+    # The service's shape: the task failed with the worker's traceback, code RemoteExecutionError.
+    assert done["status"] == "failed" and done["code"] == "RemoteExecutionError"
+    assert done["exception"].startswith("Traceback (most recent call last):")
+    assert "ModuleNotFoundError: No module named 'gone_functions'" in done["exception"]
+
+
+def test_a_submission_over_the_limit_is_refused_as_the_service_refuses_it_and_never_runs(
+    strict_endpoint: str, tiny_engine: dict[str, Any]
+) -> None:
+    http = authorized()
+    big = chat_task(tiny_engine, "req_big", "x" * SUBMISSION_LIMIT)
+    task = {"function_id": "local:chat_completions", "args": [big]}
+    refused = http.post(f"{strict_endpoint}/tasks", json=task, params={"wait": 5}, timeout=15)
+
+    assert refused.status_code == 413
+    body = refused.json()
+    assert body["code"] == "TASK_PAYLOAD_TOO_LARGE"
+    assert body["limit_bytes"] == SUBMISSION_LIMIT < body["size_bytes"]
+    assert "task-req_big" not in http.get(f"{strict_endpoint}/stats", timeout=5).json()["runs"]
+
+
+def test_a_result_over_the_limit_fails_with_max_result_size_exceeded(
+    strict_endpoint: str, tiny_engine: dict[str, Any]
+) -> None:
+    task = {"function_id": "local:chat_completions", "args": [chat_task(tiny_engine, "req_r")]}
+    done = (
+        authorized()
+        .post(f"{strict_endpoint}/tasks", json=task, params={"wait": 60}, timeout=70)
+        .json()
+    )
+
+    assert done["status"] == "failed" and done["code"] == "MaxResultSizeExceeded"
+    shape = re.fullmatch(r"MaxResultSizeExceeded\((\d+), (\d+)\)", done["exception"])
+    assert shape is not None, done["exception"]
+    assert int(shape.group(2)) == RESULT_LIMIT < int(shape.group(1))
+
+
+def test_the_poller_fails_these_requests_at_once_with_openai_errors_that_say_why(
+    strict_endpoint: str, tiny_engine: dict[str, Any], stage: str, tmp_path: Path
+) -> None:
+    from chalicelib.auth import Principal
+    from chalicelib.compute.executors import LocalEndpointExecutor
+    from chalicelib.errors import EngineFailedError, PayloadTooLargeError
+    from chalicelib.protocol import ChatCompletionRequest
+    from tests.integration.pollers import forget_endpoints, poller_services, pollers
+
+    def endpoint(name: str, model: str, function: str) -> dict[str, Any]:
+        deployment = {"model": model, "owned_by": "first", "endpoints": ["chat_completions"]}
+        return {
+            "name": name,
+            "endpoint_id": name,
+            "executor": "local",
+            "max_inflight": 4,
+            "url": strict_endpoint,
+            "functions": {"chat_completions": f"local:{function}"},
+            "models": [{**deployment, "engine": tiny_engine}],
+        }
+
+    registry = tmp_path / "registry.json"
+    registry.write_text(
+        json.dumps(
+            {
+                "stage": "local",
+                "endpoints": [
+                    endpoint("strict", "first/tiny-chat", "chat_completions"),
+                    endpoint("no-module", "first/gone-chat", "gone"),
+                ],
+            }
+        )
+    )
+    services = poller_services(stage, registry)
+    forget_endpoints(services)
+    user = Principal(id="alice", username="alice", kind="user")
+
+    def ask(model: str, content: str) -> str:
+        body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+        request = ChatCompletionRequest.model_validate(body)
+        return services.gateway.submit(user, "chat_completions", request)
+
+    with pollers(services) as start:
+        poller = start(lambda e: LocalEndpointExecutor(e.url or "", TOKEN))
+        missing = ask("first/gone-chat", "hi")
+        big = ask("first/tiny-chat", "x" * SUBMISSION_LIMIT)
+        long_answer = ask("first/tiny-chat", "hi")
+
+        with pytest.raises(EngineFailedError) as failed:
+            services.gateway.wait(missing, 90)
+        assert failed.value.code == "engine_error"
+        assert "ModuleNotFoundError: No module named 'gone_functions'" in failed.value.message
+        assert "Traceback" not in failed.value.message  # the last line, not the traceback
+
+        with pytest.raises(PayloadTooLargeError) as refused:
+            services.gateway.wait(big, 90)
+        assert refused.value.code == "request_too_large"
+        assert f"submission limit of {SUBMISSION_LIMIT} bytes" in refused.value.message
+
+        with pytest.raises(EngineFailedError) as too_long:
+            services.gateway.wait(long_answer, 90)
+        assert too_long.value.code == "result_too_large"
+        assert f"result limit of {RESULT_LIMIT} bytes" in too_long.value.message
+
+    for request_id in (missing, big, long_answer):
+        record = services.requests.get(request_id)
+        # Failed on the first try: the request's failure, neither retried nor failed over.
+        assert record is not None and record["status"] == "failed" and record["attempt"] == 1
+    assert poller.counts["endpoint_failures"] == 0

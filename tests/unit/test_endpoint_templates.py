@@ -2,8 +2,9 @@
 
 Rendering follows globus-compute-endpoint's ``render_config_user_template``: a sandboxed Jinja
 environment with ``StrictUndefined`` and string values JSON-quoted before they reach the
-template (its guard against YAML injection), plus its ``shell_escape`` filter. The endpoint
-package itself cannot share this venv (it pins click<8.4), so its rules are restated here.
+template (its guard against YAML injection), plus its ``shell_escape`` filter. That function
+wants a running core endpoint's config and a mapped POSIX identity, so its rules are restated
+here (the package itself is in the dev venv: requirements-endpoint.txt).
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def _fake_venv(tmp_path: Path, launcher_exit: int) -> tuple[Path, Path]:
     (venv / "bin" / "python").write_text(
         "#!/bin/sh\n"
         f'echo "$PYTHONPATH" > {record}\n'
+        f'echo "threads=$OMP_NUM_THREADS" >> {record}\n'
         f'for arg in "$@"; do echo "$arg"; done >> {record}\n'
         f"exit {launcher_exit}\n"
     )
@@ -182,16 +184,21 @@ def _fake_venv(tmp_path: Path, launcher_exit: int) -> tuple[Path, Path]:
 def test_worker_init_activates_the_venv_and_runs_the_launcher(tmp_path: Path, name: str) -> None:
     venv, record = _fake_venv(tmp_path, launcher_exit=0)
     config = load(name, venv_path=str(venv), vllm_port=8101, vllm_bin="/opt/vllm venv/bin/vllm")
-    script = config["engine"]["provider"]["worker_init"] + "\necho workers-start\n"
+    script = config["engine"]["provider"]["worker_init"]
+    script += '\necho "workers-start $OMP_NUM_THREADS $MKL_NUM_THREADS"\n'
 
     done = subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
     )
 
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "workers-start"
-    pythonpath, *argv = record.read_text().splitlines()
+    # The worker pool (started after worker_init, in its environment) gets one thread per
+    # worker; vLLM, started by the launcher before that, is left its own.
+    assert done.stdout.strip() == "workers-start 1 1"
+    pythonpath, threads, *argv = record.read_text().splitlines()
+    # hpc_functions is imported by reference on the workers: from the checkout on PYTHONPATH.
     assert pythonpath == "/home/svc/first"
+    assert threads == "threads="
     assert argv == [
         "-m",
         "hpc_functions.launcher",
@@ -217,3 +224,18 @@ def test_worker_init_stops_the_job_when_a_model_fails_to_start(tmp_path: Path) -
 
     assert done.returncode == 1
     assert "workers-start" not in done.stdout
+
+
+@pytest.mark.parametrize("name", PBS + SLURM)
+def test_worker_threads_sets_the_workers_thread_count(tmp_path: Path, name: str) -> None:
+    venv, _ = _fake_venv(tmp_path, launcher_exit=0)
+    config = load(name, venv_path=str(venv), worker_threads=4)
+    script = config["engine"]["provider"]["worker_init"]
+    script += '\necho "$OMP_NUM_THREADS $MKL_NUM_THREADS"\n'
+
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4 4"
