@@ -3,6 +3,9 @@ the grammar costs per token.
 
     python -m bench.constrained [--runs 5] [--max-tokens 128] [--model-dir DIR]
 
+The figures also go to ``bench/results/constrained.json`` (``--no-save`` skips it), from which
+``python -m bench.report`` writes the table in docs/performance.md.
+
 Runs the tiny offline model (built into DIR, default .first/models/tiny-llama) through the
 engine's own sampler and ``generate``, plain and under each constraint, and prints decode tokens/s
 and the logits processor's own time per token (its share of decode time; the goal is <= 10 %).
@@ -165,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--model-dir", default=".first/models/tiny-llama")
+    parser.add_argument("--no-save", action="store_true", help="print only: no result file")
     args = parser.parse_args(argv)
+    cases: list[dict[str, Any]] = []
 
     from hpc_functions.build_tiny_model import build
 
@@ -217,6 +222,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<14} {tokens:>7} {tokens / seconds:>8.1f} {per_token_ms:>9.2f} "
             f"{grammar_us:>17.0f} {share:>5.1f}% {setup_ms:>9.1f} {str(finishes):>12}"
         )
+        cases.append(
+            {
+                "case": name,
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / seconds, 1),
+                "ms_per_token": round(per_token_ms, 2),
+                "grammar_us_per_token": round(grammar_us),
+                "grammar_share_pct": round(share, 1),
+                "setup_ms": round(setup_ms, 1),
+                "finishes": finishes,
+            }
+        )
+    if not args.no_save:
+        from bench.common import write_result
+
+        command = f"python -m bench.constrained --runs {args.runs} --max-tokens {args.max_tokens}"
+        path = write_result("constrained", command, {"cases": cases})
+        print(f"wrote {path}")
     return 0
 
 

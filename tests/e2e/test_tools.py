@@ -26,8 +26,12 @@ from pydantic import BaseModel
 
 from chalicelib.services import Services
 from first_cli.client import StreamClient, StreamError
+from first_cli.proxy import Proxy
 from offline.background import BackgroundStack
+from offline.stack import free_port
 from tests.e2e.conftest import TINY
+from tests.e2e.test_batch import submit, wait
+from tests.servers import serving
 
 WEATHER: dict[str, Any] = {
     "type": "object",
@@ -113,6 +117,61 @@ def test_a_streamed_tool_call_accumulates_into_the_plain_answer_s_call(
     live = state.get_final_completion()
     assert live.choices[0].finish_reason == plain.choices[0].finish_reason
     assert valid_calls(live.choices[0].message.tool_calls) == expected
+
+
+def test_a_tool_call_streamed_through_first_proxy_is_the_plain_answer_s_call(
+    client: OpenAI, stack: BackgroundStack
+) -> None:
+    params: dict[str, Any] = {
+        "model": TINY,
+        "messages": ASK,
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "max_tokens": 64,
+        "temperature": 0,
+        "seed": 7,
+    }
+    expected = valid_calls(client.chat.completions.create(**params).choices[0].message.tool_calls)
+    proxy = Proxy(
+        stack.config.api_url, stack.config.ws_url, stack.api_key, "127.0.0.1", free_port()
+    )
+    with serving(proxy):
+        sdk = OpenAI(base_url=f"{proxy.url}/v1", api_key=stack.api_key, max_retries=0)
+        # The proxy streams live deltas from the WebSocket API; the SDK's helper accumulates them.
+        with sdk.chat.completions.stream(**params) as stream:
+            proxied = stream.get_final_completion()
+    assert proxied.choices[0].finish_reason == "tool_calls"
+    assert valid_calls(proxied.choices[0].message.tool_calls) == expected
+
+
+def test_batch_lines_with_a_json_schema_and_tools_answer_under_their_constraints(
+    client: OpenAI,
+) -> None:
+    forecast = {
+        "type": "json_schema",
+        "json_schema": {"name": "forecast", "schema": Forecast.model_json_schema()},
+    }
+    bodies: list[dict[str, Any]] = [
+        {"model": TINY, "messages": ASK, "max_tokens": 48, "response_format": forecast},
+        {"model": TINY, "messages": ASK, "max_tokens": 64, "tools": TOOLS, "tool_choice": NAMED},
+        {"model": TINY, "messages": ASK, "max_tokens": 8},
+    ]
+    rows = [
+        {"custom_id": f"l{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for i, body in enumerate(bodies)
+    ]
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    done = wait(client, submit(client, data).id)
+    assert done.status == "completed" and done.output_file_id is not None
+    lines = {
+        x["custom_id"]: x["response"]["body"]
+        for x in map(json.loads, client.files.content(done.output_file_id).text.splitlines())
+    }
+    Forecast.model_validate_json(lines["l0"]["choices"][0]["message"]["content"])
+    calls = lines["l1"]["choices"][0]["message"]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == ["get_weather"]
+    jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), WEATHER)
+    assert lines["l2"]["choices"][0]["message"]["content"] is not None
 
 
 class Forecast(BaseModel):
