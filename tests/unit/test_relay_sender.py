@@ -69,12 +69,14 @@ class _RelayHandler(BaseHTTPRequestHandler):
         except FirstError as exc:
             status, body = exc.STATUS_CODE, exc.to_body()
         data = json.dumps(body).encode()
+        # Noted before the answer goes out: a sender that has read it (and returned from close())
+        # must find it here; appended after the write, a fast client raced the server's thread.
+        with self.server.lock:
+            self.server.answered.append(status)
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        with self.server.lock:
-            self.server.answered.append(status)
         if status < 300:
             self.server.delivered.set()
 
