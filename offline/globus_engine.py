@@ -273,14 +273,17 @@ class LocalGlobusEngine:
         pids: list[int] = []
         for job in list(self._engine.provider.resources.values()):
             try:
-                job_process = psutil.Process(int(job["remote_pid"]))
-                for child in job_process.children(recursive=True):
+                children = psutil.Process(int(job["remote_pid"])).children(recursive=True)
+            except (psutil.Error, KeyError, ValueError):
+                continue  # a block starting or gone: its workers are not there to name
+            for child in children:
+                try:
                     if "spawn_main" in " ".join(child.cmdline()) and not any(
                         c.laddr for c in child.net_connections("unix")
                     ):
                         pids.append(child.pid)
-            except (psutil.Error, KeyError, ValueError):
-                continue  # a block starting or gone: its workers are not there to name
+                except psutil.Error:
+                    continue  # this child exited while we looked (a killed worker): not a worker
         return sorted(pids)
 
     def shutdown(self, timeout_s: float = 15.0) -> None:
