@@ -15,10 +15,20 @@
     ├── EngineFailedError           500 server_error (carries the request id)
     ├── BadGatewayError             502 server_error (``first proxy``: the gateway unreachable)
     ├── UpstreamUnavailableError    503 server_error
-    └── WaitTimeoutError            504 timeout (carries the request id)
+    ├── WaitTimeoutError            504 timeout (carries the request id)
+    └── EdgeError                   its own status: the HTTP edge's errors outside the routes
+                                    (Chalice's 405/415, the local server's framing: 414, 431, …)
 
 The body is ``{"error": {"message", "type", "param", "code"}}`` with ``code`` a string or null,
-as openai-python expects.
+as openai-python expects (``to_body``). A request that failed keeps its error on its record as
+``{"error", "status_code"}`` (``to_record``), which ``error_from_result`` turns back into the
+error. Every error body, whoever answers it (the routes, the WebSocket frames, the poller's
+failed records, ``first proxy``), is one of these: no body is written by hand.
+
+Layers below the HTTP edge raise their own errors and are translated where they meet it: the
+stores' ``StoreError`` family, the compute adapter's ``ComputeError`` family
+(``chalicelib.compute.errors``, translated by the poller: ``chalicelib.poller.planning``), the
+router's ``NoDeploymentError``.
 """
 
 from __future__ import annotations
@@ -57,6 +67,10 @@ class FirstError(Exception):
         if self.request_id is not None:
             error["request_id"] = self.request_id
         return {"error": error}
+
+    def to_record(self) -> dict[str, Any]:
+        """The error as a failed request's record keeps it: ``{"error", "status_code"}``."""
+        return {**self.to_body(), "status_code": self.STATUS_CODE}
 
 
 class BadRequestError(FirstError):
@@ -131,6 +145,23 @@ class WaitTimeoutError(FirstError):
     STATUS_CODE = 504
     ERROR_TYPE = "timeout"
     CODE = "timeout"
+
+
+class EdgeError(FirstError):
+    """An error the HTTP edge answers outside the routes, with the status it was raised with:
+    ``invalid_request_error`` for 4xx, ``server_error`` for 5xx."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, headers=headers)
+        self.STATUS_CODE = status
+        self.ERROR_TYPE = "invalid_request_error" if status < 500 else "server_error"
 
 
 def error_from_result(error: dict[str, Any], status_code: int, request_id: str) -> FirstError:

@@ -20,7 +20,7 @@ from typing import Any
 
 from chalicelib import router
 from chalicelib.auth import Principal
-from chalicelib.errors import PermissionDeniedError, UpstreamUnavailableError
+from chalicelib.errors import ModelNotFoundError, PermissionDeniedError, UpstreamUnavailableError
 from chalicelib.registry import Endpoint, ModelDeployment, Registry
 from chalicelib.router import CircuitPolicy, EndpointStatus
 from chalicelib.stores.endpoints import EndpointStore
@@ -157,7 +157,10 @@ class Fleet:
         now = time.time()
         statuses = self.statuses()
         candidates = deployments(self._registry, model)
-        ranked = router.rank(candidates, statuses, now, self._policy)
+        try:
+            ranked = router.rank(candidates, statuses, now, self._policy)
+        except router.NoDeploymentError as exc:
+            raise ModelNotFoundError(f"No deployment serves '{model}'.", param="model") from exc
         if not ranked:
             raise UpstreamUnavailableError(
                 f"No deployment of '{model}' can be warmed now (offline or failing); try later.",

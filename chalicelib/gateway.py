@@ -1,4 +1,10 @@
-"""The API side of an interactive request: validate, record, enqueue, wait, answer.
+"""The API side of a request: validate, record, enqueue, wait, answer.
+
+``Gateway.run`` (answer over REST) and ``Gateway.submit`` (record and enqueue; what the
+WebSocket route's ``StreamService`` calls with a ``StreamTarget``) are the one way in for a
+request of any route or dialect: a route translates its body into a ``GatewayRequest`` and calls
+one of them; ``dialect`` (optional, kept on the record as is) names the wire dialect the route
+speaks, for whoever renders the request's result or frames later.
 
 Per request this costs (warm process): one SQS send, and one SQS receive shared by every request
 the reply listener wakes together. The request's record travels in its message, and the
@@ -24,7 +30,7 @@ import math
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,15 +64,6 @@ from chalicelib.stores.requests import API_WRITES_AFTER_S, TERMINAL, RequestStor
 # (at 256 waiting clients, reads after 2 s cost more than a third of the local AWS's CPU).
 FALLBACK_READ_S = API_WRITES_AFTER_S
 FALLBACK_READ_MAX_S = 10.0
-_UNQUEUED = {
-    "error": {
-        "message": "The request could not be queued.",
-        "type": "server_error",
-        "param": None,
-        "code": "unavailable",
-    },
-    "status_code": 503,
-}
 # Retry-After for a model still starting is at most this (the issue's bound; clients back off).
 MAX_RETRY_AFTER_S = 120
 # Side-by-side AWS calls of the request path (threads only wait on sockets).
@@ -83,6 +80,19 @@ class Completed:
     engine_time_ms: float | None
     # x-ratelimit-* for the response (empty when no limit applies).
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamTarget:
+    """Where a streamed request's frames go: the WebSocket connection, and the client's
+    reference they carry."""
+
+    connection_id: str
+    ref: str | None = None
+
+    def to_item(self) -> dict[str, str]:
+        """As the record keeps it (what makes the poller stream)."""
+        return {"connection_id": self.connection_id, **({"ref": self.ref} if self.ref else {})}
 
 
 @dataclass(frozen=True)
@@ -164,13 +174,14 @@ class Gateway:
         function: str,
         req: GatewayRequest,
         wait_s: float | None = None,
+        *,
+        dialect: str | None = None,
     ) -> Completed:
+        """Run a request and answer it over REST (within the wait, else 504/503 with its id)."""
         self.authorize(principal, req, function)
-        # Before admission: the rate-limit estimate multiplies max_tokens.
-        check_max_tokens(self._registry.model(req.model), req)
         admission = self.admit(principal, req)
         try:
-            request_id = self.submit(principal, function, req, admission.hold)
+            request_id = self.submit(principal, function, req, admission.hold, dialect=dialect)
             done: Completed | None = None
             try:
                 starting_s = self._start_wait_s(req.model, function)
@@ -203,7 +214,9 @@ class Gateway:
 
     def authorize(self, principal: Principal, req: GatewayRequest, function: str) -> None:
         """A model the caller may not use answers exactly like one that does not exist; one that
-        cannot do what the request asks for (tools, a JSON answer) is a 400 naming the field."""
+        cannot do what the request asks for (tools, a JSON answer) or asks for more tokens than
+        its ceiling is a 400 naming the field. Before admission: the rate-limit estimate
+        multiplies max_tokens."""
         model = req.model
         if not self._registry.candidates(model, function) or not may_use(
             principal, self._registry.access(model)
@@ -220,6 +233,7 @@ class Gateway:
                     param=param,
                     code=f"{capability}_not_supported",
                 )
+        check_max_tokens(self._registry.model(model), req)
 
     def admit(self, principal: Principal, req: GatewayRequest) -> Admission:
         """Count the request against the caller's and the model's limits, or raise 429."""
@@ -247,12 +261,16 @@ class Gateway:
         function: str,
         req: GatewayRequest,
         hold: dict[str, Any] | None = None,
+        *,
+        stream: StreamTarget | None = None,
+        dialect: str | None = None,
     ) -> str:
-        """Record and enqueue an authorized, admitted request; its id."""
+        """Record and enqueue an authorized, admitted request; its id. With ``stream`` its
+        answer travels as frames to that connection; without, ``wait`` collects it. On failure
+        the counters ``hold`` took are given back (no poller will ever finish it)."""
         try:
-            return self._submit(principal, function, req, hold)
+            return self._submit(principal, function, req, hold, stream, dialect)
         except Exception:
-            # No poller will ever finish it: give its counters back here.
             if hold is not None and self._limit_store is not None:
                 self._limit_store.release(hold, 0)
             raise
@@ -263,53 +281,65 @@ class Gateway:
         function: str,
         req: GatewayRequest,
         hold: dict[str, Any] | None,
+        stream: StreamTarget | None,
+        dialect: str | None,
     ) -> str:
         request_id = new_request_id()
-        body = req.engine_body()
         item = {
             "request_id": request_id,
             "owner": principal.id,
             "model": req.model,
             "function": function,
-            "reply_to": self._replies.url,
+            # A stream's answer goes to its connection; no reply listener waits for it.
+            **({"stream": stream.to_item()} if stream else {"reply_to": self._replies.url}),
+            **({"dialect": dialect} if dialect else {}),
             **({"limits": hold} if hold else {}),
             **self._blobs.fields(
                 "payload",
-                dumps(body),
+                dumps(req.engine_body()),
                 f"requests/{request_id}/payload.json",
                 self._settings.inline_limit_bytes,
             ),
         }
-        self._replies.expect(request_id)
-        record = self._requests.new(item)
-        message = json.dumps({"request_id": request_id, "record": record})
-        carried = len(message.encode()) <= MAX_MESSAGE_BYTES
-        if carried:
-            with self._unwritten_lock:
-                self._unwritten[request_id] = record
-            created = None
-        else:
-            # Too big to travel in the message: written first, the message names it (the
-            # record write and the enqueue side by side; a poller that wins the race re-reads
-            # a missing record briefly).
+        carried = False
+        written: Future[None] | None = None
+        if stream is not None:
+            # The record before the message: no reply listener waits for a stream, so nothing
+            # is gained by racing them, and a poller never meets a message without its record.
+            self._requests.create(item)
             message = json.dumps({"request_id": request_id})
-            created = _IO.submit(self._requests.create, item)
+        else:
+            self._replies.expect(request_id)
+            record = self._requests.new(item)
+            message = json.dumps({"request_id": request_id, "record": record})
+            carried = len(message.encode()) <= MAX_MESSAGE_BYTES
+            if carried:
+                with self._unwritten_lock:
+                    self._unwritten[request_id] = record
+            else:
+                # Too big to travel in the message: written first, the message names it (the
+                # record write and the enqueue side by side; a poller that wins the race
+                # re-reads a missing record briefly).
+                message = json.dumps({"request_id": request_id})
+                written = _IO.submit(self._requests.create, item)
         try:
             self._queue.send(message)
         except Exception as exc:
-            if created is not None:
-                created.result()
-            else:
+            if written is not None:
+                written.result()
+            elif carried:
                 self._forget_record(request_id)
                 self._requests.create(item)
             # Never leave a record queued that no poller will ever see.
-            self._requests.fail(request_id, _UNQUEUED)
+            self._requests.fail(
+                request_id, UpstreamUnavailableError("The request could not be queued.").to_record()
+            )
             raise UpstreamUnavailableError(
                 "The request could not be queued; try again.", request_id=request_id
             ) from exc
         # If the write failed, the message names no record: pollers drop it to the DLQ.
-        if created is not None:
-            created.result()
+        if written is not None:
+            written.result()
         return request_id
 
     def _write_record(self, request_id: str) -> dict[str, Any] | None:

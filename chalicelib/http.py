@@ -14,7 +14,7 @@ from aws_lambda_powertools import Logger
 from chalice.app import Chalice, Request, Response
 
 from chalicelib import metrics
-from chalicelib.errors import FirstError, PayloadTooLargeError
+from chalicelib.errors import EdgeError, FirstError, PayloadTooLargeError
 
 JSON = {"Content-Type": "application/json"}
 
@@ -28,10 +28,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    """An OpenAI error body for an error raised at the edge, outside ``FirstError``'s tree
-    (routing, framing): ``invalid_request_error`` for 4xx, ``server_error`` for 5xx."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    """The body of an error raised at the edge, outside the routes (routing, framing)."""
+    return EdgeError(status, message, code=code).to_body()
 
 
 def error_response(exc: FirstError) -> Response:

@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from chalicelib.errors import ModelNotFoundError
 from chalicelib.registry import Endpoint, ModelDeployment
 
 HOT, STARTING, COLD, UNAVAILABLE = "hot", "starting", "cold", "unavailable"
@@ -35,6 +34,11 @@ _WARMTH = {HOT: 0, STARTING: 1, COLD: 2, UNAVAILABLE: 3}
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 Candidate = tuple[Endpoint, ModelDeployment]
+
+
+class NoDeploymentError(LookupError):
+    """No deployment serves the model through the function: the router's own error, which its
+    callers translate (the API: model not found; the poller: the request cannot run)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,7 @@ def rank(
 ) -> list[Candidate]:
     """The usable candidates, best first (see the module docstring); raise if none serve it."""
     if not candidates:
-        raise ModelNotFoundError("No deployment serves this model.")
+        raise NoDeploymentError("no deployment serves this model")
     policy = policy or CircuitPolicy()
     usable = []
     for endpoint, deployment in candidates:

@@ -205,7 +205,8 @@ class Services:
             blobs=self.blobs,
             replies=self.reply_listener,
             limits_config=self.limits,
-            limit_store=self.limit_store if self.limits is not None else None,
+            # Always: a streamed request's hold (stream_max_per_user) is given back through it.
+            limit_store=self.limit_store,
             fleet=self.fleet,
         )
 
@@ -275,9 +276,6 @@ class Services:
             poster=self.connection_poster,
             gateway=self.gateway,
             registry=self.registry,
-            requests=self.requests,
-            queue=self.interactive_queue,
-            blobs=self.blobs,
             logger=get_logger("first-streams"),
             # Always: stream_max_per_user counts in the limits table, rate limits or not.
             limit_store=self.limit_store,

@@ -26,6 +26,8 @@ from openai.types.chat import ChatCompletionChunk
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from chalicelib.errors import FirstError, UpstreamUnavailableError, WaitTimeoutError
+
 _CLOSED: dict[str, Any] = {"type": "closed"}
 
 
@@ -37,6 +39,11 @@ class StreamError(Exception):
         self.status = status
         self.error = error
         self.request_id = request_id
+
+    @classmethod
+    def of(cls, exc: FirstError, request_id: str | None = None) -> StreamError:
+        """The client's own failure of a request, as one of the error tree's errors."""
+        return cls(exc.STATUS_CODE, exc.to_body()["error"], request_id)
 
 
 class StreamClient:
@@ -116,35 +123,30 @@ class StreamClient:
                 try:
                     frame = inbox.get(timeout=self.idle_timeout_s)
                 except queue.Empty:
-                    raise StreamError(
-                        504,
-                        {
-                            "message": f"No frame for {self.idle_timeout_s:g} s"
+                    raise StreamError.of(
+                        WaitTimeoutError(
+                            f"No frame for {self.idle_timeout_s:g} s"
                             + (
                                 f"; the result may still come: GET /v1/requests/{request_id}."
                                 if request_id
                                 else "."
-                            ),
-                            "type": "server_error",
-                            "code": "timeout",
-                        },
+                            )
+                        ),
                         request_id,
                     ) from None
                 request_id = frame.get("request_id") or request_id
                 kind = frame.get("type")
                 if kind == "closed":
-                    raise StreamError(
-                        503,
-                        {
-                            "message": "The connection closed before the request finished"
+                    raise StreamError.of(
+                        UpstreamUnavailableError(
+                            "The connection closed before the request finished"
                             + (
                                 f"; what it ran is kept: GET /v1/requests/{request_id}."
                                 if request_id
                                 else "."
                             ),
-                            "type": "server_error",
-                            "code": "connection_closed",
-                        },
+                            code="connection_closed",
+                        ),
                         request_id,
                     )
                 if kind == "chunk":

@@ -13,41 +13,28 @@ Both expose ``submit_to_registered_function(function_id, args=..., kwargs=...)``
 A warm-up is an ordinary task: ``hpc_functions.warm`` with ``{"engine": ...}`` (``start_warm``).
 
 Both refuse a task over Globus Compute's submission limit before sending it
-(``TaskTooLargeError``), measured as the service receives it: the SDK's own packing of the
-arguments (``pack_task``), JSON-encoded in the submission's body. A result the endpoint refused
-as over the service's result limit comes back as ``ResultTooLargeError``.
+(``chalicelib.compute.sizes``). They report in the compute adapter's own errors
+(``chalicelib.compute.errors``), never an HTTP error: a result the endpoint refused as over the
+service's result limit comes back as ``ResultTooLargeError``, an endpoint that cannot be reached
+as ``EndpointUnreachableError``.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from functools import cache
 from typing import Any, Protocol, runtime_checkable
 
-from chalicelib.errors import UpstreamUnavailableError
-from chalicelib.registry import Endpoint
-
-# How the SDK names a result over the service's limit, and its sizes as its message gives them
-# ("Task result of 9600123B exceeded current limit of 524288B") or its repr does
-# ("MaxResultSizeExceeded(9600123, 524288)").
-_RESULT_TOO_LARGE = "MaxResultSizeExceeded"
-_RESULT_SIZES = re.compile(
-    r"Task result of (\d+)B exceeded current limit of (\d+)B|"
-    r"MaxResultSizeExceeded\((\d+),\s*(\d+)\)"
+from chalicelib.compute.errors import (
+    EndpointUnreachableError,
+    TaskLostError,
+    TaskTooLargeError,
+    remote_error,
 )
-# How an HPC function names a presigned URL it could not use (hpc_functions.offload).
-_TRANSFER_FAILED = "PresignedUrlError"
-# How Globus Compute reports a task whose worker died: parsl's WorkerLost ("Task failure due to
-# loss of worker N on host H"), as the SDK's TaskExecutionFailed looks for it.
-_WORKER_LOST = re.compile(r"\s*parsl\.\S+\.WorkerLost:")
-# A submission's body beside its tasks: JSON keys and the SDK's user_runtime (918 bytes for one
-# task with SDK 4.19.0, measured), with room to spare.
-SUBMIT_ENVELOPE_BYTES = 4096
+from chalicelib.compute.sizes import check_submission, pack_task, submitted_bytes
+from chalicelib.registry import Endpoint
 
 
 class TaskExecutor(Protocol):
@@ -80,104 +67,6 @@ class Attachable(Protocol):
 def start_warm(executor: TaskExecutor, function_id: str, engine: dict[str, Any]) -> Future[Any]:
     """Ask an endpoint to load a model (``hpc_functions.warm``); the future ends when loaded."""
     return executor.submit_to_registered_function(function_id, args=({"engine": engine},))
-
-
-class RemoteTaskError(Exception):
-    """The function raised on the endpoint; the message is the remote exception's text (for a
-    remote traceback, its last line: the exception; the whole text stays in ``remote_data``)."""
-
-    def __init__(self, message: str, remote_data: str | None = None) -> None:
-        super().__init__(message)
-        self.remote_data = remote_data if remote_data is not None else message
-
-
-class ResultTooLargeError(RemoteTaskError):
-    """The endpoint refused the task's result as over the service's result limit
-    (``MaxResultSizeExceeded``): the request's failure, run again it would fail again. The
-    sizes are read from the SDK's message where it has one."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        found = _RESULT_SIZES.search(text)
-        sizes = [int(n) for n in found.groups() if n is not None] if found else []
-        self.size_bytes: int | None = sizes[0] if sizes else None
-        self.limit_bytes: int | None = sizes[1] if sizes else None
-
-
-class TaskTooLargeError(Exception):
-    """A task over the service's submission limit, refused before it is sent. The request's
-    own failure: every Globus Compute endpoint has the limit, so it is neither retried nor
-    failed over."""
-
-    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
-        super().__init__(
-            f"the task is {size_bytes} bytes as submitted, over Globus Compute's submission"
-            f" limit of {limit_bytes} bytes"
-        )
-        self.size_bytes = size_bytes
-        self.limit_bytes = limit_bytes
-
-
-def remote_error(text: str) -> Exception:
-    """The function's failure reported by the endpoint, the result limit, the node's transfers
-    and a dead worker told apart."""
-    if _WORKER_LOST.search(text):
-        # The worker died under the task (parsl's WorkerLost): the infrastructure's failure.
-        return TaskLostError(_last_line(text))
-    if _TRANSFER_FAILED in text:
-        # Only the last line: its own words, not the remote traceback.
-        return TransferFailedError(_last_line(text))
-    if _RESULT_TOO_LARGE in text:
-        return ResultTooLargeError(text)
-    return RemoteTaskError(_last_line(text), text)
-
-
-def _last_line(text: str) -> str:
-    """A remote traceback's last line (the exception), past the engine's +++ / --- rules."""
-    lines = [line.strip() for line in text.splitlines() if line.strip("-+ \t")]
-    return lines[-1] if lines else "task failed"
-
-
-@cache
-def _serializer() -> Any:
-    # Imported on first use: the Lambda package never imports the SDK (only the poller does).
-    from globus_compute_sdk.serialize import ComputeSerializer
-
-    return ComputeSerializer()
-
-
-def pack_task(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
-    """A task's arguments as the SDK's ``Batch.add`` packs them (its default serializer)."""
-    serde = _serializer()
-    return str(serde.pack_buffers([serde.serialize(args), serde.serialize(kwargs)]))
-
-
-def submitted_bytes(payload: str) -> int:
-    """What a packed task adds to a submission's body: its JSON string (the base64 lines'
-    newlines are escaped there) and a separator."""
-    return len(json.dumps(payload)) + 2
-
-
-def check_submission(size_bytes: int, limit_bytes: int | None) -> None:
-    """Refuse a task of ``size_bytes`` (``submitted_bytes``) that would take its submission
-    over ``limit_bytes`` (None: unchecked)."""
-    if limit_bytes is not None and size_bytes + SUBMIT_ENVELOPE_BYTES > limit_bytes:
-        raise TaskTooLargeError(size_bytes + SUBMIT_ENVELOPE_BYTES, limit_bytes)
-
-
-class TaskLostError(UpstreamUnavailableError):
-    """The endpoint lost the task with its worker: the infrastructure failed, not the request,
-    so the poller runs it again (bounded by the queue's redrive)."""
-
-
-class TransferFailedError(UpstreamUnavailableError):
-    """The node could not fetch the body or store the result by the task's presigned URL:
-    that endpoint's reach to S3 failed, not the request, so the poller runs it elsewhere."""
-
-
-class TaskTimeoutError(UpstreamUnavailableError):
-    """A task ran past ``FIRST_TASK_TIMEOUT_S``: the poller moves the request to another
-    deployment (the task itself cannot be cancelled on Globus Compute and is abandoned)."""
 
 
 class LocalEndpointExecutor(Executor):
@@ -273,15 +162,15 @@ class LocalEndpointExecutor(Executor):
                 resp = self._http.request(method, f"{self._base}{path}", **kw)
             except requests.ConnectionError as exc:
                 if time.monotonic() >= deadline:
-                    raise UpstreamUnavailableError(f"local endpoint unreachable: {exc}") from exc
+                    raise EndpointUnreachableError(f"local endpoint unreachable: {exc}") from exc
                 time.sleep(1.0)
                 continue
             except requests.RequestException as exc:
-                raise UpstreamUnavailableError(f"local endpoint failed: {exc}") from exc
+                raise EndpointUnreachableError(f"local endpoint failed: {exc}") from exc
             if (resp.status_code == 404 and lost_ok) or (resp.status_code == 413 and refused_ok):
                 return resp
             if resp.status_code >= 400:
-                raise UpstreamUnavailableError(
+                raise EndpointUnreachableError(
                     f"local endpoint answered {resp.status_code} to {method.upper()} {path}"
                 )
             return resp

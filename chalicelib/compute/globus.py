@@ -37,12 +37,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.compute.executors import (
+from chalicelib.compute.errors import TaskLostError, remote_error
+from chalicelib.compute.sizes import (
     SUBMIT_ENVELOPE_BYTES,
-    TaskLostError,
     check_submission,
     pack_task,
-    remote_error,
     submitted_bytes,
 )
 

@@ -6,6 +6,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib.compute.errors import (
+    ComputeError,
+    RemoteTaskError,
+    ResultTooLargeError,
+    TaskTooLargeError,
+)
+from chalicelib.errors import EngineFailedError, PayloadTooLargeError
+
 
 class PoisonMessageError(Exception):
     """A message that cannot be processed; it is retried, then left for the DLQ."""
@@ -178,15 +186,7 @@ def stored_result_key(request_id: str, result: Any) -> str | None:
 
 def task_too_large(request_id: str, detail: str) -> dict[str, Any]:
     """A request whose task the executor refused as over the service's submission limit."""
-    return {
-        "error": {
-            "message": f"Request {request_id} is too large to run: {detail}.",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "request_too_large",
-        },
-        "status_code": 413,
-    }
+    return PayloadTooLargeError(f"Request {request_id} is too large to run: {detail}.").to_record()
 
 
 def result_too_large(
@@ -196,30 +196,29 @@ def result_too_large(
     sizes when the endpoint gave them; never its traceback)."""
     size = f" is {size_bytes} bytes," if size_bytes is not None else ""
     limit = f" of {limit_bytes} bytes" if limit_bytes is not None else ""
-    return {
-        "error": {
-            "message": (
-                f"The result of request {request_id}{size} over Globus Compute's result"
-                f" limit{limit}."
-            ),
-            "type": "server_error",
-            "param": None,
-            "code": "result_too_large",
-        },
-        "status_code": 500,
-    }
+    return EngineFailedError(
+        f"The result of request {request_id}{size} over Globus Compute's result limit{limit}.",
+        code="result_too_large",
+    ).to_record()
 
 
 def engine_failure(request_id: str, detail: str) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": f"The engine failed while running request {request_id}: {detail}",
-            "type": "server_error",
-            "param": None,
-            "code": "engine_error",
-        },
-        "status_code": 500,
-    }
+    return EngineFailedError(
+        f"The engine failed while running request {request_id}: {detail}"
+    ).to_record()
+
+
+def compute_failure(request_id: str, exc: ComputeError) -> dict[str, Any] | None:
+    """The one translation of the compute adapter's errors: the request's failure (its
+    record's ``{"error", "status_code"}``) for a task too large, a result too large or the
+    function's own error; None for the endpoint's failure (the poller runs it elsewhere)."""
+    if isinstance(exc, TaskTooLargeError):
+        return task_too_large(request_id, str(exc))
+    if isinstance(exc, ResultTooLargeError):
+        return result_too_large(request_id, exc.size_bytes, exc.limit_bytes)
+    if isinstance(exc, RemoteTaskError):
+        return engine_failure(request_id, str(exc))
+    return None
 
 
 def notice_for(

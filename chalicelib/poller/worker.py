@@ -32,14 +32,13 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from chalicelib import limits, router
-from chalicelib.compute.executors import (
-    Attachable,
-    ExecutorPool,
-    RemoteTaskError,
+from chalicelib.compute.errors import (
+    ComputeError,
     ResultTooLargeError,
     TaskTimeoutError,
     TaskTooLargeError,
 )
+from chalicelib.compute.executors import Attachable, ExecutorPool
 from chalicelib.poller import planning
 from chalicelib.poller.accounting import Accounting
 from chalicelib.poller.board import StatusBoard
@@ -247,7 +246,8 @@ class Poller:
             self._log.exception("request could not be run", extra=log)
             if final:
                 # Only our own words reach the client: no endpoint URL, no remote traceback.
-                reason = str(exc) if isinstance(exc, NoEndpointError) else type(exc).__name__
+                ours = isinstance(exc, NoEndpointError | router.NoDeploymentError)
+                reason = str(exc) if ours else type(exc).__name__
                 detail = f"{reason} (gave up after {planning.receive_count(message)} tries)"
                 if not claimed and carried:
                     self._requests.put_new(carried)  # never claimed: only the message held it
@@ -564,11 +564,10 @@ class Poller:
             else:
                 # The local endpoint keys tasks by request id: a resubmission attaches by itself.
                 future = executor.submit_to_registered_function(function_id, args=(task,))
-        except TaskTooLargeError as exc:
-            # Over the service's submission limit: any endpoint would refuse it.
-            self.counts["tasks_too_large"] += 1
-            failure = planning.task_too_large(request_id, str(exc))
-            return "failed", {**failure, "endpoint": endpoint.name}, None
+        except ComputeError as exc:
+            # Over the service's submission limit, any endpoint would refuse it; anything else
+            # is the endpoint's failure (raised again: the caller fails over).
+            return self._failed_by(request_id, endpoint, exc)
         timeout_s = self._s.task_timeout_s - (time.time() - submitted_at)
         try:
             # The heartbeat keeps the message invisible however long this takes.
@@ -579,26 +578,31 @@ class Poller:
                 f"task of {request_id} on {endpoint.name} not done after"
                 f" {self._s.task_timeout_s:g} s"
             ) from exc
-        except TaskTooLargeError as exc:
-            # Refused by the endpoint itself (413), where the poller did not check first.
-            self.counts["tasks_too_large"] += 1
-            failure = planning.task_too_large(request_id, str(exc))
-            return "failed", {**failure, "endpoint": endpoint.name}, None
-        except ResultTooLargeError as exc:
-            # The endpoint refused the result (S3 path off, or a function that ignored it).
-            self.counts["results_too_large"] += 1
-            failure = planning.result_too_large(request_id, exc.size_bytes, exc.limit_bytes)
-            return "failed", {**failure, "endpoint": endpoint.name}, None
-        except RemoteTaskError as exc:
-            # The function itself raised on the node: the request's failure, not retried.
-            failure = planning.engine_failure(request_id, str(exc))
-            return "failed", {**failure, "endpoint": endpoint.name}, None
+        except ComputeError as exc:
+            # Refused by the endpoint itself (413, where the poller did not check first), a
+            # result over the limit (S3 path off, or a function that ignored it), or the
+            # function raised on the node: the request's failure, not retried.
+            return self._failed_by(request_id, endpoint, exc)
         stored = planning.stored_result_key(request_id, result)
         if stored is not None:
             # The function PUT its large result by the task's URL: read it back.
             self.counts["results_by_url"] += 1
             result = self._blobs.get_json(stored)
         return planning.outcome_of(request_id, result, endpoint=endpoint.name)
+
+    def _failed_by(
+        self, request_id: str, endpoint: Endpoint, exc: ComputeError
+    ) -> tuple[str, dict[str, Any], Any]:
+        """The request's failure for what the compute adapter reported (``planning``
+        translates it); an endpoint's failure is raised again, for the caller to fail over."""
+        failure = planning.compute_failure(request_id, exc)
+        if failure is None:
+            raise exc
+        if isinstance(exc, TaskTooLargeError):
+            self.counts["tasks_too_large"] += 1
+        elif isinstance(exc, ResultTooLargeError):
+            self.counts["results_too_large"] += 1
+        return "failed", {**failure, "endpoint": endpoint.name}, None
 
     def _finish(
         self,

@@ -30,7 +30,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
-from chalicelib.stores.dynamo import dynamo, plain
+from chalicelib.stores.dynamo import condition_failed, dynamo, old_item, plain
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "cancelled", "expired")
@@ -62,13 +62,8 @@ class DropClaim:
 Gate = Literal["open", "superseded", "busy", "unclaimed"]
 
 
-def _failed(exc: ClientError) -> bool:
-    return exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
-
-
 def _old(exc: ClientError) -> dict[str, Any]:
-    old = cast("dict[str, Any]", exc.response.get("Item") or {})
-    return {k: _DESERIALIZE.deserialize(v) for k, v in old.items()}
+    return {k: _DESERIALIZE.deserialize(v) for k, v in old_item(exc).items()}
 
 
 def _drop_key(owner: str, name: str) -> dict[str, str]:
@@ -94,7 +89,7 @@ class BatchStore:
                 Item=dynamo(record), ConditionExpression="attribute_not_exists(batch_id)"
             )
         except ClientError as exc:
-            if _failed(exc):
+            if condition_failed(exc):
                 raise BatchExistsError(f"batch {item['batch_id']} exists") from exc
             raise
         return record
@@ -111,7 +106,7 @@ class BatchStore:
             )
             return batch_id, True
         except ClientError as exc:
-            if not _failed(exc):
+            if not condition_failed(exc):
                 raise
         item = self._table.get_item(Key=key, ConsistentRead=True)["Item"]
         return str(item["target"]), False
@@ -139,7 +134,7 @@ class BatchStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not _failed(exc):
+            if not condition_failed(exc):
                 raise
             old = _old(exc)
             holder = str(old.get("holder") or "")
@@ -172,7 +167,7 @@ class BatchStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not _failed(exc):
+            if not condition_failed(exc):
                 raise
             old = _old(exc)
             if not old.get("holder"):
@@ -190,7 +185,7 @@ class BatchStore:
                 ExpressionAttributeValues={":t": token},
             )
         except ClientError as exc:
-            if not _failed(exc):
+            if not condition_failed(exc):
                 raise
 
     def get(self, owner: str, batch_id: str) -> dict[str, Any] | None:
@@ -314,12 +309,10 @@ class BatchStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not _failed(exc):
+            if not condition_failed(exc):
                 raise
-            old = cast("dict[str, Any] | None", exc.response.get("Item"))
-            current = (
-                plain({k: _DESERIALIZE.deserialize(v) for k, v in old.items()}) if old else None
-            )
+            old = _old(exc)
+            current = plain(old) if old else None
             state = current["status"] if current else "missing"
             raise BatchConflictError(f"batch {batch_id} is {state}", current) from exc
         return cast("dict[str, Any]", plain(out.get("Attributes", {})))

@@ -1,12 +1,14 @@
-"""Conversions shared by the DynamoDB stores: Decimal out, Decimal in, and the wire format."""
+"""Conversions shared by the DynamoDB stores: Decimal out, Decimal in, and the wire format; and
+the one reading of a conditional write that lost (``ConditionalCheckFailedException``)."""
 
 from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
 
 
 def plain(value: Any) -> Any:
@@ -51,3 +53,16 @@ def to_wire(values: dict[str, Any]) -> dict[str, Any]:
 def from_wire(item: dict[str, Any]) -> dict[str, Any]:
     """Low-level attribute values → plain ints, floats, strings, lists and dicts."""
     return {k: plain(_DESERIALIZER.deserialize(v)) for k, v in item.items()}
+
+
+def condition_failed(exc: ClientError) -> bool:
+    """Whether a write failed because its condition did not hold (the item is not in the state
+    the write expected), rather than for any other reason (raised on)."""
+    return bool(exc.response["Error"]["Code"] == "ConditionalCheckFailedException")
+
+
+def old_item(exc: ClientError) -> dict[str, Any]:
+    """The item a write that lost its condition found, in the wire format (a write with
+    ``ReturnValuesOnConditionCheckFailure="ALL_OLD"``; empty when there was no item, or the
+    write did not ask: the stubs' error response has no "Item" key)."""
+    return cast("dict[str, Any]", exc.response.get("Item") or {})

@@ -14,13 +14,13 @@ The router (``chalicelib/router.py``) decides over these values; this store only
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.router import EndpointStatus, Lease
 from chalicelib.stores import StoreError
-from chalicelib.stores.dynamo import from_wire, to_wire
+from chalicelib.stores.dynamo import condition_failed, from_wire, old_item, to_wire
 
 WARMING = "warming#"
 LEASE, LEASE_UNTIL, WANT = "lease#", "lease_until#", "want#"
@@ -28,10 +28,6 @@ LEASE, LEASE_UNTIL, WANT = "lease#", "lease_until#", "want#"
 
 class LeaseLostError(StoreError):
     """The poller's lease is not what it holds: a peer reclaimed it as expired."""
-
-
-def _conditional_failure(exc: ClientError) -> bool:
-    return exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
 
 
 class EndpointStore:
@@ -81,9 +77,9 @@ class EndpointStore:
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             except ClientError as exc:
-                if not _conditional_failure(exc):
+                if not condition_failed(exc):
                     raise
-                old = from_wire(cast("dict[str, Any]", exc.response.get("Item") or {}))
+                old = from_wire(old_item(exc))
                 _check_mine(old, name, holder, held)
                 room = capacity - int(old.get("inflight", 0))
                 if room >= more or room <= 0:
@@ -131,7 +127,7 @@ class EndpointStore:
                 ),
             )
         except ClientError as exc:
-            if not _conditional_failure(exc):
+            if not condition_failed(exc):
                 raise
             return False
         return True
@@ -158,7 +154,7 @@ class EndpointStore:
                 ExpressionAttributeValues=to_wire({":at": at}),
             )
         except ClientError as exc:
-            if not _conditional_failure(exc):
+            if not condition_failed(exc):
                 raise
 
     def _lease_update(
@@ -177,9 +173,9 @@ class EndpointStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not _conditional_failure(exc):
+            if not condition_failed(exc):
                 raise
-            old = from_wire(cast("dict[str, Any]", exc.response.get("Item") or {}))
+            old = from_wire(old_item(exc))
             raise LeaseLostError(
                 f"{holder}'s lease on {name} is {old.get(LEASE + holder, 0)}, not {held}"
             ) from exc
@@ -269,7 +265,7 @@ class EndpointStore:
                 ExpressionAttributeValues=to_wire({":zero": 0}),
             )
         except ClientError as exc:
-            if not _conditional_failure(exc):
+            if not condition_failed(exc):
                 raise
 
     def take_probe(self, name: str, open_until: float, now: float | None = None) -> bool:
@@ -284,7 +280,7 @@ class EndpointStore:
                 ExpressionAttributeValues=to_wire({":now": now, ":open_until": open_until}),
             )
         except ClientError as exc:
-            if not _conditional_failure(exc):
+            if not condition_failed(exc):
                 raise
             return False
         return True

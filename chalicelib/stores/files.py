@@ -15,7 +15,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
-from chalicelib.stores.dynamo import dynamo, plain
+from chalicelib.stores.dynamo import condition_failed, dynamo, plain
 
 
 class FileIdTakenError(StoreError):
@@ -43,7 +43,7 @@ class FileStore:
                 Item=dynamo(record), ConditionExpression="attribute_not_exists(file_id)"
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            if condition_failed(exc):
                 raise FileIdTakenError(f"file {item['file_id']} exists") from exc
             raise
         return record
@@ -114,7 +114,7 @@ class FileStore:
                 ExpressionAttributeValues=dynamo({**values, ":s": status}),
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            if condition_failed(exc):
                 raise FileConflictError(f"file {file_id} is no longer {status}") from exc
             raise
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from chalicelib.limits import WINDOW_S, ItemUpdate, Outcome, Plan, corrections
+from chalicelib.stores.dynamo import condition_failed, old_item
 
 _DESERIALIZE = TypeDeserializer()
 _IO = ThreadPoolExecutor(8, thread_name_prefix="limits-io")
@@ -26,10 +27,6 @@ _IO = ThreadPoolExecutor(8, thread_name_prefix="limits-io")
 
 def _ints(item: dict[str, Any]) -> dict[str, int]:
     return {k: int(v) for k, v in item.items() if isinstance(v, Decimal | int)}
-
-
-def _conditional_failure(exc: ClientError) -> bool:
-    return exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
 
 
 class LimitStore:
@@ -70,7 +67,7 @@ class LimitStore:
                 )
             except ClientError as exc:
                 # Already zero: the counter was reset after its lease ran out.
-                if not _conditional_failure(exc):
+                if not condition_failed(exc):
                     raise
 
     def _apply(
@@ -95,12 +92,10 @@ class LimitStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not _conditional_failure(exc):
+            if not condition_failed(exc):
                 raise
-            # Wire format: the resource layer leaves it raw. The stubs' error response has no
-            # "Item" key; ReturnValuesOnConditionCheckFailure puts the old item there.
-            raw = cast("dict[str, Any]", exc.response.get("Item") or {})
-            old = _ints({k: _DESERIALIZE.deserialize(v) for k, v in raw.items()})
+            # Wire format: the resource layer leaves it raw.
+            old = _ints({k: _DESERIALIZE.deserialize(v) for k, v in old_item(exc).items()})
             if update.lease and may_reset and old.get("expires_at", 0) <= now:
                 return self._reset(update, now, old)
             return False, old
@@ -125,7 +120,7 @@ class LimitStore:
                 ExpressionAttributeValues=values,
             )
         except ClientError as exc:
-            if not _conditional_failure(exc):
+            if not condition_failed(exc):
                 raise
             # Another process reset it first: count ourselves in the normal way.
             return self._apply(update, now, may_reset=False)

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, cast
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
-from chalicelib.stores.dynamo import from_wire, to_wire
+from chalicelib.stores.dynamo import condition_failed, from_wire, old_item, to_wire
 
 TERMINAL = ("completed", "failed", "cancelled")
 PENDING_INDEX = "pending"
@@ -86,9 +86,9 @@ class RequestStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            if not condition_failed(exc):
                 raise
-            return from_wire(cast("dict[str, Any]", exc.response.get("Item") or {}))
+            return from_wire(old_item(exc))
         return None
 
     def get(self, request_id: str) -> dict[str, Any] | None:
@@ -287,11 +287,9 @@ class RequestStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            if not condition_failed(exc):
                 raise
-            # The stubs' error response has no "Item" key;
-            # ReturnValuesOnConditionCheckFailure puts the old item there.
-            old = cast("dict[str, Any] | None", exc.response.get("Item"))
+            old = old_item(exc)
             current = from_wire(old) if old else None
             state = current["status"] if current else "missing"
             raise RequestConflictError(f"request {request_id} is {state}", current) from exc

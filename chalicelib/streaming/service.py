@@ -3,8 +3,9 @@ streaming request, ``$disconnect`` forgets the connection.
 
 A ``$default`` message is ``{"action": "chat.completions" | "completions", "id": CLIENT_REF,
 "body": {…OpenAI request body…}}``. It goes through the REST route's checks (validation, model
-access, the model's ceiling, rate limits) and the same record + queue, with the connection and
-the client's reference on the record; the handler returns at once, and the answer travels as
+access, the model's ceiling, rate limits) and the same submit (``Gateway.submit``, with a
+``StreamTarget``: the connection and the client's reference on the record; ``open`` is the way
+in for a request already translated into a ``GatewayRequest``); the handler returns at once, and the answer travels as
 frames (``frames``): refusals from here, chunks from the HPC node through the relay, the final
 ``done`` or ``error`` from the poller once the result is stored. Many requests may be in flight
 on one connection.
@@ -33,23 +34,19 @@ from chalicelib import limits, metrics
 from chalicelib.auth import Principal, bearer_token
 from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.auth.sealed import SealError, seal, unseal
-from chalicelib.ceilings import check_max_tokens
 from chalicelib.errors import (
     AuthenticationError,
     BadRequestError,
     FirstError,
     UpstreamUnavailableError,
 )
-from chalicelib.gateway import Gateway, new_request_id
+from chalicelib.gateway import Gateway, StreamTarget
 from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 from chalicelib.protocol.common import GatewayRequest, load_json
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
-from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.connections import Connection, ConnectionStore
 from chalicelib.stores.limits import LimitStore
-from chalicelib.stores.queue import RequestQueue
-from chalicelib.stores.requests import RequestStore
 from chalicelib.stores.websocket import ConnectionGoneError, ConnectionPoster
 from chalicelib.streaming import frames
 
@@ -90,9 +87,6 @@ class StreamService:
         poster: ConnectionPoster,
         gateway: Gateway,
         registry: Registry,
-        requests: RequestStore,
-        queue: RequestQueue,
-        blobs: BlobStore,
         logger: Logger,
         limit_store: LimitStore | None = None,
         recorder: metrics.MetricsRecorder | None = None,
@@ -104,9 +98,6 @@ class StreamService:
         self._poster = poster
         self._gateway = gateway
         self._registry = registry
-        self._requests = requests
-        self._queue = queue
-        self._blobs = blobs
         self._log = logger
         self._limit_store = limit_store
         self.counts: Counter[str] = Counter()
@@ -145,7 +136,7 @@ class StreamService:
             principal = self._authenticate(connection_id, self._connections.get(connection_id))
             function, model = self._action(frame)
             req = parse_body(json.dumps(frame.get("body")).encode(), model)
-            request_id = self._open(principal, connection_id, ref, function, req)
+            request_id = self.open(principal, connection_id, ref, function, req)
         except FirstError as exc:
             self._refuse(connection_id, ref, exc)
             if isinstance(exc, AuthenticationError):
@@ -219,16 +210,19 @@ class StreamService:
             )
         return ACTIONS[str(action)]
 
-    def _open(
+    def open(
         self,
         principal: Principal,
         connection_id: str,
         ref: str | None,
         function: str,
         req: GatewayRequest,
+        *,
+        dialect: str | None = None,
     ) -> str:
+        """Check, admit and submit one streamed request (its answer goes to ``connection_id``
+        as frames carrying ``ref``); its id. Raises the error its refusal frame carries."""
         self._gateway.authorize(principal, req, function)
-        check_max_tokens(self._registry.model(req.model), req)
         stream_hold = self._stream_slot(principal)
         try:
             admission = self._gateway.admit(principal, req)
@@ -236,11 +230,15 @@ class StreamService:
             self._release(stream_hold)
             raise
         hold = {**(admission.hold or {}), **(stream_hold or {})} or None
-        try:
-            return self._enqueue(principal, connection_id, ref, function, req, hold)
-        except Exception:
-            self._release(hold)
-            raise
+        # The gateway gives ``hold`` back if the request cannot be submitted.
+        return self._gateway.submit(
+            principal,
+            function,
+            req,
+            hold,
+            stream=StreamTarget(connection_id, ref),
+            dialect=dialect,
+        )
 
     def _stream_slot(self, principal: Principal) -> dict[str, Any] | None:
         """Take one of the user's ``stream_max_per_user`` slots (429 when none is free); the
@@ -256,55 +254,6 @@ class StreamService:
     def _release(self, hold: dict[str, Any] | None) -> None:
         if hold is not None and self._limit_store is not None:
             self._limit_store.release(hold, 0)
-
-    def _enqueue(
-        self,
-        principal: Principal,
-        connection_id: str,
-        ref: str | None,
-        function: str,
-        req: GatewayRequest,
-        hold: dict[str, Any] | None,
-    ) -> str:
-        request_id = new_request_id()
-        item = {
-            "request_id": request_id,
-            "owner": principal.id,
-            "model": req.model,
-            "function": function,
-            # What makes the poller stream: the connection the frames go to, and the client's
-            # reference they carry.
-            "stream": {"connection_id": connection_id, **({"ref": ref} if ref else {})},
-            **({"limits": hold} if hold else {}),
-            **self._blobs.fields(
-                "payload",
-                dumps(req.engine_body()),
-                f"requests/{request_id}/payload.json",
-                self._s.inline_limit_bytes,
-            ),
-        }
-        # The record before the message: no reply listener waits here, so nothing is gained
-        # by racing them, and a poller never meets a message without its record.
-        self._requests.create(item)
-        try:
-            self._queue.send({"request_id": request_id})
-        except Exception as exc:
-            self._requests.fail(
-                request_id,
-                {
-                    "error": {
-                        "message": "The request could not be queued.",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "unavailable",
-                    },
-                    "status_code": 503,
-                },
-            )
-            raise UpstreamUnavailableError(
-                "The request could not be queued; try again.", request_id=request_id
-            ) from exc
-        return request_id
 
     def _refuse(self, connection_id: str, ref: str | None, exc: FirstError) -> None:
         self.counts[f"refused_{exc.STATUS_CODE}"] += 1

@@ -318,9 +318,6 @@ def test_a_globus_token_gone_inactive_is_refused_on_its_open_websocket_connectio
         poster=poster,  # type: ignore[arg-type]
         gateway=api.gateway,
         registry=api.registry,
-        requests=api.requests,
-        queue=None,  # type: ignore[arg-type]  # nothing here gets as far as the queue
-        blobs=api.blobs,
         logger=Logger(service="test"),
     )
     t = token()

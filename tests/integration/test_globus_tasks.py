@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import responses
 
-from chalicelib.compute.executors import RemoteTaskError, TaskLostError, pack_task, submitted_bytes
+from chalicelib.compute.errors import RemoteTaskError, TaskLostError
 from chalicelib.compute.globus import GlobusTasks, SubmissionPacer
+from chalicelib.compute.sizes import pack_task, submitted_bytes
 from chalicelib.poller.worker import Poller
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT

@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib.compute.executors import remote_error
+from chalicelib.compute.errors import remote_error
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from chalicelib.auth import Principal
-from chalicelib.compute.executors import TaskLostError
+from chalicelib.compute.errors import TaskLostError
 from chalicelib.errors import FirstError
 from chalicelib.logs import get_logger
 from chalicelib.poller.worker import Poller

@@ -48,9 +48,6 @@ def stream_service(stage: str) -> tuple[Services, StreamService, RecordingPoster
         poster=poster,  # type: ignore[arg-type]
         gateway=services.gateway,
         registry=services.registry,
-        requests=services.requests,
-        queue=services.interactive_queue,
-        blobs=services.blobs,
         logger=Logger(service="test"),
         limit_store=services.limit_store,
     )

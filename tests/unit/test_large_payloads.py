@@ -18,19 +18,22 @@ from typing import Any
 import pytest
 from globus_compute_sdk.sdk.batch import Batch, create_user_runtime
 
-from chalicelib.compute.executors import (
-    SUBMIT_ENVELOPE_BYTES,
+from chalicelib.compute.errors import (
+    EndpointFailedError,
     RemoteTaskError,
     ResultTooLargeError,
     TaskTooLargeError,
     TransferFailedError,
-    check_submission,
-    pack_task,
     remote_error,
-    submitted_bytes,
 )
 from chalicelib.compute.globus import _Submission, take_batch
-from chalicelib.errors import UpstreamUnavailableError
+from chalicelib.compute.sizes import (
+    SUBMIT_ENVELOPE_BYTES,
+    check_submission,
+    pack_task,
+    submitted_bytes,
+)
+from chalicelib.errors import FirstError
 from chalicelib.poller import planning
 from chalicelib.settings import Settings
 from chalicelib.streaming.tokens import mint_for
@@ -145,7 +148,8 @@ def test_a_node_that_could_not_use_its_url_is_the_endpoints_failure() -> None:
         "hpc_functions.offload.PresignedUrlError: could not fetch the request body: 503\n"
     )
     exc = remote_error(text)
-    assert isinstance(exc, TransferFailedError) and isinstance(exc, UpstreamUnavailableError)
+    assert isinstance(exc, TransferFailedError) and isinstance(exc, EndpointFailedError)
+    assert not isinstance(exc, FirstError)  # the poller translates it, never a client
     assert (
         str(exc) == "hpc_functions.offload.PresignedUrlError: could not fetch the request body: 503"
     )

@@ -96,3 +96,27 @@ def test_the_record_a_message_carries_is_read_and_a_message_of_only_an_id_has_no
     assert planning.record_of(message({"request_id": "req_1"})) is None
     assert planning.record_of(message({"request_id": "req_1", "record": "x"})) is None
     assert planning.record_of(message("not json")) is None
+
+
+def test_the_compute_adapters_errors_are_translated_in_one_place() -> None:
+    from chalicelib.compute import errors as compute
+
+    too_large = planning.compute_failure("req_1", compute.TaskTooLargeError(9_000_000, 5_000_000))
+    assert too_large is not None and too_large["status_code"] == 413
+    assert too_large["error"]["code"] == "request_too_large"
+    result = planning.compute_failure(
+        "req_1", compute.ResultTooLargeError("Task result of 9B exceeded current limit of 5B")
+    )
+    assert result is not None and result["status_code"] == 500
+    assert result["error"]["code"] == "result_too_large"
+    raised = planning.compute_failure("req_1", compute.RemoteTaskError("ValueError: no"))
+    assert raised is not None and raised["error"]["code"] == "engine_error"
+    assert "ValueError: no" in raised["error"]["message"]
+    # The endpoint's own failures are no failure of the request: the poller fails over.
+    for exc in (
+        compute.TaskLostError("worker lost"),
+        compute.TransferFailedError("PresignedUrlError: 503"),
+        compute.TaskTimeoutError("late"),
+        compute.EndpointUnreachableError("refused"),
+    ):
+        assert planning.compute_failure("req_1", exc) is None

@@ -3,7 +3,7 @@
 import pytest
 
 from chalicelib import router
-from chalicelib.errors import ModelNotFoundError
+from chalicelib.errors import FirstError
 from chalicelib.registry import Endpoint, ModelDeployment
 from chalicelib.router import CircuitPolicy, EndpointStatus
 
@@ -88,9 +88,10 @@ def test_model_status_is_its_warmest_deployment_and_unavailable_when_down() -> N
     assert router.overall_status([]) == router.UNAVAILABLE
 
 
-def test_no_candidate_is_model_not_found() -> None:
-    with pytest.raises(ModelNotFoundError):
+def test_no_candidate_is_the_routers_own_error_not_an_http_one() -> None:
+    with pytest.raises(router.NoDeploymentError) as raised:
         router.rank([], {}, NOW)
+    assert not isinstance(raised.value, FirstError)
 
 
 WARMING_POLICY = CircuitPolicy(warm_timeout_s=600.0, start_estimate_s=60.0)
