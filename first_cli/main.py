@@ -22,11 +22,11 @@ import json
 import sys
 
 from chalicelib.errors import FirstError
-from chalicelib.services import Services
+from chalicelib.root import Root
 from first_cli.user import UserTokens, user_tokens
 
 
-def _keys_create(args: argparse.Namespace, services: Services) -> int:
+def _keys_create(args: argparse.Namespace, services: Root) -> int:
     key = services.keys.create(
         args.user,
         kind="service" if args.service else "user",
@@ -37,34 +37,34 @@ def _keys_create(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
-def _user_tokens(services: Services) -> UserTokens:
+def _user_tokens(services: Root) -> UserTokens:
     s = services.settings
     return user_tokens(s.globus_native_client_id, s.globus_scope)
 
 
-def _login(args: argparse.Namespace, services: Services) -> int:
+def _login(args: argparse.Namespace, services: Root) -> int:
     tokens = _user_tokens(services)
     tokens.login()
     print(f"Logged in; tokens kept in {tokens.path}", file=sys.stderr)
     return 0
 
 
-def _token(args: argparse.Namespace, services: Services) -> int:
+def _token(args: argparse.Namespace, services: Root) -> int:
     print(_user_tokens(services).token())
     return 0
 
 
-def _logout(args: argparse.Namespace, services: Services) -> int:
+def _logout(args: argparse.Namespace, services: Root) -> int:
     _user_tokens(services).logout()
     return 0
 
 
-def _keys_revoke(args: argparse.Namespace, services: Services) -> int:
+def _keys_revoke(args: argparse.Namespace, services: Root) -> int:
     services.keys.revoke(args.hash)
     return 0
 
 
-def _resources_deploy(args: argparse.Namespace, services: Services) -> int:
+def _resources_deploy(args: argparse.Namespace, services: Root) -> int:
     from offline.resources import deploy
 
     outputs = deploy(
@@ -77,7 +77,7 @@ def _resources_deploy(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
-def _functions_register(args: argparse.Namespace, services: Services) -> int:
+def _functions_register(args: argparse.Namespace, services: Root) -> int:
     from globus_compute_sdk import Client
 
     from chalicelib.registry import Registry
@@ -102,7 +102,7 @@ def _functions_register(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
-def _local_endpoint(args: argparse.Namespace, services: Services) -> int:
+def _local_endpoint(args: argparse.Namespace, services: Root) -> int:
     from first_cli.local import StackControlError, endpoint
 
     try:
@@ -113,7 +113,7 @@ def _local_endpoint(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
-def _proxy(args: argparse.Namespace, services: Services) -> int:
+def _proxy(args: argparse.Namespace, services: Root) -> int:
     import os
 
     from first_cli.proxy import serve
@@ -127,7 +127,7 @@ def _proxy(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
-def _batch(args: argparse.Namespace, services: Services) -> int:
+def _batch(args: argparse.Namespace, services: Root) -> int:
     from first_cli.batch import run
 
     return run(args.action, vars(args))
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = getattr(args, "stage_override", None) or args.stage
     settings = Settings(stage=stage) if stage else Settings()
     try:
-        return int(args.run(args, Services(settings)))
+        return int(args.run(args, Root(settings)))
     except FirstError as exc:
         print(f"first: {exc.message}", file=sys.stderr)
         return 1

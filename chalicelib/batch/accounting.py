@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from chalicelib import metrics
-from chalicelib.poller.accounting import Accounting
+from chalicelib.consumer.accounting import Accounting
 from chalicelib.protocol.batches import ENDPOINTS
 from chalicelib.stores.usage import Usage
 

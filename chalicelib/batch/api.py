@@ -9,17 +9,17 @@ served by a redirect to a presigned GET.
 
 from __future__ import annotations
 
-import json
 import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
 from chalicelib.auth import Principal
 from chalicelib.batch.multipart import field_text, parse_form
+from chalicelib.batch.records import principal_fields
 from chalicelib.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from chalicelib.logs import get_logger
 from chalicelib.metrics import MetricsRecorder, handled_errors
@@ -337,29 +337,3 @@ class BatchApi:
                 f"Batch {batch_id} cannot be cancelled: it is {state}.", param="batch_id"
             ) from None
         return batch_object(record)
-
-
-def principal_fields(principal: Principal) -> dict[str, Any]:
-    """What the worker needs of the caller to apply the models' access rules later."""
-    return {
-        "id": principal.id,
-        "username": principal.username,
-        "kind": principal.kind,
-        "idp_domain": principal.idp_domain,
-        "groups": sorted(principal.groups),
-    }
-
-
-def principal_from(fields: dict[str, Any]) -> Principal:
-    kind: Literal["user", "service"] = "service" if fields.get("kind") == "service" else "user"
-    return Principal(
-        id=str(fields["id"]),
-        username=str(fields.get("username") or fields["id"]),
-        kind=kind,
-        idp_domain=fields.get("idp_domain"),
-        groups=frozenset(fields.get("groups") or ()),
-    )
-
-
-def dumps_line(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"

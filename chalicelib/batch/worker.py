@@ -45,16 +45,16 @@ from typing import Any, NamedTuple
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import router
+from chalicelib import placement, router
 from chalicelib.access import may_use
 from chalicelib.auth import Principal
 from chalicelib.auth.apikeys import user_principal
 from chalicelib.batch.accounting import BatchAccounting
-from chalicelib.batch.api import dumps_line, principal_fields, principal_from
 from chalicelib.batch.drop import DropObject, drop_objects, sequence_key
+from chalicelib.batch.records import dumps_line, principal_fields, principal_from
 from chalicelib.ceilings import check_max_tokens
 from chalicelib.compute.executors import ExecutorPool
-from chalicelib.poller.leases import Leases
+from chalicelib.consumer.loop import Consumer
 from chalicelib.protocol.batches import COMPLETION_WINDOW_S, ENDPOINTS, LineChecker, batch_object
 from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
@@ -84,10 +84,6 @@ class ShardRun(NamedTuple):
     failed: int
     endpoint: str | None = None
     result: dict[str, Any] | None = None
-
-
-class WorkerStopped(Exception):
-    """Raised by the signal handler to cut an idle long-poll short (see ``main``)."""
 
 
 class Interrupted(Exception):
@@ -133,15 +129,23 @@ class BatchWorker:
         self._policy = policy or router.CircuitPolicy()
         self._statuses: dict[str, router.EndpointStatus] = {}
         self._shards = ThreadPoolExecutor(max(1, settings.batch_max_inflight_shards), "shard")
-        self._pool = ThreadPoolExecutor(MAX_BATCHES, "batch")
-        self._active = 0
         self._inflight: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._leases = Leases(queue, settings.batch_visibility_timeout_s, logger)
-        self.stopping = threading.Event()
-        self.receiving = False
         # Failures that were handled (retried, logged): what an operator counts.
         self.counts: Counter[str] = Counter()
+        self.consumer = Consumer(
+            queue,
+            self._handle_message,
+            logger=logger,
+            counts=self.counts,
+            max_inflight=MAX_BATCHES,
+            wait_time_s=settings.poller_wait_time_s,
+            lease_s=settings.batch_visibility_timeout_s,
+            full_wait_s=0.05,
+            error_kind="batch_errors",
+            thread_name="batch",
+        )
+        self.stopping = self.consumer.stopping
         # Metrics and usage records of counted shards (main.py starts and closes it).
         self.accounting = accounting
 
@@ -149,53 +153,23 @@ class BatchWorker:
 
     def run(self) -> None:
         self._log.info("batch worker started", extra={"queue": self._queue.url})
-        while not self.stopping.is_set():
-            with self._lock:
-                free = MAX_BATCHES - self._active
-            if free <= 0:
-                time.sleep(0.05)
-                continue
-            try:
-                self.receiving = True
-                messages = self._queue.receive(
-                    free, self._s.poller_wait_time_s, self._s.batch_visibility_timeout_s
-                )
-            except WorkerStopped:
-                break
-            except Exception:  # noqa: BLE001 - AWS hiccup: log, back off, keep polling
-                self.counts["receive_errors"] += 1
-                self._log.exception("receive failed")
-                self.stopping.wait(1.0)
-                continue
-            finally:
-                self.receiving = False
-            for message in messages:
-                with self._lock:
-                    self._active += 1
-                self._leases.hold(message["ReceiptHandle"])
-                self._pool.submit(self._handle_guarded, message)
-        self._pool.shutdown(wait=True)
+        self.consumer.run()
         self._shards.shutdown(wait=True)
-        self._leases.close()
         self._executors.shutdown()
 
-    def _handle_guarded(self, message: dict[str, Any]) -> None:
-        receipt = message["ReceiptHandle"]
+    def _handle_message(self, message: dict[str, Any]) -> None:
+        """Delete the message once its batch is final; an exception leaves it for redelivery
+        (the batch resumes from its record)."""
         try:
             self.handle(message)
         except Interrupted as exc:
             self._log.info(
                 "stopping mid-batch; it resumes on redelivery", extra={"batch": str(exc)}
             )
-        except Exception:  # noqa: BLE001 - left for redelivery: the batch resumes from its record
-            self.counts["batch_errors"] += 1
-            self._log.exception("batch message failed; it will be redelivered")
-        else:
-            self._queue.client.delete_message(QueueUrl=self._queue.url, ReceiptHandle=receipt)
-        finally:
-            self._leases.release(receipt)
-            with self._lock:
-                self._active -= 1
+            return
+        self._queue.client.delete_message(
+            QueueUrl=self._queue.url, ReceiptHandle=message["ReceiptHandle"]
+        )
 
     def handle(self, message: dict[str, Any]) -> None:
         body = json.loads(message["Body"])
@@ -467,7 +441,7 @@ class BatchWorker:
 
     @property
     def batches_running(self) -> int:
-        return self._active
+        return self.consumer.active
 
     def _run_task(self, record: dict[str, Any], n: int) -> ShardRun:
         """Run shard ``n`` (bounded tries): its (completed, failed) line counts."""
@@ -485,21 +459,14 @@ class BatchWorker:
         placed_on, first = (str(placed[0]), int(placed[1])) if placed else (None, 1)
         last: Exception | None = None
         for attempt in range(first, self._s.batch_shard_attempts + 1):
-            usable = self._usable(candidates)
-            while not usable:
-                # Every endpoint offline or its circuit open: wait, spending no try (24 h window).
-                if self.stopping.wait(self._policy.cooldown_s / 3):
-                    raise Interrupted(batch_id)
-                if time.time() > float(record["expires_at"]):
-                    return ShardRun(
-                        0, self._fail_shard(batch_id, n, "no endpoint was usable in time")
-                    )
-                usable = self._usable(candidates)
             prefer = placed_on if attempt == first else None
+            step = self._plan(record, candidates, prefer)
+            if isinstance(step, placement.Fail):
+                return ShardRun(0, self._fail_shard(batch_id, n, "no endpoint was usable in time"))
             # The router's order (offline endpoints and open circuits skipped), then the
             # endpoint with the most spare batch capacity (this worker's own count) first.
             endpoint, deployment = min(
-                usable,
+                step.candidates,
                 key=lambda c: (
                     c[0].name != prefer,
                     self._inflight.get(c[0].name, 0) / max(1, c[0].max_inflight),
@@ -538,6 +505,25 @@ class BatchWorker:
                 with self._lock:
                     self._inflight[endpoint.name] -= 1
         return ShardRun(0, self._fail_shard(batch_id, n, f"{type(last).__name__}: {last}"))
+
+    def _plan(
+        self, record: dict[str, Any], candidates: list[router.Candidate], prefer: str | None
+    ) -> placement.Try | placement.Fail:
+        """Where a shard's try may go (``placement.plan``): while every endpoint is offline or
+        its circuit open, wait, spending no try, until the batch's window ends."""
+        while True:
+            step = placement.plan(
+                self._usable(candidates),
+                model=record["model"],
+                failed_on={},  # a shard's next try may go back to the endpoint that failed it
+                held=prefer,
+                now_s=time.time(),
+                online_wait_until_s=float(record["expires_at"]),
+            )
+            if not isinstance(step, placement.Wait):
+                return step
+            if self.stopping.wait(self._policy.cooldown_s / 3):
+                raise Interrupted(record["batch_id"])
 
     def _usable(self, candidates: list[router.Candidate]) -> list[router.Candidate]:
         """The candidates the router would use now, best first (shared status, one Scan)."""

@@ -21,17 +21,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import limits, router
+from chalicelib import limits, placement, router
 from chalicelib.compute.errors import (
     ComputeError,
     ResultTooLargeError,
@@ -39,12 +38,12 @@ from chalicelib.compute.errors import (
     TaskTooLargeError,
 )
 from chalicelib.compute.executors import Attachable, ExecutorPool
+from chalicelib.consumer.accounting import Accounting
+from chalicelib.consumer.loop import Consumer
 from chalicelib.poller import planning
-from chalicelib.poller.accounting import Accounting
 from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.capacity import Capacity
 from chalicelib.poller.fairness import FairGate
-from chalicelib.poller.leases import Leases
 from chalicelib.poller.warming import Warmer
 from chalicelib.registry import Endpoint, ModelDeployment, Registry
 from chalicelib.router import COLD, CircuitPolicy, EndpointStatus
@@ -72,8 +71,24 @@ class NoEndpointError(Exception):
     """No endpoint could take the request now; it is retried after a backoff."""
 
 
-class PollerStopped(Exception):
-    """Raised by the signal handler to cut an idle long-poll short (see ``main``)."""
+@dataclass
+class _Run:
+    """What ``Poller._run`` has learnt of one request so far (the loop's state)."""
+
+    request_id: str
+    # The queued record the message carries (the API wrote none): the claim writes it.
+    carried: dict[str, Any] | None
+    # The record once claimed, and the task's fields that carry its body (inline, or a
+    # presigned GET), made once claimed.
+    record: dict[str, Any] | None = None
+    body: dict[str, Any] | None = None
+    # Where the request goes back to (a dead predecessor's task is there, keyed by request id),
+    # and the endpoint its record names; the predecessor's task id (Globus Compute) to attach.
+    held: str | None = None
+    recorded: str | None = None
+    attach: str | None = None
+    # The endpoints that failed it (name → error type): not tried again.
+    failed_on: dict[str, str] = field(default_factory=dict)
 
 
 class Poller:
@@ -116,16 +131,25 @@ class Poller:
         self._streams = streams
         # Metrics and usage records of finished requests (main.py starts and closes it).
         self.accounting = accounting
-        self._active = 0
-        self._workers = ThreadPoolExecutor(settings.poller_max_inflight, "poller")
-        self._lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.receiving = False
         # Failures that were handled (retried, logged): what an operator counts.
         self.counts: Counter[str] = Counter()
+        self.consumer = Consumer(
+            queue,
+            self.handle,
+            logger=logger,
+            counts=self.counts,
+            max_inflight=settings.poller_max_inflight,
+            wait_time_s=settings.poller_wait_time_s,
+            lease_s=settings.poller_visibility_timeout_s,
+            full_wait_s=0.005,
+            error_kind="unexpected_errors",
+            thread_name="poller",
+            before_receive=self._gather,
+        )
+        self.stopping = self.consumer.stopping
+        self._leases = self.consumer.leases
         # Done messages are deleted in batches, off the request's critical path.
         self._deleter = BatchDeleter(queue.client, queue.url, max_delay_s=1.0)
-        self._leases = Leases(queue, settings.poller_visibility_timeout_s, logger)
         # Warm-ups: asked for by the API, or for a cold deployment a request is routed to.
         self.warmer = Warmer(executors, endpoints, logger)
         # Endpoint slots this poller leases from the shared capacity (``capacity``).
@@ -142,65 +166,27 @@ class Poller:
         self._log.info("poller started", extra={"queue": self._queue.url})
         self._board.start()
         self._capacity.start()
-        while not self.stopping.is_set():
-            free = self._free_slots()
-            if free == 0:
-                time.sleep(0.005)
-                continue
-            if self._gate.waiting():
-                # Requests already wait for endpoint slots: new ones could not start sooner,
-                # so let several gather and receive them in one call.
-                self.stopping.wait(self._s.poller_share_wait_s)
-            try:
-                self.receiving = True
-                messages = self._queue.receive(
-                    free, self._s.poller_wait_time_s, self._s.poller_visibility_timeout_s
-                )
-            except PollerStopped:
-                break  # interrupted mid long-poll: nothing was received
-            except Exception:  # noqa: BLE001 - AWS hiccup: log, back off, keep polling
-                self.counts["receive_errors"] += 1
-                self._log.exception("receive failed")
-                self.stopping.wait(1.0)
-                continue
-            finally:
-                self.receiving = False
-            for message in messages:
-                with self._lock:
-                    self._active += 1
-                self._leases.hold(message["ReceiptHandle"])
-                self._workers.submit(self._handle_guarded, message)
-        self._workers.shutdown(wait=True)
+        self.consumer.run()
         self._capacity.close()
         self._board.close()
-        self._leases.close()
         self._deleter.close()
         self._executors.shutdown()
+
+    def _gather(self) -> None:
+        if self._gate.waiting():
+            # Requests already wait for endpoint slots: new ones could not start sooner, so
+            # let several gather and receive them in one call.
+            self.stopping.wait(self._s.poller_share_wait_s)
 
     @property
     def inflight(self) -> int:
         """Requests this poller holds (running, or waiting for a slot)."""
-        return self._active
+        return self.consumer.active
 
     @property
     def waiting_for_slots(self) -> int:
         """Requests this poller holds that wait in its fair line for an endpoint slot."""
         return self._gate.waiting()
-
-    def _free_slots(self) -> int:
-        with self._lock:
-            return max(0, self._s.poller_max_inflight - self._active)
-
-    def _handle_guarded(self, message: dict[str, Any]) -> None:
-        try:
-            self.handle(message)
-        except Exception:  # noqa: BLE001 - one bad message must not stop the poller
-            self.counts["unexpected_errors"] += 1
-            self._log.exception("unexpected poller error")
-        finally:
-            self._leases.release(message["ReceiptHandle"])
-            with self._lock:
-                self._active -= 1
 
     def handle(self, message: dict[str, Any]) -> None:
         receipt = message["ReceiptHandle"]
@@ -341,17 +327,9 @@ class Poller:
         noted in the same write (``slot``); its slot goes back as soon as its task is done.
         """
         candidates = self._registry.candidates(hints.model, hints.function)
-        record: dict[str, Any] | None = None
-        # The task's fields that carry the body (inline, or a presigned GET): made once claimed.
-        body: dict[str, Any] | None = None
-        # Where the request goes back to (a dead predecessor's task is there, keyed by request
-        # id), and what the record names; the predecessor's task id (Globus Compute) to attach.
-        held: str | None = None
-        recorded: str | None = None
-        attach: str | None = None
-        failed_on: dict[str, str] = {}
+        run = _Run(request_id, carried)
         deadline = time.monotonic() + self._s.poller_slot_wait_s
-        offline_until = time.monotonic() + self._s.poller_offline_wait_s
+        online_wait_until = time.monotonic() + self._s.poller_offline_wait_s
         waited_offline = False
         with self._gate.line(hints.owner) as place:
             while True:
@@ -359,15 +337,21 @@ class Poller:
                     self._check(deadline)
                     continue
                 statuses = self._capacity.view(self._board.statuses())
-                ranked = [
-                    c
-                    for c in router.rank(candidates, statuses, time.time(), self._policy)
-                    if c[0].name not in failed_on
-                ]
-                ranked.sort(key=lambda c: c[0].name != held)
-                if not ranked and not failed_on and time.monotonic() < offline_until:
-                    # Nothing serving the model is online (the stack starting, an endpoint
-                    # restarting): wait a little for one, aside so other models' requests go.
+                # The router's ranking of where the request may run, best first.
+                ranked = router.rank(candidates, statuses, time.time(), self._policy)
+                step = placement.plan(
+                    ranked,
+                    model=hints.model,
+                    failed_on=run.failed_on,
+                    held=run.held,
+                    now_s=time.monotonic(),
+                    online_wait_until_s=online_wait_until,
+                )
+                if isinstance(step, placement.Fail):
+                    raise NoEndpointError(step.reason)
+                if isinstance(step, placement.Wait):
+                    # Nothing serving the model is online: wait a little for one, aside so
+                    # other models' requests go.
                     if not waited_offline:
                         self.counts["offline_waits"] += 1  # requests, not wait rounds
                         waited_offline = True
@@ -375,16 +359,14 @@ class Poller:
                     self._board.wait_for_change(0.5)
                     place.back_in_line()
                     continue
-                if not ranked:
-                    raise NoEndpointError(
-                        f"no endpoint can run {hints.model} now (offline, circuit open, or"
-                        f" failed: {failed_on})"
-                    )
-                chosen = None
-                for endpoint, deployment in ranked:
-                    if self._enter(endpoint, statuses.get(endpoint.name), held):
-                        chosen = (endpoint, deployment)
-                        break
+                chosen = next(
+                    (
+                        c
+                        for c in step.candidates
+                        if self._enter(c[0], statuses.get(c[0].name), run.held)
+                    ),
+                    None,
+                )
                 if chosen is None:
                     # Every usable endpoint is at capacity: wait for a slot here, first in
                     # line, the message kept invisible by the heartbeat.
@@ -392,37 +374,10 @@ class Poller:
                     self._capacity.wait(0.25)
                     continue
                 endpoint, deployment = chosen
-                try:
-                    if record is None:
-                        started = time.perf_counter()
-                        record = self._claim(request_id, endpoint.name, carried)
-                        claimed.update(record)
-                        log.update(
-                            model=record.get("model"),
-                            owner=record.get("owner"),
-                            attempt=record["attempt"],
-                            # Where a request's time goes, without any text of it.
-                            queued_ms=round((time.time() - float(record["created_at"])) * 1000, 1),
-                            claim_ms=round((time.perf_counter() - started) * 1000, 1),
-                        )
-                        recorded = record.get("slot")
-                        task = record.get("task") or {}
-                        attach = str(task["id"]) if task.get("endpoint") == recorded else None
-                        if recorded != endpoint.name:
-                            # Re-claimed from a poller that died: it goes back to the endpoint
-                            # it was running on, where its task still is (it attaches).
-                            held = recorded
-                            self._capacity.give(endpoint.name)
-                            continue
-                    elif recorded != endpoint.name:
-                        self._requests.move_slot(request_id, recorded, endpoint.name)
-                        recorded, attach = endpoint.name, None
-                    if body is None:
-                        body = self._task_body(request_id, record)
-                except BaseException:
-                    self._capacity.give(endpoint.name)
-                    raise
-                held = endpoint.name
+                claim = self._claim_on(endpoint.name, run, log, claimed)
+                if claim is None:
+                    continue  # held elsewhere: planned again, that endpoint first
+                record, body = claim
                 place.start()
                 known = statuses.get(endpoint.name)
                 now = time.time()
@@ -430,26 +385,67 @@ class Poller:
                     # The request waits for the load either way; the warm-up makes every
                     # worker load it and shows the deployment starting to everyone.
                     self.warmer.start(endpoint, deployment)
-                task_id, attach = attach, None
+                task_id, run.attach = run.attach, None
                 try:
                     status, fields, response = self._run_on(
                         request_id, record, endpoint, deployment, body, task_id
                     )
                 except Exception as exc:  # noqa: BLE001 - the endpoint's failure: fail over
                     self._capacity.give(endpoint.name)
-                    held = None
+                    run.held = None
                     self._endpoint_failed(endpoint.name, request_id, exc)
-                    failed_on[endpoint.name] = type(exc).__name__
+                    run.failed_on[endpoint.name] = type(exc).__name__
                     place.back_in_line()
                     continue
                 self._capacity.give(endpoint.name)
                 self._endpoint_ok(endpoint.name)
                 return status, fields, response, record, endpoint.name
 
+    def _claim_on(
+        self, name: str, run: _Run, log: dict[str, Any], claimed: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """With a slot on endpoint ``name``: claim the request there (the first time) or move
+        its slot there, and make its task's body fields; the record and the body. None when
+        the claim finds the request held on another endpoint (re-claimed from a poller that
+        died: it goes back to where its task still is, and attaches): the slot is given back
+        and ``run.held`` names that endpoint."""
+        try:
+            if run.record is None:
+                started = time.perf_counter()
+                record = self._claim(run.request_id, name, run.carried)
+                run.record = record
+                claimed.update(record)
+                log.update(
+                    model=record.get("model"),
+                    owner=record.get("owner"),
+                    attempt=record["attempt"],
+                    # Where a request's time goes, without any text of it.
+                    queued_ms=round((time.time() - float(record["created_at"])) * 1000, 1),
+                    claim_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+                run.recorded = record.get("slot")
+                task = record.get("task") or {}
+                run.attach = str(task["id"]) if task.get("endpoint") == run.recorded else None
+                if run.recorded != name:
+                    run.held = run.recorded
+                    self._capacity.give(name)
+                    return None
+            elif run.recorded != name:
+                self._requests.move_slot(run.request_id, run.recorded, name)
+                run.recorded, run.attach = name, None
+            if run.body is None:
+                run.body = self._task_body(run.request_id, run.record)
+        except BaseException:
+            self._capacity.give(name)
+            raise
+        run.held = name
+        return run.record, run.body
+
     @staticmethod
     def _check(deadline: float) -> None:
-        if time.monotonic() > deadline:
-            raise NoEndpointError("every endpoint serving the model stayed full")
+        step = placement.slot_wait(now_s=time.monotonic(), deadline_s=deadline)
+        if isinstance(step, placement.Fail):
+            raise NoEndpointError(step.reason)
 
     def _enter(self, endpoint: Endpoint, status: EndpointStatus | None, held: str | None) -> bool:
         """A slot on ``endpoint`` for the request (where its task already runs: whether the

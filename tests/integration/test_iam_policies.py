@@ -42,15 +42,15 @@ from websockets.sync.client import connect
 from chalicelib.auth.cache import IntrospectionCache
 from chalicelib.auth.principal import Principal
 from chalicelib.compute.executors import ExecutorPool
+from chalicelib.consumer.accounting import Accounting
+from chalicelib.consumer.leases import Leases
 from chalicelib.errors import FirstError
 from chalicelib.fleet import require_operator
 from chalicelib.logs import get_logger
 from chalicelib.metrics import MetricsRecorder
 from chalicelib.poller import planning
-from chalicelib.poller.accounting import Accounting
 from chalicelib.poller.board import Health, StatusBoard
-from chalicelib.poller.leases import Leases
-from chalicelib.poller.main import start_accounting
+from chalicelib.poller.root import start_accounting, stream_notifier
 from chalicelib.poller.worker import Poller
 from chalicelib.protocol import ChatCompletionRequest
 from chalicelib.registry import Endpoint
@@ -345,7 +345,7 @@ def api_streams_over_the_websocket(w: World) -> None:
     """$connect records the connection, $default reads it, admits and enqueues; the poller mints
     the capability and posts ``done``, the relay posts the HPC node's push; $disconnect forgets
     the connection. A bad message is refused with an error frame (posted by the API)."""
-    streams = w.poller.services.stream_notifier()
+    streams = stream_notifier(w.poller.services)
     assert streams is not None, "streaming is configured for both sides"
     poller = poller_of(w, StreamingExecutor(w.api.services.relay), streams)
     thread = threading.Thread(target=poller.run, daemon=True)

@@ -165,6 +165,65 @@ def test_the_code_that_runs_has_no_import_circles() -> None:
     assert not gone, f"allowed circles that no longer exist (remove them from ALLOWED): {gone}"
 
 
+# The API's own modules: its routes' path, its authenticators, its operator views. No other
+# process's root may load one (issue 18: each process builds only what it uses).
+API_ONLY = (
+    "app",
+    "chalicelib.services",
+    "chalicelib.gateway",
+    "chalicelib.fleet",
+    "chalicelib.dashboard",
+    "chalicelib.http",
+    "chalicelib.streaming.service",
+    "chalicelib.streaming.relay",
+    "chalicelib.batch.api",
+    "chalicelib.auth.chain",
+    "chalicelib.auth.globus",
+    "chalicelib.auth.policy",
+)
+# Of ``chalicelib.auth`` the poller loads only the ``Principal`` value type (the limits it
+# releases name one): no authenticator, no key check.
+POLLER_AUTH = {"chalicelib.auth", "chalicelib.auth.principal"}
+
+
+def reachable(graph: Graph, start: str) -> set[str]:
+    """Every module an import of ``start`` may load (function-level imports included)."""
+    seen = {start}
+    queue = deque([start])
+    while queue:
+        for w in graph.get(queue.popleft(), {}):
+            if w not in seen:
+                seen.add(w)
+                queue.append(w)
+    return seen
+
+
+def _api_only(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == a or m.startswith(f"{a}.") for a in API_ONLY))
+
+
+@pytest.mark.parametrize("root", ["chalicelib.poller.main", "chalicelib.batch.main"])
+def test_a_workers_root_loads_none_of_the_apis_modules(root: str) -> None:
+    graph = import_graph({**modules_under(ROOT, PACKAGES), "app": ROOT / "app.py"})
+    assert _api_only(reachable(graph, root)) == []
+
+
+def test_the_poller_loads_no_authenticator() -> None:
+    graph = import_graph(modules_under(ROOT, PACKAGES))
+    auth = {
+        m for m in reachable(graph, "chalicelib.poller.main") if m.startswith("chalicelib.auth")
+    }
+    assert auth <= POLLER_AUTH
+
+
+def test_the_apis_root_is_what_loads_them() -> None:
+    # The check above can fail: the API's own root reaches what it forbids.
+    graph = import_graph(modules_under(ROOT, PACKAGES))
+    assert {"chalicelib.gateway", "chalicelib.dashboard.data", "chalicelib.auth.chain"} <= set(
+        _api_only(reachable(graph, "chalicelib.services"))
+    )
+
+
 def _package(root: Path, files: dict[str, str]) -> Graph:
     for name, text in files.items():
         path = root / name

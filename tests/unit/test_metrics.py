@@ -9,11 +9,11 @@ from chalice.app import Response
 from chalice.test import Client
 
 from chalicelib import metrics
+from chalicelib.consumer.accounting import Accounting, handled_errors_gauge, usage_of
 from chalicelib.errors import AuthenticationError, RateLimitError, StreamGoneError
 from chalicelib.http import ThreadSafeChalice, openai_route
 from chalicelib.logs import get_logger
 from chalicelib.metrics import MetricsRecorder
-from chalicelib.poller.accounting import Accounting, handled_errors_gauge, usage_of
 from chalicelib.streaming.relay import Relay
 
 
