@@ -5,7 +5,7 @@
     ComputeError                    a task could not be run, or ran and failed
     ├── TaskTooLargeError           over the service's submission limit: the request's failure
     ├── RemoteTaskError             the function raised on the node: the request's failure
-    │   └── ResultTooLargeError     its result over the service's result limit: the request's
+    │   └── ResultTooLargeError     its result over the service's limit: the request's failure
     └── EndpointFailedError         the endpoint failed, not the request: run it elsewhere
         ├── EndpointUnreachableError    the (local) endpoint did not answer, or answered an error
         ├── TaskLostError               the endpoint lost the task with its worker

@@ -4,11 +4,11 @@ streaming request, ``$disconnect`` forgets the connection.
 A ``$default`` message is ``{"action": "chat.completions" | "completions", "id": CLIENT_REF,
 "body": {…OpenAI request body…}}``. It goes through the REST route's checks (validation, model
 access, the model's ceiling, rate limits) and the same submit (``Gateway.submit``, with a
-``StreamTarget``: the connection and the client's reference on the record; ``open`` is the way
-in for a request already translated into a ``GatewayRequest``); the handler returns at once, and the answer travels as
-frames (``frames``): refusals from here, chunks from the HPC node through the relay, the final
-``done`` or ``error`` from the poller once the result is stored. Many requests may be in flight
-on one connection.
+``StreamTarget``: the connection and the client's reference on the record); the handler returns
+at once, and the answer travels as frames (``frames``): refusals from here, chunks from the HPC
+node through the relay, the final ``done`` or ``error`` from the poller once the result is
+stored. Many requests may be in flight on one connection. ``open`` is the way in for a request
+another dialect's action has already translated into a ``GatewayRequest``.
 
 Each message is authenticated again, through the same authenticator and caches as a REST call
 (``$connect`` keeps the caller's token on the connection, sealed: ``chalicelib.auth.sealed``):
