@@ -20,6 +20,7 @@ from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.dashboard.data import Dashboard
 from chalicelib.fleet import Fleet
 from chalicelib.gateway import Gateway
+from chalicelib.images import ImageBounds, ImageResolver
 from chalicelib.limits import LimitsConfig
 from chalicelib.metrics import MetricsRecorder, usage_write_failed
 from chalicelib.registry import Registry
@@ -207,6 +208,14 @@ class Services:
             limits_config=self.limits,
             limit_store=self.limit_store if self.limits is not None else None,
             fleet=self.fleet,
+            images=self.images,
+        )
+
+    @cached_property
+    def images(self) -> ImageResolver:
+        """Image references in requests, checked and made data URLs (chalicelib/images.py)."""
+        return ImageResolver(
+            ImageBounds.from_settings(self.settings), self.file_store, self.objects
         )
 
     @cached_property

@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,20 @@ def _build_model(tokenizer: Any) -> Any:
 
 def build(out_dir: str | Path) -> Path:
     """Build the tiny model into ``out_dir`` unless a build of the same recipe is already there."""
-    out = Path(out_dir).resolve()
     tokenizer_file = _source_tokenizer_file()
-    stamp = _stamp(tokenizer_file)
+
+    def write(staging: Path) -> None:
+        tokenizer = _build_tokenizer(tokenizer_file)
+        model = _build_model(tokenizer)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+
+    return build_once(out_dir, _stamp(tokenizer_file), write)
+
+
+def build_once(out_dir: str | Path, stamp: str, write: Callable[[Path], None]) -> Path:
+    """``write`` a model into ``out_dir`` unless the build there has this ``stamp``."""
+    out = Path(out_dir).resolve()
     stamp_file = out / STAMP_NAME
     built = (out / "config.json").exists() and stamp_file.exists()
     if built and stamp_file.read_text().strip() == stamp:
@@ -126,10 +138,7 @@ def build(out_dir: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; other workers' users read the model too
     try:
-        tokenizer = _build_tokenizer(tokenizer_file)
-        model = _build_model(tokenizer)
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        write(staging)
         (staging / STAMP_NAME).write_text(stamp + "\n")
         if out.exists():
             shutil.rmtree(out)
