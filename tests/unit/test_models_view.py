@@ -51,6 +51,7 @@ def test_a_model_is_the_same_object_the_list_shows() -> None:
             "tools": True,
             "structured_outputs": True,
             "reasoning": False,
+            "vision": False,
             "context_length": 2048,
         },
     }
