@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import random
 import struct
 import zlib
@@ -15,8 +16,11 @@ import openai
 import pytest
 from openai import OpenAI
 from PIL import Image
+from websockets.exceptions import ConnectionClosed
 
+from offline.background import BackgroundStack
 from tests.e2e.conftest import TINY
+from tests.e2e.test_streaming import frames_until_done, text_of, ws_connect
 
 VISION = "first/tiny-vision"
 
@@ -73,10 +77,11 @@ def test_an_image_for_a_text_model_is_a_400_naming_the_part(client: OpenAI) -> N
     assert (error["param"], error["code"]) == ("messages[0].content[1]", "vision_not_supported")
 
 
-def noise(fmt: str) -> bytes:
+def noise(fmt: str, side: int = 96) -> bytes:
     """An image that compresses badly: cut in half, the cut is in its pixel data."""
     out = io.BytesIO()
-    Image.frombytes("RGB", (96, 96), random.Random(0).randbytes(96 * 96 * 3)).save(out, fmt)
+    pixels = random.Random(0).randbytes(side * side * 3)
+    Image.frombytes("RGB", (side, side), pixels).save(out, fmt)
     return out.getvalue()
 
 
@@ -106,3 +111,28 @@ def test_hostile_images_are_400s_and_the_model_still_answers(client: OpenAI, nam
     assert str(error["param"]).startswith("messages[0].content[1]")
     # No worker died on it: the next image is answered.
     assert ask(client, VISION, data_url(image_bytes())).choices[0].message.content is not None
+
+
+def test_over_the_websocket_a_large_image_goes_as_a_file_id(
+    stack: BackgroundStack, client: OpenAI
+) -> None:
+    large = noise("PNG", 256)  # ~197 KB: as a data URL, over the 128 KB message limit
+    content = [{"type": "text", "text": "Describe"}]
+    frame = {"action": "chat.completions", "id": "v", "body": {"model": VISION, "max_tokens": 4}}
+
+    def message(url: str) -> str:
+        image = {"type": "image_url", "image_url": {"url": url}}
+        body = {**frame["body"], "messages": [{"role": "user", "content": [*content, image]}]}
+        return json.dumps({**frame, "body": body})
+
+    with ws_connect(stack) as ws:
+        ws.send(message(data_url(large)))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+    uploaded = client.files.create(file=("large.png", large), purpose="vision")
+    with ws_connect(stack) as ws:
+        ws.send(message(uploaded.id))
+        frames = frames_until_done(ws, "v")
+    assert frames[-1]["type"] == "done", frames[-1]
+    assert frames[-1]["usage"]["prompt_tokens"] > 16 and text_of(frames)
