@@ -117,13 +117,18 @@ def test_over_the_websocket_a_large_image_goes_as_a_file_id(
     stack: BackgroundStack, client: OpenAI
 ) -> None:
     large = noise("PNG", 256)  # ~197 KB: as a data URL, over the 128 KB message limit
-    content = [{"type": "text", "text": "Describe"}]
-    frame = {"action": "chat.completions", "id": "v", "body": {"model": VISION, "max_tokens": 4}}
 
     def message(url: str) -> str:
-        image = {"type": "image_url", "image_url": {"url": url}}
-        body = {**frame["body"], "messages": [{"role": "user", "content": [*content, image]}]}
-        return json.dumps({**frame, "body": body})
+        content = [
+            {"type": "text", "text": "Describe"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ]
+        body = {
+            "model": VISION,
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": content}],
+        }
+        return json.dumps({"action": "chat.completions", "id": "v", "body": body})
 
     with ws_connect(stack) as ws:
         ws.send(message(data_url(large)))

@@ -33,7 +33,7 @@ def png(size: tuple[int, int] = (8, 8)) -> bytes:
 
 
 def chat(model: str, *images: dict[str, Any]) -> ChatCompletionRequest:
-    parts = [{"type": "text", "text": "count the cells"}]
+    parts: list[dict[str, Any]] = [{"type": "text", "text": "count the cells"}]
     parts += [{"type": "image_url", "image_url": image} for image in images]
     return ChatCompletionRequest.model_validate(
         {"model": model, "messages": [{"role": "user", "content": parts}]}

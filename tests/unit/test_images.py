@@ -8,6 +8,7 @@ import io
 import random
 import struct
 import zlib
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -169,7 +170,7 @@ def test_a_chat_request_names_each_image_part_and_asks_for_vision() -> None:
 
 
 def test_the_node_decodes_a_good_image_and_refuses_what_only_decoding_finds() -> None:
-    kwargs = {"max_pixels": BOUNDS.max_pixels, "formats": BOUNDS.formats}
+    kwargs: dict[str, Any] = {"max_pixels": BOUNDS.max_pixels, "formats": BOUNDS.formats}
     image = decode_image(data_url(image_bytes("JPEG", (40, 30)), "image/jpeg"), "p", **kwargs)
     assert (image.mode, image.size) == ("RGB", (40, 30))
 
