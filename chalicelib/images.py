@@ -33,6 +33,7 @@ import base64
 import binascii
 import io
 import re
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -219,16 +220,24 @@ def _bad(param: str, what: str, code: str = "image_too_large") -> BadRequestErro
     return BadRequestError(f"{param}: the image {what}.", param=param, code=code)
 
 
-def fetch_https(url: str, max_bytes: int) -> bytes:
-    """GET ``url`` (no redirects: one could leave the allow-list), at most ``max_bytes``."""
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx is then an HTTPError
 
-    class _NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None
 
-    opener = urllib.request.build_opener(_NoRedirect())
-    with opener.open(url, timeout=FETCH_TIMEOUT_S) as resp:
-        data: bytes = resp.read(max_bytes + 1)
+def fetch_https(url: str, max_bytes: int, *, context: ssl.SSLContext | None = None) -> bytes:
+    """GET ``url`` (no redirects: one could leave the allow-list), reading at most one byte
+    more than ``max_bytes`` (the check then refuses it). ``context``: the TLS trust (default:
+    the system's)."""
+    opener = urllib.request.build_opener(
+        _NoRedirect(), urllib.request.HTTPSHandler(context=context)
+    )
+    try:
+        with opener.open(url, timeout=FETCH_TIMEOUT_S) as resp:
+            data: bytes = resp.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection open otherwise
+        raise
     return data
 
 
