@@ -48,6 +48,7 @@ from chalicelib.errors import (
     error_from_result,
 )
 from chalicelib.fleet import Fleet, Warming
+from chalicelib.images import ImageResolver
 from chalicelib.models_view import model_object, retrieve_model
 from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
@@ -136,6 +137,7 @@ class Gateway:
         limits_config: limits.LimitsConfig | None = None,
         limit_store: LimitStore | None = None,
         fleet: Fleet | None = None,
+        images: ImageResolver | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -146,6 +148,7 @@ class Gateway:
         self._limits = limits_config
         self._limit_store = limit_store
         self._fleet = fleet
+        self._images = images
         # Records of submitted requests that only their queue message holds so far.
         self._unwritten: dict[str, dict[str, Any]] = {}
         self._unwritten_lock = threading.Lock()
@@ -214,9 +217,10 @@ class Gateway:
 
     def authorize(self, principal: Principal, req: GatewayRequest, function: str) -> None:
         """A model the caller may not use answers exactly like one that does not exist; one that
-        cannot do what the request asks for (tools, a JSON answer) or asks for more tokens than
-        its ceiling is a 400 naming the field. Before admission: the rate-limit estimate
-        multiplies max_tokens."""
+        cannot do what the request asks for (tools, a JSON answer, images) or asks for more
+        tokens than its ceiling is a 400 naming the field. Before admission: the rate-limit
+        estimate multiplies max_tokens. Images are then checked and made data URLs in ``req``
+        (``chalicelib.images``)."""
         model = req.model
         if not self._registry.candidates(model, function) or not may_use(
             principal, self._registry.access(model)
@@ -234,6 +238,12 @@ class Gateway:
                     code=f"{capability}_not_supported",
                 )
         check_max_tokens(self._registry.model(model), req)
+        images = req.image_parts()
+        if images:
+            if self._images is None:
+                raise BadRequestError("Images are not accepted here.", param=images[0][0])
+            # Each checked and made a data URL in the body the engine gets (chalicelib/images).
+            self._images.resolve_parts(principal, images)
 
     def admit(self, principal: Principal, req: GatewayRequest) -> Admission:
         """Count the request against the caller's and the model's limits, or raise 429."""

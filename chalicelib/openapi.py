@@ -116,7 +116,7 @@ _FILE_FORM = {
     "required": ["file", "purpose"],
     "properties": {
         "file": {"type": "string", "contentMediaType": "application/octet-stream"},
-        "purpose": {"type": "string", "enum": ["batch"]},
+        "purpose": {"type": "string", "enum": ["batch", "vision"]},
     },
 }
 _RELAY_PUSH = {

@@ -11,6 +11,8 @@ routes its deployments serve, and from each engine config::
     vllm          structured outputs on chat (vLLM's guided decoding); tools only where the
                   engine names its "tool_call_parser", reasoning only where it names its
                   "reasoning_parser" (the launcher starts `vllm serve` with the same parsers)
+    either        vision (images in chat messages) only where the engine config says
+                  "vision": true (a vision-language model)
 
 A model served by several deployments can do only what every one of its chat deployments can:
 the router may send a request to any of them.
@@ -34,7 +36,7 @@ DEFAULT_MAX_TOKENS = 16384
 # The routes a deployment serves, by the name clients know (function names are internal).
 # Responses and Messages are not served yet: listing them would be a promise the API breaks.
 ROUTES = {"chat_completions": "chat", "completions": "completions", "embeddings": "embeddings"}
-CAPABILITIES = ("tools", "structured_outputs", "reasoning")
+CAPABILITIES = ("tools", "structured_outputs", "reasoning", "vision")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class ModelDeployment:
             return False
         if capability == "structured_outputs":
             return True
+        if capability == "vision":
+            # Only the entry knows whether the model takes images (both engines pass them).
+            return bool(self.engine.get("vision"))
         if capability == "tools":
             return kind == "transformers" or bool(self.engine.get("tool_call_parser"))
         return kind == "vllm" and bool(self.engine.get("reasoning_parser"))

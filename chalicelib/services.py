@@ -17,6 +17,7 @@ from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.dashboard.data import Dashboard
 from chalicelib.fleet import Fleet
 from chalicelib.gateway import Gateway
+from chalicelib.images import ImageBounds, ImageResolver
 from chalicelib.metrics import MetricsRecorder
 from chalicelib.root import Root
 from chalicelib.stores.connections import ConnectionStore
@@ -73,6 +74,14 @@ class Services(Root):
             # Always: a streamed request's hold (stream_max_per_user) is given back through it.
             limit_store=self.limit_store,
             fleet=self.fleet,
+            images=self.images,
+        )
+
+    @cached_property
+    def images(self) -> ImageResolver:
+        """Image references in requests, checked and made data URLs (chalicelib/images.py)."""
+        return ImageResolver(
+            ImageBounds.from_settings(self.settings), self.file_store, self.objects
         )
 
     @cached_property

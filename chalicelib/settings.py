@@ -151,6 +151,15 @@ class Settings(BaseSettings):
     # File contents up to this size are answered in the response; larger ones redirect to S3.
     file_content_inline_bytes: int = 5 * 1024 * 1024
 
+    # Images in chat (chalicelib/images.py; README "Images"): per request, bytes and pixels per
+    # image, Pillow's names of the formats taken, and the https URL prefixes the API may fetch
+    # (empty: none; data URLs and file ids need no list). 16.7 M pixels decode to 50 MB as RGB.
+    image_max_per_request: int = 8
+    image_max_bytes: int = 10 * 1024 * 1024
+    image_max_pixels: int = 4096 * 4096
+    image_formats: StrList = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP", "GIF"])
+    image_url_allow: StrList = Field(default_factory=list)
+
     local_endpoint_url: str = "http://127.0.0.1:8765"
     # The offline compute endpoint's per-stack secret (offline.stack makes one for each stack).
     local_endpoint_token: SecretStr | None = None
@@ -211,6 +220,8 @@ class Settings(BaseSettings):
         "globus_groups",
         "globus_service_clients",
         "operator_groups",
+        "image_formats",
+        "image_url_allow",
         mode="before",
     )
     @classmethod

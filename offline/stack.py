@@ -46,9 +46,11 @@ TINY_MODEL = "first/tiny-chat"
 
 
 def build_tiny_model(home: Path) -> Path:
+    """The tiny chat model and the tiny vision-language model (first/tiny-vision) beside it."""
     out = home / "models" / "tiny-chat"
+    vision = home / "models" / "tiny-vision"
     subprocess.run(
-        [sys.executable, "-m", "hpc_functions.build_tiny_model", str(out)],
+        [sys.executable, "-m", "hpc_functions.build_tiny_model", str(out), str(vision)],
         check=True,
         cwd=REPO_ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)},

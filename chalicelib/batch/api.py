@@ -21,6 +21,7 @@ from chalicelib.auth import Principal
 from chalicelib.batch.multipart import field_text, parse_form
 from chalicelib.batch.records import principal_fields
 from chalicelib.errors import BadRequestError, NotFoundError, PayloadTooLargeError
+from chalicelib.images import VISION_PURPOSE, ImageBounds, check_image_bytes
 from chalicelib.logs import get_logger
 from chalicelib.metrics import MetricsRecorder, handled_errors
 from chalicelib.protocol.batches import (
@@ -38,7 +39,8 @@ from chalicelib.stores.files import FileConflictError, FileStore, sortable_id
 from chalicelib.stores.objects import ObjectStore
 from chalicelib.stores.queue import RequestQueue
 
-PURPOSES = ("batch",)
+# "vision": images for chat messages (chalicelib/images.py), checked when uploaded here.
+PURPOSES = ("batch", VISION_PURPOSE)
 MAX_LIST = 10_000
 
 
@@ -118,6 +120,8 @@ class BatchApi:
         if part is None or not part.data:
             raise BadRequestError("The form has no (or an empty) 'file' part.", param="file")
         filename = check_filename(part.filename or "upload.jsonl")
+        if purpose == VISION_PURPOSE:
+            check_image_bytes(part.data, ImageBounds.from_settings(self._s), "file")
         file_id = sortable_id("file-")
         key = file_key(file_id)
         self._objects.put_bytes(key, part.data)

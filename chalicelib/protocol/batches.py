@@ -46,7 +46,7 @@ class CreateUploadRequest(OpenAIModel):
         max_length=MAX_FILENAME_BYTES,
         description=f"At most {MAX_FILENAME_BYTES} bytes of UTF-8, no control characters.",
     )
-    purpose: Literal["batch"]
+    purpose: Literal["batch", "vision"]
 
 
 def file_object(record: dict[str, Any]) -> dict[str, Any]:

@@ -57,7 +57,21 @@ class ChatCompletionRequest(SamplingFields):
             used["tools"] = "tools"
         if (self.response_format or {}).get("type") in ("json_object", "json_schema"):
             used["structured_outputs"] = "response_format"
+        images = self.image_parts()
+        if images:
+            used["vision"] = images[0][0]
         return used
+
+    def image_parts(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every ``image_url`` content part, with the param that names it
+        (``messages[0].content[1]``): the gateway checks each and makes it a data URL."""
+        return [
+            (f"messages[{i}].content[{j}]", part)
+            for i, message in enumerate(self.messages)
+            if isinstance(message.content, list)
+            for j, part in enumerate(message.content)
+            if part.get("type") == "image_url"
+        ]
 
 
 def _check_tool_turns(messages: list[ChatMessage]) -> None:

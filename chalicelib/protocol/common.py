@@ -45,6 +45,10 @@ class GatewayRequest(OpenAIModel):
         field that asks for it: a model without one answers 400 naming that field."""
         return {}
 
+    def image_parts(self) -> list[tuple[str, dict[str, Any]]]:
+        """The request's image content parts, each with the param naming it (none here)."""
+        return []
+
 
 class StreamOptions(OpenAIModel):
     include_usage: bool | None = None

@@ -38,7 +38,8 @@ def generate_many(
         except EngineError as exc:
             out[i] = exc
             continue
-        if prepared.sampling.n != 1 or len(prepared.prompts) != 1:
+        # Images (model_inputs) are per request: such a line runs alone.
+        if prepared.sampling.n != 1 or len(prepared.prompts) != 1 or prepared.model_inputs:
             out[i] = _alone(engine, prepared)
             continue
         groups.setdefault(repr(prepared.sampling), []).append((i, prepared))

@@ -42,6 +42,7 @@ from transformers import (
     AutoTokenizer,
     GenerationConfig,
     LogitsProcessorList,
+    PreTrainedModel,
 )
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
@@ -94,6 +95,9 @@ class Prepared:
     # tool_choice named one function: OpenAI answers that forced call with finish_reason "stop".
     named_tool: bool = False
     prompt_text: str | None = None  # chat: the rendered template
+    # Inputs ``generate`` passes to the model beside the token ids, one entry per row
+    # (a vision-language model's ``pixel_values``: transformers_vision).
+    model_inputs: dict[str, Any] | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -117,6 +121,9 @@ class Choice:
 class TransformersEngine:
     """One Hugging Face model loaded in this process; calls are serialised by a lock."""
 
+    # Architectures (config.json) that generate text; any other model embeds.
+    GENERATIVE_SUFFIXES: tuple[str, ...] = ("ForCausalLM",)
+
     def __init__(self, config: dict[str, Any]) -> None:
         self.served_name = str(config.get("model") or "")
         if not self.served_name or not config.get("path"):
@@ -131,7 +138,7 @@ class TransformersEngine:
 
         hf_config = json.loads((self.path / "config.json").read_text())
         architectures = hf_config.get("architectures") or []
-        is_causal = any(a.endswith("ForCausalLM") for a in architectures)
+        is_causal = any(a.endswith(self.GENERATIVE_SUFFIXES) for a in architectures)
         self.is_embedding = (self.path / "modules.json").is_file() or not is_causal
         self.embedder: EmbeddingModel | None = None
         try:
@@ -162,6 +169,10 @@ class TransformersEngine:
     def _load_generative(self, dtype: Any) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=dtype)
+        self._adopt(model)
+
+    def _adopt(self, model: PreTrainedModel) -> None:
+        """Take ``model`` (loaded, with ``self.tokenizer``) as this engine's generator."""
         # transformers wraps ``to`` with functools.wraps, which typeshed types as unbound.
         self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         eos = model.generation_config.eos_token_id
@@ -175,8 +186,10 @@ class TransformersEngine:
         self.model.generation_config = GenerationConfig(
             eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id
         )
+        # A vision-language model keeps its language model's settings in ``text_config``.
+        text_config = getattr(model.config, "text_config", None) or model.config
         self.context_window = int(
-            getattr(model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
+            getattr(text_config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
         )
         # torch types Module attribute lookup as Tensor | Module; num_embeddings is an int.
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)  # type: ignore[arg-type]
@@ -281,6 +294,7 @@ class TransformersEngine:
         *,
         streamer: Any = None,
         stop_events: Sequence[threading.Event] = (),
+        model_inputs: dict[str, Any] | None = None,
     ) -> list[list[int]]:
         """One ``generate`` call over ``rows`` (prompts, left-padded), under the engine's lock:
         each row's new tokens, eos and padding included (:meth:`finish` reads them).
@@ -329,6 +343,7 @@ class TransformersEngine:
                 stopping_criteria=stopping,
                 tokenizer=self.tokenizer if sampling.stop else None,
                 streamer=streamer,
+                **(model_inputs or {}),
             )
         rows_out: list[list[int]] = output[:, width:].tolist()
         return rows_out
@@ -374,7 +389,9 @@ class TransformersEngine:
         """Every choice of a prepared request, from one ``generate`` call."""
         rows = prepared.rows()
         constraints = [prepared.constraint] * len(rows) if prepared.constraint else None
-        new = self.generate(rows, prepared.sampling, constraints)
+        new = self.generate(
+            rows, prepared.sampling, constraints, model_inputs=prepared.model_inputs
+        )
         return [
             self.finish(row, prepared.sampling, prepared.constraint, named_tool=prepared.named_tool)
             for row in new

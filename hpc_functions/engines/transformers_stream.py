@@ -165,6 +165,7 @@ def _events(
                 [constraint] if constraint is not None else None,
                 streamer=streamer,
                 stop_events=(cancel, abandoned),
+                model_inputs=prepared.model_inputs,
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(exc)

@@ -22,6 +22,10 @@ _registry_lock = threading.Lock()
 
 def _build(config: dict[str, Any]) -> Engine:
     kind = config.get("kind", "transformers")
+    if kind == "transformers" and config.get("vision"):
+        from hpc_functions.engines.transformers_vision import TransformersVisionEngine
+
+        return TransformersVisionEngine(config)
     if kind == "transformers":
         from hpc_functions.engines.transformers_engine import TransformersEngine
 

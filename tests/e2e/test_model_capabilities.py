@@ -21,6 +21,7 @@ def test_retrieve_and_list_carry_each_models_capabilities(client: OpenAI) -> Non
         "tools": True,
         "structured_outputs": True,
         "reasoning": False,
+        "vision": False,
         "context_length": 2048,
     }
     assert listed[TINY].model_extra is not None
@@ -29,3 +30,6 @@ def test_retrieve_and_list_carry_each_models_capabilities(client: OpenAI) -> Non
     assert embed is not None
     assert embed["capabilities"]["routes"] == ["embeddings"]
     assert not any(embed["capabilities"][k] for k in ("tools", "structured_outputs", "reasoning"))
+    vision = listed["first/tiny-vision"].model_extra
+    assert vision is not None
+    assert (vision["capabilities"]["vision"], vision["capabilities"]["routes"]) == (True, ["chat"])

@@ -51,6 +51,7 @@ def test_a_model_is_the_same_object_the_list_shows() -> None:
             "tools": True,
             "structured_outputs": True,
             "reasoning": False,
+            "vision": False,
             "context_length": 2048,
         },
     }
@@ -131,6 +132,7 @@ def test_a_vllm_model_can_call_tools_and_reason_only_where_its_entry_names_the_p
         "tools": False,
         "structured_outputs": True,  # vLLM's guided decoding needs no parser
         "reasoning": False,
+        "vision": False,
         "context_length": 8192,
     }
     assert _capabilities(registry, "caller")["tools"] is True
@@ -159,6 +161,7 @@ def test_a_model_on_several_deployments_can_do_only_what_every_one_can() -> None
         "tools": False,
         "structured_outputs": True,
         "reasoning": True,
+        "vision": False,
         "context_length": 4096,
     }
 
@@ -180,6 +183,7 @@ def test_the_local_registry_lists_the_tiny_models_capabilities_as_configured() -
         "tools": True,
         "structured_outputs": True,
         "reasoning": False,
+        "vision": False,
         # The tiny model's tokenizer is built with this model_max_length.
         "context_length": MODEL_CONFIG["max_position_embeddings"],
     }
@@ -188,8 +192,13 @@ def test_the_local_registry_lists_the_tiny_models_capabilities_as_configured() -
         "tools": False,
         "structured_outputs": False,
         "reasoning": False,
+        "vision": False,
     }
     assert embed["context_length"] == _minilm_model_max_length()
+    # The tiny vision-language model takes images because its entry says so.
+    vision = _capabilities(registry, "first/tiny-vision")
+    assert (vision["routes"], vision["vision"], vision["tools"]) == (["chat"], True, True)
+    assert not registry.supports("first/tiny-chat", "vision")
 
 
 def _minilm_model_max_length() -> int:

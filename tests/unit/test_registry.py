@@ -11,7 +11,11 @@ LOCAL = REPO_ROOT / "infra" / "deployments" / "local.json"
 def test_local_registry_serves_tiny_chat_and_minilm_on_two_clusters() -> None:
     env = {"FIRST_HOME": "/data/first", "FIRST_LOCAL_ENDPOINT_B_URL": "http://127.0.0.1:9"}
     reg = Registry.load(LOCAL, env)
-    assert reg.model_ids() == ["first/tiny-chat", "sentence-transformers/all-MiniLM-L6-v2"]
+    assert reg.model_ids() == [
+        "first/tiny-chat",
+        "first/tiny-vision",
+        "sentence-transformers/all-MiniLM-L6-v2",
+    ]
     (a, dep), (b, _) = reg.candidates("first/tiny-chat", "chat_completions")
     assert (a.name, b.name) == ("local-a", "local-b")
     assert a.executor == b.executor == "local" and a.max_inflight > b.max_inflight

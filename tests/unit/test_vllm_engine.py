@@ -203,6 +203,22 @@ def test_chat_completion_returns_vllms_response_unchanged(replay: ReplayServer) 
     assert result == json.loads(_fixture("chat_completion.json"))
 
 
+def test_image_parts_reach_vllm_as_openai_multimodal_content(replay: ReplayServer) -> None:
+    # The gateway makes every image a data URL (chalicelib/images.py): vLLM's chat parser takes
+    # OpenAI's image_url parts as they are, so the adapter passes them through untouched.
+    url = "data:image/png;base64,iVBORw0KGgo="
+    content = [
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+    ]
+    body = {**CHAT_BODY, "messages": [{"role": "user", "content": content}]}
+    replay.requests.clear()
+
+    _engine(replay).chat_completions(body)
+
+    assert replay.requests[-1]["body"]["messages"] == [{"role": "user", "content": content}]
+
+
 def test_completion_and_embeddings_return_vllms_responses(replay: ReplayServer) -> None:
     engine = _engine(replay)
 
