@@ -1,4 +1,5 @@
-"""What the poller tells about a request it made terminal: metrics and the usage record.
+"""What a consumer tells about the work it finished: metrics and usage records (``Accounting``:
+the poller's requests; ``chalicelib.batch.accounting`` extends it for batch shards).
 
 Called after the record is written and the reply (notice, final stream frame) sent, so none of
 it is on the request's path: metrics are buffered in memory, the usage record is queued for the

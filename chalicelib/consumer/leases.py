@@ -1,8 +1,8 @@
-"""The poller's leases: the SQS messages it holds, kept invisible by one heartbeat thread.
+"""A consumer's leases: the SQS messages it holds, kept invisible by one heartbeat thread.
 
-A message's visibility timeout is the lease on its request. It is short (``lease_s``, 10 s by
-default) so that when a poller dies, a peer sees the message again and takes the request over
-well within the API's wait. While the poller lives, a heartbeat every third of the lease
+A message's visibility timeout is the lease on its work (a request, a batch). The poller's is
+short (``lease_s``, 10 s by default) so that when a poller dies, a peer sees the message again
+and takes the request over well within the API's wait. While the process lives, a heartbeat every third of the lease
 extends every held message at once (``ChangeMessageVisibilityBatch``, ten per call): one call
 per ten running requests per beat, and none for requests that finish within the first beat.
 """

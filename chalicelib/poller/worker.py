@@ -325,6 +325,9 @@ class Poller:
         owner with the fewest requests running here, so one user's flood cannot hold another
         user's request behind it. The request is claimed once it has a slot, with the endpoint
         noted in the same write (``slot``); its slot goes back as soon as its task is done.
+
+        Each round the router ranks the endpoints, ``placement.plan`` decides (try these for a
+        slot / wait for one to come online / fail), and this loop acts on the decision.
         """
         candidates = self._registry.candidates(hints.model, hints.function)
         run = _Run(request_id, carried)
@@ -359,14 +362,7 @@ class Poller:
                     self._board.wait_for_change(0.5)
                     place.back_in_line()
                     continue
-                chosen = next(
-                    (
-                        c
-                        for c in step.candidates
-                        if self._enter(c[0], statuses.get(c[0].name), run.held)
-                    ),
-                    None,
-                )
+                chosen = self._take_slot(step.candidates, statuses, run.held)
                 if chosen is None:
                     # Every usable endpoint is at capacity: wait for a slot here, first in
                     # line, the message kept invisible by the heartbeat.
@@ -400,6 +396,18 @@ class Poller:
                 self._capacity.give(endpoint.name)
                 self._endpoint_ok(endpoint.name)
                 return status, fields, response, record, endpoint.name
+
+    def _take_slot(
+        self,
+        candidates: tuple[router.Candidate, ...],
+        statuses: dict[str, EndpointStatus],
+        held: str | None,
+    ) -> router.Candidate | None:
+        """A slot on the first of ``candidates`` that has one: that candidate, else None."""
+        for candidate in candidates:
+            if self._enter(candidate[0], statuses.get(candidate[0].name), held):
+                return candidate
+        return None
 
     def _claim_on(
         self, name: str, run: _Run, log: dict[str, Any], claimed: dict[str, Any]

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from chalicelib.settings import REPO_ROOT
+from tests.unit.test_import_graph import API_ONLY, POLLER_AUTH
 
 # Build from the process's root as its main.py does, stop at once, run, and report.
 SCRIPT = """
@@ -28,21 +30,6 @@ worker.run()
 accounting.close()
 print(json.dumps(sorted(m for m in sys.modules if m == "app" or m.startswith("chalicelib"))))
 """
-
-API_ONLY = (
-    "app",
-    "chalicelib.services",
-    "chalicelib.gateway",
-    "chalicelib.fleet",
-    "chalicelib.dashboard",
-    "chalicelib.http",
-    "chalicelib.streaming.service",
-    "chalicelib.streaming.relay",
-    "chalicelib.batch.api",
-    "chalicelib.auth.chain",
-    "chalicelib.auth.globus",
-    "chalicelib.auth.policy",
-)
 
 
 def loaded_by(kind: str, stage: str) -> list[str]:
@@ -74,4 +61,41 @@ def test_a_workers_root_builds_and_runs_without_the_apis_modules(stage: str, kin
     if kind == "poller":
         # Of chalicelib.auth only the Principal value type (the limits it releases name one).
         auth = {m for m in modules if m.startswith("chalicelib.auth")}
-        assert auth <= {"chalicelib.auth", "chalicelib.auth.principal"}
+        assert auth <= POLLER_AUTH
+
+
+@pytest.mark.parametrize(("kind", "started"), [("poller", "poller"), ("batch", "batch worker")])
+def test_a_worker_stops_cleanly_on_sigterm(stage: str, kind: str, started: str) -> None:
+    # Both mains share the consumer's signal handling (``run_until_signalled``): SIGTERM while
+    # idle in a long poll ends the process with status 0, its accounting closed.
+    env = {
+        **os.environ,
+        "FIRST_STAGE": stage,
+        "FIRST_REGISTRY_PATH": str(REPO_ROOT / "infra" / "deployments" / "local.json"),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"chalicelib.{kind}.main"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if f'"{started} started"' in line:
+                break
+        else:
+            raise AssertionError("".join(seen)[-3000:])
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest[-3000:]
+    assert "Traceback" not in rest
