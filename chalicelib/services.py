@@ -43,6 +43,7 @@ from chalicelib.stores.websocket import ConnectionPoster
 
 if TYPE_CHECKING:
     from chalicelib.batch.api import BatchApi
+    from chalicelib.jobs import Jobs
     from chalicelib.streaming.notifier import StreamNotifier
     from chalicelib.streaming.relay import Relay
     from chalicelib.streaming.service import StreamService
@@ -207,6 +208,20 @@ class Services:
             limits_config=self.limits,
             limit_store=self.limit_store if self.limits is not None else None,
             fleet=self.fleet,
+        )
+
+    @cached_property
+    def jobs(self) -> Jobs:
+        from chalicelib.jobs import Jobs
+
+        return Jobs(
+            settings=self.settings,
+            registry=self.registry,
+            gateway=self.gateway,
+            requests=self.requests,
+            blobs=self.blobs,
+            files=self.file_store,
+            limit_store=self.limit_store if self.limits is not None else None,
         )
 
     @cached_property

@@ -38,7 +38,8 @@ from chalicelib.stores.files import FileConflictError, FileStore, sortable_id
 from chalicelib.stores.objects import ObjectStore
 from chalicelib.stores.queue import RequestQueue
 
-PURPOSES = ("batch",)
+# "user_data": inputs of jobs (POST /v1/jobs "files", chalicelib/jobs.py), as OpenAI names them.
+PURPOSES = ("batch", "user_data")
 MAX_LIST = 10_000
 
 
