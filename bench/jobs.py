@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             cases.append({"case": f"sleep-steps, 1 step of {step_s:g} s", **summary(runs)})
             print(cases[-1], flush=True)
-        image = {"image_base64": blobs_png(50)}
+        image = {"image_base64": blobs_png(50), "min_area": 10}
         runs = [run_one(session, api, "first/count-objects", image, poll_s) for _ in range(5)]
         assert all(r["job"]["result"]["count"] == 50 for r in runs), "count-objects miscounted"
         cases.append({"case": "count-objects, 512x512, 50 blobs", **summary(runs)})

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from typing import Any
 
 import jsonschema
@@ -136,6 +137,8 @@ class Jobs:
         self._files = files
         self._limit_store = limit_store
         self._log = get_logger("first-api")
+        # Failures handled here (logged, the job answered all the same).
+        self.counts: Counter[str] = Counter()
 
     def list_functions(self, principal: Principal) -> dict[str, Any]:
         """The functions the caller may call; the others are not listed."""
@@ -185,7 +188,8 @@ class Jobs:
         request_id = self._gateway.submit(principal, spec.function, body, admission.hold)
         self._gateway.detach(request_id)
         self._requests.mark_job(request_id, principal.id)
-        return self.get(principal, request_id)
+        # Nothing to read from S3 yet (no progress, no result): the record alone.
+        return job_view(self._record(principal, request_id))
 
     def _file(self, principal: Principal, file_id: str, i: int, ttl_s: int) -> dict[str, Any]:
         record = self._files.get(principal.id, file_id)
@@ -231,6 +235,7 @@ class Jobs:
         except ObjectNotFoundError:
             return None  # nothing reported (yet)
         except ValueError:
+            self.counts["progress_unreadable"] += 1
             self._log.warning("unreadable job progress", extra={"job_id": record["request_id"]})
             return None
 
@@ -254,11 +259,16 @@ class Jobs:
         # A poller that claims it now finds it cancelled; a running function sees the mark.
         key = self._job_fields(record).get("cancel_key")
         if key:
-            self._objects.put_bytes(str(key), b"cancelled", "text/plain")
+            try:
+                self._objects.put_bytes(str(key), b"cancelled", "text/plain")
+            except Exception:  # noqa: BLE001 - cancelled all the same; the function runs on
+                self.counts["cancel_mark_errors"] += 1
+                self._log.exception("cancel mark not written", extra={"job_id": job_id})
         if record.get("limits") and self._limit_store is not None:
             # This write made it terminal, so the poller's own finish will not release it.
             try:
                 self._limit_store.release(record["limits"], 0)
             except Exception:  # noqa: BLE001 - the job is cancelled; a lost release expires
+                self.counts["limit_release_errors"] += 1
                 self._log.exception("rate-limit release failed", extra={"job_id": job_id})
         return self.get(principal, job_id)

@@ -8,20 +8,22 @@ job's own URLs for progress and cancel (``hpc_functions/jobs.py``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from chalicelib.protocol.common import GatewayRequest, OpenAIModel
 
 # File ids per job (the registry's ``max_files`` bounds each function lower).
 MAX_JOB_FILES = 16
+# A file id as POST /v1/files makes them (``file-`` and a sortable hex id); a key DynamoDB takes.
+FileId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 class CreateJobRequest(OpenAIModel):
     function: str = Field(min_length=1, max_length=256)
     input: dict[str, Any] = Field(default_factory=dict)
-    files: list[str] = Field(default_factory=list, max_length=MAX_JOB_FILES)
+    files: list[FileId] = Field(default_factory=list, max_length=MAX_JOB_FILES)
 
 
 class JobBody(GatewayRequest):

@@ -125,3 +125,35 @@ def test_cancel_stops_a_long_job_where_it_checks(stack: BackgroundStack) -> None
     assert outcome["result"]["error"]["code"] == "cancelled"
     assert outcome["result"]["status_code"] == 499
     assert api(stack, "GET", f"/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_another_users_job_is_a_404_on_every_job_route_over_http(stack: BackgroundStack) -> None:
+    from tests.e2e.conftest import create_key
+
+    created = api(
+        stack, "POST", "/jobs", json={"function": SLEEP, "input": {"steps": 1, "step_s": 0}}
+    )
+    job_id = created.json()["id"]
+    other = {"Authorization": f"Bearer {create_key(stack, 'job-outsider')}"}
+    base = f"{stack.config.api_url}/v1/jobs"
+    for method, url in (("GET", f"{base}/{job_id}"), ("POST", f"{base}/{job_id}/cancel")):
+        answer = requests.request(method, url, headers=other, timeout=30)
+        assert answer.status_code == 404, (method, url, answer.text)
+        assert answer.json()["error"]["param"] == "job_id"
+    listed = requests.get(base, headers=other, timeout=30).json()
+    assert job_id not in {j["id"] for j in listed["data"]}
+    paged = requests.get(f"{base}?after={job_id}", headers=other, timeout=30)
+    assert paged.status_code == 404
+    # A chat request's id is not a job's, even to its owner.
+    chat = api(
+        stack,
+        "POST",
+        "/chat/completions",
+        json={
+            "model": "first/tiny-chat",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+        },
+    )
+    assert api(stack, "GET", f"/jobs/{chat.headers['x-request-id']}").status_code == 404
+    assert finished(stack, job_id)["status"] == "succeeded"
