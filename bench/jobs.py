@@ -19,6 +19,7 @@ import argparse
 import base64
 import io
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -102,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         cases.append({"case": "count-objects, 512x512, 50 blobs", **summary(runs)})
         print(cases[-1], flush=True)
     if not args.no_save:
-        command = "python -m bench.jobs " + " ".join(argv or [])
-        path = write_result("jobs", command.strip(), {"poll_ms": args.poll_ms, "cases": cases})
+        given = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python -m bench.jobs", *given])
+        path = write_result("jobs", command, {"poll_ms": args.poll_ms, "cases": cases})
         print(f"wrote {path}")
     return 0
 
