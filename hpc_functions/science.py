@@ -145,6 +145,7 @@ def count_objects_job(context: Any) -> dict[str, Any]:
 
 def sleep_steps_job(context: Any) -> dict[str, Any]:
     """Sleep ``steps`` times ``step_s``, reporting progress and checking for cancel."""
+    import os
     import time
 
     steps, step_s = int(context.input["steps"]), float(context.input["step_s"])
@@ -152,5 +153,6 @@ def sleep_steps_job(context: Any) -> dict[str, Any]:
     for step in range(steps):
         context.check()
         time.sleep(step_s)
-        context.progress((step + 1) / steps, step=step + 1, steps=steps)
+        # The worker's pid: which process a test kills to lose the task mid-job.
+        context.progress((step + 1) / steps, step=step + 1, steps=steps, pid=os.getpid())
     return {"steps": steps, "slept_s": round(time.perf_counter() - started, 3)}

@@ -157,3 +157,25 @@ def test_another_users_job_is_a_404_on_every_job_route_over_http(stack: Backgrou
     )
     assert api(stack, "GET", f"/jobs/{chat.headers['x-request-id']}").status_code == 404
     assert finished(stack, job_id)["status"] == "succeeded"
+
+
+def test_a_killed_worker_mid_job_runs_it_again_and_it_completes_once(
+    stack: BackgroundStack, services: Services
+) -> None:
+    before = stats(stack)
+    created = api(
+        stack, "POST", "/jobs", json={"function": SLEEP, "input": {"steps": 40, "step_s": 0.1}}
+    )
+    job_id = created.json()["id"]
+    running = running_with_progress(stack, job_id)
+    os.kill(int(running["progress"]["pid"]), signal.SIGKILL)
+    job = finished(stack, job_id, timeout_s=120)
+    # The task was lost with its worker (WorkerLost, the infrastructure's failure): the poller
+    # ran the job again, from the start, and it completed once.
+    assert job["status"] == "succeeded", job
+    assert job["result"]["steps"] == 40 and job["progress"]["fraction"] == 1.0
+    after = stats(stack)
+    assert after["lost"] == before["lost"] + 1
+    assert after["runs"][f"task-{job_id}"] == 2
+    record = services.requests.get(job_id)
+    assert record is not None and record["status"] == "completed"
