@@ -188,6 +188,45 @@ def get_request(log: dict[str, Any], request_id: str) -> Response:
     return json_response(services.gateway.fetch(_principal(log), request_id))
 
 
+# ----- HPC functions as jobs (chalicelib/jobs.py; docs/hpc.md "Jobs") ------------------------
+
+
+@app.route("/v1/functions", methods=["GET"])
+@route
+def list_functions(log: dict[str, Any]) -> Response:
+    return json_response(services.jobs.list_functions(_principal(log)))
+
+
+@app.route("/v1/jobs", methods=["POST"], content_types=BODY_TYPES)
+@route
+def create_job(log: dict[str, Any]) -> Response:
+    principal = _principal(log)
+    raw = check_size(_request(), services.settings.max_body_bytes)
+    job = services.jobs.submit(principal, raw)
+    log.update(request_id=job["id"], function=job["function"])
+    return json_response(job)
+
+
+@app.route("/v1/jobs", methods=["GET"])
+@route
+def list_jobs(log: dict[str, Any]) -> Response:
+    return json_response(services.jobs.list(_principal(log), _query()))
+
+
+@app.route("/v1/jobs/{job_id}", methods=["GET"])
+@route
+def retrieve_job(log: dict[str, Any], job_id: str) -> Response:
+    log["request_id"] = job_id
+    return json_response(services.jobs.get(_principal(log), job_id))
+
+
+@app.route("/v1/jobs/{job_id}/cancel", methods=["POST"], content_types=BODY_TYPES)
+@route
+def cancel_job(log: dict[str, Any], job_id: str) -> Response:
+    log["request_id"] = job_id
+    return json_response(services.jobs.cancel(_principal(log), job_id))
+
+
 @app.route("/v1/usage", methods=["GET"])
 @route
 def get_usage(log: dict[str, Any]) -> Response:

@@ -352,6 +352,13 @@ class Gateway:
             written.result()
         return request_id
 
+    def detach(self, request_id: str) -> None:
+        """The client takes the id of a submitted request now and collects its outcome by it
+        (a job, ``chalicelib/jobs.py``): no waiter expects its notice, and its record is
+        written, unless the poller's claim wrote it first, before the id is handed out."""
+        self._replies.forget(request_id)
+        self._write_record(request_id)
+
     def _write_record(self, request_id: str) -> dict[str, Any] | None:
         """Write the record only the message holds (unless the poller did): a client is about
         to get this request's id. The record as it is when the poller was first, else None."""

@@ -24,6 +24,7 @@ from pydantic.json_schema import models_json_schema
 
 from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from chalicelib.protocol.batches import CreateBatchRequest, CreateUploadRequest
+from chalicelib.protocol.jobs import CreateJobRequest
 
 REF = "#/components/schemas/{model}"
 OBJECT: dict[str, Any] = {"type": "object"}
@@ -116,7 +117,7 @@ _FILE_FORM = {
     "required": ["file", "purpose"],
     "properties": {
         "file": {"type": "string", "contentMediaType": "application/octet-stream"},
-        "purpose": {"type": "string", "enum": ["batch", "vision"]},
+        "purpose": {"type": "string", "enum": ["batch", "vision", "user_data"]},
     },
 }
 _RELAY_PUSH = {
@@ -248,6 +249,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/batches", "GET"): Operation("List your batches", "batch", query=(_LIMIT, _AFTER)),
     ("/v1/batches/{batch_id}", "GET"): Operation("Retrieve a batch", "batch"),
     ("/v1/batches/{batch_id}/cancel", "POST"): Operation("Cancel a batch", "batch"),
+    ("/v1/functions", "GET"): Operation("List the HPC functions you may call", "jobs"),
+    ("/v1/jobs", "POST"): Operation(
+        "Run an HPC function as a job (answered at once, queued)", "jobs", body=CreateJobRequest
+    ),
+    ("/v1/jobs", "GET"): Operation("List your jobs", "jobs", query=(_LIMIT, _AFTER)),
+    ("/v1/jobs/{job_id}", "GET"): Operation("Retrieve a job (progress, result)", "jobs"),
+    ("/v1/jobs/{job_id}/cancel", "POST"): Operation("Cancel a job", "jobs"),
 }
 
 ERROR_SCHEMA: dict[str, Any] = {

@@ -16,6 +16,13 @@ routes its deployments serve, and from each engine config::
 
 A model served by several deployments can do only what every one of its chat deployments can:
 the router may send a request to any of them.
+
+Beside models, the registry declares HPC functions that run as jobs (``POST /v1/jobs``,
+``chalicelib/jobs.py``): a top-level ``"functions"`` list, each with the name clients call, the
+Globus Compute function (a key of each endpoint's ``"functions"``), the endpoints that have it,
+who may call it (``access``, as for models), bounds on its input and output, and the JSON Schema
+of its ``input``. The poller routes a job as it routes a model's request: the function reads as a
+deployment of its name through its Globus Compute function (``HpcFunction.deployment``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,12 @@ DEFAULT_MAX_TOKENS = 16384
 # Responses and Messages are not served yet: listing them would be a promise the API breaks.
 ROUTES = {"chat_completions": "chat", "completions": "completions", "embeddings": "embeddings"}
 CAPABILITIES = ("tools", "structured_outputs", "reasoning", "vision")
+# The engine kind of an HPC function's deployment: nothing to load, so nothing to warm.
+FUNCTION_KIND = "function"
+# A function entry without bounds: its input JSON (files not counted) and its result's JSON.
+DEFAULT_MAX_INPUT_BYTES = 1024 * 1024
+DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_FILES = 4
 
 
 @dataclass(frozen=True)
@@ -86,9 +99,55 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class HpcFunction:
+    """An HPC function callable as a job (``POST /v1/jobs``)."""
+
+    name: str
+    # The Globus Compute function: its key in each endpoint's ``functions``.
+    function: str
+    endpoints: tuple[str, ...]
+    input_schema: dict[str, Any]
+    description: str = ""
+    access: AccessRule | None = None
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HpcFunction:
+        return cls(
+            name=str(data["name"]),
+            function=str(data["function"]),
+            endpoints=tuple(str(e) for e in data.get("endpoints", [])),
+            input_schema=dict(data.get("input_schema") or {"type": "object"}),
+            description=str(data.get("description", "")),
+            access=AccessRule.from_dict(data.get("access")),
+            max_input_bytes=int(data.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES)),
+            max_output_bytes=int(data.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES)),
+            max_files=int(data.get("max_files", DEFAULT_MAX_FILES)),
+        )
+
+    def deployment(self) -> ModelDeployment:
+        """The function as the router and the poller see a model's deployment: its name through
+        its Globus Compute function; the task's ``engine`` names the function and its bounds."""
+        return ModelDeployment(
+            model=self.name,
+            owned_by="first",
+            endpoints=(self.function,),
+            engine={
+                "kind": FUNCTION_KIND,
+                "function": self.name,
+                "max_output_bytes": self.max_output_bytes,
+            },
+            access=self.access,
+        )
+
+
+@dataclass(frozen=True)
 class Registry:
     stage: str
     endpoints: tuple[Endpoint, ...]
+    functions: tuple[HpcFunction, ...] = field(default_factory=tuple)
 
     @classmethod
     def load(cls, path: Path, env: dict[str, str] | None = None) -> Registry:
@@ -125,12 +184,29 @@ class Registry:
             )
             for e in data.get("endpoints", [])
         )
-        registry = cls(stage=data.get("stage", ""), endpoints=endpoints)
+        functions = tuple(HpcFunction.from_dict(f) for f in data.get("functions", []))
+        registry = cls(stage=data.get("stage", ""), endpoints=endpoints, functions=functions)
         for model_id in registry.model_ids():
             rules = {m.access for e in endpoints for m in e.models if m.model == model_id}
             if len(rules) > 1:
                 raise ValueError(f"model {model_id!r} has different access rules per endpoint")
+        registry._check_functions()
         return registry
+
+    def _check_functions(self) -> None:
+        names = {e.name for e in self.endpoints}
+        seen: set[str] = set()
+        for f in self.functions:
+            if f.name in seen or f.name in self.model_ids():
+                raise ValueError(f"function {f.name!r} is declared twice (or is a model's name)")
+            seen.add(f.name)
+            unknown = set(f.endpoints) - names
+            if unknown:
+                raise ValueError(f"function {f.name!r} names unknown endpoints {sorted(unknown)}")
+
+    def function(self, name: str) -> HpcFunction | None:
+        """The HPC function called ``name`` (a job's ``function``), or None."""
+        return next((f for f in self.functions if f.name == name), None)
 
     def model_ids(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -173,13 +249,22 @@ class Registry:
         return deployment.access if deployment else None
 
     def candidates(self, model_id: str, function: str) -> list[tuple[Endpoint, ModelDeployment]]:
-        """Every (endpoint, deployment) that serves ``model_id`` through ``function``."""
-        return [
+        """Every (endpoint, deployment) that serves ``model_id`` through ``function``; an HPC
+        function's job (``model_id`` its name) through its Globus Compute function."""
+        found = [
             (e, m)
             for e in self.endpoints
             for m in e.models
             if m.model == model_id and function in m.endpoints and e.functions.get(function)
         ]
+        for f in self.functions:
+            if f.name == model_id and f.function == function:
+                found += [
+                    (e, f.deployment())
+                    for e in self.endpoints
+                    if e.name in f.endpoints and e.functions.get(function)
+                ]
+        return found
 
 
 def _optional_int(value: Any) -> int | None:

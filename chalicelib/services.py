@@ -26,6 +26,7 @@ from chalicelib.stores.sweeper import ReplyQueueSweeper
 
 if TYPE_CHECKING:
     from chalicelib.batch.api import BatchApi
+    from chalicelib.jobs import Jobs
     from chalicelib.streaming.relay import Relay
     from chalicelib.streaming.service import StreamService
 
@@ -75,6 +76,20 @@ class Services(Root):
             limit_store=self.limit_store,
             fleet=self.fleet,
             images=self.images,
+        )
+
+    @cached_property
+    def jobs(self) -> Jobs:
+        from chalicelib.jobs import Jobs
+
+        return Jobs(
+            settings=self.settings,
+            registry=self.registry,
+            gateway=self.gateway,
+            requests=self.requests,
+            blobs=self.blobs,
+            files=self.file_store,
+            limit_store=self.limit_store if self.limits is not None else None,
         )
 
     @cached_property

@@ -93,8 +93,17 @@ def _functions_register(args: argparse.Namespace, services: Root) -> int:
     if args.endpoint not in names:
         print(f"first: no endpoint {args.endpoint!r} in {path} (have: {names})", file=sys.stderr)
         return 2
+    functions, jobs = None, None
+    if args.module:
+        import importlib
+
+        module = importlib.import_module(args.module)
+        functions = dict(module.FUNCTIONS)
+        jobs = list(getattr(module, "JOBS", []))
     try:
-        ids = register_functions(services.settings.registry_file, args.endpoint, Client())
+        ids = register_functions(
+            services.settings.registry_file, args.endpoint, Client(), functions=functions, jobs=jobs
+        )
     except RegistryError as exc:
         print(f"first: {exc}", file=sys.stderr)
         return 2
@@ -133,6 +142,12 @@ def _batch(args: argparse.Namespace, services: Root) -> int:
     return run(args.action, vars(args))
 
 
+def _jobs(args: argparse.Namespace, services: Root) -> int:
+    from first_cli.jobs import run
+
+    return run(args.action, vars(args))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="first", description="FIRST gateway operations")
     p.add_argument("--stage", help="stage (default: FIRST_STAGE or 'local')")
@@ -163,6 +178,10 @@ def parser() -> argparse.ArgumentParser:
     )
     reg = fns.add_parser("register", help="register hpc_functions; write ids to the registry")
     reg.add_argument("--endpoint", required=True, help="endpoint name in the stage's registry")
+    reg.add_argument(
+        "--module",
+        help="a module of your own: its FUNCTIONS, and its JOBS declared as jobs (docs/hpc.md)",
+    )
     # Also accepted after the subcommand: `first functions register --stage prod ...`.
     reg.add_argument("--stage", dest="stage_override", help=argparse.SUPPRESS)
     reg.set_defaults(run=_functions_register)
@@ -200,6 +219,24 @@ def parser() -> argparse.ArgumentParser:
     batch.add_parser("ls", help="your batches, newest first").add_argument(
         "--limit", type=int, default=20
     )
+
+    jobs_parser = sub.add_parser("jobs", help="HPC functions as jobs (docs/hpc.md)")
+    jobs_parser.set_defaults(run=_jobs)
+    jobs = jobs_parser.add_subparsers(dest="action", required=True)
+    jsubmit = jobs.add_parser("submit", help="run a function as a job")
+    jsubmit.add_argument("function", help="its name (first jobs functions lists them)")
+    jsubmit.add_argument("--input", help="the input, a JSON object (or @FILE)")
+    jsubmit.add_argument("--file", action="append", help="a file to upload and pass (repeatable)")
+    jsubmit.add_argument("--wait", action="store_true", help="show progress; print the result")
+    for verb, text in (("status", "the job object"), ("cancel", "cancel a job")):
+        jobs.add_parser(verb, help=text).add_argument("id")
+    jresults = jobs.add_parser("results", help="the job's result (JSON)")
+    jresults.add_argument("id")
+    jresults.add_argument("-o", "--output", help="write to FILE")
+    jobs.add_parser("ls", help="your jobs, newest first").add_argument(
+        "--limit", type=int, default=20
+    )
+    jobs.add_parser("functions", help="the functions you may call, with their input schemas")
     return p
 
 

@@ -4,6 +4,12 @@ An operator runs this (through ``first functions register``) once per endpoint a
 ``hpc_functions`` changes. ``ComputeSerializer`` pickles a module-level function by reference
 (module and name), so what runs on the node is the ``hpc_functions`` installed there: keep the
 node's checkout at the version that was registered.
+
+A user-supplied module (``first functions register --module MOD``, docs/hpc.md "Your own
+function as a job") is registered the same way: its ``FUNCTIONS`` ({name: function}) under the
+endpoint, and each of its ``JOBS`` (the registry's function declarations: ``name``,
+``function``, ``input_schema``, …) declared in the registry's top-level ``functions`` with this
+endpoint among its ``endpoints``. The module must be installed on the node too.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ def register_functions(
     client: FunctionRegistrar,
     *,
     functions: Mapping[str, Callable[..., Any]] | None = None,
+    jobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Register every HPC function and store the ids under the endpoint's ``functions``.
 
@@ -76,10 +83,21 @@ def register_functions(
         functions = FUNCTIONS
     data = _load(registry_path)
     endpoint = _endpoint(data, endpoint_name, registry_path)  # fail before registering anything
+    for job in jobs or []:
+        if not isinstance(job, dict) or job.get("function") not in functions:
+            raise RegistryError(f"a job must name one of the module's FUNCTIONS: {job!r}")
 
     ids = {name: str(client.register_function(fn)) for name, fn in functions.items()}
 
     existing = endpoint.get("functions")
     endpoint["functions"] = {**(existing if isinstance(existing, dict) else {}), **ids}
+    declared = data.setdefault("functions", [])
+    for job in jobs or []:
+        known = next((d for d in declared if d.get("name") == job["name"]), None)
+        if known is None:
+            declared.append({**job, "endpoints": [endpoint_name]})
+        else:
+            endpoints = [e for e in known.get("endpoints", []) if e != endpoint_name]
+            known.update({**job, "endpoints": [*endpoints, endpoint_name]})
     _write_atomically(registry_path, json.dumps(data, indent=2) + "\n")
     return ids

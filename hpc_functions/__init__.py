@@ -71,6 +71,22 @@ def batch_shard(task: dict[str, Any]) -> dict[str, Any]:
     return run_shard(task)
 
 
+def count_objects(task: dict[str, Any]) -> dict[str, Any]:
+    """A job: count and measure the objects of an image (``hpc_functions.science``)."""
+    from hpc_functions.jobs import run_job
+    from hpc_functions.science import count_objects_job
+
+    return run_job(count_objects_job, task)
+
+
+def sleep_steps(task: dict[str, Any]) -> dict[str, Any]:
+    """A job: sleep in steps with progress and cancel (tests, ``bench/jobs.py``)."""
+    from hpc_functions.jobs import run_job
+    from hpc_functions.science import sleep_steps_job
+
+    return run_job(sleep_steps_job, task)
+
+
 FUNCTIONS = {
     "chat_completions": chat_completions,
     "completions": completions,
@@ -78,4 +94,6 @@ FUNCTIONS = {
     "health": health,
     "warm": warm,
     "batch_shard": batch_shard,
+    "count_objects": count_objects,
+    "sleep_steps": sleep_steps,
 }

@@ -39,8 +39,9 @@ from chalicelib.stores.files import FileConflictError, FileStore, sortable_id
 from chalicelib.stores.objects import ObjectStore
 from chalicelib.stores.queue import RequestQueue
 
-# "vision": images for chat messages (chalicelib/images.py), checked when uploaded here.
-PURPOSES = ("batch", VISION_PURPOSE)
+# "vision": images for chat messages (chalicelib/images.py), checked when uploaded here;
+# "user_data": inputs of jobs (POST /v1/jobs "files", chalicelib/jobs.py), as OpenAI names them.
+PURPOSES = ("batch", VISION_PURPOSE, "user_data")
 MAX_LIST = 10_000
 
 

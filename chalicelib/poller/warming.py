@@ -18,7 +18,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from chalicelib.compute.executors import ExecutorPool, start_warm
-from chalicelib.registry import Endpoint, ModelDeployment
+from chalicelib.registry import FUNCTION_KIND, Endpoint, ModelDeployment
 from chalicelib.stores.endpoints import EndpointStore
 
 
@@ -34,6 +34,8 @@ class Warmer:
     def start(self, endpoint: Endpoint, deployment: ModelDeployment) -> bool:
         """Send the warm-up unless one is running from here; False when the endpoint has no
         ``warm`` function registered or one is already on its way."""
+        if deployment.engine.get("kind") == FUNCTION_KIND:
+            return False  # an HPC function's job (chalicelib/jobs.py): no engine to load
         function_id = endpoint.functions.get("warm")
         key = (endpoint.name, deployment.model)
         if not function_id:

@@ -31,6 +31,8 @@ from chalicelib.stores.dynamo import condition_failed, from_wire, old_item, to_w
 
 TERMINAL = ("completed", "failed", "cancelled")
 PENDING_INDEX = "pending"
+# Sparse: a job's record carries ``job_owner`` (``mark_job``); a user's jobs, newest first.
+JOBS_INDEX = "jobs"
 # A request the API has not answered this long has its record written by the API (its first
 # read-back of the record, chalicelib/gateway.py), if the poller's claim did not write it first.
 API_WRITES_AFTER_S = 5.0
@@ -135,6 +137,46 @@ class RequestStore:
         )
         items = out.get("Items") or []
         return from_wire(items[0]) if items else None
+
+    def mark_job(self, request_id: str, owner: str) -> None:
+        """Make the request one of ``owner``'s jobs (``GET /v1/jobs`` lists it); whatever its
+        status: the poller may have claimed, even finished, it already."""
+        self._update(
+            request_id,
+            "SET job_owner = :owner",
+            "attribute_exists(#s)",
+            {":owner": owner},
+            returns="NONE",
+        )
+
+    def list_jobs(
+        self, owner: str, *, limit: int, after: dict[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` of ``owner``'s jobs, newest first, after the record ``after``; and
+        whether more exist (the index holds only what a listing shows: no payload, no result)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": JOBS_INDEX,
+            "KeyConditionExpression": "job_owner = :owner",
+            "FilterExpression": "expires_at >= :now",
+            "ExpressionAttributeValues": to_wire({":owner": owner, ":now": int(time.time())}),
+            "ScanIndexForward": False,
+        }
+        if after is not None:
+            kwargs["ExclusiveStartKey"] = to_wire(
+                {
+                    "request_id": after["request_id"],
+                    "job_owner": owner,
+                    "created_at": after["created_at"],
+                }
+            )
+        items: list[dict[str, Any]] = []
+        while True:
+            out = self._ddb.query(**kwargs, Limit=limit + 1 - len(items))
+            items += [from_wire(i) for i in out.get("Items") or []]
+            if len(items) > limit or "LastEvaluatedKey" not in out:
+                return items[:limit], len(items) > limit
+            kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
 
     def oldest_pending(self) -> tuple[str, float] | None:
         """The unfinished request created first (id, ``created_at``), or None: one Query of one

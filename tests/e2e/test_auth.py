@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import openai
 import pytest
@@ -122,6 +123,12 @@ def _a_running_batch(client: OpenAI) -> str:
     return f"/v1/batches/{batch_id}/cancel"
 
 
+def _a_job(client: OpenAI, steps: int = 1) -> str:
+    body = {"function": "first/sleep-steps", "input": {"steps": steps, "step_s": 0.1}}
+    job: Any = client.post("/jobs", body=body, cast_to=object)
+    return f"/v1/jobs/{job['id']}"
+
+
 # Every route that takes an id, and how to make an object its owner can fetch. A new id route
 # (batches, files, …) fails the walk below until it is added here.
 OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
@@ -130,6 +137,9 @@ OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
     "/v1/files/{file_id}/content": lambda c: f"/v1/files/{_a_file(c)}/content",
     "/v1/batches/{batch_id}": lambda c: f"/v1/batches/{_a_batch(c)}",
     "/v1/batches/{batch_id}/cancel": _a_running_batch,
+    "/v1/jobs/{job_id}": _a_job,
+    # Long enough to be running when the owner's cancel comes (it stops it).
+    "/v1/jobs/{job_id}/cancel": lambda c: f"{_a_job(c, steps=300)}/cancel",
 }
 # Id routes of objects nobody owns: who may see a model is decided by its access rule (groups),
 # tested with the hidden model in test_a_model_outside_your_groups_is_unlisted_and_answers_model_not_found.

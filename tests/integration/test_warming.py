@@ -172,3 +172,23 @@ def test_a_request_past_the_wait_for_a_starting_model_gets_503_and_is_collected_
     wait_until(lambda: services.gateway.fetch(USER, request_id)["status"] == "completed", "served")
     result = services.gateway.fetch(USER, request_id)["result"]
     assert result["id"] == f"chatcmpl-{request_id}"
+
+
+def test_a_job_on_a_cold_endpoint_runs_its_function_and_warms_nothing(
+    services: Services, fleet: Callable[[str], tuple[dict[str, Cluster], Poller]]
+) -> None:
+    """An HPC function has no engine to load: the poller runs it wherever it routes it, as a
+    model's request, and sends no warm-up (``FUNCTION_KIND``)."""
+    import json
+
+    clusters, poller = fleet("cold")
+    wait_until(lambda: heard(services, "cold"), "the heartbeats")
+    body = {"function": "first/sleep-steps", "input": {"steps": 1, "step_s": 0}}
+    job = services.jobs.submit(USER, json.dumps(body).encode())
+    wait_until(lambda: services.jobs.get(USER, job["id"])["status"] == "succeeded", "the job done")
+    calls = [(f, t) for c in clusters.values() for f, t in c.calls]
+    assert [f for f, _ in calls] == ["local:sleep_steps"]
+    assert calls[0][1]["engine"]["kind"] == "function"
+    assert calls[0][1]["body"]["input"] == body["input"]
+    assert poller.warmer.counts["warms_started"] == 0
+    assert services.jobs.get(USER, job["id"])["result"]["id"] == f"chatcmpl-{job['id']}"

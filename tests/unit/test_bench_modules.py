@@ -12,6 +12,7 @@ import pytest
         "bench.auth_overhead",
         "bench.common",
         "bench.constrained",
+        "bench.jobs",
         "bench.proxy",
         "bench.server_layers",
     ],

@@ -21,6 +21,7 @@ from globus_compute_sdk.serialize import ComputeSerializer
 
 import hpc_functions
 from tests.servers import serving
+from tests.unit.test_jobs import CENTRES, blobs_image, png_base64
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,6 +114,24 @@ def _tasks(tiny_model_dir: Path, presigned: Presigned) -> dict[str, tuple[Any, .
                 "error_url": f"{presigned.url}/err",
             },
         ),
+        # Jobs (hpc_functions.jobs): an image counted, progress PUT by the job's URL.
+        "count_objects": (
+            {
+                "request_id": "j1",
+                "engine": {"kind": "function", "function": "first/count-objects"},
+                "body": {
+                    "input": {"image_base64": png_base64(blobs_image(CENTRES))},
+                    "job": {"progress_url": f"{presigned.url}/progress"},
+                },
+            },
+        ),
+        "sleep_steps": (
+            {
+                "request_id": "j2",
+                "engine": {"kind": "function", "function": "first/sleep-steps"},
+                "body": {"input": {"steps": 2, "step_s": 0}},
+            },
+        ),
         # The engine the tasks above loaded: found in this worker, not loaded again.
         "warm": ({"engine": chat_engine},),
         # Last, so that it sees the engines the other tasks loaded.
@@ -167,6 +186,14 @@ def test_every_registered_function_has_a_serialised_run(
 ) -> None:
     tasks = _tasks(tiny_model_dir, presigned)
     assert set(hpc_functions.FUNCTIONS) == set(tasks) == set(worker_results) - {"embeddings_by_url"}
+
+
+def test_jobs_run_deserialised_and_report_progress(
+    worker_results: dict[str, Any], presigned: Presigned
+) -> None:
+    assert worker_results["count_objects"]["response"]["count"] == len(CENTRES)
+    assert json.loads(presigned.objects["/progress"])["fraction"] == 1.0
+    assert worker_results["sleep_steps"]["response"]["steps"] == 2
 
 
 def test_warm_loads_the_engine_in_the_worker(worker_results: dict[str, Any]) -> None:

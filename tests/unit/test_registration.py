@@ -108,3 +108,38 @@ def test_unknown_endpoint_registers_nothing(registry: Path) -> None:
 def test_unreadable_registry_is_a_registry_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError):
         register_functions(tmp_path / "missing.json", "polaris", RecordingClient())
+
+
+def test_a_user_module_is_registered_and_its_jobs_declared_for_the_endpoint(
+    registry: Path,
+) -> None:
+    from chalicelib.registry import Registry
+    from tests.unit import job_module_example as module
+
+    client = RecordingClient()
+    ids = register_functions(
+        registry, "polaris", client, functions=module.FUNCTIONS, jobs=module.JOBS
+    )
+    assert set(ids) == {"mean_of"}
+    loaded = Registry.load(registry)
+    spec = loaded.function("lab/mean-of")
+    assert spec is not None and spec.endpoints == ("polaris",)
+    assert spec.access is not None and spec.access.groups == {"lab"}
+    [(endpoint, deployment)] = loaded.candidates("lab/mean-of", "mean_of")
+    assert endpoint.functions["mean_of"] == ids["mean_of"]
+    # Registering again (a new version) keeps one declaration.
+    register_functions(registry, "polaris", client, functions=module.FUNCTIONS, jobs=module.JOBS)
+    assert [f.name for f in Registry.load(registry).functions].count("lab/mean-of") == 1
+    # The function runs as a job would: input in, result out.
+    task = {"request_id": "r", "engine": {}, "body": {"input": {"values": [1, 2, 3]}}}
+    assert module.mean_of(task)["response"] == {"mean": 2.0}
+
+
+def test_a_job_naming_no_function_of_the_module_registers_nothing(registry: Path) -> None:
+    from tests.unit import job_module_example as module
+
+    client = RecordingClient()
+    bad = [{**module.JOBS[0], "function": "nope"}]
+    with pytest.raises(RegistryError, match="FUNCTIONS"):
+        register_functions(registry, "polaris", client, functions=module.FUNCTIONS, jobs=bad)
+    assert client.registered == {}
