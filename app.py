@@ -6,8 +6,8 @@ from typing import Any
 
 from chalice.app import CloudWatchEvent, Rate, Request, Response, WebsocketEvent
 
-from chalicelib import openapi, sse
-from chalicelib.auth import Principal, bearer_token
+from chalicelib import messages_sse, openapi, sse
+from chalicelib.auth import Principal, api_key_token, bearer_token
 from chalicelib.dashboard import assets as dashboard_assets
 from chalicelib.dashboard import data as dashboard_data
 from chalicelib.fleet import require_operator
@@ -30,6 +30,7 @@ from chalicelib.protocol import (
     parse_body,
 )
 from chalicelib.protocol.common import GatewayRequest, SamplingFields
+from chalicelib.protocol.messages import CountTokensRequest, MessagesRequest, to_message
 from chalicelib.services import Services
 from chalicelib.usage_view import usage as usage_summary
 
@@ -179,6 +180,55 @@ def completions(log: dict[str, Any]) -> Response:
 @route
 def embeddings(log: dict[str, Any]) -> Response:
     return _completion(log, "embeddings", EmbeddingRequest)
+
+
+# Anthropic's Messages API (chalicelib/protocol/messages.py): translated to chat, run on the one
+# submission path, answered (errors too: chalicelib/http.py) in Anthropic's shape.
+def _anthropic_principal(log: dict[str, Any]) -> Principal:
+    principal = services.authenticator.authenticate(api_key_token(_request().headers))
+    log["user"] = principal.id
+    return principal
+
+
+@app.route("/v1/messages", methods=["POST"], content_types=BODY_TYPES)
+@route
+def messages(log: dict[str, Any]) -> Response:
+    principal = _anthropic_principal(log)
+    req = parse_body(check_size(_request(), services.settings.max_body_bytes), MessagesRequest)
+    log["model"] = req.model
+    chat = req.to_chat()
+    done = services.gateway.run(
+        principal, "chat_completions", chat, preferred_wait_s(_request().headers)
+    )
+    message = to_message(done.response, req, done.request_id)
+    log.update(
+        request_id=done.request_id,
+        engine_time_ms=done.engine_time_ms,
+        prompt_tokens=message["usage"]["input_tokens"],
+        completion_tokens=message["usage"]["output_tokens"],
+    )
+    headers = {**done.headers, "x-request-id": done.request_id, "request-id": done.request_id}
+    if req.stream:
+        return Response(
+            body=messages_sse.render(message),
+            status_code=200,
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+    return json_response(message, headers=headers)
+
+
+# The model's own tokenizer and chat template are on the HPC node, not in the Lambda: the count
+# is the prompt of the same chat request, run for one token (docs: "Anthropic Messages API").
+@app.route("/v1/messages/count_tokens", methods=["POST"], content_types=BODY_TYPES)
+@route
+def count_message_tokens(log: dict[str, Any]) -> Response:
+    principal = _anthropic_principal(log)
+    req = parse_body(check_size(_request(), services.settings.max_body_bytes), CountTokensRequest)
+    log["model"] = req.model
+    done = services.gateway.run(principal, "chat_completions", req.to_chat(max_tokens=1))
+    input_tokens = int((done.response.get("usage") or {}).get("prompt_tokens") or 0)
+    log.update(request_id=done.request_id, prompt_tokens=input_tokens)
+    return json_response({"input_tokens": input_tokens}, headers={"request-id": done.request_id})
 
 
 @app.route("/v1/requests/{request_id}", methods=["GET"])

@@ -18,7 +18,10 @@
     └── WaitTimeoutError            504 timeout (carries the request id)
 
 The body is ``{"error": {"message", "type", "param", "code"}}`` with ``code`` a string or null,
-as openai-python expects.
+as openai-python expects. On the Anthropic routes (``/v1/messages*``) the same error renders in
+Anthropic's shape instead (``to_anthropic_body``): ``{"type": "error", "error": {"type",
+"message"}}`` with Anthropic's type names, and its status (``ANTHROPIC_STATUS``: 529
+``overloaded_error`` where OpenAI's routes answer 503), so the anthropic SDK raises its own classes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class FirstError(Exception):
     STATUS_CODE = 500
     ERROR_TYPE = "server_error"
     CODE: str | None = None
+    # Anthropic's name for this error, and its status where it differs from STATUS_CODE.
+    ANTHROPIC_TYPE = "api_error"
+    ANTHROPIC_STATUS: int | None = None
 
     def __init__(
         self,
@@ -58,15 +64,31 @@ class FirstError(Exception):
             error["request_id"] = self.request_id
         return {"error": error}
 
+    @property
+    def anthropic_status(self) -> int:
+        return self.ANTHROPIC_STATUS or self.STATUS_CODE
+
+    def to_anthropic_body(self) -> dict[str, Any]:
+        """The Messages API's error body (the request id goes in ``request_id`` beside it)."""
+        body: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": self.ANTHROPIC_TYPE, "message": self.message},
+        }
+        if self.request_id is not None:
+            body["request_id"] = self.request_id
+        return body
+
 
 class BadRequestError(FirstError):
     STATUS_CODE = 400
     ERROR_TYPE = "invalid_request_error"
+    ANTHROPIC_TYPE = "invalid_request_error"
 
 
 class PayloadTooLargeError(BadRequestError):
     STATUS_CODE = 413
     CODE = "request_too_large"
+    ANTHROPIC_TYPE = "request_too_large"
 
 
 class LengthRequiredError(BadRequestError):
@@ -78,16 +100,19 @@ class AuthenticationError(FirstError):
     STATUS_CODE = 401
     ERROR_TYPE = "invalid_request_error"
     CODE = "invalid_api_key"
+    ANTHROPIC_TYPE = "authentication_error"
 
 
 class PermissionDeniedError(FirstError):
     STATUS_CODE = 403
     ERROR_TYPE = "invalid_request_error"
+    ANTHROPIC_TYPE = "permission_error"
 
 
 class NotFoundError(FirstError):
     STATUS_CODE = 404
     ERROR_TYPE = "invalid_request_error"
+    ANTHROPIC_TYPE = "not_found_error"
 
 
 class ModelNotFoundError(NotFoundError):
@@ -101,12 +126,14 @@ class StreamGoneError(FirstError):
     STATUS_CODE = 410
     ERROR_TYPE = "invalid_request_error"
     CODE = "connection_gone"
+    ANTHROPIC_TYPE = "invalid_request_error"
 
 
 class RateLimitError(FirstError):
     STATUS_CODE = 429
     ERROR_TYPE = "requests"
     CODE = "rate_limit_exceeded"
+    ANTHROPIC_TYPE = "rate_limit_error"
 
 
 class EngineFailedError(FirstError):
@@ -125,12 +152,16 @@ class UpstreamUnavailableError(FirstError):
     STATUS_CODE = 503
     ERROR_TYPE = "server_error"
     CODE = "unavailable"
+    # Anthropic clients know load shedding as 529 overloaded_error (and retry it).
+    ANTHROPIC_TYPE = "overloaded_error"
+    ANTHROPIC_STATUS = 529
 
 
 class WaitTimeoutError(FirstError):
     STATUS_CODE = 504
     ERROR_TYPE = "timeout"
     CODE = "timeout"
+    ANTHROPIC_TYPE = "timeout_error"
 
 
 def error_from_result(error: dict[str, Any], status_code: int, request_id: str) -> FirstError:

@@ -202,6 +202,11 @@ def parse_body(raw: bytes | None, model: type[M]) -> M:
     data = load_json(raw)
     if not isinstance(data, dict):
         raise BadRequestError("The request body must be a JSON object.")
+    return validate(model, data)
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` as ``model``; any problem is a 400 naming the field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

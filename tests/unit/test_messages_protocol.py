@@ -1,0 +1,311 @@
+"""The Messages API's body translated to chat and the chat answer rendered as Anthropic's message
+(chalicelib/protocol/messages.py), its buffered events, and its errors in Anthropic's shape on its
+routes only (the app through Chalice's LocalGateway)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+from chalice.config import Config
+from chalice.local import LocalGateway
+
+from app import app
+from chalicelib import messages_sse, openapi
+from chalicelib.errors import (
+    AuthenticationError,
+    BadRequestError,
+    FirstError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitError,
+    UpstreamUnavailableError,
+)
+from chalicelib.protocol.common import validate
+from chalicelib.protocol.messages import MessagesRequest, to_message
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def request(**fields: Any) -> MessagesRequest:
+    body = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    return validate(MessagesRequest, {**body, **fields})
+
+
+def test_system_turns_and_stop_sequences_become_a_chat_request() -> None:
+    req = request(
+        system=[{"type": "text", "text": "be brief"}, {"type": "text", "text": "be kind"}],
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "a"}]},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+        ],
+        stop_sequences=["x", "yz"],
+        temperature=0.5,
+        top_k=5,
+        metadata={"user_id": "u1"},
+    )
+    chat = req.to_chat()
+    assert [(m.role, m.content) for m in chat.messages] == [
+        ("system", "be brief\nbe kind"),
+        ("user", "a"),
+        ("assistant", "b"),
+        ("user", "c"),
+    ]
+    assert chat.stop == ["x", "yz"] and chat.max_tokens == 16 and chat.temperature == 0.5
+    assert chat.user == "u1"
+    assert chat.engine_body()["top_k"] == 5
+
+
+def test_tools_tool_choice_tool_use_and_tool_result_map_to_chat_tools() -> None:
+    req = request(
+        tools=[{"name": "get_weather", "description": "w", "input_schema": WEATHER}],
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        messages=[
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": "s"},
+                    {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "x"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "sunny"},
+                    {"type": "text", "text": "and tomorrow?"},
+                ],
+            },
+        ],
+    )
+    body = req.to_chat().engine_body()
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "function": {"name": "get_weather", "parameters": WEATHER, "description": "w"},
+        }
+    ]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert body["parallel_tool_calls"] is False
+    assistant, tool, user = body["messages"][1:]
+    assert assistant.get("content") is None
+    assert assistant["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "x"}',
+    }
+    assert tool == {"role": "tool", "tool_call_id": "t1", "content": "sunny"}
+    assert user == {"role": "user", "content": "and tomorrow?"}
+
+
+@pytest.mark.parametrize(
+    ("choice", "chat"), [("auto", "auto"), ("any", "required"), ("none", "none")]
+)
+def test_tool_choice_types_map_to_chat_tool_choices(choice: str, chat: str) -> None:
+    req = request(tools=[{"name": "f", "input_schema": WEATHER}], tool_choice={"type": choice})
+    assert req.to_chat().tool_choice == chat
+
+
+def test_an_error_tool_result_says_so_to_the_model() -> None:
+    req = request(
+        messages=[
+            {"role": "user", "content": "go"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t",
+                        "is_error": True,
+                        "content": [{"type": "text", "text": "boom"}],
+                    }
+                ],
+            },
+        ],
+        tools=[{"name": "f", "input_schema": {"type": "object"}}],
+    )
+    assert req.to_chat().messages[-1].content == "Error: boom"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": None}, "max_tokens"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+            "messages[0].content[0]",
+        ),
+        ({"tool_choice": {"type": "tool"}}, "tool_choice"),
+        ({"tools": [{"name": "web", "type": "web_search_20250305", "input_schema": {}}]}, None),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "nope", "content": "x"}],
+                    }
+                ]
+            },
+            "messages",
+        ),
+    ],
+)
+def test_what_chat_cannot_say_is_a_400_naming_the_field(
+    fields: dict[str, Any], param: str | None
+) -> None:
+    body = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    body.update(fields)
+    body = {k: v for k, v in body.items() if v is not None}
+    with pytest.raises(BadRequestError) as caught:
+        validate(MessagesRequest, body).to_chat()
+    if param is not None:
+        assert caught.value.param == param
+
+
+def chat_result(message: dict[str, Any], finish: str, **choice: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, **choice}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+
+
+@pytest.mark.parametrize(
+    ("finish", "extra", "stop_reason", "stop_sequence"),
+    [
+        ("stop", {}, "end_turn", None),
+        ("length", {}, "max_tokens", None),
+        ("stop", {"stop_reason": "yz"}, "stop_sequence", "yz"),
+        ("stop", {"stop_reason": 2}, "end_turn", None),  # vLLM: an eos token id
+    ],
+)
+def test_the_answer_is_an_anthropic_message_with_its_stop_reason(
+    finish: str, extra: dict[str, Any], stop_reason: str, stop_sequence: str | None
+) -> None:
+    result = chat_result({"role": "assistant", "content": "hello"}, finish, **extra)
+    message = to_message(result, request(stop_sequences=["yz"]), "req_abc")
+    assert message == {
+        "id": "msg_abc",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": "hello"}],
+        "model": "m",
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {"input_tokens": 7, "output_tokens": 3},
+    }
+
+
+def test_tool_calls_and_reasoning_come_back_as_tool_use_and_thinking_blocks() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    result = chat_result(
+        {"role": "assistant", "content": None, "reasoning_content": "r", "tool_calls": [call]},
+        "stop",
+    )
+    message = to_message(result, request(), "req_x")
+    assert message["stop_reason"] == "tool_use"
+    assert message["content"] == [
+        {"type": "thinking", "thinking": "r", "signature": ""},
+        {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}},
+    ]
+
+
+def test_buffered_events_rebuild_the_message() -> None:
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": '{"a":"long value here"}'},
+    }
+    result = chat_result(
+        {"role": "assistant", "content": "two words", "tool_calls": [call]}, "stop"
+    )
+    message = to_message(result, request(), "req_x")
+    text = messages_sse.render(message)
+    names = [line[len("event: ") :] for line in text.splitlines() if line.startswith("event: ")]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-2:] == ["message_delta", "message_stop"]
+    datas = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    # Accumulated as a client does: the deltas rebuild each block.
+    rebuilt: list[dict[str, Any]] = []
+    json_parts: dict[int, str] = {}
+    for data in datas:
+        if data["type"] == "content_block_start":
+            rebuilt.append(dict(data["content_block"]))
+        elif data["type"] == "content_block_delta":
+            delta = data["delta"]
+            if delta["type"] == "text_delta":
+                rebuilt[data["index"]]["text"] += delta["text"]
+            else:
+                json_parts[data["index"]] = (
+                    json_parts.get(data["index"], "") + delta["partial_json"]
+                )
+    for index, raw in json_parts.items():
+        rebuilt[index]["input"] = json.loads(raw)
+    assert rebuilt == message["content"]
+    assert datas[-2]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "kind"),
+    [
+        (BadRequestError("x"), 400, "invalid_request_error"),
+        (AuthenticationError("x"), 401, "authentication_error"),
+        (NotFoundError("x"), 404, "not_found_error"),
+        (PayloadTooLargeError("x"), 413, "request_too_large"),
+        (RateLimitError("x"), 429, "rate_limit_error"),
+        (FirstError("x"), 500, "api_error"),
+        (UpstreamUnavailableError("x"), 529, "overloaded_error"),
+    ],
+)
+def test_each_error_renders_in_anthropic_shape_with_its_status(
+    exc: FirstError, status: int, kind: str
+) -> None:
+    assert exc.anthropic_status == status
+    body = exc.to_anthropic_body()
+    assert body == {"type": "error", "error": {"type": kind, "message": "x"}}
+    jsonschema.validate(body, openapi.ANTHROPIC_ERROR_SCHEMA)
+
+
+def call(method: str, path: str, body: bytes | None = b"{}", **headers: str) -> dict[str, Any]:
+    gateway = LocalGateway(app, Config.create(chalice_app=app, app_name="t"))
+    return gateway.handle_request(method=method, path=path, headers=headers, body=body)
+
+
+def test_no_key_on_the_messages_route_is_an_anthropic_401_and_an_openai_one_elsewhere() -> None:
+    response = call("POST", "/v1/messages", **{"Content-Type": "application/json"})
+    assert response["statusCode"] == 401
+    body = json.loads(response["body"])
+    assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    assert "x-api-key" in body["error"]["message"]
+    other = call("POST", "/v1/chat/completions", **{"Content-Type": "application/json"})
+    assert other["statusCode"] == 401
+    assert set(json.loads(other["body"])["error"]) == {"message", "type", "param", "code"}
+
+
+def test_what_chalice_answers_itself_on_the_messages_route_is_anthropic_shaped() -> None:
+    response = call("GET", "/v1/messages", body=None)
+    assert response["statusCode"] == 405
+    body = json.loads(response["body"])
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+
+
+def test_an_output_format_becomes_a_strict_json_schema_response_format() -> None:
+    req = request(output_config={"format": {"type": "json_schema", "schema": WEATHER}})
+    assert req.to_chat().response_format == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": WEATHER, "strict": True},
+    }
+
+
+def test_a_seed_passes_through_for_reproducible_samples() -> None:
+    assert request(seed=3).to_chat().seed == 3
