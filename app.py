@@ -6,7 +6,7 @@ from typing import Any
 
 from chalice.app import CloudWatchEvent, Rate, Request, Response, WebsocketEvent
 
-from chalicelib import messages_sse, openapi, sse
+from chalicelib import messages_sse, openapi
 from chalicelib.auth import Principal, api_key_token, bearer_token
 from chalicelib.dashboard import assets as dashboard_assets
 from chalicelib.dashboard import data as dashboard_data
@@ -27,6 +27,7 @@ from chalicelib.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    dialects,
     parse_body,
 )
 from chalicelib.protocol.common import GatewayRequest, SamplingFields
@@ -83,7 +84,9 @@ def _completion(log: dict[str, Any], function: str, model: type[GatewayRequest])
     if isinstance(req, SamplingFields) and req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Response(
-            body=sse.render(done.response, include_usage),
+            body=dialects.render_buffered(
+                dialects.CHAT, {"include_usage": include_usage}, done.response
+            ),
             status_code=200,
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
         )
@@ -274,7 +277,10 @@ def relay_push(log: dict[str, Any]) -> Response:
     raw = check_size(_request(), services.settings.max_body_bytes)
     delivery = services.relay.push(bearer_token(_request().headers), raw)
     log.update(request_id=delivery.request_id, seq=delivery.seq, frames=delivery.posted)
-    return json_response({"seq": delivery.seq, "frames": delivery.posted})
+    answer: dict[str, Any] = {"seq": delivery.seq, "frames": delivery.posted}
+    if delivery.state is not None:
+        answer["state"] = delivery.state  # the stream dialect's, for the next push
+    return json_response(answer)
 
 
 # ----- Files and Batches (chalicelib/batch; docs/operations.md "Batch") ----------------------

@@ -56,9 +56,12 @@ from chalicelib.errors import (
     LengthRequiredError,
     PayloadTooLargeError,
 )
+from chalicelib.protocol import dialects
 from first_cli.client import StreamClient, StreamError
 
 STREAM_ACTIONS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+# The stream dialect of each action (chalicelib.protocol.dialects): how its events are framed.
+ACTION_DIALECTS: dict[str, str] = {}
 # How long a 504'd request is collected for, and how often its record is read.
 COLLECT_TIMEOUT_S = 3600.0
 COLLECT_INTERVAL_S = 1.0
@@ -293,8 +296,9 @@ class Proxy:
         if first.get("request_id"):
             headers["x-request-id"] = first["request_id"]
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        dialect = dialects.get(ACTION_DIALECTS.get(action))
         return StreamingResponse(
-            self._events(client, frames, first, include_usage),
+            self._events(client, frames, first, include_usage, dialect),
             media_type="text/event-stream",
             headers=headers,
             # Once the body's last chunk is out: the caller does not wait for the close.
@@ -307,6 +311,7 @@ class Proxy:
         frames: Generator[dict[str, Any], None, None],
         first: dict[str, Any],
         include_usage: bool,
+        dialect: dialects.Dialect = dialects.CHAT,
     ) -> AsyncGenerator[bytes, None]:
         """The request's frames as SSE events, until ``done``/``error`` or the caller leaves
         (starlette then cancels this generator)."""
@@ -318,17 +323,19 @@ class Proxy:
                 while frame is not None:
                     if frame["type"] == "chunk":
                         last = frame["data"]
-                        yield _event(last)
+                        yield dialect.sse(last).encode()
                     elif frame["type"] == "done":
-                        if include_usage and last is not None:
+                        # Chat's usage chunk comes from the done frame; other dialects' closing
+                        # events came as chunks before it.
+                        if dialect is dialects.CHAT and include_usage and last is not None:
                             base = {k: last[k] for k in ("id", "object", "created", "model")}
                             yield _event({**base, "choices": [], "usage": frame["usage"]})
                     elif frame["type"] == "error":
-                        yield _event({"error": frame["error"]})
+                        yield dialect.sse_error(frame["error"], last).encode()
                     frame = await self._in_thread(next, frames, None)
             except StreamError as exc:
-                yield _event({"error": exc.error})
-            yield _event("[DONE]")
+                yield dialect.sse_error(exc.error, last).encode()
+            yield dialect.sse_end().encode()
             finished = True
         except (anyio.get_cancelled_exc_class(), GeneratorExit):
             # The caller left. Its connection is closed on the way out, and that $disconnect
