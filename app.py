@@ -6,7 +6,7 @@ from typing import Any
 
 from chalice.app import CloudWatchEvent, Rate, Request, Response, WebsocketEvent
 
-from chalicelib import messages_sse, openapi
+from chalicelib import openapi
 from chalicelib.auth import Principal, api_key_token, bearer_token
 from chalicelib.dashboard import assets as dashboard_assets
 from chalicelib.dashboard import data as dashboard_data
@@ -31,7 +31,13 @@ from chalicelib.protocol import (
     parse_body,
 )
 from chalicelib.protocol.common import GatewayRequest, SamplingFields
-from chalicelib.protocol.messages import CountTokensRequest, MessagesRequest, to_message
+from chalicelib.protocol.messages import (
+    CountTokensRequest,
+    MessagesRequest,
+    message_id,
+    to_message,
+)
+from chalicelib.protocol.messages_stream import MESSAGES, stream_state
 from chalicelib.services import Services
 from chalicelib.usage_view import usage as usage_summary
 
@@ -212,8 +218,10 @@ def messages(log: dict[str, Any]) -> Response:
     )
     headers = {**done.headers, "x-request-id": done.request_id, "request-id": done.request_id}
     if req.stream:
+        state = stream_state(message_id(done.request_id), req.model, req.stop_sequences)
+        state["input_tokens"] = message["usage"]["input_tokens"]
         return Response(
-            body=messages_sse.render(message),
+            body=dialects.render_buffered(MESSAGES, state, done.response),
             status_code=200,
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
         )

@@ -181,3 +181,35 @@ def error_from_result(error: dict[str, Any], status_code: int, request_id: str) 
         request_id=request_id,
     )
     return exc
+
+
+def error_from_body(error: dict[str, Any]) -> FirstError:
+    """The tree's error for an OpenAI error object that travelled without its status (a
+    stream's error frame): matched by ``code``, else by ``type``; a server error otherwise."""
+    code, kind = error.get("code"), error.get("type")
+    tree: list[type[FirstError]] = [
+        ModelNotFoundError,
+        AuthenticationError,
+        PayloadTooLargeError,
+        LengthRequiredError,
+        StreamGoneError,
+        RateLimitError,
+        EngineFailedError,
+        BadGatewayError,
+        UpstreamUnavailableError,
+        WaitTimeoutError,
+    ]
+    cls = next((c for c in tree if code is not None and c.CODE == code), None)
+    if cls is None:
+        by_type: dict[Any, type[FirstError]] = {
+            "invalid_request_error": BadRequestError,
+            "requests": RateLimitError,
+            "timeout": WaitTimeoutError,
+        }
+        cls = by_type.get(kind, FirstError)
+    return cls(
+        str(error.get("message") or "The request failed."),
+        param=error.get("param"),
+        code=code,
+        request_id=error.get("request_id"),
+    )

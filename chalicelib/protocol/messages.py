@@ -313,7 +313,7 @@ def to_message(result: dict[str, Any], req: MessagesRequest, request_id: str) ->
     calls = message.get("tool_calls") or []
     for call in calls:
         content.append(_tool_use(call, request_id))
-    stop_reason, stop_sequence = _stop(choice, req, bool(calls))
+    stop_reason, stop_sequence = stop_of(choice, req.stop_sequences or [], bool(calls))
     usage = result.get("usage") or {}
     return {
         "id": message_id(request_id),
@@ -349,13 +349,16 @@ def _tool_use(call: dict[str, Any], request_id: str) -> dict[str, Any]:
     }
 
 
-def _stop(choice: dict[str, Any], req: MessagesRequest, called: bool) -> tuple[str, str | None]:
+def stop_of(
+    choice: dict[str, Any], stop_sequences: list[str], called: bool
+) -> tuple[str, str | None]:
+    """Anthropic's ``stop_reason`` and ``stop_sequence`` for a chat choice."""
     if called:
         return "tool_use", None
     if choice.get("finish_reason") == "length":
         return "max_tokens", None
     # vLLM, and the transformers engine, name the stop string that ended the text.
     matched = choice.get("stop_reason")
-    if isinstance(matched, str) and matched in (req.stop_sequences or []):
+    if isinstance(matched, str) and matched in stop_sequences:
         return "stop_sequence", matched
     return "end_turn", None

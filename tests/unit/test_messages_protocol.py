@@ -13,7 +13,7 @@ from chalice.config import Config
 from chalice.local import LocalGateway
 
 from app import app
-from chalicelib import messages_sse, openapi
+from chalicelib import openapi
 from chalicelib.errors import (
     AuthenticationError,
     BadRequestError,
@@ -23,8 +23,10 @@ from chalicelib.errors import (
     RateLimitError,
     UpstreamUnavailableError,
 )
+from chalicelib.protocol import dialects
 from chalicelib.protocol.common import validate
 from chalicelib.protocol.messages import MessagesRequest, to_message
+from chalicelib.protocol.messages_stream import MESSAGES, stream_state
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
@@ -220,39 +222,102 @@ def test_tool_calls_and_reasoning_come_back_as_tool_use_and_thinking_blocks() ->
     ]
 
 
+def accumulate(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The message a client rebuilds from the events (as the anthropic SDK does)."""
+    assert [e["type"] for e in events[:2]] == ["message_start", "ping"]
+    assert [e["type"] for e in events[-2:]] == ["message_delta", "message_stop"]
+    message = dict(events[0]["message"])
+    blocks: list[dict[str, Any]] = []
+    raw: dict[int, str] = {}
+    open_blocks: set[int] = set()
+    for event in events[2:-2]:
+        if event["type"] == "content_block_start":
+            assert event["index"] == len(blocks) and not open_blocks
+            blocks.append(dict(event["content_block"]))
+            open_blocks.add(event["index"])
+        elif event["type"] == "content_block_stop":
+            open_blocks.remove(event["index"])
+        else:
+            assert event["index"] in open_blocks
+            delta, block = event["delta"], blocks[event["index"]]
+            if delta["type"] == "text_delta":
+                block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            else:
+                raw[event["index"]] = raw.get(event["index"], "") + delta["partial_json"]
+    assert not open_blocks
+    for index, text in raw.items():
+        blocks[index]["input"] = json.loads(text)
+    message.update(content=blocks, **events[-2]["delta"])
+    message["usage"] = {**message["usage"], **events[-2]["usage"]}
+    return message
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    lines = text.splitlines()
+    names = [line[len("event: ") :] for line in lines if line.startswith("event: ")]
+    datas = [json.loads(line[len("data: ") :]) for line in lines if line.startswith("data: ")]
+    assert names == [d["type"] for d in datas]
+    return datas
+
+
 def test_buffered_events_rebuild_the_message() -> None:
     call = {
         "id": "c1",
         "type": "function",
-        "function": {"name": "f", "arguments": '{"a":"long value here"}'},
+        "function": {"name": "f", "arguments": '{"a":"a long value, in pieces"}'},
     }
     result = chat_result(
-        {"role": "assistant", "content": "two words", "tool_calls": [call]}, "stop"
+        {
+            "role": "assistant",
+            "content": "two words",
+            "reasoning_content": "hm",
+            "tool_calls": [call],
+        },
+        "tool_calls",
     )
-    message = to_message(result, request(), "req_x")
-    text = messages_sse.render(message)
-    names = [line[len("event: ") :] for line in text.splitlines() if line.startswith("event: ")]
-    assert names[:3] == ["message_start", "ping", "content_block_start"]
-    assert names[-2:] == ["message_delta", "message_stop"]
-    datas = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
-    # Accumulated as a client does: the deltas rebuild each block.
-    rebuilt: list[dict[str, Any]] = []
-    json_parts: dict[int, str] = {}
-    for data in datas:
-        if data["type"] == "content_block_start":
-            rebuilt.append(dict(data["content_block"]))
-        elif data["type"] == "content_block_delta":
-            delta = data["delta"]
-            if delta["type"] == "text_delta":
-                rebuilt[data["index"]]["text"] += delta["text"]
-            else:
-                json_parts[data["index"]] = (
-                    json_parts.get(data["index"], "") + delta["partial_json"]
-                )
-    for index, raw in json_parts.items():
-        rebuilt[index]["input"] = json.loads(raw)
-    assert rebuilt == message["content"]
-    assert datas[-2]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    req = request()
+    message = to_message(result, req, "req_x")
+    state = stream_state("msg_x", "m", None)
+    state["input_tokens"] = 7
+    rebuilt = accumulate(sse_events(dialects.render_buffered(MESSAGES, state, result)))
+    assert rebuilt == message
+
+
+def test_live_chunks_over_several_pushes_end_as_the_message() -> None:
+    # As the relay renders them: each push from the state the one before answered with (JSON).
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def chunk(delta: dict[str, Any]) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+    pushes = [
+        [chunk({"role": "assistant", "content": ""}), chunk({"content": "ab"})],
+        [chunk({"content": "c"}), chunk({"content": "d"})],
+    ]
+    state: dialects.State = stream_state("msg_y", "m", ["zz"])
+    events: list[dict[str, Any]] = []
+    for push in pushes:
+        out, state = dialects.push_events(MESSAGES, json.loads(json.dumps(state)), push)
+        events += out
+    result = chat_result({"role": "assistant", "content": "abcd"}, "stop", stop_reason="zz")
+    events += MESSAGES.closing_events(
+        dialects.closing_state(stream_state("msg_y", "m", ["zz"]), state), "completed", result
+    )
+    message = accumulate(events)
+    assert message["content"] == [{"type": "text", "text": "abcd"}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "zz")
+    assert message["usage"] == {"input_tokens": 7, "output_tokens": 3}
+    assert message["id"] == "msg_y"
+
+
+def test_a_stream_error_is_an_anthropic_error_event() -> None:
+    text = MESSAGES.sse_error(RateLimitError("slow down").to_body()["error"], None)
+    assert text.startswith("event: error\n")
+    body = json.loads(text.split("data: ", 1)[1])
+    assert body == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    assert MESSAGES.sse_end() == ""
 
 
 @pytest.mark.parametrize(
