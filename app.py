@@ -242,6 +242,50 @@ def count_message_tokens(log: dict[str, Any]) -> Response:
     return json_response({"input_tokens": input_tokens}, headers={"request-id": done.request_id})
 
 
+# ----- the Responses API (chalicelib/responses_api.py; docs: "Responses API") -----------------
+
+
+@app.route("/v1/responses", methods=["POST"], content_types=BODY_TYPES)
+@route
+def create_response(log: dict[str, Any]) -> Response:
+    principal = _principal(log)
+    raw = check_size(_request(), services.settings.max_body_bytes)
+    made = services.responses.create(principal, raw, preferred_wait_s(_request().headers))
+    usage = made.usage or {}
+    log.update(
+        request_id=made.request_id,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+    )
+    headers = {**made.headers, **({"x-request-id": made.request_id} if made.request_id else {})}
+    if isinstance(made.body, str):
+        stream = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        return Response(body=made.body, status_code=200, headers={**headers, **stream})
+    return json_response(made.body, headers=headers)
+
+
+@app.route("/v1/responses/{response_id}", methods=["GET", "DELETE"])
+@route
+def response_route(log: dict[str, Any], response_id: str) -> Response:
+    principal = _principal(log)
+    if _request().method == "DELETE":
+        return json_response(services.responses.delete(principal, response_id))
+    return json_response(services.responses.retrieve(principal, response_id))
+
+
+@app.route("/v1/responses/{response_id}/input_items", methods=["GET"])
+@route
+def response_input_items(log: dict[str, Any], response_id: str) -> Response:
+    principal = _principal(log)
+    return json_response(services.responses.input_items(principal, response_id, _query()))
+
+
+@app.route("/v1/responses/{response_id}/cancel", methods=["POST"], content_types=BODY_TYPES)
+@route
+def cancel_response(log: dict[str, Any], response_id: str) -> Response:
+    return json_response(services.responses.cancel(_principal(log), response_id))
+
+
 @app.route("/v1/requests/{request_id}", methods=["GET"])
 @route
 def get_request(log: dict[str, Any], request_id: str) -> Response:

@@ -26,6 +26,7 @@ from pydantic.json_schema import models_json_schema
 from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from chalicelib.protocol.batches import CreateBatchRequest, CreateUploadRequest
 from chalicelib.protocol.messages import CountTokensRequest, MessagesRequest
+from chalicelib.protocol.responses import ResponsesRequest
 
 REF = "#/components/schemas/{model}"
 OBJECT: dict[str, Any] = {"type": "object"}
@@ -218,6 +219,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         description="Runs the conversation's prompt on the model for one token: it counts "
         "in usage and limits as one small request.",
     ),
+    ("/v1/responses", "POST"): Operation(
+        "Create a model response (stored under you unless store is false; background queues it)",
+        "responses",
+        body=ResponsesRequest,
+        ok=_COMPLETION_OK,
+        prefer=True,
+    ),
+    ("/v1/responses/{response_id}", "GET"): Operation("Retrieve a stored response", "responses"),
+    ("/v1/responses/{response_id}", "DELETE"): Operation("Delete a stored response", "responses"),
+    ("/v1/responses/{response_id}/input_items", "GET"): Operation(
+        "A stored response's input items",
+        "responses",
+        query=(_LIMIT, _AFTER, Query("order", {"type": "string", "enum": ["asc", "desc"]})),
+    ),
+    ("/v1/responses/{response_id}/cancel", "POST"): Operation(
+        "Cancel a background response", "responses"
+    ),
     ("/v1/requests/{request_id}", "GET"): Operation(
         "Your own request: its status and, when done, its result", "completions"
     ),
@@ -322,12 +340,13 @@ WEBSOCKET = {
         "type": "object",
         "required": ["action", "body"],
         "properties": {
-            "action": {"enum": ["chat.completions", "completions"]},
+            "action": {"enum": ["chat.completions", "completions", "responses"]},
             "id": {"type": "string", "maxLength": 128},
             "body": {
                 "oneOf": [
                     {"$ref": "#/components/schemas/ChatCompletionRequest"},
                     {"$ref": "#/components/schemas/CompletionRequest"},
+                    {"$ref": "#/components/schemas/ResponsesRequest"},
                 ]
             },
         },

@@ -37,12 +37,14 @@ from chalicelib.stores.objects import ObjectStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener, ReplySender, process_queue_name
 from chalicelib.stores.requests import RequestStore
+from chalicelib.stores.responses import ResponseStore
 from chalicelib.stores.sweeper import ReplyQueueSweeper
 from chalicelib.stores.usage import UsageStore, UsageWriter
 from chalicelib.stores.websocket import ConnectionPoster
 
 if TYPE_CHECKING:
     from chalicelib.batch.api import BatchApi
+    from chalicelib.responses_api import ResponsesApi
     from chalicelib.streaming.notifier import StreamNotifier
     from chalicelib.streaming.relay import Relay
     from chalicelib.streaming.service import StreamService
@@ -293,6 +295,24 @@ class Services:
         if not (s.stream_key and s.stream_relay_url and s.websocket_management_url):
             return None
         return StreamNotifier(s, self.connection_poster, get_logger("first-poller"))
+
+    # ----- the Responses API (chalicelib/responses_api.py) --------------------------------
+
+    @cached_property
+    def response_store(self) -> ResponseStore:
+        return ResponseStore(self.dynamodb.Table(self.settings.responses_table_name))
+
+    @cached_property
+    def responses(self) -> ResponsesApi:
+        from chalicelib.responses_api import ResponsesApi
+
+        return ResponsesApi(
+            settings=self.settings,
+            gateway=self.gateway,
+            registry=self.registry,
+            store=self.response_store,
+            blobs=self.blobs,
+        )
 
     # ----- batch (chalicelib/batch) ------------------------------------------------------
 

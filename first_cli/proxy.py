@@ -59,9 +59,13 @@ from chalicelib.errors import (
 from chalicelib.protocol import dialects
 from first_cli.client import StreamClient, StreamError
 
-STREAM_ACTIONS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+STREAM_ACTIONS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+}
 # The stream dialect of each action (chalicelib.protocol.dialects): how its events are framed.
-ACTION_DIALECTS: dict[str, str] = {}
+ACTION_DIALECTS: dict[str, str] = {"responses": "responses"}
 # How long a 504'd request is collected for, and how often its record is read.
 COLLECT_TIMEOUT_S = 3600.0
 COLLECT_INTERVAL_S = 1.0
@@ -214,7 +218,7 @@ class Proxy:
                 body = json.loads(raw or b"{}")
             except ValueError:
                 body = None
-            if isinstance(body, dict) and body.get("stream"):
+            if isinstance(body, dict) and body.get("stream") and not _gateway_state(body):
                 return await self._stream(request, STREAM_ACTIONS[request.url.path], body)
         return await self._forward(request, raw)
 
@@ -351,6 +355,12 @@ class Proxy:
         # Shielded: also when the caller's leaving cancelled the stream.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self.close_stream, client, limiter=self._threads)
+
+
+def _gateway_state(body: dict[str, Any]) -> bool:
+    """A Responses turn that continues a stored conversation: the gateway rebuilds it on its
+    REST route only, so it is forwarded there (a buffered stream) rather than streamed live."""
+    return body.get("previous_response_id") is not None
 
 
 def _listen(host: str, port: int) -> socket.socket:

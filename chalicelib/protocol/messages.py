@@ -186,7 +186,7 @@ class CountTokensRequest(OpenAIModel):
             body["tools"] = [_chat_tool(tool) for tool in self.tools]
         if self.tool_choice is not None:
             body.update(_chat_tool_choice(self.tool_choice, bool(self.tools)))
-        return validate(ChatCompletionRequest, {k: v for k, v in body.items() if v is not None})
+        return validate({k: v for k, v in body.items() if v is not None}, ChatCompletionRequest)
 
 
 class MessagesRequest(CountTokensRequest):

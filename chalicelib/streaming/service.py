@@ -1,7 +1,7 @@
 """The WebSocket routes' work: ``$connect`` authenticates, ``$default`` admits and enqueues a
 streaming request, ``$disconnect`` forgets the connection.
 
-A ``$default`` message is ``{"action": "chat.completions" | "completions", "id": CLIENT_REF,
+A ``$default`` message is ``{"action": "chat.completions" | "completions" | "responses", "id": CLIENT_REF,
 "body": {…OpenAI request body…}}``. It goes through the REST route's checks (validation, model
 access, the model's ceiling, rate limits) and the same record + queue, with the connection and
 the client's reference on the record; the handler returns at once, and the answer travels as
@@ -43,6 +43,7 @@ from chalicelib.errors import (
 from chalicelib.gateway import Gateway, new_request_id
 from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 from chalicelib.protocol.common import GatewayRequest, load_json
+from chalicelib.protocol.responses_stream import ResponsesAsChat
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore, dumps
@@ -56,6 +57,8 @@ from chalicelib.streaming import frames
 ACTIONS: dict[str, tuple[str, type[GatewayRequest]]] = {
     "chat.completions": ("chat_completions", ChatCompletionRequest),
     "completions": ("completions", CompletionRequest),
+    # A Responses body, answered as chat and streamed in the Responses dialect.
+    "responses": ("chat_completions", ResponsesAsChat),
 }
 # A client's reference is echoed in every frame; keep it a short string.
 MAX_CLIENT_REF_CHARS = 128
@@ -274,7 +277,11 @@ class StreamService:
             "function": function,
             # What makes the poller stream: the connection the frames go to, and the client's
             # reference they carry.
-            "stream": {"connection_id": connection_id, **({"ref": ref} if ref else {})},
+            "stream": {
+                "connection_id": connection_id,
+                **({"ref": ref} if ref else {}),
+                **req.stream_dialect(),
+            },
             **({"limits": hold} if hold else {}),
             **self._blobs.fields(
                 "payload",

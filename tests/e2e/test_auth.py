@@ -122,6 +122,15 @@ def _a_running_batch(client: OpenAI) -> str:
     return f"/v1/batches/{batch_id}/cancel"
 
 
+def _a_response(client: OpenAI) -> str:
+    return client.responses.create(model=TINY, input="Hello", max_output_tokens=2).id
+
+
+def _a_background_response(client: OpenAI) -> str:
+    made = client.responses.create(model=TINY, input="Hello", max_output_tokens=2, background=True)
+    return f"/v1/responses/{made.id}/cancel"
+
+
 # Every route that takes an id, and how to make an object its owner can fetch. A new id route
 # (batches, files, …) fails the walk below until it is added here.
 OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
@@ -130,6 +139,11 @@ OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
     "/v1/files/{file_id}/content": lambda c: f"/v1/files/{_a_file(c)}/content",
     "/v1/batches/{batch_id}": lambda c: f"/v1/batches/{_a_batch(c)}",
     "/v1/batches/{batch_id}/cancel": _a_running_batch,
+    "/v1/responses/{response_id}": lambda c: f"/v1/responses/{_a_response(c)}",
+    "/v1/responses/{response_id}/input_items": (
+        lambda c: f"/v1/responses/{_a_response(c)}/input_items"
+    ),
+    "/v1/responses/{response_id}/cancel": _a_background_response,
 }
 # Id routes of objects nobody owns: who may see a model is decided by its access rule (groups),
 # tested with the hidden model in test_a_model_outside_your_groups_is_unlisted_and_answers_model_not_found.

@@ -33,7 +33,7 @@ WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "requir
 
 def request(**fields: Any) -> MessagesRequest:
     body = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-    return validate(MessagesRequest, {**body, **fields})
+    return validate({**body, **fields}, MessagesRequest)
 
 
 def test_system_turns_and_stop_sequences_become_a_chat_request() -> None:
@@ -166,7 +166,7 @@ def test_what_chat_cannot_say_is_a_400_naming_the_field(
     body.update(fields)
     body = {k: v for k, v in body.items() if v is not None}
     with pytest.raises(BadRequestError) as caught:
-        validate(MessagesRequest, body).to_chat()
+        validate(body, MessagesRequest).to_chat()
     if param is not None:
         assert caught.value.param == param
 
