@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from chalicelib.http import speaks_anthropic
+from chalicelib.protocol.messages import speaks_anthropic
 
 TIMEOUT_S = 15.0
 ERROR_KEYS = {"message", "type", "param", "code"}

@@ -16,6 +16,7 @@ from chalice.app import Chalice, Request, Response
 
 from chalicelib import metrics
 from chalicelib.errors import BadRequestError, FirstError, PayloadTooLargeError
+from chalicelib.protocol.messages import speaks_anthropic
 
 JSON = {"Content-Type": "application/json"}
 
@@ -33,17 +34,6 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
     (routing, framing): ``invalid_request_error`` for 4xx, ``server_error`` for 5xx."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-# The Anthropic Messages API's routes: their clients parse Anthropic's error shape.
-ANTHROPIC_PATH_PREFIX = "/v1/messages"
-
-
-def speaks_anthropic(path: str | None) -> bool:
-    """Whether errors on ``path`` (a route or resource path) take Anthropic's shape."""
-    return bool(path) and (
-        path == ANTHROPIC_PATH_PREFIX or str(path).startswith(ANTHROPIC_PATH_PREFIX + "/")
-    )
 
 
 def error_response(exc: FirstError, anthropic: bool = False) -> Response:

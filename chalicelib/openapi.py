@@ -340,13 +340,14 @@ WEBSOCKET = {
         "type": "object",
         "required": ["action", "body"],
         "properties": {
-            "action": {"enum": ["chat.completions", "completions", "responses"]},
+            "action": {"enum": ["chat.completions", "completions", "messages", "responses"]},
             "id": {"type": "string", "maxLength": 128},
             "body": {
                 "oneOf": [
                     {"$ref": "#/components/schemas/ChatCompletionRequest"},
                     {"$ref": "#/components/schemas/CompletionRequest"},
                     {"$ref": "#/components/schemas/ResponsesRequest"},
+                    {"$ref": "#/components/schemas/MessagesRequest"},
                 ]
             },
         },

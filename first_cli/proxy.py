@@ -14,7 +14,9 @@ that aborts (the SDK closes its response) closes that connection, API Gateway's 
 forgets it, the relay's next push meets ``GoneException`` and answers 410, and the HPC function
 stops generating. (One connection shared by a key's streams could not say which one left.)
 
-The caller's ``Authorization`` is used when it sends one, else the proxy's own key.
+The caller's ``Authorization`` (or, from Anthropic's clients, ``x-api-key``) is used when it sends
+one, else the proxy's own key. ``/v1/messages`` streams in Anthropic's events, its refusals in
+Anthropic's error shape.
 
 HTTP is uvicorn's (h11) and starlette's: framing, keep-alive and resets are theirs. What the
 proxy adds at that level is policy, in ``_CallerProtocol``: a caller silent for
@@ -55,17 +57,20 @@ from chalicelib.errors import (
     FirstError,
     LengthRequiredError,
     PayloadTooLargeError,
+    error_from_body,
 )
 from chalicelib.protocol import dialects
+from chalicelib.protocol.messages import speaks_anthropic
 from first_cli.client import StreamClient, StreamError
 
 STREAM_ACTIONS = {
     "/v1/chat/completions": "chat.completions",
     "/v1/completions": "completions",
     "/v1/responses": "responses",
+    "/v1/messages": "messages",
 }
 # The stream dialect of each action (chalicelib.protocol.dialects): how its events are framed.
-ACTION_DIALECTS: dict[str, str] = {"responses": "responses"}
+ACTION_DIALECTS: dict[str, str] = {"responses": "responses", "messages": "messages"}
 # How long a 504'd request is collected for, and how often its record is read.
 COLLECT_TIMEOUT_S = 3600.0
 COLLECT_INTERVAL_S = 1.0
@@ -201,7 +206,10 @@ class Proxy:
 
     def _key(self, request: Request) -> str | None:
         scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else self.api_key
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        # Anthropic's clients send their key as x-api-key.
+        return (request.headers.get("x-api-key") or "").strip() or self.api_key
 
     async def _handle(self, request: Request) -> Response:
         refused = _unreadable(request)
@@ -295,7 +303,12 @@ class Proxy:
             await self._close(client)
             if first is None:
                 return _error_response(BadGatewayError("The stream ended before an answer."))
-            return JSONResponse({"error": first["error"]}, int(first.get("status") or 500))
+            status = int(first.get("status") or 500)
+            if speaks_anthropic(request.url.path):
+                refused = error_from_body(first["error"])
+                status = refused.ANTHROPIC_STATUS or status
+                return JSONResponse(refused.to_anthropic_body(), status)
+            return JSONResponse({"error": first["error"]}, status)
         headers = {"Cache-Control": "no-cache"}
         if first.get("request_id"):
             headers["x-request-id"] = first["request_id"]

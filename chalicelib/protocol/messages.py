@@ -44,6 +44,16 @@ from chalicelib.protocol.bounds import (
 from chalicelib.protocol.chat import ChatCompletionRequest
 from chalicelib.protocol.common import OpenAIModel, validate
 
+# The Messages API's routes: their clients parse Anthropic's error shape (chalicelib/http.py,
+# first proxy).
+PATH_PREFIX = "/v1/messages"
+
+
+def speaks_anthropic(path: str | None) -> bool:
+    """Whether errors on ``path`` (a route or resource path) take Anthropic's shape."""
+    return bool(path) and (path == PATH_PREFIX or str(path).startswith(PATH_PREFIX + "/"))
+
+
 # Blocks a user turn may carry that no model here can read yet.
 _UNSERVED_BLOCKS = ("image", "document", "search_result")
 

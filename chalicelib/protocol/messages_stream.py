@@ -17,12 +17,17 @@ State (JSON, the dialect's own): ``id``/``model``/``stop_sequences`` given by th
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
+
+from pydantic import Field, model_validator
 
 from chalicelib.errors import error_from_body
 from chalicelib.protocol import dialects
+from chalicelib.protocol.chat import ChatCompletionRequest
+from chalicelib.protocol.common import validate
 from chalicelib.protocol.dialects import State
-from chalicelib.protocol.messages import stop_of
+from chalicelib.protocol.messages import MessagesRequest, stop_of
 
 NAME = "messages"
 
@@ -150,3 +155,24 @@ def _tool(state: State, call: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 MESSAGES = dialects.register(MessagesDialect())
+
+
+class MessagesAsChat(ChatCompletionRequest):
+    """A Messages body as the chat request that answers it: the WebSocket API's ``messages``
+    action, which streams in this dialect (``first proxy`` serves it as Anthropic's SSE)."""
+
+    # The stream's first state (message id, model, stop sequences); never sent to the engine.
+    messages_state: dict[str, Any] | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_messages(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "messages_state" in data:
+            return data
+        req = validate(data, MessagesRequest)
+        chat = req.to_chat().model_dump(exclude_none=True)
+        state = stream_state(f"msg_{uuid.uuid4().hex}", req.model, req.stop_sequences)
+        return {**chat, "messages_state": state}
+
+    def stream_dialect(self) -> dict[str, Any]:
+        return {"dialect": MESSAGES.name, "state": self.messages_state or {}}

@@ -1,7 +1,8 @@
 """The WebSocket routes' work: ``$connect`` authenticates, ``$default`` admits and enqueues a
 streaming request, ``$disconnect`` forgets the connection.
 
-A ``$default`` message is ``{"action": "chat.completions" | "completions" | "responses", "id": CLIENT_REF,
+A ``$default`` message is ``{"action": "chat.completions" | "completions" | "responses" |
+"messages", "id": CLIENT_REF,
 "body": {…OpenAI request body…}}``. It goes through the REST route's checks (validation, model
 access, the model's ceiling, rate limits) and the same record + queue, with the connection and
 the client's reference on the record; the handler returns at once, and the answer travels as
@@ -43,6 +44,7 @@ from chalicelib.errors import (
 from chalicelib.gateway import Gateway, new_request_id
 from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 from chalicelib.protocol.common import GatewayRequest, load_json
+from chalicelib.protocol.messages_stream import MessagesAsChat
 from chalicelib.protocol.responses_stream import ResponsesAsChat
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
@@ -59,6 +61,8 @@ ACTIONS: dict[str, tuple[str, type[GatewayRequest]]] = {
     "completions": ("completions", CompletionRequest),
     # A Responses body, answered as chat and streamed in the Responses dialect.
     "responses": ("chat_completions", ResponsesAsChat),
+    # An Anthropic Messages body, answered as chat and streamed in Anthropic's events.
+    "messages": ("chat_completions", MessagesAsChat),
 }
 # A client's reference is echoed in every frame; keep it a short string.
 MAX_CLIENT_REF_CHARS = 128

@@ -194,14 +194,31 @@ def test_streaming_through_first_proxy_gives_the_same_message(
 ) -> None:
     params: dict[str, Any] = {"model": TINY, "messages": TURNS, "max_tokens": 8, **GREEDY}
     plain = sdk.messages.create(**params)
-    proxy = Proxy(
-        stack.config.api_url, stack.config.ws_url, stack.api_key, "127.0.0.1", free_port()
-    )
+    tool_params: dict[str, Any] = {
+        "model": TINY,
+        "messages": [{"role": "user", "content": "weather in paris?"}],
+        "tools": TOOLS,
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+        "max_tokens": 64,
+        **GREEDY,
+    }
+    proxy = Proxy(stack.config.api_url, stack.config.ws_url, None, "127.0.0.1", free_port())
     with serving(proxy):
+        # Live over the WebSocket API (the messages action), the key from x-api-key.
         proxied = Anthropic(base_url=proxy.url, api_key=stack.api_key, max_retries=0)
         with proxied.messages.stream(**params) as stream:
             final = stream.get_final_message()
+        with proxied.messages.stream(**tool_params) as stream:
+            called = stream.get_final_message()
+        missing = {**params, "model": "first/no-such-model"}
+        with pytest.raises(anthropic.NotFoundError), proxied.messages.stream(**missing) as stream:
+            stream.get_final_message()
     assert text_of(final) == text_of(plain) and text_of(plain)
+    assert final.stop_reason == plain.stop_reason and final.id.startswith("msg_")
+    assert final.usage.input_tokens == plain.usage.input_tokens
+    assert called.stop_reason == "tool_use"
+    use = next(b for b in called.content if b.type == "tool_use")
+    jsonschema.validate(use.input, WEATHER)
 
 
 def test_bearer_auth_and_unknown_betas_are_accepted(stack: BackgroundStack) -> None:

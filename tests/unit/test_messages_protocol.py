@@ -26,7 +26,7 @@ from chalicelib.errors import (
 from chalicelib.protocol import dialects
 from chalicelib.protocol.common import validate
 from chalicelib.protocol.messages import MessagesRequest, to_message
-from chalicelib.protocol.messages_stream import MESSAGES, stream_state
+from chalicelib.protocol.messages_stream import MESSAGES, MessagesAsChat, stream_state
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
@@ -374,3 +374,21 @@ def test_an_output_format_becomes_a_strict_json_schema_response_format() -> None
 
 def test_a_seed_passes_through_for_reproducible_samples() -> None:
     assert request(seed=3).to_chat().seed == 3
+
+
+def test_the_websocket_action_reads_a_messages_body_as_chat_streamed_in_this_dialect() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 8,
+        "system": "s",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stop_sequences": ["x"],
+        "stream": True,
+    }
+    req = validate(body, MessagesAsChat)
+    assert [m.role for m in req.messages] == ["system", "user"]
+    stream = req.stream_dialect()
+    assert stream["dialect"] == "messages"
+    assert stream["state"]["model"] == "m" and stream["state"]["stop_sequences"] == ["x"]
+    assert stream["state"]["id"].startswith("msg_")
+    assert "messages_state" not in req.engine_body()
