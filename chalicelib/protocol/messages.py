@@ -7,6 +7,7 @@ the chat result comes back as Anthropic's ``message`` (:func:`to_message`). Pure
 What maps to what:
 
 - ``system`` (a string or text blocks) → the first ``system`` message;
+- a ``system`` turn inside ``messages`` → a ``system`` message where it stands;
 - a ``user`` turn's ``tool_result`` blocks → ``tool`` messages (first, in order: they answer the
   assistant turn before), its text blocks → one ``user`` message; ``is_error`` results are
   prefixed ``Error:`` (chat has no such flag);
@@ -92,7 +93,8 @@ Block = Annotated[
 
 
 class InputMessage(OpenAIModel):
-    role: Literal["user", "assistant"]
+    # "system": a system turn inside the conversation (Claude Code sends its environment so).
+    role: Literal["user", "assistant", "system"]
     content: StrictStr | list[Block]
 
 
@@ -251,7 +253,7 @@ def _chat_messages(message: InputMessage, where: str) -> list[dict[str, Any]]:
         if calls:
             turn["tool_calls"] = calls
         return [turn]
-    user = [{"role": "user", "content": "\n".join(texts)}] if texts else []
+    user = [{"role": message.role, "content": "\n".join(texts)}] if texts else []
     return results + user
 
 

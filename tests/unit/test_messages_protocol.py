@@ -139,7 +139,7 @@ def test_an_error_tool_result_says_so_to_the_model() -> None:
     ("fields", "param"),
     [
         ({"max_tokens": None}, "max_tokens"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
             "messages[0].content[0]",
@@ -392,3 +392,17 @@ def test_the_websocket_action_reads_a_messages_body_as_chat_streamed_in_this_dia
     assert stream["state"]["model"] == "m" and stream["state"]["stop_sequences"] == ["x"]
     assert stream["state"]["id"].startswith("msg_")
     assert "messages_state" not in req.engine_body()
+
+
+def test_a_system_turn_inside_the_conversation_stays_where_it_stands() -> None:
+    # Claude Code 2.1 sends its environment as a system turn after the user's.
+    req = request(
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": [{"type": "text", "text": "env"}]},
+        ]
+    )
+    assert [(m.role, m.content) for m in req.to_chat().messages] == [
+        ("user", "hi"),
+        ("system", "env"),
+    ]
