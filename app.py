@@ -6,8 +6,8 @@ from typing import Any
 
 from chalice.app import CloudWatchEvent, Rate, Request, Response, WebsocketEvent
 
-from chalicelib import openapi, sse
-from chalicelib.auth import Principal, bearer_token
+from chalicelib import openapi
+from chalicelib.auth import Principal, api_key_token, bearer_token
 from chalicelib.dashboard import assets as dashboard_assets
 from chalicelib.dashboard import data as dashboard_data
 from chalicelib.fleet import require_operator
@@ -27,9 +27,17 @@ from chalicelib.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    dialects,
     parse_body,
 )
 from chalicelib.protocol.common import GatewayRequest, SamplingFields
+from chalicelib.protocol.messages import (
+    CountTokensRequest,
+    MessagesRequest,
+    message_id,
+    to_message,
+)
+from chalicelib.protocol.messages_stream import MESSAGES, stream_state
 from chalicelib.services import Services
 from chalicelib.usage_view import usage as usage_summary
 
@@ -82,7 +90,9 @@ def _completion(log: dict[str, Any], function: str, model: type[GatewayRequest])
     if isinstance(req, SamplingFields) and req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Response(
-            body=sse.render(done.response, include_usage),
+            body=dialects.render_buffered(
+                dialects.CHAT, {"include_usage": include_usage}, done.response
+            ),
             status_code=200,
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
         )
@@ -181,6 +191,101 @@ def embeddings(log: dict[str, Any]) -> Response:
     return _completion(log, "embeddings", EmbeddingRequest)
 
 
+# Anthropic's Messages API (chalicelib/protocol/messages.py): translated to chat, run on the one
+# submission path, answered (errors too: chalicelib/http.py) in Anthropic's shape.
+def _anthropic_principal(log: dict[str, Any]) -> Principal:
+    principal = services.authenticator.authenticate(api_key_token(_request().headers))
+    log["user"] = principal.id
+    return principal
+
+
+@app.route("/v1/messages", methods=["POST"], content_types=BODY_TYPES)
+@route
+def messages(log: dict[str, Any]) -> Response:
+    principal = _anthropic_principal(log)
+    req = parse_body(check_size(_request(), services.settings.max_body_bytes), MessagesRequest)
+    log["model"] = req.model
+    chat = req.to_chat()
+    done = services.gateway.run(
+        principal, "chat_completions", chat, preferred_wait_s(_request().headers)
+    )
+    message = to_message(done.response, req, done.request_id)
+    log.update(
+        request_id=done.request_id,
+        engine_time_ms=done.engine_time_ms,
+        prompt_tokens=message["usage"]["input_tokens"],
+        completion_tokens=message["usage"]["output_tokens"],
+    )
+    headers = {**done.headers, "x-request-id": done.request_id, "request-id": done.request_id}
+    if req.stream:
+        state = stream_state(message_id(done.request_id), req.model, req.stop_sequences)
+        state["input_tokens"] = message["usage"]["input_tokens"]
+        return Response(
+            body=dialects.render_buffered(MESSAGES, state, done.response),
+            status_code=200,
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+    return json_response(message, headers=headers)
+
+
+# The model's own tokenizer and chat template are on the HPC node, not in the Lambda: the count
+# is the prompt of the same chat request, run for one token (docs: "Anthropic Messages API").
+@app.route("/v1/messages/count_tokens", methods=["POST"], content_types=BODY_TYPES)
+@route
+def count_message_tokens(log: dict[str, Any]) -> Response:
+    principal = _anthropic_principal(log)
+    req = parse_body(check_size(_request(), services.settings.max_body_bytes), CountTokensRequest)
+    log["model"] = req.model
+    done = services.gateway.run(principal, "chat_completions", req.to_chat(max_tokens=1))
+    input_tokens = int((done.response.get("usage") or {}).get("prompt_tokens") or 0)
+    log.update(request_id=done.request_id, prompt_tokens=input_tokens)
+    return json_response({"input_tokens": input_tokens}, headers={"request-id": done.request_id})
+
+
+# ----- the Responses API (chalicelib/responses_api.py; docs: "Responses API") -----------------
+
+
+@app.route("/v1/responses", methods=["POST"], content_types=BODY_TYPES)
+@route
+def create_response(log: dict[str, Any]) -> Response:
+    principal = _principal(log)
+    raw = check_size(_request(), services.settings.max_body_bytes)
+    made = services.responses.create(principal, raw, preferred_wait_s(_request().headers))
+    usage = made.usage or {}
+    log.update(
+        request_id=made.request_id,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+    )
+    headers = {**made.headers, **({"x-request-id": made.request_id} if made.request_id else {})}
+    if isinstance(made.body, str):
+        stream = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        return Response(body=made.body, status_code=200, headers={**headers, **stream})
+    return json_response(made.body, headers=headers)
+
+
+@app.route("/v1/responses/{response_id}", methods=["GET", "DELETE"])
+@route
+def response_route(log: dict[str, Any], response_id: str) -> Response:
+    principal = _principal(log)
+    if _request().method == "DELETE":
+        return json_response(services.responses.delete(principal, response_id))
+    return json_response(services.responses.retrieve(principal, response_id))
+
+
+@app.route("/v1/responses/{response_id}/input_items", methods=["GET"])
+@route
+def response_input_items(log: dict[str, Any], response_id: str) -> Response:
+    principal = _principal(log)
+    return json_response(services.responses.input_items(principal, response_id, _query()))
+
+
+@app.route("/v1/responses/{response_id}/cancel", methods=["POST"], content_types=BODY_TYPES)
+@route
+def cancel_response(log: dict[str, Any], response_id: str) -> Response:
+    return json_response(services.responses.cancel(_principal(log), response_id))
+
+
 @app.route("/v1/requests/{request_id}", methods=["GET"])
 @route
 def get_request(log: dict[str, Any], request_id: str) -> Response:
@@ -263,7 +368,10 @@ def relay_push(log: dict[str, Any]) -> Response:
     raw = check_size(_request(), services.settings.max_body_bytes)
     delivery = services.relay.push(bearer_token(_request().headers), raw)
     log.update(request_id=delivery.request_id, seq=delivery.seq, frames=delivery.posted)
-    return json_response({"seq": delivery.seq, "frames": delivery.posted})
+    answer: dict[str, Any] = {"seq": delivery.seq, "frames": delivery.posted}
+    if delivery.state is not None:
+        answer["state"] = delivery.state  # the stream dialect's, for the next push
+    return json_response(answer)
 
 
 # ----- Files and Batches (chalicelib/batch; docs/operations.md "Batch") ----------------------

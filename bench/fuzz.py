@@ -5,7 +5,8 @@
 For every operation of the document, schemathesis generates valid (positive) and invalid
 (negative) requests; each is sent with the fuzz user's key and again without one. What must hold
 (``problems``): no 5xx, every 4xx an OpenAI error (``{"error": {"message", "type", "param",
-"code"}}``, JSON), and an answer within ``TIMEOUT_S`` (no hang). Prints the count of answers per
+"code"}}``, JSON; Anthropic's ``{"type": "error", "error": {"type", "message"}}`` on the Messages
+API's routes), and an answer within ``TIMEOUT_S`` (no hang). Prints the count of answers per
 route and status, and every problem with a curl line to reproduce it. Uses the ``make up`` stack,
 or starts one; the fuzz user's key is created with ``first keys create``. ``run`` is what the
 bounded e2e test (tests/e2e/test_fuzz_http.py) calls.
@@ -22,12 +23,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+
+from chalicelib.protocol.messages import speaks_anthropic
 
 TIMEOUT_S = 15.0
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -64,6 +68,8 @@ def problems(response: schemathesis.Response) -> list[str]:
     except ValueError:
         return [f"{status} whose body is not JSON: {response.text[:200]!r}"]
     error = body.get("error") if isinstance(body, dict) else None
+    if speaks_anthropic(urlsplit(response.request.url or "").path):
+        return _anthropic_problems(status, body, response.text)
     if not isinstance(error, dict) or not ERROR_KEYS <= set(error):
         return [f"{status} not OpenAI-shaped: {response.text[:300]}"]
     wrong = [
@@ -77,6 +83,19 @@ def problems(response: schemathesis.Response) -> list[str]:
         if not ok
     ]
     return [f"{status} with a wrong {', '.join(wrong)}: {response.text[:300]}"] if wrong else []
+
+
+def _anthropic_problems(status: int, body: Any, text: str) -> list[str]:
+    error = body.get("error") if isinstance(body, dict) else None
+    if (
+        not isinstance(body, dict)
+        or body.get("type") != "error"
+        or not isinstance(error, dict)
+        or not isinstance(error.get("type"), str)
+        or not (isinstance(error.get("message"), str) and error["message"])
+    ):
+        return [f"{status} not Anthropic-shaped: {text[:300]}"]
+    return []
 
 
 def run(

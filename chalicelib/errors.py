@@ -29,6 +29,11 @@ Layers below the HTTP edge raise their own errors and are translated where they 
 stores' ``StoreError`` family, the compute adapter's ``ComputeError`` family
 (``chalicelib.compute.errors``, translated by the poller: ``chalicelib.poller.planning``), the
 router's ``NoDeploymentError``.
+
+On the Anthropic routes (``/v1/messages*``) the same error renders in
+Anthropic's shape instead (``to_anthropic_body``): ``{"type": "error", "error": {"type",
+"message"}}`` with Anthropic's type names, and its status (``ANTHROPIC_STATUS``: 529
+``overloaded_error`` where OpenAI's routes answer 503), so the anthropic SDK raises its own classes.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ class FirstError(Exception):
     STATUS_CODE = 500
     ERROR_TYPE = "server_error"
     CODE: str | None = None
+    # Anthropic's name for this error, and its status where it differs from STATUS_CODE.
+    ANTHROPIC_TYPE = "api_error"
+    ANTHROPIC_STATUS: int | None = None
 
     def __init__(
         self,
@@ -72,15 +80,31 @@ class FirstError(Exception):
         """The error as a failed request's record keeps it: ``{"error", "status_code"}``."""
         return {**self.to_body(), "status_code": self.STATUS_CODE}
 
+    @property
+    def anthropic_status(self) -> int:
+        return self.ANTHROPIC_STATUS or self.STATUS_CODE
+
+    def to_anthropic_body(self) -> dict[str, Any]:
+        """The Messages API's error body (the request id goes in ``request_id`` beside it)."""
+        body: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": self.ANTHROPIC_TYPE, "message": self.message},
+        }
+        if self.request_id is not None:
+            body["request_id"] = self.request_id
+        return body
+
 
 class BadRequestError(FirstError):
     STATUS_CODE = 400
     ERROR_TYPE = "invalid_request_error"
+    ANTHROPIC_TYPE = "invalid_request_error"
 
 
 class PayloadTooLargeError(BadRequestError):
     STATUS_CODE = 413
     CODE = "request_too_large"
+    ANTHROPIC_TYPE = "request_too_large"
 
 
 class LengthRequiredError(BadRequestError):
@@ -92,16 +116,19 @@ class AuthenticationError(FirstError):
     STATUS_CODE = 401
     ERROR_TYPE = "invalid_request_error"
     CODE = "invalid_api_key"
+    ANTHROPIC_TYPE = "authentication_error"
 
 
 class PermissionDeniedError(FirstError):
     STATUS_CODE = 403
     ERROR_TYPE = "invalid_request_error"
+    ANTHROPIC_TYPE = "permission_error"
 
 
 class NotFoundError(FirstError):
     STATUS_CODE = 404
     ERROR_TYPE = "invalid_request_error"
+    ANTHROPIC_TYPE = "not_found_error"
 
 
 class ModelNotFoundError(NotFoundError):
@@ -115,12 +142,14 @@ class StreamGoneError(FirstError):
     STATUS_CODE = 410
     ERROR_TYPE = "invalid_request_error"
     CODE = "connection_gone"
+    ANTHROPIC_TYPE = "invalid_request_error"
 
 
 class RateLimitError(FirstError):
     STATUS_CODE = 429
     ERROR_TYPE = "requests"
     CODE = "rate_limit_exceeded"
+    ANTHROPIC_TYPE = "rate_limit_error"
 
 
 class EngineFailedError(FirstError):
@@ -139,12 +168,16 @@ class UpstreamUnavailableError(FirstError):
     STATUS_CODE = 503
     ERROR_TYPE = "server_error"
     CODE = "unavailable"
+    # Anthropic clients know load shedding as 529 overloaded_error (and retry it).
+    ANTHROPIC_TYPE = "overloaded_error"
+    ANTHROPIC_STATUS = 529
 
 
 class WaitTimeoutError(FirstError):
     STATUS_CODE = 504
     ERROR_TYPE = "timeout"
     CODE = "timeout"
+    ANTHROPIC_TYPE = "timeout_error"
 
 
 class EdgeError(FirstError):
@@ -181,3 +214,35 @@ def error_from_result(error: dict[str, Any], status_code: int, request_id: str) 
         request_id=request_id,
     )
     return exc
+
+
+def error_from_body(error: dict[str, Any]) -> FirstError:
+    """The tree's error for an OpenAI error object that travelled without its status (a
+    stream's error frame): matched by ``code``, else by ``type``; a server error otherwise."""
+    code, kind = error.get("code"), error.get("type")
+    tree: list[type[FirstError]] = [
+        ModelNotFoundError,
+        AuthenticationError,
+        PayloadTooLargeError,
+        LengthRequiredError,
+        StreamGoneError,
+        RateLimitError,
+        EngineFailedError,
+        BadGatewayError,
+        UpstreamUnavailableError,
+        WaitTimeoutError,
+    ]
+    cls = next((c for c in tree if code is not None and c.CODE == code), None)
+    if cls is None:
+        by_type: dict[Any, type[FirstError]] = {
+            "invalid_request_error": BadRequestError,
+            "requests": RateLimitError,
+            "timeout": WaitTimeoutError,
+        }
+        cls = by_type.get(kind, FirstError)
+    return cls(
+        str(error.get("message") or "The request failed."),
+        param=error.get("param"),
+        code=code,
+        request_id=error.get("request_id"),
+    )

@@ -3,8 +3,9 @@
 ``Gateway.run`` (answer over REST) and ``Gateway.submit`` (record and enqueue; what the
 WebSocket route's ``StreamService`` calls with a ``StreamTarget``) are the one way in for a
 request of any route or dialect: a route translates its body into a ``GatewayRequest`` and calls
-one of them; ``dialect`` (optional, kept on the record as is) names the wire dialect the route
-speaks, for whoever renders the request's result or frames later.
+one of them. A streamed request's record carries its wire dialect
+(``GatewayRequest.stream_dialect``: Responses' or Messages' events instead of chat chunks), for
+the relay and the poller that render its frames (``chalicelib.protocol.dialects``).
 
 Per request this costs (warm process): one SQS send, and one SQS receive shared by every request
 the reply listener wakes together. The request's record travels in its message, and the
@@ -177,14 +178,12 @@ class Gateway:
         function: str,
         req: GatewayRequest,
         wait_s: float | None = None,
-        *,
-        dialect: str | None = None,
     ) -> Completed:
         """Run a request and answer it over REST (within the wait, else 504/503 with its id)."""
         self.authorize(principal, req, function)
         admission = self.admit(principal, req)
         try:
-            request_id = self.submit(principal, function, req, admission.hold, dialect=dialect)
+            request_id = self.submit(principal, function, req, admission.hold)
             done: Completed | None = None
             try:
                 starting_s = self._start_wait_s(req.model, function)
@@ -273,13 +272,12 @@ class Gateway:
         hold: dict[str, Any] | None = None,
         *,
         stream: StreamTarget | None = None,
-        dialect: str | None = None,
     ) -> str:
         """Record and enqueue an authorized, admitted request; its id. With ``stream`` its
         answer travels as frames to that connection; without, ``wait`` collects it. On failure
         the counters ``hold`` took are given back (no poller will ever finish it)."""
         try:
-            return self._submit(principal, function, req, hold, stream, dialect)
+            return self._submit(principal, function, req, hold, stream)
         except Exception:
             if hold is not None and self._limit_store is not None:
                 self._limit_store.release(hold, 0)
@@ -292,7 +290,6 @@ class Gateway:
         req: GatewayRequest,
         hold: dict[str, Any] | None,
         stream: StreamTarget | None,
-        dialect: str | None,
     ) -> str:
         request_id = new_request_id()
         item = {
@@ -301,8 +298,11 @@ class Gateway:
             "model": req.model,
             "function": function,
             # A stream's answer goes to its connection; no reply listener waits for it.
-            **({"stream": stream.to_item()} if stream else {"reply_to": self._replies.url}),
-            **({"dialect": dialect} if dialect else {}),
+            **(
+                {"stream": {**stream.to_item(), **req.stream_dialect()}}
+                if stream
+                else {"reply_to": self._replies.url}
+            ),
             **({"limits": hold} if hold else {}),
             **self._blobs.fields(
                 "payload",

@@ -1,4 +1,5 @@
-"""The HTTP edge of the gateway: errors → OpenAI-shaped responses, one access log line each."""
+"""The HTTP edge of the gateway: errors → responses in the route's dialect (OpenAI's shape, or
+Anthropic's on ``/v1/messages*``), one access log line each."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from aws_lambda_powertools import Logger
 from chalice.app import Chalice, Request, Response
 
 from chalicelib import metrics
-from chalicelib.errors import EdgeError, FirstError, PayloadTooLargeError
+from chalicelib.errors import BadRequestError, EdgeError, FirstError, PayloadTooLargeError
+from chalicelib.protocol.messages import speaks_anthropic
 
 JSON = {"Content-Type": "application/json"}
 
@@ -32,10 +34,14 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
     return EdgeError(status, message, code=code).to_body()
 
 
-def error_response(exc: FirstError) -> Response:
+def error_response(exc: FirstError, anthropic: bool = False) -> Response:
     headers = dict(exc.headers)
     if exc.request_id:
         headers["x-request-id"] = exc.request_id
+        if anthropic:
+            headers["request-id"] = exc.request_id  # the header Anthropic's clients read
+    if anthropic:
+        return json_response(exc.to_anthropic_body(), exc.anthropic_status, headers)
     return json_response(exc.to_body(), exc.STATUS_CODE, headers)
 
 
@@ -87,11 +93,12 @@ def openai_route(
                     # A name no deployment knows is the caller's text, and text may carry a
                     # prompt pasted in the wrong field: the client sees it echoed, logs do not.
                     log.pop("model", None)
-                response = error_response(exc)
+                response = error_response(exc, speaks_anthropic(get_request().path))
             except Exception:
                 logger.exception("unhandled error")
                 response = error_response(
-                    FirstError("The server had an error processing your request.")
+                    FirstError("The server had an error processing your request."),
+                    speaks_anthropic(get_request().path),
                 )
             request = get_request()
             latency_ms = round((time.perf_counter() - start) * 1000, 2)
@@ -169,6 +176,13 @@ def openai_errors(request: Request | None, get_response: Callable[..., Response]
         message = "The server had an error processing your request."
     else:
         message = str(body["Message"])
+    if speaks_anthropic(path):
+        exc = BadRequestError(message) if status < 500 else FirstError(message)
+        return Response(
+            body=json.dumps(exc.to_anthropic_body()),
+            status_code=status,
+            headers={**headers, **JSON},
+        )
     error = error_body(status, message, _CHALICE_CODES.get(status))
     return Response(body=json.dumps(error), status_code=status, headers={**headers, **JSON})
 

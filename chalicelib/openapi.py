@@ -3,7 +3,8 @@
 The routes come from the Chalice app (``app.routes``); what each one takes and answers comes from
 ``OPERATIONS``, one small entry per route and method, and the request bodies from the pydantic
 models in ``chalicelib/protocol`` (``model_json_schema``; their ``$defs`` become
-``components/schemas``). Every 4xx/5xx is the one OpenAI error object (``chalicelib/errors.py``).
+``components/schemas``). Every 4xx/5xx is the one OpenAI error object (``chalicelib/errors.py``),
+in Anthropic's shape on the Messages API's routes.
 A route the app serves but ``OPERATIONS`` does not describe is left out of the document and
 named by ``undocumented`` (a unit test keeps that list empty); the WebSocket API, which is not
 HTTP, is described under ``x-websocket``.
@@ -25,6 +26,8 @@ from pydantic.json_schema import models_json_schema
 from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from chalicelib.protocol.batches import CreateBatchRequest, CreateUploadRequest
 from chalicelib.protocol.jobs import CreateJobRequest
+from chalicelib.protocol.messages import CountTokensRequest, MessagesRequest
+from chalicelib.protocol.responses import ResponsesRequest
 
 REF = "#/components/schemas/{model}"
 OBJECT: dict[str, Any] = {"type": "object"}
@@ -54,6 +57,8 @@ class Operation:
     ok_status: str = "200"
     prefer: bool = False  # takes ``Prefer: wait=N``
     description: str = ""
+    # The error shape its 4xx/5xx take (chalicelib/http.py chooses it by route).
+    dialect: Literal["openai", "anthropic"] = "openai"
 
 
 # OpenAI's model object, plus the gateway's extras: what the model can do (the registry's
@@ -196,6 +201,42 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/v1/embeddings", "POST"): Operation(
         "Create embeddings", "completions", body=EmbeddingRequest, prefer=True
     ),
+    ("/v1/messages", "POST"): Operation(
+        "Create a message (Anthropic's Messages API)",
+        "completions",
+        body=MessagesRequest,
+        prefer=True,
+        dialect="anthropic",
+        description="The key goes in `x-api-key` or `Authorization: Bearer`; `anthropic-version`"
+        " and `anthropic-beta` are accepted. `stream: true` answers Anthropic's events "
+        "(buffered over plain HTTP). Errors come in Anthropic's shape.",
+    ),
+    ("/v1/messages/count_tokens", "POST"): Operation(
+        "Count a Messages body's input tokens with the model's tokenizer and template",
+        "completions",
+        body=CountTokensRequest,
+        ok={"application/json": {"type": "object", "required": ["input_tokens"]}},
+        dialect="anthropic",
+        description="Runs the conversation's prompt on the model for one token: it counts "
+        "in usage and limits as one small request.",
+    ),
+    ("/v1/responses", "POST"): Operation(
+        "Create a model response (stored under you unless store is false; background queues it)",
+        "responses",
+        body=ResponsesRequest,
+        ok=_COMPLETION_OK,
+        prefer=True,
+    ),
+    ("/v1/responses/{response_id}", "GET"): Operation("Retrieve a stored response", "responses"),
+    ("/v1/responses/{response_id}", "DELETE"): Operation("Delete a stored response", "responses"),
+    ("/v1/responses/{response_id}/input_items", "GET"): Operation(
+        "A stored response's input items",
+        "responses",
+        query=(_LIMIT, _AFTER, Query("order", {"type": "string", "enum": ["asc", "desc"]})),
+    ),
+    ("/v1/responses/{response_id}/cancel", "POST"): Operation(
+        "Cancel a background response", "responses"
+    ),
     ("/v1/requests/{request_id}", "GET"): Operation(
         "Your own request: its status and, when done, its result", "completions"
     ),
@@ -276,6 +317,25 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
+# Anthropic's error object (``FirstError.to_anthropic_body``), on the Messages API's routes.
+ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "request_id": {"type": "string"},
+    },
+}
+_ERROR_RESPONSES = {
+    "openai": "#/components/responses/Error",
+    "anthropic": "#/components/responses/AnthropicError",
+}
+
 WEBSOCKET = {
     "description": (
         "Real streaming over API Gateway's WebSocket API (its URL is the stage's "
@@ -288,12 +348,14 @@ WEBSOCKET = {
         "type": "object",
         "required": ["action", "body"],
         "properties": {
-            "action": {"enum": ["chat.completions", "completions"]},
+            "action": {"enum": ["chat.completions", "completions", "messages", "responses"]},
             "id": {"type": "string", "maxLength": 128},
             "body": {
                 "oneOf": [
                     {"$ref": "#/components/schemas/ChatCompletionRequest"},
                     {"$ref": "#/components/schemas/CompletionRequest"},
+                    {"$ref": "#/components/schemas/ResponsesRequest"},
+                    {"$ref": "#/components/schemas/MessagesRequest"},
                 ]
             },
         },
@@ -345,8 +407,8 @@ def _operation(path: str, method: str, view: str, args: list[str], op: Operation
                 "description": "Success",
                 "content": {t: {"schema": s} for t, s in op.ok.items()},
             },
-            "4XX": {"$ref": "#/components/responses/Error"},
-            "5XX": {"$ref": "#/components/responses/Error"},
+            "4XX": {"$ref": _ERROR_RESPONSES[op.dialect]},
+            "5XX": {"$ref": _ERROR_RESPONSES[op.dialect]},
         },
     }
     description = " ".join(d for d in (op.description, _AUTH_NOTE.get(op.auth, "")) if d)
@@ -407,14 +469,26 @@ def build(app: Chalice) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": {**defs.get("$defs", {}), "Error": ERROR_SCHEMA},
+            "schemas": {
+                **defs.get("$defs", {}),
+                "Error": ERROR_SCHEMA,
+                "AnthropicError": ANTHROPIC_ERROR_SCHEMA,
+            },
             "responses": {
                 "Error": {
                     "description": "An OpenAI error",
                     "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
                     },
-                }
+                },
+                "AnthropicError": {
+                    "description": "An Anthropic error (the Messages API's routes)",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/AnthropicError"}
+                        }
+                    },
+                },
             },
             "securitySchemes": {
                 "bearer": {

@@ -22,11 +22,13 @@ from chalicelib.metrics import MetricsRecorder
 from chalicelib.root import Root
 from chalicelib.stores.connections import ConnectionStore
 from chalicelib.stores.replies import ReplyListener, process_queue_name
+from chalicelib.stores.responses import ResponseStore
 from chalicelib.stores.sweeper import ReplyQueueSweeper
 
 if TYPE_CHECKING:
     from chalicelib.batch.api import BatchApi
     from chalicelib.jobs import Jobs
+    from chalicelib.responses_api import ResponsesApi
     from chalicelib.streaming.relay import Relay
     from chalicelib.streaming.service import StreamService
 
@@ -147,6 +149,24 @@ class Services(Root):
             # Always: stream_max_per_user counts in the limits table, rate limits or not.
             limit_store=self.limit_store,
             recorder=self.api_metrics,
+        )
+
+    # ----- the Responses API (chalicelib/responses_api.py) --------------------------------
+
+    @cached_property
+    def response_store(self) -> ResponseStore:
+        return ResponseStore(self.dynamodb.Table(self.settings.responses_table_name))
+
+    @cached_property
+    def responses(self) -> ResponsesApi:
+        from chalicelib.responses_api import ResponsesApi
+
+        return ResponsesApi(
+            settings=self.settings,
+            gateway=self.gateway,
+            registry=self.registry,
+            store=self.response_store,
+            blobs=self.blobs,
         )
 
     @cached_property

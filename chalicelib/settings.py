@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     inline_limit_bytes: int = 64 * 1024
     # Requests records expire (TTL) after this many seconds.
     request_ttl_s: int = 7 * 24 * 3600
+    # Stored Responses API responses (and their input items) expire this long after creation,
+    # OpenAI's 30 days (``/v1/responses``, ``previous_response_id``).
+    responses_ttl_s: int = 30 * 24 * 3600
     # API key lookups and Globus verdicts are cached per process (a warm Lambda container or the
     # local API) for at most this long: the bound on how late a revocation is seen there.
     auth_cache_ttl_s: float = 60.0
@@ -213,6 +216,7 @@ class Settings(BaseSettings):
     batch_queue: str | None = None
     drop_bucket: str | None = None
     usage_table: str | None = None
+    responses_table: str | None = None
 
     @field_validator(
         "globus_allowed_domains",
@@ -294,6 +298,10 @@ class Settings(BaseSettings):
     @cached_property
     def reply_queue_name_prefix(self) -> str:
         return self.reply_queue_prefix or self.resource("reply")
+
+    @cached_property
+    def responses_table_name(self) -> str:
+        return self.responses_table or self.resource("responses")
 
     @cached_property
     def files_table_name(self) -> str:

@@ -31,15 +31,27 @@ def _event(obj: dict[str, Any] | str) -> str:
     return f"data: {data}\n\n"
 
 
-def chat_chunks(response: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
+def _base(response: dict[str, Any]) -> dict[str, Any]:
+    """The fields every chunk of ``response`` repeats."""
+    chat = response.get("object") == "chat.completion"
     base = {
         "id": response["id"],
-        "object": "chat.completion.chunk",
+        "object": "chat.completion.chunk" if chat else "text_completion",
         "created": response["created"],
         "model": response["model"],
     }
-    if response.get("system_fingerprint"):
+    if chat and response.get("system_fingerprint"):
         base["system_fingerprint"] = response["system_fingerprint"]
+    return base
+
+
+def usage_chunk(response: dict[str, Any]) -> dict[str, Any]:
+    """The last chunk under ``stream_options.include_usage``: no choices, the usage."""
+    return {**_base(response), "choices": [], "usage": response.get("usage")}
+
+
+def chat_chunks(response: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
+    base = _base(response)
     extra = {"usage": None} if include_usage else {}
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -64,7 +76,7 @@ def chat_chunks(response: dict[str, Any], include_usage: bool) -> Iterator[dict[
             yield chunk(idx, delta, None)
         yield chunk(idx, {}, choice["finish_reason"])
     if include_usage:
-        yield {**base, "choices": [], "usage": response.get("usage")}
+        yield usage_chunk(response)
 
 
 def tool_call_deltas(calls: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -85,12 +97,7 @@ def tool_call_deltas(calls: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def completion_chunks(response: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
-    base = {
-        "id": response["id"],
-        "object": "text_completion",
-        "created": response["created"],
-        "model": response["model"],
-    }
+    base = _base(response)
     extra = {"usage": None} if include_usage else {}
 
     def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
@@ -103,13 +110,15 @@ def completion_chunks(response: dict[str, Any], include_usage: bool) -> Iterator
                 yield chunk(choice["index"], piece, None)
         yield chunk(choice["index"], "", choice["finish_reason"])
     if include_usage:
-        yield {**base, "choices": [], "usage": response.get("usage")}
+        yield usage_chunk(response)
+
+
+def chunks(response: dict[str, Any], include_usage: bool = False) -> Iterator[dict[str, Any]]:
+    """The chunks an engine would have streamed ``response`` (chat or completions) in."""
+    if response.get("object") == "chat.completion":
+        return chat_chunks(response, include_usage)
+    return completion_chunks(response, include_usage)
 
 
 def render(response: dict[str, Any], include_usage: bool) -> str:
-    chunks = (
-        chat_chunks(response, include_usage)
-        if response.get("object") == "chat.completion"
-        else completion_chunks(response, include_usage)
-    )
-    return "".join(_event(c) for c in chunks) + _event("[DONE]")
+    return "".join(_event(c) for c in chunks(response, include_usage)) + _event("[DONE]")

@@ -13,6 +13,7 @@ first proxy [--port P]                        a local OpenAI-compatible server t
 first local endpoint stop|start NAME          take a local endpoint of `make up` down / back
 first batch submit FILE.jsonl [--endpoint E] [--wait] | status ID | results ID [-o FILE]
             | cancel ID | ls                  OpenAI batches (OPENAI_BASE_URL, OPENAI_API_KEY)
+first agent configure [AGENT] [--profile F]   the environment a coding agent (claude) needs
 """
 
 from __future__ import annotations
@@ -148,6 +149,37 @@ def _jobs(args: argparse.Namespace, services: Root) -> int:
     return run(args.action, vars(args))
 
 
+def _agent_configure(args: argparse.Namespace, services: Root) -> int:
+    import os
+    from pathlib import Path
+
+    from first_cli import agent
+
+    if not args.agent:
+        print(agent.listing(), end="")
+        return 0
+    if args.agent not in agent.AGENTS:
+        print(
+            f"first: unknown agent {args.agent!r}; known: {sorted(agent.AGENTS)}", file=sys.stderr
+        )
+        return 2
+    gateway = args.gateway or os.environ.get("FIRST_API_URL") or os.environ.get("OPENAI_BASE_URL")
+    if not gateway:
+        print("first: set --gateway (or FIRST_API_URL / OPENAI_BASE_URL)", file=sys.stderr)
+        return 2
+    key = args.key or os.environ.get("OPENAI_API_KEY") or os.environ.get("ANTHROPIC_API_KEY")
+    if not key:
+        key = _user_tokens(services).token()  # a Globus token (`first login` first)
+    model = args.model or os.environ.get("FIRST_MODEL") or "first/tiny-chat"
+    text = agent.exports(args.agent, gateway, key, model)
+    if args.profile:
+        agent.write_profile(Path(args.profile).expanduser(), args.agent, text)
+        print(f"Wrote the {args.agent} environment to {args.profile}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="first", description="FIRST gateway operations")
     p.add_argument("--stage", help="stage (default: FIRST_STAGE or 'local')")
@@ -237,6 +269,19 @@ def parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=20
     )
     jobs.add_parser("functions", help="the functions you may call, with their input schemas")
+
+    agents = sub.add_parser("agent", help="coding agents on this gateway").add_subparsers(
+        dest="action", required=True
+    )
+    configure = agents.add_parser("configure", help="print (or write) an agent's environment")
+    configure.add_argument("agent", nargs="?", help="claude; none lists the known agents")
+    configure.add_argument(
+        "--gateway", help="the gateway's URL (default FIRST_API_URL/OPENAI_BASE_URL)"
+    )
+    configure.add_argument("--key", help="an API key (default OPENAI_API_KEY, else `first token`)")
+    configure.add_argument("--model", help="the model (default FIRST_MODEL)")
+    configure.add_argument("--profile", help="append to this shell profile instead of printing")
+    configure.set_defaults(run=_agent_configure)
     return p
 
 

@@ -14,7 +14,9 @@ that aborts (the SDK closes its response) closes that connection, API Gateway's 
 forgets it, the relay's next push meets ``GoneException`` and answers 410, and the HPC function
 stops generating. (One connection shared by a key's streams could not say which one left.)
 
-The caller's ``Authorization`` is used when it sends one, else the proxy's own key.
+The caller's ``Authorization`` (or, from Anthropic's clients, ``x-api-key``) is used when it sends
+one, else the proxy's own key. ``/v1/messages`` streams in Anthropic's events, its refusals in
+Anthropic's error shape.
 
 HTTP is uvicorn's (h11) and starlette's: framing, keep-alive and resets are theirs. What the
 proxy adds at that level is policy, in ``_CallerProtocol``: a caller silent for
@@ -55,10 +57,20 @@ from chalicelib.errors import (
     FirstError,
     LengthRequiredError,
     PayloadTooLargeError,
+    error_from_body,
 )
+from chalicelib.protocol import dialects
+from chalicelib.protocol.messages import speaks_anthropic
 from first_cli.client import StreamClient, StreamError
 
-STREAM_ACTIONS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+STREAM_ACTIONS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+}
+# The stream dialect of each action (chalicelib.protocol.dialects): how its events are framed.
+ACTION_DIALECTS: dict[str, str] = {"responses": "responses", "messages": "messages"}
 # How long a 504'd request is collected for, and how often its record is read.
 COLLECT_TIMEOUT_S = 3600.0
 COLLECT_INTERVAL_S = 1.0
@@ -194,7 +206,10 @@ class Proxy:
 
     def _key(self, request: Request) -> str | None:
         scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else self.api_key
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        # Anthropic's clients send their key as x-api-key.
+        return (request.headers.get("x-api-key") or "").strip() or self.api_key
 
     async def _handle(self, request: Request) -> Response:
         refused = _unreadable(request)
@@ -211,7 +226,7 @@ class Proxy:
                 body = json.loads(raw or b"{}")
             except ValueError:
                 body = None
-            if isinstance(body, dict) and body.get("stream"):
+            if isinstance(body, dict) and body.get("stream") and not _gateway_state(body):
                 return await self._stream(request, STREAM_ACTIONS[request.url.path], body)
         return await self._forward(request, raw)
 
@@ -288,13 +303,19 @@ class Proxy:
             await self._close(client)
             if first is None:
                 return _error_response(BadGatewayError("The stream ended before an answer."))
-            return JSONResponse({"error": first["error"]}, int(first.get("status") or 500))
+            status = int(first.get("status") or 500)
+            if speaks_anthropic(request.url.path):
+                refused = error_from_body(first["error"])
+                status = refused.ANTHROPIC_STATUS or status
+                return JSONResponse(refused.to_anthropic_body(), status)
+            return JSONResponse({"error": first["error"]}, status)
         headers = {"Cache-Control": "no-cache"}
         if first.get("request_id"):
             headers["x-request-id"] = first["request_id"]
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        dialect = dialects.get(ACTION_DIALECTS.get(action))
         return StreamingResponse(
-            self._events(client, frames, first, include_usage),
+            self._events(client, frames, first, include_usage, dialect),
             media_type="text/event-stream",
             headers=headers,
             # Once the body's last chunk is out: the caller does not wait for the close.
@@ -307,6 +328,7 @@ class Proxy:
         frames: Generator[dict[str, Any], None, None],
         first: dict[str, Any],
         include_usage: bool,
+        dialect: dialects.Dialect = dialects.CHAT,
     ) -> AsyncGenerator[bytes, None]:
         """The request's frames as SSE events, until ``done``/``error`` or the caller leaves
         (starlette then cancels this generator)."""
@@ -318,17 +340,19 @@ class Proxy:
                 while frame is not None:
                     if frame["type"] == "chunk":
                         last = frame["data"]
-                        yield _event(last)
+                        yield dialect.sse(last).encode()
                     elif frame["type"] == "done":
-                        if include_usage and last is not None:
+                        # Chat's usage chunk comes from the done frame; other dialects' closing
+                        # events came as chunks before it.
+                        if dialect is dialects.CHAT and include_usage and last is not None:
                             base = {k: last[k] for k in ("id", "object", "created", "model")}
                             yield _event({**base, "choices": [], "usage": frame["usage"]})
                     elif frame["type"] == "error":
-                        yield _event({"error": frame["error"]})
+                        yield dialect.sse_error(frame["error"], last).encode()
                     frame = await self._in_thread(next, frames, None)
             except StreamError as exc:
-                yield _event({"error": exc.error})
-            yield _event("[DONE]")
+                yield dialect.sse_error(exc.error, last).encode()
+            yield dialect.sse_end().encode()
             finished = True
         except (anyio.get_cancelled_exc_class(), GeneratorExit):
             # The caller left. Its connection is closed on the way out, and that $disconnect
@@ -344,6 +368,12 @@ class Proxy:
         # Shielded: also when the caller's leaving cancelled the stream.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self.close_stream, client, limiter=self._threads)
+
+
+def _gateway_state(body: dict[str, Any]) -> bool:
+    """A Responses turn that continues a stored conversation: the gateway rebuilds it on its
+    REST route only, so it is forwarded there (a buffered stream) rather than streamed live."""
+    return body.get("previous_response_id") is not None
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -287,6 +287,7 @@ class RelaySender:
         flush_tokens: int = 16,
         on_gone: Any = None,
         session: Any = None,
+        state: dict[str, Any] | None = None,
     ) -> None:
         import requests
 
@@ -301,6 +302,9 @@ class RelaySender:
         self.seq = 0
         self.stats: dict[str, Any] = {"pushes": 0, "push_retries": 0, "push_failures": 0}
         self.first_push_at: float | None = None
+        # The stream dialect's state (opaque here): sent with each push, replaced by the one
+        # the relay answers with, handed back with the result for the closing events.
+        self.state = state
         self._thread = threading.Thread(target=self._run, name="relay-sender", daemon=True)
         self._thread.start()
 
@@ -339,7 +343,10 @@ class RelaySender:
             for chunks in plan_pushes(batch):
                 self.seq += 1
                 try:
-                    self._push({"seq": self.seq, "chunks": chunks})
+                    body: dict[str, Any] = {"seq": self.seq, "chunks": chunks}
+                    if self.state is not None:
+                        body["state"] = self.state
+                    self._push(body)
                 except RelayGoneError as exc:
                     log.info("stream stopped by the relay: %s", exc)
                     with self._cond:
@@ -363,7 +370,10 @@ class RelaySender:
             else:
                 with resp:
                     status = resp.status_code
+                    answer = _json_object(resp) if status < 300 and self.state is not None else {}
                 if status < 300:
+                    if isinstance(answer.get("state"), dict):
+                        self.state = answer["state"]
                     self.stats["pushes"] += 1
                     if self.first_push_at is None:
                         self.first_push_at = time.time()
@@ -374,6 +384,14 @@ class RelaySender:
                     raise RuntimeError(f"relay answered HTTP {status}")
             self.stats["push_retries"] += 1
             time.sleep(PUSH_BACKOFF_S[min(attempt, len(PUSH_BACKOFF_S) - 1)])
+
+
+def _json_object(resp: Any) -> dict[str, Any]:
+    try:
+        value = resp.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # -- assembling the plain response ---------------------------------------------------------
@@ -491,6 +509,7 @@ def run_stream_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
             flush_ms=float(stream.get("flush_ms") or 50.0),
             flush_tokens=int(stream.get("flush_tokens") or 16),
             on_gone=cancel.set,
+            state=stream.get("state") if isinstance(stream.get("state"), dict) else None,
         )
         try:
             for chunk in chunks:
@@ -520,4 +539,6 @@ def run_stream_task(kind: str, task: dict[str, Any]) -> dict[str, Any]:
         "cancelled": cancel.is_set(),
         **sender.stats,
     }
+    if sender.state is not None:
+        stats["dialect_state"] = sender.state
     return {"response": response, "engine_time_ms": engine_time_ms, "stream_stats": stats}

@@ -208,6 +208,9 @@ class Stack:
         lines = {
             "OPENAI_BASE_URL": f"{c.api_url}/v1",
             "OPENAI_API_KEY": self.api_key or "",
+            # The anthropic SDK's own variables (the Messages API, /v1/messages).
+            "ANTHROPIC_BASE_URL": c.api_url,
+            "ANTHROPIC_API_KEY": self.api_key or "",
             "FIRST_WS_URL": c.ws_url,
             "AWS_ENDPOINT_URL": c.aws_url,
             "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],

@@ -35,3 +35,18 @@ def bearer_token(headers: Mapping[str, str]) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("Malformed Authorization header; expected 'Bearer YOUR_KEY'.")
     return token.strip()
+
+
+def api_key_token(headers: Mapping[str, str]) -> str:
+    """The token as Anthropic's clients send it: ``x-api-key: …`` (the anthropic SDK) or
+    ``Authorization: Bearer …`` (Claude Code with ``ANTHROPIC_AUTH_TOKEN``); a key or a Globus
+    token either way."""
+    value = next((v for k, v in headers.items() if k.lower() == "x-api-key"), None)
+    if value is not None and value.strip():
+        return value.strip()
+    if not any(k.lower() == "authorization" for k in headers):
+        raise AuthenticationError(
+            "You didn't provide an API key. Send it as 'x-api-key: YOUR_KEY' or "
+            "'Authorization: Bearer YOUR_KEY'."
+        )
+    return bearer_token(headers)

@@ -276,7 +276,12 @@ class Poller:
         if current["status"] not in TERMINAL:
             return
         self.counts["final_frames_resent"] += 1
-        self._streams.finished(request_id, current["stream"], current["status"], current)
+        # Only a dialect's closing events need the result (chat's come from the done frame).
+        needs = (
+            current["stream"].get("dialect") not in (None, "chat") and current["status"] != "failed"
+        )
+        result = self._blobs.load(current, "result") if needs else None
+        self._streams.finished(request_id, current["stream"], current["status"], current, result)
 
     def _warm(self, model: str, name: str) -> None:
         """The API's warm-up of ``model`` on endpoint ``name`` (a stale one is dropped)."""
@@ -650,7 +655,7 @@ class Poller:
                 self.counts["notices_undelivered"] += 1
         if record.get("stream") and self._streams is not None:
             # After the record: a client that has its done frame reads the request completed.
-            self._streams.finished(request_id, record["stream"], status, fields)
+            self._streams.finished(request_id, record["stream"], status, fields, response)
         usage = fields.get("usage") or {}
         if record.get("limits") and self._limits is not None:
             # Only the write that made the request terminal gets here: released exactly once.

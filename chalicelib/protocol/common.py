@@ -40,6 +40,11 @@ class GatewayRequest(OpenAIModel):
         """The body the engine receives: what the client sent, minus gateway-only fields."""
         return self.model_dump(exclude_none=True, exclude={"stream", "stream_options"})
 
+    def stream_dialect(self) -> dict[str, Any]:
+        """What a streamed request's record carries for its stream dialect
+        (``chalicelib.protocol.dialects``): ``{"dialect", "state"}``; chat's is empty."""
+        return {}
+
     def capabilities_used(self) -> dict[str, str]:
         """The registry capabilities this request needs (``Registry.supports``), each with the
         field that asks for it: a model without one answers 400 naming that field."""
@@ -206,6 +211,11 @@ def parse_body(raw: bytes | None, model: type[M]) -> M:
     data = load_json(raw)
     if not isinstance(data, dict):
         raise BadRequestError("The request body must be a JSON object.")
+    return validate(data, model)
+
+
+def validate(data: dict[str, Any], model: type[M]) -> M:
+    """Validate parsed JSON into ``model``; any problem is a 400 naming the field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

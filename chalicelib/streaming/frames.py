@@ -11,7 +11,9 @@ Every frame carries the client's ``id`` (its reference for the request) and the 
 
 ``seq`` numbers the HPC function's pushes (1, 2, …) and ``part`` the chunks of one push (0, 1,
 …; one per choice): a client that sees a ``(seq, part)`` at or below the last it took for that
-``id`` is looking at a retried push and drops it.
+``id`` is looking at a retried push and drops it. A stream dialect's closing events (posted by
+the poller once the result is stored, before ``done``) carry ``seq`` ``CLOSING_SEQ``, above every
+push's, so they sort last and a resent ending is dropped the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import json
 from typing import Any
 
 from chalicelib.errors import FirstError
+from chalicelib.protocol.bounds import INT32_MAX
+
+# Above the largest push ``seq`` the relay takes (``relay.MAX_SEQ``, int32).
+CLOSING_SEQ = INT32_MAX + 1
 
 
 def _text(frame: dict[str, Any]) -> str:

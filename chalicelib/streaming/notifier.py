@@ -1,7 +1,9 @@
 """The poller's side of streaming: the capability for a streaming task, and the last frame.
 
 ``task_fields`` is what an HPC function needs to push (the relay URL, a capability token for
-this request and connection, the coalescing settings). ``finished`` posts ``done`` (with usage)
+this request and connection, the coalescing settings, and the stream dialect's first state when
+it has one: ``chalicelib.protocol.dialects``). ``finished`` posts the dialect's closing events
+(from the full result and the state the HPC function ended with), then ``done`` (with usage)
 or ``error`` (410 ``cancelled`` for a stream stopped before its end) once the outcome is stored, so a client that has its ``done`` reads the request
 completed, and ``GET /v1/requests/{id}`` agrees with what streamed.
 """
@@ -14,6 +16,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from chalicelib.errors import FirstError, StreamGoneError, error_from_result
+from chalicelib.protocol import dialects
 from chalicelib.settings import Settings
 from chalicelib.stores.websocket import ConnectionGoneError, ConnectionPoster
 from chalicelib.streaming import frames
@@ -34,23 +37,37 @@ class StreamNotifier:
             str(stream["connection_id"]),
             stream.get("ref"),
             self._s.stream_token_ttl_s,
+            dialect=str(stream.get("dialect") or "chat"),
         )
-        return {
+        fields = {
             "relay_url": self._s.stream_relay_url,
             "token": token,
             "flush_ms": self._s.stream_flush_ms,
             "flush_tokens": self._s.stream_flush_tokens,
         }
+        if isinstance(stream.get("state"), dict):
+            fields["state"] = stream["state"]
+        return fields
 
     def finished(
-        self, request_id: str, stream: dict[str, Any], status: str, fields: dict[str, Any]
+        self,
+        request_id: str,
+        stream: dict[str, Any],
+        status: str,
+        fields: dict[str, Any],
+        result: dict[str, Any] | None = None,
     ) -> bool:
-        """Post the final frame; False when the client is gone (the record holds the truth)."""
+        """Post the dialect's closing events and the final frame; False when the client is gone
+        (the record holds the truth)."""
         ref = stream.get("ref")
+        texts = [
+            frames.chunk(ref, request_id, frames.CLOSING_SEQ, part, event)
+            for part, event in enumerate(self._closing(stream, status, fields, result))
+        ]
         if status == "completed":
-            text = frames.done(
-                ref, request_id, fields.get("usage") or {}, fields.get("stream_stats")
-            )
+            stats = fields.get("stream_stats") or {}
+            timing = {k: v for k, v in stats.items() if k != "dialect_state"}
+            text = frames.done(ref, request_id, fields.get("usage") or {}, timing)
         elif status == "cancelled":
             # Usually nobody is left to read it; a client still connected (its stream could no
             # longer be delivered) learns the end, and where what ran is kept.
@@ -67,7 +84,8 @@ class StreamNotifier:
             )
             text = frames.error(ref, request_id, exc)
         try:
-            self._poster.post(str(stream["connection_id"]), text)
+            for each in [*texts, text]:
+                self._poster.post(str(stream["connection_id"]), each)
         except ConnectionGoneError:
             self.counts["final_frames_undelivered"] += 1
             self._log.info(
@@ -79,3 +97,27 @@ class StreamNotifier:
             self._log.exception("final stream frame failed", extra={"request_id": request_id})
             return False
         return True
+
+    def _closing(
+        self,
+        stream: dict[str, Any],
+        status: str,
+        fields: dict[str, Any],
+        result: dict[str, Any] | None,
+    ) -> list[dict[str, Any]]:
+        """The dialect's closing events, from the state the HPC function ended with (or the
+        first one, when no push was answered)."""
+        try:
+            dialect = dialects.get(stream.get("dialect"))
+        except ValueError:
+            self.counts["unknown_dialects"] += 1
+            self._log.exception("stream dialect unknown", extra={"dialect": stream.get("dialect")})
+            return []
+        stats = fields.get("stream_stats") or {}
+        last = stats.get("dialect_state") if isinstance(stats, dict) else None
+        first = stream.get("state")
+        state = dialects.closing_state(
+            first if isinstance(first, dict) else None, last if isinstance(last, dict) else None
+        )
+        error = (fields.get("error") or {}) if status == "failed" else None
+        return dialect.closing_events(state, status, result, error)

@@ -1,8 +1,11 @@
 """The stream relay: an HPC function's push, checked against its capability token, posted to
 the WebSocket connection the token names.
 
-A push is ``{"seq": n, "chunks": [<OpenAI chunk>, …]}`` with ``Authorization: Bearer <capability
-token>``; each chunk becomes one ``chunk`` frame (``part`` 0, 1, …). Pushes of one request are
+A push is ``{"seq": n, "chunks": [<OpenAI chunk>, …], "state": {…}}`` with ``Authorization: Bearer
+<capability token>``; the token's dialect (``chalicelib.protocol.dialects``) turns the chunks into
+events, from the stream's ``state`` (the one the previous push was answered with), and each event
+becomes one ``chunk`` frame (``part`` 0, 1, …); the answer carries the state after them. Chat is
+the identity: a chunk is its event, and its state stays empty. Pushes of one request are
 numbered from 1 (at most ``MAX_SEQ``) and sent one at a time, so this process remembers the last
 ``(seq, part)`` it posted for each request: a push at or below it is a retry whose answer was
 lost, and only its parts not posted yet are posted. A retry that reaches another process (another
@@ -36,6 +39,7 @@ from chalicelib.errors import (
     PayloadTooLargeError,
     StreamGoneError,
 )
+from chalicelib.protocol import dialects
 from chalicelib.protocol.bounds import INT32_MAX
 from chalicelib.stores.requests import TERMINAL
 from chalicelib.stores.websocket import (
@@ -66,6 +70,8 @@ class Delivery:
     request_id: str
     seq: int
     posted: int  # frames posted; 0 for a retry already posted, or an empty push
+    # The dialect's stream state after this push: the sender sends it with the next one.
+    state: dict[str, Any] | None = None
 
 
 @dataclass
@@ -129,22 +135,29 @@ class Relay:
             raise AuthenticationError(
                 f"Capability token refused: {exc.reason}.", code=code
             ) from exc
-        seq, chunks = _parse(raw)
+        seq, chunks, before = _parse(raw)
         request_id = claims.request_id
         self._check_live(request_id)
-        if not chunks:
+        try:
+            dialect = dialects.get(claims.dialect)
+        except ValueError as exc:  # a token minted by a newer gateway: not this push's fault
+            raise BadRequestError(str(exc), param="dialect") from exc
+        # Rendered whole, also for a retry: the same state gives the same events and parts.
+        events, state = dialects.push_events(dialect, before, chunks)
+        state_out = state if before is not None or state else None
+        if not events:
             self.counts["empty_pushes"] += 1
-            return Delivery(request_id, seq, 0)
+            return Delivery(request_id, seq, 0, state_out)
         with self._lock:
             stream = self._stream(request_id)
             last = (stream.seq, stream.part)
         start = last[1] + 1 if seq == last[0] else 0
-        if seq < last[0] or start >= len(chunks):
+        if seq < last[0] or start >= len(events):
             self.counts["duplicate_pushes"] += 1
-            return Delivery(request_id, seq, 0)
+            return Delivery(request_id, seq, 0, state_out)
         texts = [
-            frames.chunk(claims.client_ref, request_id, seq, part, chunks[part])
-            for part in range(start, len(chunks))
+            frames.chunk(claims.client_ref, request_id, seq, part, events[part])
+            for part in range(start, len(events))
         ]
         for part, text in enumerate(texts, start):
             size = len(text.encode())
@@ -180,7 +193,7 @@ class Relay:
                 stream = self._stream(request_id)
                 if (seq, part) > (stream.seq, stream.part):
                     stream.seq, stream.part = seq, part
-        return Delivery(request_id, seq, posted)
+        return Delivery(request_id, seq, posted, state_out)
 
     def _stream(self, request_id: str) -> _Stream:
         """This process's entry for ``request_id`` (the lock held), the newest in the LRU."""
@@ -223,7 +236,7 @@ def _finished(status: str | None) -> bool:
     return status == "missing" or status in TERMINAL
 
 
-def _parse(raw: bytes) -> tuple[int, list[dict[str, Any]]]:
+def _parse(raw: bytes) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
     try:
         body = json.loads(raw or b"null")
     except (ValueError, RecursionError) as exc:  # nested past the parser's depth: not a 500
@@ -241,4 +254,9 @@ def _parse(raw: bytes) -> tuple[int, list[dict[str, Any]]]:
         raise BadRequestError(
             f"chunks must be a list of at most {MAX_CHUNKS_PER_PUSH} objects.", param="chunks"
         )
-    return seq, chunks
+    state = body.get("state")
+    if state is not None and not isinstance(state, dict):
+        raise BadRequestError(
+            "state must be the object the last push was answered with.", param="state"
+        )
+    return seq, chunks, state

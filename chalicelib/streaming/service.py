@@ -1,7 +1,8 @@
 """The WebSocket routes' work: ``$connect`` authenticates, ``$default`` admits and enqueues a
 streaming request, ``$disconnect`` forgets the connection.
 
-A ``$default`` message is ``{"action": "chat.completions" | "completions", "id": CLIENT_REF,
+A ``$default`` message is ``{"action": "chat.completions" | "completions" | "responses" |
+"messages", "id": CLIENT_REF,
 "body": {…OpenAI request body…}}``. It goes through the REST route's checks (validation, model
 access, the model's ceiling, rate limits) and the same submit (``Gateway.submit``, with a
 ``StreamTarget``: the connection and the client's reference on the record); the handler returns
@@ -43,6 +44,8 @@ from chalicelib.errors import (
 from chalicelib.gateway import Gateway, StreamTarget
 from chalicelib.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 from chalicelib.protocol.common import GatewayRequest, load_json
+from chalicelib.protocol.messages_stream import MessagesAsChat
+from chalicelib.protocol.responses_stream import ResponsesAsChat
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
 from chalicelib.stores.connections import Connection, ConnectionStore
@@ -53,6 +56,10 @@ from chalicelib.streaming import frames
 ACTIONS: dict[str, tuple[str, type[GatewayRequest]]] = {
     "chat.completions": ("chat_completions", ChatCompletionRequest),
     "completions": ("completions", CompletionRequest),
+    # A Responses body, answered as chat and streamed in the Responses dialect.
+    "responses": ("chat_completions", ResponsesAsChat),
+    # An Anthropic Messages body, answered as chat and streamed in Anthropic's events.
+    "messages": ("chat_completions", MessagesAsChat),
 }
 # A client's reference is echoed in every frame; keep it a short string.
 MAX_CLIENT_REF_CHARS = 128
@@ -217,8 +224,6 @@ class StreamService:
         ref: str | None,
         function: str,
         req: GatewayRequest,
-        *,
-        dialect: str | None = None,
     ) -> str:
         """Check, admit and submit one streamed request (its answer goes to ``connection_id``
         as frames carrying ``ref``); its id. Raises the error its refusal frame carries."""
@@ -237,7 +242,6 @@ class StreamService:
             req,
             hold,
             stream=StreamTarget(connection_id, ref),
-            dialect=dialect,
         )
 
     def _stream_slot(self, principal: Principal) -> dict[str, Any] | None:

@@ -33,6 +33,8 @@ class StreamClaims:
     connection_id: str
     client_ref: str | None
     expires_at: int
+    # The stream dialect (chalicelib.protocol.dialects) the relay renders pushes in.
+    dialect: str = "chat"
 
 
 def _b64(data: bytes) -> str:
@@ -53,6 +55,7 @@ def mint(key: bytes, claims: StreamClaims) -> str:
         "c": claims.connection_id,
         "i": claims.client_ref,
         "x": claims.expires_at,
+        **({"d": claims.dialect} if claims.dialect != "chat" else {}),
     }
     payload = _b64(json.dumps(body, separators=(",", ":")).encode())
     return f"{payload}.{_sign(key, payload)}"
@@ -65,9 +68,10 @@ def mint_for(
     client_ref: str | None,
     ttl_s: int,
     now: float | None = None,
+    dialect: str = "chat",
 ) -> str:
     expires_at = int(time.time() if now is None else now) + ttl_s
-    return mint(key, StreamClaims(request_id, connection_id, client_ref, expires_at))
+    return mint(key, StreamClaims(request_id, connection_id, client_ref, expires_at, dialect))
 
 
 def verify(key: bytes, token: str, now: float | None = None) -> StreamClaims:
@@ -85,6 +89,7 @@ def verify(key: bytes, token: str, now: float | None = None) -> StreamClaims:
             connection_id=str(body["c"]),
             client_ref=None if body.get("i") is None else str(body["i"]),
             expires_at=int(body["x"]),
+            dialect=str(body.get("d") or "chat"),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise StreamTokenError("malformed") from exc

@@ -116,6 +116,9 @@ class Choice:
     finish_reason: str
     completion_tokens: int
     tool_calls: list[dict[str, Any]] | None = None
+    # The stop string that ended the text (vLLM's ``stop_reason``): the Messages API answers
+    # ``stop_sequence`` with it.
+    stop_reason: str | None = None
 
 
 class TransformersEngine:
@@ -371,10 +374,11 @@ class TransformersEngine:
         length = next((i for i, t in enumerate(row) if t in ends), len(row))
         tokens = row[:length]
         text = self.output_text(tokens, constraint)
-        cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in sampling.stop if (i := text.find(s)) >= 0]
+        if found:
             # generate stopped right after the token that completed the stop string.
-            return Choice(text[:cut], "stop", len(tokens))
+            cut, stop = min(found)
+            return Choice(text[:cut], "stop", len(tokens), stop_reason=stop)
         finish, count = "stop", len(tokens)
         if length < len(row) and row[length] in self.eos_ids:
             count += 1  # the eos token was generated too
@@ -423,6 +427,7 @@ class TransformersEngine:
                     "message": _message(c),
                     "logprobs": None,
                     "finish_reason": c.finish_reason,
+                    **({"stop_reason": c.stop_reason} if c.stop_reason is not None else {}),
                 }
                 for i, c in enumerate(choices)
             ],

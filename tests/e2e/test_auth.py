@@ -129,6 +129,15 @@ def _a_job(client: OpenAI, steps: int = 1) -> str:
     return f"/v1/jobs/{job['id']}"
 
 
+def _a_response(client: OpenAI) -> str:
+    return client.responses.create(model=TINY, input="Hello", max_output_tokens=2).id
+
+
+def _a_background_response(client: OpenAI) -> str:
+    made = client.responses.create(model=TINY, input="Hello", max_output_tokens=2, background=True)
+    return f"/v1/responses/{made.id}/cancel"
+
+
 # Every route that takes an id, and how to make an object its owner can fetch. A new id route
 # (batches, files, …) fails the walk below until it is added here.
 OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
@@ -140,6 +149,11 @@ OWNED_OBJECTS: dict[str, Callable[[OpenAI], str]] = {
     "/v1/jobs/{job_id}": _a_job,
     # Long enough to be running when the owner's cancel comes (it stops it).
     "/v1/jobs/{job_id}/cancel": lambda c: f"{_a_job(c, steps=300)}/cancel",
+    "/v1/responses/{response_id}": lambda c: f"/v1/responses/{_a_response(c)}",
+    "/v1/responses/{response_id}/input_items": (
+        lambda c: f"/v1/responses/{_a_response(c)}/input_items"
+    ),
+    "/v1/responses/{response_id}/cancel": _a_background_response,
 }
 # Id routes of objects nobody owns: who may see a model is decided by its access rule (groups),
 # tested with the hidden model in test_a_model_outside_your_groups_is_unlisted_and_answers_model_not_found.

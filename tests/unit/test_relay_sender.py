@@ -64,8 +64,12 @@ class _RelayHandler(BaseHTTPRequestHandler):
             self.server.received.append(seq)
             lose = self.server.received.count(seq) == 1 and seq in self.server.lose_answers
         try:
-            self.server.relay.push(token, raw)
-            status, body = (503, {}) if lose else (200, {"ok": True})
+            delivery = self.server.relay.push(token, raw)
+            # As the app's relay route answers: the dialect's state for the next push.
+            answer = {"seq": delivery.seq, "frames": delivery.posted}
+            if delivery.state is not None:
+                answer["state"] = delivery.state
+            status, body = (503, {}) if lose else (200, answer)
         except FirstError as exc:
             status, body = exc.STATUS_CODE, exc.to_body()
         data = json.dumps(body).encode()
@@ -118,6 +122,27 @@ def test_a_push_whose_answer_was_lost_is_retried_with_its_seq_and_shown_once(
         (f["seq"], f["part"], f["data"]["choices"][0]["delta"]["content"]) for _, f in poster.posts
     ]
     assert shown == [(1, 0, "a"), (2, 0, "b")]
+
+
+def test_the_sender_carries_the_dialect_state_the_relay_answers_through_a_lost_answer(
+    losing_first_answer: RelayServer, poster: RecordingPoster
+) -> None:
+    from tests.unit.test_dialects import NUMBERED
+
+    server = losing_first_answer
+    token = mint_for(KEY, "req_1", "conn-a", "ref", 60, dialect=NUMBERED.name)
+    sender = RelaySender(server.url, token, flush_ms=0, flush_tokens=1, state={})
+    sender.add(chat_chunk("a"))
+    assert server.delivered.wait(WAIT_S)  # push 1: posted, answer lost, retried with its state
+    sender.add(chat_chunk("b"))
+    sender.close()
+    assert server.received == [1, 1, 2]
+    assert [f["data"] for _, f in poster.posts] == [
+        {"n": 0, "text": "open"},
+        {"n": 1, "text": "a"},
+        {"n": 2, "text": "b"},
+    ]
+    assert sender.state == {"n": 3, "open": True}
 
 
 def test_a_410_from_the_relay_sets_the_cancel_event_and_stops_pushing(

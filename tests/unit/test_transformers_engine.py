@@ -114,6 +114,8 @@ def test_stop_string_truncates_before_it_and_stops_generation(
     choice = response["choices"][0]
     assert choice["message"]["content"] == full[: full.index(stop)]
     assert choice["finish_reason"] == "stop"
+    # vLLM's field, which the Messages API answers as stop_sequence.
+    assert choice["stop_reason"] == stop
     assert response["usage"]["completion_tokens"] < 20
 
 
