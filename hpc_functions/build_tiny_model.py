@@ -152,18 +152,10 @@ def build_once(out_dir: str | Path, stamp: str, write: Callable[[Path], None]) -
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 2):
-        print(
-            "usage: python -m hpc_functions.build_tiny_model OUT_DIR [VISION_OUT_DIR]",
-            file=sys.stderr,
-        )
+    if len(args) != 1:
+        print("usage: python -m hpc_functions.build_tiny_model OUT_DIR", file=sys.stderr)
         return 2
     print(build(args[0]))
-    if len(args) == 2:
-        # The tiny vision model too, in the same process: one import of transformers, not two.
-        from hpc_functions.build_tiny_vision_model import build as build_vision
-
-        print(build_vision(args[1]))
     return 0
 
 

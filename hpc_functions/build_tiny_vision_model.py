@@ -25,6 +25,7 @@ from hpc_functions.build_tiny_model import (
     _source_tokenizer_file,
     build_once,
 )
+from hpc_functions.build_tiny_model import build as build_chat
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 32
@@ -115,11 +116,18 @@ def build(out_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``OUT_DIR``, or ``CHAT_OUT_DIR OUT_DIR``: the tiny chat model first, in the same process
+    (one import of transformers, not two; the stack builds both this way)."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m hpc_functions.build_tiny_vision_model OUT_DIR", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print(
+            "usage: python -m hpc_functions.build_tiny_vision_model [CHAT_OUT_DIR] OUT_DIR",
+            file=sys.stderr,
+        )
         return 2
-    print(build(args[0]))
+    if len(args) == 2:
+        print(build_chat(args[0]))
+    print(build(args[-1]))
     return 0
 
 

@@ -50,7 +50,7 @@ def build_tiny_model(home: Path) -> Path:
     out = home / "models" / "tiny-chat"
     vision = home / "models" / "tiny-vision"
     subprocess.run(
-        [sys.executable, "-m", "hpc_functions.build_tiny_model", str(out), str(vision)],
+        [sys.executable, "-m", "hpc_functions.build_tiny_vision_model", str(out), str(vision)],
         check=True,
         cwd=REPO_ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)},
