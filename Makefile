@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-REQS   := requirements.txt requirements-dev.txt requirements-endpoint.txt hpc_functions/requirements.txt \
+REQS   := requirements.txt requirements-dev.txt requirements-endpoint.txt requirements-agents.txt \
+          hpc_functions/requirements.txt \
           pyproject.toml
 
 .PHONY: run up down test unit integration e2e lint audit bench clean browser
@@ -19,6 +20,8 @@ $(STAMP): $(REQS)
 	# click<8.4, huggingface-hub needs click>=8.4.2, so it goes in without its click pin and
 	# `pip check` names that one conflict (docs/hpc.md, "One environment, one override").
 	$(PY) -m pip install --quiet --no-deps -r requirements-endpoint.txt
+	# The OpenAI Agents SDK's websockets<17 pin, likewise (requirements-agents.txt says why).
+	$(PY) -m pip install --quiet --no-deps -r requirements-agents.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
