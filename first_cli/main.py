@@ -11,6 +11,8 @@ first functions register --endpoint NAME      register hpc_functions with Globus
 first proxy [--port P]                        a local OpenAI-compatible server that streams
                                               for real (WebSocket → SSE); see the README
 first local endpoint stop|start NAME          take a local endpoint of `make up` down / back
+first agent configure codex --model M [--gateway URL] [--key K] [--codex-home DIR]
+                                              point Codex CLI at the gateway (its config.toml)
 first batch submit FILE.jsonl [--endpoint E] [--wait] | status ID | results ID [-o FILE]
             | cancel ID | ls                  OpenAI batches (OPENAI_BASE_URL, OPENAI_API_KEY)
 """
@@ -127,6 +129,21 @@ def _proxy(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
+def _agent_configure(args: argparse.Namespace, services: Services) -> int:
+    import os
+
+    from first_cli.agent import codex_home, configure_codex
+
+    gateway = args.gateway or os.environ.get("FIRST_API_URL") or os.environ.get("OPENAI_BASE_URL")
+    if not gateway:
+        print("first: set --gateway (or FIRST_API_URL, OPENAI_BASE_URL)", file=sys.stderr)
+        return 2
+    key = args.key or os.environ.get("OPENAI_API_KEY") or _user_tokens(services).token()
+    path = configure_codex(codex_home(args.codex_home), gateway, args.model, key)
+    print(f"Codex configured: {path} (try: codex exec --skip-git-repo-check 'hello')")
+    return 0
+
+
 def _batch(args: argparse.Namespace, services: Services) -> int:
     from first_cli.batch import run
 
@@ -182,6 +199,17 @@ def parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--ws-url", help="the WebSocket API's URL (default FIRST_WS_URL)")
     proxy.set_defaults(run=_proxy)
+
+    agent = sub.add_parser("agent", help="coding agents").add_subparsers(
+        dest="action", required=True
+    )
+    configure = agent.add_parser("configure", help="point a coding agent at the gateway")
+    configure.add_argument("agent", choices=["codex"])
+    configure.add_argument("--model", required=True, help="the model id, e.g. first/tiny-chat")
+    configure.add_argument("--gateway", help="the gateway's URL (default FIRST_API_URL)")
+    configure.add_argument("--key", help="the API key (default OPENAI_API_KEY, else first token)")
+    configure.add_argument("--codex-home", help="Codex's home (default CODEX_HOME or ~/.codex)")
+    configure.set_defaults(run=_agent_configure)
 
     from first_cli.batch import ENDPOINTS
 
