@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from chalicelib import limits
+from chalicelib import affinity, limits
 from chalicelib.access import may_use
 from chalicelib.auth import Principal
 from chalicelib.ceilings import check_max_tokens
@@ -83,6 +83,8 @@ class Completed:
     engine_time_ms: float | None
     # x-ratelimit-* for the response (empty when no limit applies).
     headers: dict[str, str] = field(default_factory=dict)
+    # The compute endpoint that ran it (x-first-endpoint), where the outcome says.
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,13 +166,14 @@ class Gateway:
         function: str,
         req: GatewayRequest,
         wait_s: float | None = None,
+        session_id: str | None = None,
     ) -> Completed:
         self.authorize(principal, req, function)
         # Before admission: the rate-limit estimate multiplies max_tokens.
         check_max_tokens(self._registry.model(req.model), req)
         admission = self.admit(principal, req)
         try:
-            request_id = self.submit(principal, function, req, admission.hold)
+            request_id = self.submit(principal, function, req, admission.hold, session_id)
             done: Completed | None = None
             try:
                 starting_s = self._start_wait_s(req.model, function)
@@ -247,10 +250,11 @@ class Gateway:
         function: str,
         req: GatewayRequest,
         hold: dict[str, Any] | None = None,
+        session_id: str | None = None,
     ) -> str:
         """Record and enqueue an authorized, admitted request; its id."""
         try:
-            return self._submit(principal, function, req, hold)
+            return self._submit(principal, function, req, hold, session_id)
         except Exception:
             # No poller will ever finish it: give its counters back here.
             if hold is not None and self._limit_store is not None:
@@ -263,15 +267,17 @@ class Gateway:
         function: str,
         req: GatewayRequest,
         hold: dict[str, Any] | None,
+        session_id: str | None = None,
     ) -> str:
         request_id = new_request_id()
-        body = req.engine_body()
+        body, routing = affinity.prepare(self._settings, principal, req, session_id)
         item = {
             "request_id": request_id,
             "owner": principal.id,
             "model": req.model,
             "function": function,
             "reply_to": self._replies.url,
+            **routing,
             **({"limits": hold} if hold else {}),
             **self._blobs.fields(
                 "payload",
@@ -365,11 +371,17 @@ class Gateway:
             "error": record.get("error"),
             "status_code": record.get("status_code"),
             "engine_time_ms": record.get("engine_time_ms"),
+            "endpoint": record.get("endpoint"),
         }
 
     def _answer(self, request_id: str, outcome: dict[str, Any]) -> Completed:
         if outcome["status"] == "completed":
-            return Completed(request_id, outcome["result"], outcome.get("engine_time_ms"))
+            return Completed(
+                request_id,
+                outcome["result"],
+                outcome.get("engine_time_ms"),
+                endpoint=outcome.get("endpoint"),
+            )
         raise error_from_result(
             outcome.get("error") or {}, int(outcome.get("status_code") or 500), request_id
         )
@@ -387,6 +399,8 @@ class Gateway:
             "model": record.get("model"),
             "endpoint": record.get("function"),
             "created_at": record.get("created_at"),
+            # The Globus Compute endpoint that ran it ("endpoint" above is the route).
+            "compute_endpoint": record.get("endpoint"),
             "result": None,
             "error": None,
         }

@@ -42,13 +42,14 @@ from chalicelib.compute.executors import (
 )
 from chalicelib.poller import planning
 from chalicelib.poller.accounting import Accounting
+from chalicelib.poller.affinity import Homes
 from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.capacity import Capacity
 from chalicelib.poller.fairness import FairGate
 from chalicelib.poller.leases import Leases
 from chalicelib.poller.warming import Warmer
 from chalicelib.registry import Endpoint, ModelDeployment, Registry
-from chalicelib.router import COLD, CircuitPolicy, EndpointStatus
+from chalicelib.router import COLD, AffinityPolicy, CircuitPolicy, EndpointStatus
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.deleter import BatchDeleter
@@ -124,6 +125,15 @@ class Poller:
         self.receiving = False
         # Failures that were handled (retried, logged): what an operator counts.
         self.counts: Counter[str] = Counter()
+        # Conversations' homes (chalicelib/router.py ``prefer_home``): read with the statuses.
+        self._homes = Homes(
+            endpoints,
+            logger,
+            self.counts,
+            policy=AffinityPolicy(settings.affinity_load_bound, settings.affinity_ttl_s),
+            circuit_policy=self._policy,
+            recorder=accounting.metrics if accounting is not None else None,
+        )
         # Done messages are deleted in batches, off the request's critical path.
         self._deleter = BatchDeleter(queue.client, queue.url, max_delay_s=1.0)
         self._leases = Leases(queue, settings.poller_visibility_timeout_s, logger)
@@ -364,6 +374,7 @@ class Poller:
                     for c in router.rank(candidates, statuses, time.time(), self._policy)
                     if c[0].name not in failed_on
                 ]
+                ranked, placement = self._homes.order(hints.affinity, candidates, ranked, statuses)
                 ranked.sort(key=lambda c: c[0].name != held)
                 if not ranked and not failed_on and time.monotonic() < offline_until:
                     # Nothing serving the model is online (the stack starting, an endpoint
@@ -444,6 +455,7 @@ class Poller:
                     continue
                 self._capacity.give(endpoint.name)
                 self._endpoint_ok(endpoint.name)
+                self._homes.ran(placement, endpoint.name, statuses)
                 return status, fields, response, record, endpoint.name
 
     @staticmethod

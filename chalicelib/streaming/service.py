@@ -29,7 +29,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import limits, metrics
+from chalicelib import affinity, limits, metrics
 from chalicelib.auth import Principal, bearer_token
 from chalicelib.auth.chain import ChainAuthenticator
 from chalicelib.auth.sealed import SealError, seal, unseal
@@ -267,18 +267,20 @@ class StreamService:
         hold: dict[str, Any] | None,
     ) -> str:
         request_id = new_request_id()
+        body, routing = affinity.prepare(self._s, principal, req)
         item = {
             "request_id": request_id,
             "owner": principal.id,
             "model": req.model,
             "function": function,
+            **routing,
             # What makes the poller stream: the connection the frames go to, and the client's
             # reference they carry.
             "stream": {"connection_id": connection_id, **({"ref": ref} if ref else {})},
             **({"limits": hold} if hold else {}),
             **self._blobs.fields(
                 "payload",
-                dumps(req.engine_body()),
+                dumps(body),
                 f"requests/{request_id}/payload.json",
                 self._s.inline_limit_bytes,
             ),
