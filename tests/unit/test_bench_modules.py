@@ -12,6 +12,7 @@ import pytest
         "bench.auth_overhead",
         "bench.common",
         "bench.constrained",
+        "bench.affinity",
         "bench.proxy",
         "bench.server_layers",
     ],
