@@ -130,7 +130,9 @@ class Poller:
             endpoints,
             logger,
             self.counts,
-            policy=AffinityPolicy(settings.affinity_load_bound, settings.affinity_ttl_s),
+            policy=AffinityPolicy(
+                bound=settings.affinity_load_bound, ttl_s=settings.affinity_ttl_s
+            ),
             circuit_policy=self._policy,
             recorder=accounting.metrics if accounting is not None else None,
         )
