@@ -8,8 +8,11 @@ conversation is named, first match wins, by:
 2. the ``X-Session-ID`` header;
 3. a chain the dialect knows (Responses' ``previous_response_id``: the dialect passes the id of
    the chain's first response to ``key_for`` as ``conversation``);
-4. otherwise the first ``affinity_prefix_chars`` characters of the prompt as rendered here
-   (``prompt_prefix``): turns of one conversation share them, so they share the key.
+4. otherwise the conversation's opening (chat: the messages up to the first user message; a
+   completions prompt), rendered here and cut at ``affinity_prefix_chars`` (``prompt_prefix``):
+   every turn of a conversation resends it unchanged, so they share the key. (The first N
+   characters of the whole prompt would not do: a conversation shorter than N changes them
+   every turn; measured with bench/affinity.py, follow-ups then land at home by chance.)
 
 The key is ``HMAC-SHA256(affinity_key, user | model | kind | conversation)``, truncated: it says
 nothing about the user or the text, two users' identical prompts get different keys, and it
@@ -68,12 +71,16 @@ def key_for(settings: Settings, user: str, model: str, kind: str, conversation: 
 
 
 def prompt_prefix(body: Mapping[str, Any], chars: int) -> str | None:
-    """The first ``chars`` characters of the prompt, rendered canonically (a later turn's
-    rendering starts with an earlier turn's); None when the body has no prompt."""
+    """The conversation's opening, rendered canonically, cut at ``chars`` characters: chat's
+    messages up to and including the first user message (what every later turn resends
+    unchanged, however short), a completions prompt's first characters. None: no prompt."""
     if "messages" in body:
-        text = json.dumps(body["messages"], sort_keys=True, separators=(",", ":"))
-        # The closing bracket is not part of the prefix a longer conversation shares.
-        text = text[:-1]
+        messages = list(body["messages"] or [])
+        first_user = next(
+            (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
+            len(messages) - 1,
+        )
+        text = json.dumps(messages[: first_user + 1], sort_keys=True, separators=(",", ":"))
     elif isinstance(body.get("prompt"), str):
         text = body["prompt"]
     elif "prompt" in body:

@@ -52,13 +52,19 @@ def test_the_session_header_names_the_conversation_when_the_body_does_not() -> N
     assert affinity.session_id({"x-other": "1"}) is None
 
 
-def test_without_a_name_the_turns_of_a_conversation_share_the_prompt_prefix_key() -> None:
-    long = "x" * 80  # past the 64 characters hashed
-    first = key(chat(long))
-    assert first == key(chat(long, "answer", "next question"))
-    assert first != key(chat("y" * 80))
-    short = key(chat("hi"))
-    assert short != key(chat("hi", "there", "more"))  # a prompt under N is its whole self
+def test_without_a_name_the_turns_of_a_conversation_share_its_openings_key() -> None:
+    first = key(chat("x" * 30))
+    assert first == key(chat("x" * 30, "answer", "next question"))  # short or long
+    assert first == key(chat("x" * 30, "a", "b", "c", "d" * 500))
+    assert first != key(chat("y" * 30))
+    long = key(chat("x" * 80))  # past the 64 characters hashed: the opening's first ones
+    assert long == key(chat("x" * 90))
+    system = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    opened = ChatCompletionRequest.model_validate({"model": "m", "messages": system})
+    later = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [*system, {"role": "assistant", "content": "a"}]}
+    )
+    assert key(opened) == key(later)
 
 
 def test_completions_prompts_have_a_prefix_key_and_embeddings_no_salt() -> None:
