@@ -360,7 +360,8 @@ def usage(chat_usage: dict[str, Any] | None) -> dict[str, Any]:
     output_tokens = int(u.get("completion_tokens") or 0)
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        # The openai SDK (3.57) requires both on its Response type.
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": int(u.get("total_tokens") or input_tokens + output_tokens),

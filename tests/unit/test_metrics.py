@@ -287,6 +287,21 @@ def test_a_batch_shard_is_one_usage_record_of_its_lines_and_its_metrics_are_flus
     assert seen["PromptTokens"][0]["values"] == [40.0]
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "route"),
+    [
+        ("/v1/responses", "responses"),
+        ("/v1/messages", "messages"),
+        ("/v1/embeddings", "embeddings"),
+    ],
+)
+def test_a_dialects_batch_shard_is_counted_under_its_route(endpoint: str, route: str) -> None:
+    from chalicelib.batch.accounting import shard_usage
+
+    record = {"owner": "carol", "batch_id": "batch_2", "model": "m", "endpoint": endpoint}
+    assert shard_usage(record, 0, 1, 0, "local-a", {}, now=5.0).function == route
+
+
 def test_relay_pushes_are_counted_by_outcome_and_frames_posted() -> None:
     from tests.unit.test_streaming import KEY, RecordingPoster, mint_for, push
 
