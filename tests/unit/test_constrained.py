@@ -349,8 +349,8 @@ def test_one_generate_call_mixes_rows_with_different_constraints(
 def test_a_schema_the_vocabulary_cannot_write_is_a_constraint_error(
     engine: TransformersEngine,
 ) -> None:
-    # The tiny model's tokenizer is lowercase (BERT's): no token writes "C".
-    constraint = build_constraint(_json_schema(_obj({"unit": {"enum": ["Celsius"]}})))
+    # The tiny model's tokenizer is BERT's WordPiece: no token writes a space.
+    constraint = build_constraint(_json_schema(_obj({"unit": {"enum": ["deg c"]}})))
     with pytest.raises(ConstraintError) as caught:
         generate(engine, constraint, max_tokens=16)
     assert caught.value.param == "response_format"
