@@ -7,7 +7,7 @@ REQS   := requirements.txt requirements-dev.txt requirements-endpoint.txt requir
           hpc_functions/requirements.txt \
           pyproject.toml
 
-.PHONY: run up down test unit integration e2e lint audit bench clean browser codex
+.PHONY: run up down test unit integration e2e lint audit bench clean browser agents
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ up: $(STAMP)   ## the same in the background; returns once healthy (.first/local
 down:
 	$(PY) -m offline.stack down
 
-test: $(STAMP) browser ## the full suite: lint, types, unit, integration, end-to-end
+test: $(STAMP) browser agents ## the full suite: lint, types, unit, integration, end-to-end
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
@@ -54,22 +54,29 @@ browser:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
 	  || echo "make: 'apt-get install chromium' failed; the browser test fails until chromium is on PATH"
 
-# Codex CLI (README, "The Responses API"): npm's @openai/codex (a binary in the package) once
-# into .first/codex; Node and npm from Debian when missing, as chromium above. Not yet a
-# dependency of `make test`: the tiny offline model's context is smaller than Codex's prompt.
-CODEX_VERSION := 0.169.0
-codex:
-	@test -x .first/codex/node_modules/.bin/codex && exit 0; \
+# The coding agents the e2e tests drive (Claude Code: tests/e2e/test_claude_code.py; Codex CLI),
+# from npm into a cache under .first/ once: a stamp names the packages, so a changed list
+# reinstalls. node/npm come from Debian's apt when missing (as chromium above); otherwise one
+# line says what to run, and the agent tests skip naming it.
+AGENT_PACKAGES = @anthropic-ai/claude-code@2.1.328 @openai/codex@0.169.0
+AGENTS_DIR = .first/npm
+agents:
+	@test "$$(cat $(AGENTS_DIR)/.packages 2>/dev/null)" = "$(AGENT_PACKAGES)" && exit 0; \
 	if ! command -v npm >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	  else echo "make: npm is missing; run 'sudo apt-get install -y nodejs npm' (the Codex test fails until then)"; exit 0; fi; \
-	  echo "make: installing Debian's nodejs and npm for the Codex test (apt-get)"; \
+	  else SUDO=none; fi; \
+	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: npm is missing and cannot be installed from here; run 'sudo apt-get install -y nodejs npm' (the agent tests skip until then)"; \
+	    exit 0; fi; \
+	  echo "make: installing Debian's nodejs and npm for the agent tests (apt-get)"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null \
-	    || { echo "make: 'apt-get install nodejs npm' failed; the Codex test fails until npm is on PATH"; exit 0; }; \
+	    || { echo "make: 'apt-get install nodejs npm' failed; the agent tests skip until npm is on PATH"; exit 0; }; \
 	fi; \
-	mkdir -p .first/codex && npm install --prefix .first/codex --no-audit --no-fund --silent \
-	  @openai/codex@$(CODEX_VERSION) || echo "make: installing Codex CLI failed; the Codex test fails until it is in .first/codex"
+	echo "make: installing $(AGENT_PACKAGES) into $(AGENTS_DIR)"; \
+	mkdir -p $(AGENTS_DIR) && npm install --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error $(AGENT_PACKAGES) \
+	  && echo "$(AGENT_PACKAGES)" > $(AGENTS_DIR)/.packages \
+	  || echo "make: 'npm install $(AGENT_PACKAGES)' failed; the agent tests skip until it succeeds"
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

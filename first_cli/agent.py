@@ -32,6 +32,12 @@ class Agent:
     environment: Callable[[str, str, str], dict[str, str]]
 
 
+# Claude Code asks for 32000 output tokens unless told otherwise: past the ceiling of most models
+# a site serves (a 400, as Anthropic answers a max_tokens above a model's limit). Its own prompt
+# (system prompt and 21 tools) is about 20k tokens, so prompt and answer fit a 32k context.
+CLAUDE_MAX_OUTPUT_TOKENS = 4096
+
+
 def _claude(gateway_url: str, key: str, model: str) -> dict[str, str]:
     # Claude Code appends /v1/messages to ANTHROPIC_BASE_URL and sends ANTHROPIC_AUTH_TOKEN as
     # a bearer token; its background model (titles, summaries) is the same model here, and no
@@ -43,6 +49,7 @@ def _claude(gateway_url: str, key: str, model: str) -> dict[str, str]:
         "ANTHROPIC_SMALL_FAST_MODEL": model,
         "ANTHROPIC_DEFAULT_HAIKU_MODEL": model,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(CLAUDE_MAX_OUTPUT_TOKENS),
     }
 
 

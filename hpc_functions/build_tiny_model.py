@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import string
 import sys
 import tempfile
 from collections.abc import Callable
@@ -33,7 +34,7 @@ MODEL_CONFIG: dict[str, Any] = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
-    "max_position_embeddings": 2048,
+    "max_position_embeddings": 32768,
     "tie_word_embeddings": True,
 }
 
@@ -63,6 +64,7 @@ def _stamp(tokenizer_file: Path) -> str:
         "seed": SEED,
         "config": MODEL_CONFIG,
         "chat_template": CHAT_TEMPLATE,
+        "added_tokens": string.ascii_uppercase,
         "tokenizer_sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest(),
         # Another transformers version may initialise or serialise differently.
         "transformers": transformers.__version__,
@@ -71,7 +73,7 @@ def _stamp(tokenizer_file: Path) -> str:
 
 
 def _build_tokenizer(tokenizer_file: Path) -> Any:
-    from tokenizers import Tokenizer, processors
+    from tokenizers import AddedToken, Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer.from_file(str(tokenizer_file))
@@ -94,6 +96,13 @@ def _build_tokenizer(tokenizer_file: Path) -> Any:
         model_max_length=MODEL_CONFIG["max_position_embeddings"],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    # The vocabulary is uncased: without these the model cannot write a capital letter, so
+    # constrained decoding could not write a tool named "Read" (Claude Code's tools are). Not
+    # normalized, so lowercase text tokenizes as before; a capital is a token of its own.
+    vocab = tokenizer.get_vocab()
+    tokenizer.add_tokens(
+        [AddedToken(c, normalized=False) for c in string.ascii_uppercase if c not in vocab]
+    )
     return tokenizer
 
 

@@ -105,6 +105,8 @@ class Tool(OpenAIModel):
     name: StrictStr = Field(min_length=1)
     description: StrictStr | None = None
     input_schema: dict[str, Any]
+    # Without it (Anthropic's default) any JSON Schema is taken; see schema_subset.
+    strict: StrictBool | None = None
 
 
 class ToolChoice(OpenAIModel):
@@ -281,6 +283,8 @@ def _chat_tool(tool: Tool) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
     if tool.description is not None:
         function["description"] = tool.description
+    if tool.strict is not None:
+        function["strict"] = tool.strict
     return {"type": "function", "function": function}
 
 

@@ -326,8 +326,15 @@ def tool_plan(
         parameters = function.get("parameters")
         if parameters is None:
             parameters = {"type": "object", "properties": {}, "additionalProperties": False}
-        check_schema(parameters, param="tools", where=f"{where}.function.parameters")
-        total_bytes += len(json.dumps(parameters))
+        strict = function.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise UnsupportedSchemaError(
+                f"{where}.function.strict must be true or false", param="tools"
+            )
+        total_bytes += _tool_schema_bytes(parameters, f"{where}.function.parameters")
+        parameters = enforced_parameters(
+            parameters, strict=bool(strict), where=f"{where}.function.parameters"
+        )
         if total_bytes > MAX_TOOLS_SCHEMA_BYTES:
             raise UnsupportedSchemaError(
                 f"the tools' parameters exceed {MAX_TOOLS_SCHEMA_BYTES} bytes together",
@@ -356,6 +363,43 @@ def tool_plan(
             param="tool_choice",
         )
     return chosen, "required"
+
+
+# What a non-strict tool's arguments are held to when its schema is outside the subset.
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def enforced_parameters(parameters: Any, *, strict: bool, where: str) -> dict[str, Any]:
+    """The schema the engine enforces on a tool's arguments.
+
+    A ``strict`` tool's schema must be inside the subset (else a 400 naming ``tools`` and where),
+    as OpenAI requires. A non-strict one (OpenAI's default, and every Anthropic tool: Anthropic
+    does not enforce ``input_schema``) may use any JSON Schema: its own schema is enforced when
+    it is inside the subset, else its arguments are held to any JSON object. Either way it must
+    be a JSON object within the size bound, and it reaches the chat template unchanged.
+    """
+    if not isinstance(parameters, dict):
+        raise UnsupportedSchemaError(f"{where} must be a JSON object", param="tools")
+    size_bytes = _tool_schema_bytes(parameters, where)
+    if size_bytes > MAX_SCHEMA_BYTES:
+        raise UnsupportedSchemaError(
+            f"{where} is {size_bytes} bytes; at most {MAX_SCHEMA_BYTES} are supported",
+            param="tools",
+        )
+    try:
+        check_schema(parameters, param="tools", where=where)
+    except UnsupportedSchemaError:
+        if strict:
+            raise
+        return dict(ANY_OBJECT)
+    return dict(parameters)
+
+
+def _tool_schema_bytes(parameters: Any, where: str) -> int:
+    try:
+        return len(json.dumps(parameters))
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedSchemaError(f"{where} is not JSON: {exc}", param="tools") from exc
 
 
 def answer_schema(response_format: Any) -> dict[str, Any] | None:

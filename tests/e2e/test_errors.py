@@ -66,7 +66,7 @@ def test_oversized_body_is_413(client: OpenAI) -> None:
 def test_context_overflow_is_the_engines_400(client: OpenAI) -> None:
     # Within the model's max_tokens ceiling (its context window), but the prompt does not fit.
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2048)
+        client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=32768)
     assert info.value.code == "context_length_exceeded"
 
 
@@ -233,9 +233,9 @@ def test_too_many_prompts_times_choices_is_a_400(client: OpenAI) -> None:
 
 
 def test_max_tokens_past_the_models_ceiling_is_a_400_naming_it(client: OpenAI) -> None:
-    # The registry caps first/tiny-chat at 2048 completion tokens.
+    # The registry caps first/tiny-chat at 32768 completion tokens (its context window).
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=4096)
+        client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=40000)
     assert info.value.param == "max_tokens" and info.value.code == "invalid_value"
 
 

@@ -22,7 +22,7 @@ def test_retrieve_and_list_carry_each_models_capabilities(client: OpenAI) -> Non
         "structured_outputs": True,
         "reasoning": False,
         "vision": False,
-        "context_length": 2048,
+        "context_length": 32768,
     }
     assert listed[TINY].model_extra is not None
     assert listed[TINY].model_extra["capabilities"] == chat.model_extra["capabilities"]

@@ -17,6 +17,8 @@ def test_claude_s_environment_points_at_the_gateway_root_with_the_key() -> None:
     assert env["ANTHROPIC_BASE_URL"] == "http://gw.example"
     assert env["ANTHROPIC_MODEL"] == "first/tiny-chat"
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    # Claude Code's default 32000 is past most models' ceilings (a 400 on every call).
+    assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "4096"
     # Quoted for the shell: what a shell reads back is the key itself.
     shown = subprocess.run(
         ["bash", "-c", f'{text}printf %s "$ANTHROPIC_AUTH_TOKEN"'],

@@ -222,8 +222,13 @@ WEATHER = {
 }
 
 
-def tool(name: str = "get_weather", parameters: Any = WEATHER) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+def tool(
+    name: str = "get_weather", parameters: Any = WEATHER, *, strict: bool | None = None
+) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name, "parameters": parameters}
+    if strict is not None:
+        function["strict"] = strict
+    return {"type": "function", "function": function}
 
 
 def deep(levels: int) -> dict[str, Any]:
@@ -247,8 +252,19 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", 
         ({"tools": [tool("get weather")]}, "tools", "letters, digits"),
         ({"tools": [tool("x" * 65)]}, "tools", "letters, digits"),
         ({"tools": [tool(f"f{i}") for i in range(129)]}, "tools", "128"),
-        ({"tools": [tool(parameters={"type": "object", "oneOf": []})]}, "tools", "oneOf"),
-        ({"tools": [tool(parameters=deep(17))]}, "tools", "nested deeper than 16"),
+        (
+            {"tools": [tool(parameters={"type": "object", "oneOf": []}, strict=True)]},
+            "tools",
+            "oneOf",
+        ),
+        ({"tools": [tool(parameters=deep(17), strict=True)]}, "tools", "nested deeper than 16"),
+        ({"tools": [tool(parameters=["not", "a", "schema"])]}, "tools", "must be a JSON object"),
+        (
+            {"tools": [tool(parameters={"type": "object", "allOf": [{}]}, strict=True)]},
+            "tools",
+            "tools[0].function.parameters: 'allOf' is not supported",
+        ),
+        ({"tools": [tool(strict="yes")]}, "tools", "strict must be true or false"),
         (
             {"tools": [tool(parameters={**WEATHER, "description": "x" * 200_000})]},
             "tools",

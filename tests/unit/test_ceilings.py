@@ -59,4 +59,4 @@ def test_completions_are_checked_too_and_an_unknown_model_is_left_to_authorizati
 def test_the_local_tiny_model_is_capped_at_its_context_window() -> None:
     reg = Registry.load(REPO_ROOT / "infra" / "deployments" / "local.json", {"FIRST_HOME": "/x"})
     deployment = reg.model("first/tiny-chat")
-    assert deployment is not None and deployment.max_tokens == 2048
+    assert deployment is not None and deployment.max_tokens == 32768

@@ -39,10 +39,14 @@ def _json_schema(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tool(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
+def _tool(
+    name: str, parameters: dict[str, Any] | None, *, strict: bool | None = None
+) -> dict[str, Any]:
     function: dict[str, Any] = {"name": name}
     if parameters is not None:
         function["parameters"] = parameters
+    if strict is not None:
+        function["strict"] = strict
     return {"type": "function", "function": function}
 
 
@@ -148,7 +152,11 @@ def test_check_schema_accepts_openai_strict_schemas_from_the_sdk() -> None:
         ({"tools": [_tool(f"f{i}", None) for i in range(MAX_TOOLS + 1)]}, "tools", "at most"),
         ({"tools": [_tool("bad name!", None)]}, "tools", "letters, digits"),
         ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools", "function"),
-        ({"tools": [_tool("f", {"type": "object", "oneOf": []})]}, "tools", "tools[0].function"),
+        (
+            {"tools": [_tool("f", {"type": "object", "oneOf": []}, strict=True)]},
+            "tools",
+            "tools[0].function.parameters: 'oneOf' is not supported",
+        ),
         (
             {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
             "tool_choice",
@@ -341,8 +349,8 @@ def test_one_generate_call_mixes_rows_with_different_constraints(
 def test_a_schema_the_vocabulary_cannot_write_is_a_constraint_error(
     engine: TransformersEngine,
 ) -> None:
-    # The tiny model's tokenizer is lowercase (BERT's): no token writes "C".
-    constraint = build_constraint(_json_schema(_obj({"unit": {"enum": ["Celsius"]}})))
+    # The tiny model's tokenizer is BERT's WordPiece: no token writes a space.
+    constraint = build_constraint(_json_schema(_obj({"unit": {"enum": ["deg c"]}})))
     with pytest.raises(ConstraintError) as caught:
         generate(engine, constraint, max_tokens=16)
     assert caught.value.param == "response_format"

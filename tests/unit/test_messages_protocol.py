@@ -171,6 +171,21 @@ def test_what_chat_cannot_say_is_a_400_naming_the_field(
         assert caught.value.param == param
 
 
+# Claude Code's SendMessage tool uses allOf: Anthropic takes any JSON Schema in input_schema.
+ALL_OF = {"type": "object", "properties": {"to": {"type": "string"}}, "allOf": [{"required": []}]}
+
+
+def test_a_tool_with_any_json_schema_is_taken_and_a_strict_one_must_fit_the_subset() -> None:
+    chat = request(tools=[{"name": "SendMessage", "input_schema": ALL_OF}]).to_chat()
+    assert chat.tools == [
+        {"type": "function", "function": {"name": "SendMessage", "parameters": ALL_OF}}
+    ]
+    with pytest.raises(BadRequestError) as caught:
+        request(tools=[{"name": "SendMessage", "input_schema": ALL_OF, "strict": True}]).to_chat()
+    assert caught.value.param == "tools"
+    assert "tools[0].function.parameters: 'allOf' is not supported" in caught.value.message
+
+
 def chat_result(message: dict[str, Any], finish: str, **choice: Any) -> dict[str, Any]:
     return {
         "id": "chatcmpl-1",

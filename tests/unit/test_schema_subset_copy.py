@@ -54,8 +54,11 @@ def _obj(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
 
-def _tool(name: str, parameters: Any = None) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+def _tool(name: str, parameters: Any = None, strict: bool | None = None) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": name, "parameters": parameters, "strict": strict},
+    }
 
 
 CASES: list[tuple[str, Any]] = [
@@ -71,6 +74,7 @@ CASES: list[tuple[str, Any]] = [
     ("tools", [_tool("bad name")]),
     ("tools", [{"type": "custom", "custom": {"name": "x"}}]),
     ("tools", [_tool("f", {"type": "object", "oneOf": []})]),
+    ("tools", [_tool("f", {"type": "object", "oneOf": []}, strict=True)]),
     ("tools", [_tool(f"f{i}") for i in range(engine.MAX_TOOLS + 1)]),
 ]
 

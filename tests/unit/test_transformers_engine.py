@@ -128,7 +128,7 @@ def test_n_choices_are_returned_and_usage_sums_them(chat_engine: dict[str, Any])
 
 @pytest.mark.parametrize(
     ("words", "max_tokens"),
-    [(2100, None), (1000, 1500)],
+    [(33000, None), (1000, 32000)],  # the tiny model's window is 32768 tokens
     ids=["prompt-alone", "prompt-plus-max-tokens"],
 )
 def test_context_overflow_is_refused_as_context_length_exceeded(

@@ -144,6 +144,39 @@ def test_a_json_schema_answer_validates_and_json_object_is_an_object(
     assert isinstance(json.loads(response["choices"][0]["message"]["content"]), dict)
 
 
+# Claude Code's SendMessage tool: allOf, outside the strict subset (as Anthropic tools may be).
+ALL_OF = {
+    "type": "object",
+    "properties": {"to": {"type": "string"}, "message": {"type": "string"}},
+    "allOf": [{"required": ["to"]}, {"required": ["message"]}],
+}
+
+
+def test_a_non_strict_tool_outside_the_subset_is_called_with_a_json_object(
+    config: dict[str, Any],
+) -> None:
+    tool = {"type": "function", "function": {"name": "send_message", "parameters": ALL_OF}}
+    response = _chat(
+        config, messages=MESSAGES, tools=[tool], tool_choice="required", max_tokens=40, seed=3
+    )
+    [choice] = response["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    for call in choice["message"]["tool_calls"]:
+        assert call["function"]["name"] == "send_message"
+        assert isinstance(json.loads(call["function"]["arguments"]), dict)
+
+
+def test_a_strict_tool_outside_the_subset_is_a_400_naming_where(config: dict[str, Any]) -> None:
+    tool = {
+        "type": "function",
+        "function": {"name": "send_message", "parameters": ALL_OF, "strict": True},
+    }
+    body = {"messages": MESSAGES, "tools": [tool]}
+    result = run_task("chat_completions", {"request_id": "r", "engine": config, "body": body})
+    assert result["status_code"] == 400 and result["error"]["param"] == "tools"
+    assert "tools[0].function.parameters: 'allOf' is not supported" in result["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -236,8 +269,8 @@ def test_a_streamed_tool_call_reassembles_into_the_plain_answer_s_call(
     engine: TransformersEngine, tool_choice: Any, finish: str
 ) -> None:
     body = {"messages": MESSAGES, "tools": TOOLS, "tool_choice": tool_choice, "max_tokens": 60}
-    plain = engine.chat_completions({**body, "seed": 7})["choices"][0]
-    chunks = list(engine.stream_chat_completions({**body, "seed": 7}))
+    plain = engine.chat_completions({**body, "seed": 1})["choices"][0]
+    chunks = list(engine.stream_chat_completions({**body, "seed": 1}))
     entries = [
         e for c in chunks if c["choices"] for e in c["choices"][0]["delta"].get("tool_calls", [])
     ]
