@@ -51,7 +51,7 @@ from chalicelib.auth import Principal
 from chalicelib.auth.apikeys import user_principal
 from chalicelib.batch.accounting import BatchAccounting
 from chalicelib.batch.drop import DropObject, drop_objects, sequence_key
-from chalicelib.batch.records import dumps_line, principal_fields, principal_from
+from chalicelib.batch.records import dumps_line
 from chalicelib.ceilings import check_max_tokens
 from chalicelib.compute.executors import ExecutorPool
 from chalicelib.consumer.loop import Consumer
@@ -213,7 +213,7 @@ class BatchWorker:
             item.update(
                 status="failed",
                 failed_at=now,
-                principal={"id": obj.owner, "username": obj.owner},
+                principal=Principal(id=obj.owner, username=obj.owner).to_item(),
                 errors=[
                     {
                         "code": "unknown_owner",
@@ -225,7 +225,7 @@ class BatchWorker:
                 ],
             )
         else:
-            item["principal"] = principal_fields(principal)
+            item["principal"] = principal.to_item()
         created: dict[str, Any] | None = None
         # Made already on an earlier delivery: resume it.
         with contextlib.suppress(BatchExistsError):
@@ -295,7 +295,7 @@ class BatchWorker:
 
     def _validate(self, record: dict[str, Any]) -> dict[str, Any]:
         batch_id, owner = record["batch_id"], record["owner"]
-        principal = principal_from(record["principal"])
+        principal = Principal.from_item(record["principal"])
         checker: LineChecker = LineChecker(
             endpoint=record.get("endpoint") or "",
             may_use=lambda model: self._may_use(principal, checker.endpoint, model),

@@ -14,13 +14,16 @@ The router (``chalicelib/router.py``) decides over these values; this store only
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.router import EndpointStatus, Lease
 from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import condition_failed, from_wire, old_item, to_wire
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 WARMING = "warming#"
 LEASE, LEASE_UNTIL, WANT = "lease#", "lease_until#", "want#"
@@ -31,7 +34,7 @@ class LeaseLostError(StoreError):
 
 
 class EndpointStore:
-    def __init__(self, client: Any, table_name: str) -> None:
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._ddb = client
         self.table_name = table_name
 

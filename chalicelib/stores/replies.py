@@ -28,13 +28,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.logs import get_logger
 from chalicelib.stores.deleter import BatchDeleter
 from chalicelib.stores.sends import GroupSender, SendFailedError
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 REPLY_QUEUE_ATTRIBUTES = {"MessageRetentionPeriod": "60", "VisibilityTimeout": "43200"}
 # Epoch seconds of the queue's last known use (creation, or a live listener's touch).
@@ -56,7 +59,7 @@ def process_queue_name(prefix: str) -> str:
 class ReplySender:
     """The poller's side: one notice per finished request (batched with concurrent ones)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: SQSClient) -> None:
         self._sender = GroupSender(client)
 
     def send(self, queue_url: str, notice: dict[str, Any] | str, *, linger_s: float = 0.0) -> bool:
