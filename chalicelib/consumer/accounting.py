@@ -39,7 +39,7 @@ def usage_of(record: Mapping[str, Any], status: str, fields: dict[str, Any], now
         function=str(record.get("function") or ""),
         status=status,
         finished_at=now,
-        deployment=fields.get("endpoint"),
+        endpoint=fields.get("endpoint"),
         status_code=int(fields.get("status_code") or (500 if failed else 200)),
         error_code=str(error["code"]) if failed and error.get("code") else None,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -84,7 +84,7 @@ class Accounting:
             metrics.request_finished(
                 self.metrics,
                 model=u.model,
-                deployment=u.deployment,
+                endpoint=u.endpoint,
                 mode=u.mode,
                 status=status,
                 status_code=u.status_code,

@@ -68,8 +68,8 @@ class Usage:
     # completed | failed | cancelled (a stream its client left: its tokens count)
     status: str
     finished_at: float
-    # The endpoint that ran it (None: it never reached one).
-    deployment: str | None = None
+    # The Globus Compute endpoint that ran it (None: it never reached one).
+    endpoint: str | None = None
     status_code: int = 200
     error_code: str | None = None
     prompt_tokens: int = 0
