@@ -38,8 +38,12 @@ from chalicelib.stores.sends import GroupSender, SendFailedError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
 
-REPLY_QUEUE_ATTRIBUTES = {"MessageRetentionPeriod": "60", "VisibilityTimeout": "43200"}
+REPLY_QUEUE_ATTRIBUTES: dict[QueueAttributeNameType, str] = {
+    "MessageRetentionPeriod": "60",
+    "VisibilityTimeout": "43200",
+}
 # Epoch seconds of the queue's last known use (creation, or a live listener's touch).
 LAST_USED_TAG = "first:last-used"
 # What SQS answers for a deleted queue (JSON protocol, query protocol).
@@ -87,7 +91,7 @@ class ReplyListener:
 
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         queue_name: str,
         *,
         wait_s: int = 20,
@@ -158,8 +162,8 @@ class ReplyListener:
     def _touch_if_due(self) -> None:
         """Refresh the last-used tag (at most every ``touch_s``) so the sweeper spares us."""
         now = self._clock()
-        if now - self._touched_s < self._touch_s:
-            return
+        if self._url is None or now - self._touched_s < self._touch_s:
+            return  # (no URL: the listener runs only once the queue is made)
         self._touched_s = now
         try:
             self._sqs.tag_queue(QueueUrl=self._url, Tags={LAST_USED_TAG: str(int(now))})
