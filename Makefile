@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-REQS   := requirements.txt requirements-dev.txt requirements-endpoint.txt hpc_functions/requirements.txt \
+REQS   := requirements.txt requirements-dev.txt requirements-endpoint.txt requirements-agents.txt \
+          hpc_functions/requirements.txt \
           pyproject.toml
 
-.PHONY: run up down test unit integration e2e lint audit bench clean browser
+.PHONY: run up down test unit integration e2e lint audit bench clean browser codex
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,8 @@ $(STAMP): $(REQS)
 	# click<8.4, huggingface-hub needs click>=8.4.2, so it goes in without its click pin and
 	# `pip check` names that one conflict (docs/hpc.md, "One environment, one override").
 	$(PY) -m pip install --quiet --no-deps -r requirements-endpoint.txt
+	# The OpenAI Agents SDK's websockets<17 pin, likewise (requirements-agents.txt says why).
+	$(PY) -m pip install --quiet --no-deps -r requirements-agents.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -50,6 +53,23 @@ browser:
 	echo "make: installing Debian's chromium for the browser test (apt-get)"; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
 	  || echo "make: 'apt-get install chromium' failed; the browser test fails until chromium is on PATH"
+
+# Codex CLI (README, "The Responses API"): npm's @openai/codex (a binary in the package) once
+# into .first/codex; Node and npm from Debian when missing, as chromium above. Not yet a
+# dependency of `make test`: the tiny offline model's context is smaller than Codex's prompt.
+CODEX_VERSION := 0.169.0
+codex:
+	@test -x .first/codex/node_modules/.bin/codex && exit 0; \
+	if ! command -v npm >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "make: npm is missing; run 'sudo apt-get install -y nodejs npm' (the Codex test fails until then)"; exit 0; fi; \
+	  echo "make: installing Debian's nodejs and npm for the Codex test (apt-get)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null \
+	    || { echo "make: 'apt-get install nodejs npm' failed; the Codex test fails until npm is on PATH"; exit 0; }; \
+	fi; \
+	mkdir -p .first/codex && npm install --prefix .first/codex --no-audit --no-fund --silent \
+	  @openai/codex@$(CODEX_VERSION) || echo "make: installing Codex CLI failed; the Codex test fails until it is in .first/codex"
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -6,7 +6,7 @@ from typing import Any
 
 from chalice.app import CloudWatchEvent, Rate, Request, Response, WebsocketEvent
 
-from chalicelib import openapi
+from chalicelib import affinity, openapi
 from chalicelib.auth import Principal, api_key_token, bearer_token
 from chalicelib.dashboard import assets as dashboard_assets
 from chalicelib.dashboard import data as dashboard_data
@@ -76,7 +76,8 @@ def _completion(log: dict[str, Any], function: str, model: type[GatewayRequest])
     req = parse_body(raw, model)
     log["model"] = req.model
     wait_s = preferred_wait_s(_request().headers)
-    done: Completed = services.gateway.run(principal, function, req, wait_s)
+    session_id = affinity.session_id(_request().headers)
+    done: Completed = services.gateway.run(principal, function, req, wait_s, session_id)
     usage = done.response.get("usage") or {}
     log.update(
         request_id=done.request_id,
@@ -87,6 +88,8 @@ def _completion(log: dict[str, Any], function: str, model: type[GatewayRequest])
     headers = {**done.headers, "x-request-id": done.request_id}
     if done.engine_time_ms is not None:
         headers["x-first-engine-time-ms"] = f"{done.engine_time_ms:.2f}"
+    if done.endpoint:
+        headers["x-first-endpoint"] = done.endpoint
     if isinstance(req, SamplingFields) and req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Response(

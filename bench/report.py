@@ -257,6 +257,25 @@ def jobs_doc(data: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def affinity_doc(data: dict[str, Any]) -> str:
+    rows = [
+        f"{data['conversations']} conversations × {data['turns']} turns,"
+        f" {data['concurrency']} at a time, on the two local endpoints:",
+        "",
+        "| affinity | requests | follow-ups at home | TTFT p50 | TTFT p90 | prompt tokens"
+        " | cached | prefill computed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in data["modes"]:
+        rows.append(
+            f"| {m['affinity']} | {m['requests']} | {m['hit_rate_pct']} % | {ms(m['ttft_p50_ms'])}"
+            f" | {ms(m['ttft_p90_ms'])} | {m['prompt_tokens']:,} | {m['cached_tokens']:,}"
+            f" | {m['prefill_tokens']:,} |"
+        )
+    rows += ["", measured(data)]
+    return "\n".join(rows)
+
+
 # Each table: (file it goes in, the result file it is rendered from, the renderer).
 TABLES: dict[str, tuple[Path, str, Callable[[dict[str, Any]], str]]] = {
     "interactive-readme": (README, "interactive", interactive_readme),
@@ -265,6 +284,7 @@ TABLES: dict[str, tuple[Path, str, Callable[[dict[str, Any]], str]]] = {
     "soak": (PERFORMANCE, "soak", soak_doc),
     "constrained": (PERFORMANCE, "constrained", constrained_doc),
     "jobs": (PERFORMANCE, "jobs", jobs_doc),
+    "affinity": (PERFORMANCE, "affinity", affinity_doc),
 }
 
 

@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from chalicelib import limits
+from chalicelib import affinity, limits
 from chalicelib.access import may_use
 from chalicelib.auth import Principal
 from chalicelib.ceilings import check_max_tokens
@@ -82,6 +82,8 @@ class Completed:
     engine_time_ms: float | None
     # x-ratelimit-* for the response (empty when no limit applies).
     headers: dict[str, str] = field(default_factory=dict)
+    # The compute endpoint that ran it (x-first-endpoint), where the outcome says.
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,12 +180,15 @@ class Gateway:
         function: str,
         req: GatewayRequest,
         wait_s: float | None = None,
+        session_id: str | None = None,
     ) -> Completed:
         """Run a request and answer it over REST (within the wait, else 504/503 with its id)."""
         self.authorize(principal, req, function)
         admission = self.admit(principal, req)
         try:
-            request_id = self.submit(principal, function, req, admission.hold)
+            request_id = self.submit(
+                principal, function, req, admission.hold, session_id=session_id
+            )
             done: Completed | None = None
             try:
                 starting_s = self._start_wait_s(req.model, function)
@@ -272,12 +277,13 @@ class Gateway:
         hold: dict[str, Any] | None = None,
         *,
         stream: StreamTarget | None = None,
+        session_id: str | None = None,
     ) -> str:
         """Record and enqueue an authorized, admitted request; its id. With ``stream`` its
         answer travels as frames to that connection; without, ``wait`` collects it. On failure
         the counters ``hold`` took are given back (no poller will ever finish it)."""
         try:
-            return self._submit(principal, function, req, hold, stream)
+            return self._submit(principal, function, req, hold, stream, session_id)
         except Exception:
             if hold is not None and self._limit_store is not None:
                 self._limit_store.release(hold, 0)
@@ -290,8 +296,10 @@ class Gateway:
         req: GatewayRequest,
         hold: dict[str, Any] | None,
         stream: StreamTarget | None,
+        session_id: str | None = None,
     ) -> str:
         request_id = new_request_id()
+        body, routing = affinity.prepare(self._settings, principal, req, session_id)
         item = {
             "request_id": request_id,
             "owner": principal.id,
@@ -303,10 +311,11 @@ class Gateway:
                 if stream
                 else {"reply_to": self._replies.url}
             ),
+            **routing,
             **({"limits": hold} if hold else {}),
             **self._blobs.fields(
                 "payload",
-                dumps(req.engine_body()),
+                dumps(body),
                 f"requests/{request_id}/payload.json",
                 self._settings.inline_limit_bytes,
             ),
@@ -412,11 +421,17 @@ class Gateway:
             "error": record.get("error"),
             "status_code": record.get("status_code"),
             "engine_time_ms": record.get("engine_time_ms"),
+            "endpoint": record.get("endpoint"),
         }
 
     def _answer(self, request_id: str, outcome: dict[str, Any]) -> Completed:
         if outcome["status"] == "completed":
-            return Completed(request_id, outcome["result"], outcome.get("engine_time_ms"))
+            return Completed(
+                request_id,
+                outcome["result"],
+                outcome.get("engine_time_ms"),
+                endpoint=outcome.get("endpoint"),
+            )
         raise error_from_result(
             outcome.get("error") or {}, int(outcome.get("status_code") or 500), request_id
         )
@@ -434,6 +449,8 @@ class Gateway:
             "model": record.get("model"),
             "endpoint": record.get("function"),
             "created_at": record.get("created_at"),
+            # The Globus Compute endpoint that ran it ("endpoint" above is the route).
+            "compute_endpoint": record.get("endpoint"),
             "result": None,
             "error": None,
         }

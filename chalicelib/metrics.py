@@ -214,6 +214,16 @@ def request_finished(
         m.add("RequestErrors", COUNT, 1, **where, status=str(status_code), code=code or "none")
 
 
+def affinity_routed(m: MetricsRecorder, *, endpoint: str, hit: bool) -> None:
+    """A request with an affinity key ran on its home (a hit) or elsewhere (a miss)."""
+    m.add("AffinityRequests", COUNT, 1, deployment=endpoint, outcome="hit" if hit else "miss")
+
+
+def affinity_moved(m: MetricsRecorder, *, endpoint: str) -> None:
+    """A conversation moved to ``endpoint`` (its home refused, or failed over)."""
+    m.add("AffinityMoves", COUNT, 1, deployment=endpoint)
+
+
 def poller_gauges(
     m: MetricsRecorder, *, inflight: int, waiting: int, queue_depth: int | None
 ) -> None:

@@ -9,6 +9,18 @@ function, the order of preference is:
 3. spare capacity before full (in-flight: the slots pollers lease, counted across every poller);
 4. lower load (in-flight / capacity), then higher priority, then name (stable).
 
+A request with an affinity key (``chalicelib/affinity.py``: one per conversation) goes first to
+its key's *home*, where its prefix is likely cached (``prefer_home``), unless the home is not
+usable (offline, circuit open), not as warm as the best, or loaded past the bound: consistent
+hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018). The home is where the key
+last moved to (``EndpointStatus.homes``, read with the statuses every poller already reads),
+else the key's first choice by rendezvous hashing over the model's endpoints, weighted by their
+capacity: a pure function, so every poller agrees with no shared write, each endpoint is home
+to its share of the conversations, and an endpoint joining takes only its share (1/N of equal
+ones), all from the others and none moved between them. A key whose home is refused goes to its next rendezvous choice within the
+bound (every poller picks the same one), else to the usual best; the poller then records the
+move once, so the conversation stays there.
+
 A circuit opens after ``failures_to_open`` consecutive infrastructure failures (a task lost with
 its worker, an endpoint that cannot be reached), half-opens after ``cooldown_s`` to let exactly
 one probe through (the store's conditional write decides who takes it), and closes on the
@@ -23,7 +35,9 @@ for a model with no hot deployment is expected to wait: what the API compares wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from chalicelib.registry import Endpoint, ModelDeployment
@@ -81,6 +95,8 @@ class EndpointStatus:
     # it last found the endpoint full (``chalicelib/poller/capacity.py``).
     leases: Mapping[str, Lease] = field(default_factory=dict)
     wants: Mapping[str, float] = field(default_factory=dict)
+    # affinity key → when a conversation moved here (epoch s): its home since (``home_of``).
+    homes: Mapping[str, float] = field(default_factory=dict)
 
 
 def circuit(status: EndpointStatus, now: float, policy: CircuitPolicy) -> str:
@@ -203,3 +219,124 @@ def choose(
     """The best usable candidate, or None when every one is offline or its circuit open."""
     ranked = rank(candidates, statuses, now, policy)
     return ranked[0] if ranked else None
+
+
+# --- affinity ------------------------------------------------------------------------------
+
+HIT, MISS = "hit", "miss"
+
+
+@dataclass(frozen=True)
+class AffinityPolicy:
+    # A home may hold at most ceil(bound × (all in flight + 1) × its share of the capacity)
+    # requests with this one: 1.25 keeps every endpoint within 25 % of its fair share (the
+    # paper's ε = 0.25) while a conversation moves only when its home is well above the rest.
+    bound: float = 1.25
+    # Requests a home may hold above the bound: at low load the bound alone would refuse a
+    # small endpoint its second conversation (2 slots of 6: ceil(1.25 × 2 / 3) = 1), moving
+    # conversations for a balance nobody needs yet. Measured: bench/affinity.py.
+    slack: int = 1
+    # A recorded move is the key's home for this long (a conversation idle longer goes back to
+    # its rendezvous home: prefix caches do not keep its blocks that long under load anyway).
+    ttl_s: float = 3600.0
+
+
+def _score(key: str, name: str, weight: float) -> float:
+    """Weighted rendezvous (Schindelhauer & Schomaker): ``weight / -ln(u)`` with ``u`` the
+    key's uniform hash for ``name``, so an endpoint is first for its share of the keys."""
+    digest = hashlib.blake2b(f"{key}|{name}".encode(), digest_size=8).digest()
+    u = (int.from_bytes(digest, "big") + 0.5) / 2**64
+    return weight / -math.log(u)
+
+
+def rendezvous(
+    key: str, names: Sequence[str], weights: Mapping[str, float] | None = None
+) -> list[str]:
+    """``names`` in ``key``'s order of preference (highest random weight first); each is first
+    for a share of the keys in proportion to its weight (1 when not given)."""
+    w = weights or {}
+    return sorted(names, key=lambda n: (_score(key, n, w.get(n, 1.0)), n), reverse=True)
+
+
+def _capacities(candidates: list[Candidate]) -> dict[str, float]:
+    return {e.name: float(max(1, e.max_inflight)) for e, _ in candidates}
+
+
+def home_of(
+    key: str,
+    candidates: list[Candidate],
+    statuses: Mapping[str, EndpointStatus],
+    now: float,
+    policy: AffinityPolicy | None = None,
+) -> str | None:
+    """Where ``key``'s conversation lives: the candidate it last moved to (within the TTL),
+    else its rendezvous first choice among the candidates (None when there are none)."""
+    policy = policy or AffinityPolicy()
+    names = [e.name for e, _ in candidates]
+    moved = [
+        (at, name)
+        for name in names
+        if (s := statuses.get(name)) is not None
+        and (at := s.homes.get(key)) is not None
+        and now - at < policy.ttl_s
+    ]
+    if moved:
+        return max(moved)[1]
+    order = rendezvous(key, names, _capacities(candidates))
+    return order[0] if order else None
+
+
+def within_bound(
+    name: str,
+    ranked: list[Candidate],
+    statuses: Mapping[str, EndpointStatus],
+    policy: AffinityPolicy,
+) -> bool:
+    """Whether endpoint ``name`` may take one more request: its in-flight count (this one
+    included) at most ``bound`` times its capacity-weighted share of all in flight plus one,
+    plus ``slack``, and never past its capacity."""
+    capacity = {e.name: max(1, e.max_inflight) for e, _ in ranked}
+    if name not in capacity:
+        return False
+    inflight = {n: (s.inflight if (s := statuses.get(n)) else 0) for n in capacity}
+    share = capacity[name] / sum(capacity.values())
+    allowed = math.ceil(policy.bound * (sum(inflight.values()) + 1) * share) + policy.slack
+    return inflight[name] + 1 <= min(allowed, capacity[name])
+
+
+def prefer_home(
+    ranked: list[Candidate],
+    key: str,
+    home: str | None,
+    statuses: Mapping[str, EndpointStatus],
+    now: float,
+    policy: AffinityPolicy | None = None,
+    circuit_policy: CircuitPolicy | None = None,
+) -> tuple[list[Candidate], str]:
+    """``ranked`` (``rank``'s answer) with the key's endpoint first, and ``hit`` when that is
+    its home, ``miss`` when the home was refused (down, circuit open, colder than the best, or
+    over the load bound) and the key goes to its next rendezvous choice within the bound, else
+    to the usual best. The rest keep their order (where the poller goes when one is full)."""
+    if not ranked:
+        return ranked, MISS
+    policy = policy or AffinityPolicy()
+    circuit_policy = circuit_policy or CircuitPolicy()
+
+    def warmth(c: Candidate) -> int:
+        status = statuses.get(c[0].name)
+        state = reported(status, c[1].model, now, circuit_policy) if status else COLD
+        return _WARMTH.get(state, 2)
+
+    best = warmth(ranked[0])
+    by_name = {c[0].name: c for c in ranked}
+    eligible = [
+        n
+        for n in rendezvous(key, list(by_name), _capacities(ranked))
+        if warmth(by_name[n]) == best and within_bound(n, ranked, statuses, policy)
+    ]
+    if home is not None and home in eligible:
+        chosen, verdict = home, HIT
+    else:
+        chosen, verdict = (eligible[0] if eligible else ranked[0][0].name), MISS
+    first = by_name[chosen]
+    return [first, *(c for c in ranked if c is not first)], verdict

@@ -175,6 +175,19 @@ class Settings(BaseSettings):
     # the value (chalicelib/secrets.py: ssm:/first/prod/stream-key); deployed stages set this
     # so a literal secret is refused at start.
     require_secret_references: bool = False
+    # Conversation affinity and cache isolation (chalicelib/affinity.py; docs/operations.md
+    # "Affinity"). Off: every request is routed by warmth, capacity and load alone. The key
+    # hashes user + model + conversation keyed with affinity_key (else stream_key); with no
+    # prompt_cache_key or X-Session-ID the conversation is the first affinity_prefix_chars of
+    # the prompt. A home takes at most affinity_load_bound times its share of the requests in
+    # flight; a move is its key's home for affinity_ttl_s. Every vLLM request carries a
+    # cache_salt per user, or per group for members of cache_salt_groups (first match).
+    affinity: bool = True
+    affinity_key: SecretStr | None = None
+    affinity_prefix_chars: int = Field(default=2048, ge=1)
+    affinity_load_bound: float = Field(default=1.25, ge=1.0)
+    affinity_ttl_s: float = 3600.0
+    cache_salt_groups: StrList = Field(default_factory=list)
     # Where HPC functions push their chunks: the relay route of this API (…/relay/push).
     stream_relay_url: str | None = None
     # The WebSocket API's management endpoint (https://{api-id}.execute-api.{region}
@@ -226,6 +239,7 @@ class Settings(BaseSettings):
         "operator_groups",
         "image_formats",
         "image_url_allow",
+        "cache_salt_groups",
         mode="before",
     )
     @classmethod
@@ -286,6 +300,11 @@ class Settings(BaseSettings):
     @property
     def stream_key_bytes(self) -> bytes:
         return self.stream_key.get_secret_value().encode() if self.stream_key else b""
+
+    @property
+    def affinity_key_bytes(self) -> bytes:
+        secret = self.affinity_key or self.stream_key
+        return secret.get_secret_value().encode() if secret else b""
 
     @cached_property
     def interactive_queue_name(self) -> str:

@@ -13,7 +13,8 @@ first proxy [--port P]                        a local OpenAI-compatible server t
 first local endpoint stop|start NAME          take a local endpoint of `make up` down / back
 first batch submit FILE.jsonl [--endpoint E] [--wait] | status ID | results ID [-o FILE]
             | cancel ID | ls                  OpenAI batches (OPENAI_BASE_URL, OPENAI_API_KEY)
-first agent configure [AGENT] [--profile F]   the environment a coding agent (claude) needs
+first agent configure [AGENT] [--profile F]   a coding agent on the gateway: claude (its
+                                              environment), codex (its config.toml)
 """
 
 from __future__ import annotations
@@ -171,6 +172,11 @@ def _agent_configure(args: argparse.Namespace, services: Root) -> int:
     if not key:
         key = _user_tokens(services).token()  # a Globus token (`first login` first)
     model = args.model or os.environ.get("FIRST_MODEL") or "first/tiny-chat"
+    if args.agent == "codex":
+        # Codex reads its provider from config.toml, not from the environment.
+        path = agent.configure_codex(agent.codex_home(args.codex_home), gateway, model, key)
+        print(f"Codex configured: {path} (try: codex exec --skip-git-repo-check 'hello')")
+        return 0
     text = agent.exports(args.agent, gateway, key, model)
     if args.profile:
         agent.write_profile(Path(args.profile).expanduser(), args.agent, text)
@@ -274,13 +280,16 @@ def parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     configure = agents.add_parser("configure", help="print (or write) an agent's environment")
-    configure.add_argument("agent", nargs="?", help="claude; none lists the known agents")
+    configure.add_argument("agent", nargs="?", help="claude, codex; none lists the known agents")
     configure.add_argument(
         "--gateway", help="the gateway's URL (default FIRST_API_URL/OPENAI_BASE_URL)"
     )
     configure.add_argument("--key", help="an API key (default OPENAI_API_KEY, else `first token`)")
     configure.add_argument("--model", help="the model (default FIRST_MODEL)")
     configure.add_argument("--profile", help="append to this shell profile instead of printing")
+    configure.add_argument(
+        "--codex-home", help="codex: Codex's home (default CODEX_HOME or ~/.codex)"
+    )
     configure.set_defaults(run=_agent_configure)
     return p
 

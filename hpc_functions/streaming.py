@@ -466,6 +466,9 @@ class Assembler:
             "completion_tokens": int(usage.get("completion_tokens") or 0),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        details = (self.usage or {}).get("prompt_tokens_details")
+        if isinstance(details, dict):  # cached_tokens, as the engine counted them
+            usage["prompt_tokens_details"] = details
         response: dict[str, Any] = {
             "id": first.get("id"),
             "object": "chat.completion" if chat else "text_completion",

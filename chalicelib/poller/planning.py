@@ -45,6 +45,8 @@ class Hints:
     owner: str
     model: str
     function: str
+    # The conversation's affinity key (chalicelib/affinity.py), where the API gave one.
+    affinity: str | None = None
 
 
 def record_of(message: dict[str, Any]) -> RequestRecord | None:
@@ -63,7 +65,10 @@ def record_of(message: dict[str, Any]) -> RequestRecord | None:
 
 def hints_from(record: Mapping[str, Any]) -> Hints:
     return Hints(
-        str(record.get("owner") or ""), str(record.get("model")), str(record.get("function"))
+        str(record.get("owner") or ""),
+        str(record.get("model")),
+        str(record.get("function")),
+        str(record["affinity"]) if record.get("affinity") else None,
     )
 
 
@@ -245,6 +250,7 @@ def notice_for(
     if status == "completed":
         if result_text is not None and len(result_text) <= inline_limit:
             notice["engine_time_ms"] = fields.get("engine_time_ms")
+            notice["endpoint"] = fields.get("endpoint")
             head = json.dumps(notice, separators=(",", ":"))
             return f'{head[:-1]},"result":{result_text}}}'
     else:

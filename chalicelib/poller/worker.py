@@ -42,12 +42,13 @@ from chalicelib.compute.executors import Attachable, ExecutorPool
 from chalicelib.consumer.accounting import Accounting
 from chalicelib.consumer.loop import Consumer
 from chalicelib.poller import planning
+from chalicelib.poller.affinity import Homes
 from chalicelib.poller.board import StatusBoard
 from chalicelib.poller.capacity import Capacity
 from chalicelib.poller.fairness import FairGate
 from chalicelib.poller.warming import Warmer
 from chalicelib.registry import Endpoint, ModelDeployment, Registry
-from chalicelib.router import COLD, CircuitPolicy, EndpointStatus
+from chalicelib.router import COLD, AffinityPolicy, CircuitPolicy, EndpointStatus
 from chalicelib.settings import Settings
 from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.deleter import BatchDeleter
@@ -149,6 +150,17 @@ class Poller:
         )
         self.stopping = self.consumer.stopping
         self._leases = self.consumer.leases
+        # Conversations' homes (chalicelib/router.py ``prefer_home``): read with the statuses.
+        self._homes = Homes(
+            endpoints,
+            logger,
+            self.counts,
+            policy=AffinityPolicy(
+                bound=settings.affinity_load_bound, ttl_s=settings.affinity_ttl_s
+            ),
+            circuit_policy=self._policy,
+            recorder=accounting.metrics if accounting is not None else None,
+        )
         # Done messages are deleted in batches, off the request's critical path.
         self._deleter = BatchDeleter(queue.client, queue.url, max_delay_s=1.0)
         # Warm-ups: asked for by the API, or for a cold deployment a request is routed to.
@@ -347,7 +359,9 @@ class Poller:
                     continue
                 statuses = self._capacity.view(self._board.statuses())
                 # The router's ranking of where the request may run, best first.
-                ranked = router.rank(candidates, statuses, time.time(), self._policy)
+                ranked = list(router.rank(candidates, statuses, time.time(), self._policy))
+                # A conversation's home first, unless it is down, open or over its load bound.
+                ranked, homing = self._homes.order(hints.affinity, candidates, ranked, statuses)
                 step = placement.plan(
                     ranked,
                     model=hints.model,
@@ -401,6 +415,7 @@ class Poller:
                     continue
                 self._capacity.give(endpoint.name)
                 self._endpoint_ok(endpoint.name)
+                self._homes.ran(homing, endpoint.name, statuses)
                 return status, fields, response, record, endpoint.name
 
     def _take_slot(

@@ -68,6 +68,9 @@ class SamplingFields(GatewayRequest):
     max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     n: int | None = Field(default=None, ge=1, le=MAX_N)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # Which requests share a prompt prefix (a conversation): they go to the same endpoint
+    # (chalicelib/affinity.py). Hashed with the user and model before it leaves the API.
+    prompt_cache_key: str | None = Field(default=None, max_length=1024)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
     stream: bool | None = False

@@ -7,13 +7,16 @@ holding a lease and ``want#<poller>`` (epoch s) per poller that found it full (t
 infrastructure failures) with ``opened_at`` / ``probe_at`` for its circuit, ``last_seen`` (the
 last heartbeat), ``models`` (model → hot | starting | cold | unavailable), ``ready_at`` (model →
 when a starting one is expected hot, where the endpoint says), ``capacity``, and one
-``warming#<model>`` per model a warm-up was asked for (when).
+``warming#<model>`` per model a warm-up was asked for (when), and one ``home#<affinity key>``
+per conversation that moved here (when: ``router.home_of``; a key moved away again is read from
+the newer one, and expired ones are removed by the next move written to the item).
 The router (``chalicelib/router.py``) decides over these values; this store only moves them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -27,6 +30,9 @@ if TYPE_CHECKING:
 
 WARMING = "warming#"
 LEASE, LEASE_UNTIL, WANT = "lease#", "lease_until#", "want#"
+HOME = "home#"
+# Expired homes removed by one move write at most (an update names each attribute it removes).
+PRUNE_MAX = 50
 
 
 class LeaseLostError(StoreError):
@@ -288,6 +294,27 @@ class EndpointStore:
             return False
         return True
 
+    def move_home(
+        self,
+        name: str,
+        key: str,
+        *,
+        expired: Sequence[str] = (),
+        now: float | None = None,
+    ) -> None:
+        """Affinity key ``key``'s conversation now lives on endpoint ``name`` (one write per
+        move, never per request); ``expired`` homes of that item go in the same write."""
+        gone = [k for k in expired if k != key][:PRUNE_MAX]
+        names = {"#h": f"{HOME}{key}", **{f"#x{i}": f"{HOME}{k}" for i, k in enumerate(gone)}}
+        remove = f" REMOVE {', '.join(f'#x{i}' for i in range(len(gone)))}" if gone else ""
+        self._ddb.update_item(
+            TableName=self.table_name,
+            Key=to_wire({"name": name}),
+            UpdateExpression=f"SET #h = :now{remove}",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=to_wire({":now": time.time() if now is None else now}),
+        )
+
 
 def _status(item: dict[str, Any]) -> EndpointStatus:
     return EndpointStatus(
@@ -308,6 +335,7 @@ def _status(item: dict[str, Any]) -> EndpointStatus:
             if k.startswith(LEASE)
         },
         wants={k.removeprefix(WANT): float(v) for k, v in item.items() if k.startswith(WANT)},
+        homes={k.removeprefix(HOME): float(v) for k, v in item.items() if k.startswith(HOME)},
     )
 
 

@@ -6,7 +6,7 @@ Every frame carries the client's ``id`` (its reference for the request) and the 
     {"type": "chunk", "id", "request_id", "seq", "part",
      "data": <chat.completion.chunk | text_completion chunk>}
     {"type": "done",  "id", "request_id", "usage": {prompt_tokens, completion_tokens,
-                                                    total_tokens}, "timing": {...}}
+                     total_tokens[, prompt_tokens_details: {cached_tokens}]}, "timing": {...}}
     {"type": "error", "id", "request_id", "error": {OpenAI error object}, "status": int}
 
 ``seq`` numbers the HPC function's pushes (1, 2, …) and ``part`` the chunks of one push (0, 1,
@@ -63,6 +63,11 @@ def done(
             "total_tokens": int(usage.get("total_tokens") or 0),
         },
     }
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and "cached_tokens" in details:
+        frame["usage"]["prompt_tokens_details"] = {
+            "cached_tokens": int(details["cached_tokens"] or 0)
+        }
     if timing:
         frame["timing"] = timing
     return _text(frame)

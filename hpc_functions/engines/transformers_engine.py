@@ -6,7 +6,12 @@ tokenizer, ``generate``) and answers with OpenAI-exact objects. Config::
     {"kind": "transformers", "model": "<served name>",
      "path": "<HF model dir>" | "package:<module>",   # <module>'s shipped model/ directory
      "device": "cpu" | "cuda",                         # default "cpu"
-     "dtype": "auto" | "float32" | "float16" | "bfloat16"}   # default float32 on CPU, auto on GPU
+     "dtype": "auto" | "float32" | "float16" | "bfloat16",   # default float32 on CPU, auto on GPU
+     "prefix_cache_entries": 8}                        # prompt-prefix KV caches kept; 0: off
+
+A request that carries a ``cache_salt`` (the gateway gives each one its user's) reuses the KV
+cache of a prefix an earlier request of the same salt ran (``prefix_cache``) and reports it in
+``usage.prompt_tokens_details.cached_tokens``; one without a salt neither reads nor fills it.
 
 A directory with sentence-transformers files (``modules.json``) or without a causal-LM
 architecture is an embedding model; anything else serves chat and completions.
@@ -55,6 +60,7 @@ from hpc_functions.engines.constrained import (
     TokenVocabulary,
     build_constraint,
 )
+from hpc_functions.engines.prefix_cache import PrefixCache
 from hpc_functions.engines.transformers_embeddings import EmbeddingModel
 from hpc_functions.engines.transformers_sampling import (
     OpenAISampler,
@@ -98,6 +104,8 @@ class Prepared:
     # Inputs ``generate`` passes to the model beside the token ids, one entry per row
     # (a vision-language model's ``pixel_values``: transformers_vision).
     model_inputs: dict[str, Any] | None = None
+    # Whose cached prefixes this request may reuse (vLLM's field); None: no prefix caching.
+    cache_salt: str | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -138,6 +146,7 @@ class TransformersEngine:
         dtype = self._dtype(config.get("dtype"))
         # Generation, tokenizers and the GPU are not safe to share between threads mid-call.
         self._lock = threading.Lock()
+        self.prefix_cache = PrefixCache(int(config.get("prefix_cache_entries", 8)))
 
         hf_config = json.loads((self.path / "config.json").read_text())
         architectures = hf_config.get("architectures") or []
@@ -227,7 +236,15 @@ class TransformersEngine:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         sampling = self._sampling(body, max_tokens, len(ids), DEFAULT_CHAT_MAX_TOKENS, "messages")
         named = isinstance(tool_choice, dict) and constraint is not None
-        return Prepared("chat_completions", [ids], sampling, constraint, named, prompt)
+        return Prepared(
+            "chat_completions",
+            [ids],
+            sampling,
+            constraint,
+            named,
+            prompt,
+            cache_salt=_salt(body),
+        )
 
     def prepare_completions(self, body: dict[str, Any]) -> Prepared:
         self._require_generative("completions")
@@ -239,7 +256,7 @@ class TransformersEngine:
         sampling = self._sampling(
             body, body.get("max_tokens"), longest, DEFAULT_COMPLETION_MAX_TOKENS, "prompt"
         )
-        return Prepared("completions", prompts, sampling)
+        return Prepared("completions", prompts, sampling, cache_salt=_salt(body))
 
     def vocabulary(self) -> TokenVocabulary:
         """The token bytes constrained decoding works on (built on first use, then cached)."""
@@ -298,13 +315,18 @@ class TransformersEngine:
         streamer: Any = None,
         stop_events: Sequence[threading.Event] = (),
         model_inputs: dict[str, Any] | None = None,
+        salt: str | None = None,
+        cached: list[int] | None = None,
     ) -> list[list[int]]:
         """One ``generate`` call over ``rows`` (prompts, left-padded), under the engine's lock:
         each row's new tokens, eos and padding included (:meth:`finish` reads them).
 
+        ``model_inputs`` go to the model beside the token ids (a vision model's pixels).
         ``constraints`` has one entry per row (None: free); the grammar's processor masks the
         scores before the sampler picks. ``streamer`` gets tokens as they come (a batch of one);
-        generation stops at the next token once any of ``stop_events`` is set.
+        generation stops at the next token once any of ``stop_events`` is set. With a
+        ``salt``, a single row reuses a cached prefix of that salt (``prefix_cache``) and leaves
+        its own KV there; ``cached`` gets the number of prompt tokens reused.
         """
         width = max(len(r) for r in rows)
         # Left padding: every row's next token is then generated at the same position.
@@ -314,7 +336,16 @@ class TransformersEngine:
         attention_mask = torch.tensor(
             [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device
         )
+        # Token ids alone name a prefix only without other inputs: an image's placeholder
+        # tokens are the same for every image, so a request with images never reuses a prefix.
+        reuse = (
+            salt is not None
+            and len(rows) == 1
+            and self.prefix_cache.entries > 0
+            and not model_inputs
+        )
         generation_config = GenerationConfig(
+            return_dict_in_generate=reuse,
             max_new_tokens=sampling.max_tokens,
             do_sample=False,
             num_beams=1,
@@ -337,7 +368,15 @@ class TransformersEngine:
         banned = [] if self.pad_id in self.eos_ids else [self.pad_id]
         processors.append(OpenAISampler(sampling, width, banned, self.device))
         stopping = StoppingCriteriaList([StopOnEvents(*stop_events)]) if stop_events else None
+        extra: dict[str, Any] = dict(model_inputs or {})
         with self._lock, torch.inference_mode():
+            if reuse:
+                assert salt is not None
+                past, hit = self.prefix_cache.lookup(salt, rows[0])
+                if cached is not None:
+                    cached.append(hit)
+                if past is not None:
+                    extra["cache"] = past
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -346,8 +385,15 @@ class TransformersEngine:
                 stopping_criteria=stopping,
                 tokenizer=self.tokenizer if sampling.stop else None,
                 streamer=streamer,
-                **(model_inputs or {}),
+                **extra,
             )
+            if reuse:
+                assert salt is not None
+                sequences, kv = output.sequences, getattr(output, "cache", None)
+                if kv is not None and hasattr(kv, "crop"):
+                    held = kv.get_seq_length()
+                    self.prefix_cache.store(salt, sequences[0, :held].tolist(), kv)
+                output = sequences
         rows_out: list[list[int]] = output[:, width:].tolist()
         return rows_out
 
@@ -389,21 +435,31 @@ class TransformersEngine:
             return Choice(text, "stop" if named_tool else "tool_calls", count, calls)
         return Choice(text, finish, count)
 
-    def run(self, prepared: Prepared) -> list[Choice]:
-        """Every choice of a prepared request, from one ``generate`` call."""
+    def run(self, prepared: Prepared, cached: list[int] | None = None) -> list[Choice]:
+        """Every choice of a prepared request, from one ``generate`` call (``cached``: see
+        :meth:`generate`)."""
         rows = prepared.rows()
         constraints = [prepared.constraint] * len(rows) if prepared.constraint else None
         new = self.generate(
-            rows, prepared.sampling, constraints, model_inputs=prepared.model_inputs
+            rows,
+            prepared.sampling,
+            constraints,
+            model_inputs=prepared.model_inputs,
+            salt=prepared.cache_salt,
+            cached=cached,
         )
         return [
             self.finish(row, prepared.sampling, prepared.constraint, named_tool=prepared.named_tool)
             for row in new
         ]
 
-    def response(self, prepared: Prepared, choices: list[Choice]) -> dict[str, Any]:
-        """The OpenAI object for ``choices`` (indexed in order) of ``prepared``."""
-        usage = _usage(prepared.prompt_tokens, sum(c.completion_tokens for c in choices))
+    def response(
+        self, prepared: Prepared, choices: list[Choice], cached: list[int] | None = None
+    ) -> dict[str, Any]:
+        """The OpenAI object for ``choices`` (indexed in order) of ``prepared``; ``cached``
+        (from :meth:`run`) gives ``prompt_tokens_details`` to a salted request."""
+        completion_tokens = sum(c.completion_tokens for c in choices)
+        usage = transformers_stream.usage_of(prepared, completion_tokens, sum(cached or []))
         if prepared.kind == "completions":
             return {
                 "id": f"cmpl-{uuid.uuid4().hex}",
@@ -438,11 +494,13 @@ class TransformersEngine:
 
     def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
         prepared = self.prepare_chat(body)
-        return self.response(prepared, self.run(prepared))
+        cached: list[int] = []
+        return self.response(prepared, self.run(prepared, cached), cached)
 
     def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         prepared = self.prepare_completions(body)
-        return self.response(prepared, self.run(prepared))
+        cached: list[int] = []
+        return self.response(prepared, self.run(prepared, cached), cached)
 
     def stream_chat_completions(
         self, body: dict[str, Any], cancel: threading.Event | None = None
@@ -494,9 +552,6 @@ def _reject_unsupported(body: dict[str, Any], fields: tuple[str, ...]) -> None:
             raise EngineError(f"{field} is not supported by this engine", param=field)
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+def _salt(body: dict[str, Any]) -> str | None:
+    salt = body.get("cache_salt")
+    return str(salt) if salt else None

@@ -81,7 +81,8 @@ def _chat_chunks(
 
     yield chunk({"role": "assistant", "content": ""}, None)
     finish, tokens = "stop", 0
-    for kind, value in _events(engine, prepared, cancel):
+    cached: list[int] = []
+    for kind, value in _events(engine, prepared, cancel, cached):
         if kind == "content" and value:
             yield chunk({"content": value}, None)
         elif kind == "tool_call":
@@ -89,7 +90,7 @@ def _chat_chunks(
         elif kind == "finish":
             finish, tokens = value
     yield chunk({}, finish)
-    yield {**base, "choices": [], "usage": _usage(prepared.prompt_tokens, tokens)}
+    yield {**base, "choices": [], "usage": usage_of(prepared, tokens, sum(cached))}
 
 
 def _completion_chunks(
@@ -107,13 +108,14 @@ def _completion_chunks(
         return {**base, "choices": [choice]}
 
     finish, tokens = "stop", 0
-    for kind, value in _events(engine, prepared, cancel):
+    cached: list[int] = []
+    for kind, value in _events(engine, prepared, cancel, cached):
         if kind == "content" and value:
             yield chunk(value, None)
         elif kind == "finish":
             finish, tokens = value
     yield chunk("", finish)
-    yield {**base, "choices": [], "usage": _usage(prepared.prompt_tokens, tokens)}
+    yield {**base, "choices": [], "usage": usage_of(prepared, tokens, sum(cached))}
 
 
 class _Router:
@@ -147,7 +149,10 @@ class _Router:
 
 
 def _events(
-    engine: TransformersEngine, prepared: Prepared, cancel: threading.Event
+    engine: TransformersEngine,
+    prepared: Prepared,
+    cancel: threading.Event,
+    cached: list[int] | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """("content", text) and ("tool_call", delta entry) as tokens arrive; the last event is
     ("finish", (finish_reason, completion tokens))."""
@@ -166,6 +171,8 @@ def _events(
                 streamer=streamer,
                 stop_events=(cancel, abandoned),
                 model_inputs=prepared.model_inputs,
+                salt=prepared.cache_salt,
+                cached=cached,
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(exc)
@@ -243,9 +250,15 @@ def whole_as_chunks(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield {**base, "choices": [], "usage": response.get("usage")}
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage_of(prepared: Prepared, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """OpenAI's usage; a salted request (one that may use the prefix cache) also says how many
+    prompt tokens came from it (the plain answer's too: ``TransformersEngine.response``)."""
+    prompt_tokens = prepared.prompt_tokens
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if prepared.cache_salt is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return usage

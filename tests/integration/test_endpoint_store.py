@@ -75,3 +75,16 @@ def test_one_probe_per_cooldown_and_the_circuit_opens_at_n(services: Services) -
     assert sum(probes) == 1
     store.record_success(name)
     assert store.statuses()[name].failures == 0
+
+
+def test_a_move_is_read_back_with_the_statuses_and_prunes_expired_homes(
+    services: Services,
+) -> None:
+    """A conversation's move is one write on its new endpoint's item, read back by the scan
+    every poller already makes; expired homes named in that write are removed."""
+    name = f"cluster-{uuid.uuid4().hex[:6]}"
+    store = services.endpoint_store
+    store.heartbeat(name, capacity=2, models={"m": "hot"}, now=100.0)
+    store.move_home(name, "old", now=10.0)
+    store.move_home(name, "key", expired=["old", "key"], now=200.0)
+    assert store.statuses()[name].homes == {"key": 200.0}

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from chalicelib import affinity, router
 from chalicelib.auth import Principal
 from chalicelib.compute.errors import TaskLostError
 from chalicelib.errors import FirstError
@@ -102,11 +103,24 @@ def run_poller(services: Services) -> Iterator[Callable[..., Poller]]:
         yield start
 
 
-def submit(services: Services, text: str = "hello") -> str:
-    req = ChatCompletionRequest.model_validate(
-        {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 1}
-    )
+def submit(services: Services, text: str = "hello", key: str | None = None) -> str:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 1}
+    req = ChatCompletionRequest.model_validate({**body, "prompt_cache_key": key})
     return services.gateway.submit(USER, "chat_completions", req)
+
+
+def keys_homed_on(services: Services, name: str, n: int) -> list[str]:
+    """``n`` conversation names (``prompt_cache_key``) whose affinity home is endpoint ``name``
+    (each new conversation starts there, as higher priority once did for every request)."""
+    candidates = services.registry.candidates(MODEL, "chat_completions")
+    found = []
+    for i in range(1000):
+        hashed = affinity.key_for(services.settings, USER.id, MODEL, "prompt_cache_key", f"c{i}")
+        if router.home_of(hashed, candidates, {}, time.time()) == name:
+            found.append(f"c{i}")
+        if len(found) == n:
+            return found
+    raise AssertionError(f"no {n} keys homed on {name}")
 
 
 def test_the_record_is_completed_before_the_notice_arrives(
@@ -151,10 +165,10 @@ def test_a_task_lost_with_its_worker_fails_over_to_the_other_endpoint(
     broken = ScriptedExecutor(lost)
     healthy = ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])})
     poller = run_poller(healthy, {"local-a": broken})
-    request_id = submit(services)
+    request_id = submit(services, key=keys_homed_on(services, "local-a", 1)[0])
     done = services.gateway.wait(request_id, 20)
     assert done.response["choices"][0]["message"]["content"] == "hi"
-    # Tried on local-a (preferred: higher priority), lost there, run on local-b in the same
+    # Tried on local-a (its conversation's home), lost there, run on local-b in the same
     # attempt: no redelivery, no wait for a backoff.
     assert broken.attempts[request_id] == 1 and healthy.attempts[request_id] == 1
     record = services.requests.get(request_id)
@@ -179,8 +193,9 @@ def test_the_circuit_opens_after_three_failures_and_traffic_goes_elsewhere(
     broken = ScriptedExecutor(lost)
     healthy = ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])})
     run_poller(healthy, {"local-a": broken})
-    for i in range(5):
-        request_id = submit(services, f"hello {i}")
+    # Five conversations whose home is local-a: each that finds it closed moves to local-b.
+    for i, key in enumerate(keys_homed_on(services, "local-a", 5)):
+        request_id = submit(services, f"hello {i}", key)
         services.gateway.wait(request_id, 20)
     assert len(broken.attempts) == 3  # then its circuit opened: no more traffic to local-a
     assert len(healthy.attempts) == 5
@@ -372,3 +387,33 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def test_a_conversation_moved_off_its_home_stays_moved_after_one_write(
+    services: Services, run_poller: Callable[..., Poller]
+) -> None:
+    """Its home loses the task once: the conversation fails over, the move is written once
+    (on the new endpoint's item), and its next turns go there though the old home works."""
+    failed = threading.Event()
+
+    def once(task: dict[str, Any], n: int) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise TaskLostError("worker lost")
+        return {"response": response(task["request_id"])}
+
+    a = ScriptedExecutor(once)
+    b = ScriptedExecutor(lambda task, n: {"response": response(task["request_id"])})
+    poller = run_poller(b, {"local-a": a})
+    key = keys_homed_on(services, "local-a", 1)[0]
+    turns = [submit(services, f"turn {i}", key) for i in range(1)]
+    services.gateway.wait(turns[0], 20)
+    for i in range(1, 4):
+        turns.append(submit(services, f"turn {i}", key))
+        services.gateway.wait(turns[-1], 20)
+    assert [services.requests.get(t)["endpoint"] for t in turns] == ["local-b"] * 4  # type: ignore[index]
+    assert list(a.attempts.values()) == [1]  # only the first turn was tried there
+    assert poller.counts["affinity_moves"] == 1
+    assert poller.counts["affinity_misses"] == 1 and poller.counts["affinity_hits"] == 3
+    homes = services.endpoint_store.statuses()["local-b"].homes
+    assert len(homes) == 1

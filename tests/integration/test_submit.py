@@ -17,7 +17,8 @@ from chalicelib import limits
 from chalicelib.auth import Principal
 from chalicelib.errors import UpstreamUnavailableError
 from chalicelib.gateway import Gateway, StreamTarget
-from chalicelib.protocol import ChatCompletionRequest
+from chalicelib.protocol import parse_body
+from chalicelib.protocol.messages_stream import MESSAGES, MessagesAsChat
 from chalicelib.services import Services
 from chalicelib.settings import REPO_ROOT, Settings
 from chalicelib.stores.queue import RequestQueue
@@ -76,18 +77,21 @@ def test_a_streamed_request_is_submitted_by_the_gateway_with_its_target_and_dial
     services = services_for(stage)
     user = f"user-{uuid.uuid4().hex[:6]}"
     principal = Principal(id=user, username=user)
-    req = ChatCompletionRequest.model_validate(BODY)
+    # An Anthropic Messages body, as the WebSocket's `messages` action parses it: its dialect
+    # (name and first state) rides the record's stream, for the relay and the poller.
+    body = {**BODY, "max_tokens": 8}
+    req = parse_body(json.dumps(body).encode(), MessagesAsChat)
     request_id = services.gateway.submit(
-        principal,
-        "chat_completions",
-        req,
-        stream=StreamTarget("conn-1", "ref-1"),
-        dialect="anthropic.messages",
+        principal, "chat_completions", req, stream=StreamTarget("conn-1", "ref-1")
     )
     record = services.requests.get(request_id)
     assert record is not None and record["status"] == "queued"
-    assert record["stream"] == {"connection_id": "conn-1", "ref": "ref-1"}
-    assert record["dialect"] == "anthropic.messages"
+    stream = record["stream"]
+    assert {k: stream[k] for k in ("connection_id", "ref")} == {
+        "connection_id": "conn-1",
+        "ref": "ref-1",
+    }
+    assert stream["dialect"] == MESSAGES.name and isinstance(stream["state"], dict)
     assert "reply_to" not in record  # no reply listener waits for a stream
     # The record is written before the message, which names it only.
     assert received(services) == [{"request_id": request_id}]
