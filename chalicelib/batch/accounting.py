@@ -14,7 +14,7 @@ from typing import Any
 
 from chalicelib import metrics
 from chalicelib.consumer.accounting import Accounting
-from chalicelib.protocol.batches import ENDPOINTS
+from chalicelib.protocol.batches import ROUTES
 from chalicelib.stores.usage import Usage
 
 
@@ -34,10 +34,10 @@ def shard_usage(
         request_id=f"{record['batch_id']}-shard-{n}",
         model=str(record.get("model") or ""),
         mode="batch",
-        function=ENDPOINTS[record["endpoint"]][0] if record.get("endpoint") in ENDPOINTS else "",
+        function=ROUTES[record["endpoint"]][0] if record.get("endpoint") in ROUTES else "",
         status="failed" if lines and not completed else "completed",
         finished_at=now,
-        deployment=endpoint,
+        endpoint=endpoint,
         status_code=500 if lines and not completed else 200,
         error_code="shard_failed" if endpoint is None else None,
         prompt_tokens=int(result.get("prompt_tokens") or 0),
@@ -64,7 +64,7 @@ class BatchAccounting(Accounting):
             metrics.batch_shard(
                 self.metrics,
                 model=u.model,
-                deployment=endpoint,
+                endpoint=endpoint,
                 completed=completed,
                 failed=failed,
                 engine_ms=u.engine_ms,
