@@ -54,10 +54,11 @@ browser:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
 	  || echo "make: 'apt-get install chromium' failed; the browser test fails until chromium is on PATH"
 
-# The coding agents the e2e tests drive (tests/e2e/test_claude_code.py, test_codex.py), from npm into a cache
-# under .first/ once: a stamp names the packages, so a changed list reinstalls. node/npm come from
-# Debian's apt when missing (as chromium above); otherwise one line says what to run, and the
-# agent tests skip naming it.
+# The coding agents the e2e tests drive (Claude Code: tests/e2e/test_claude_code.py;
+# Codex CLI: tests/e2e/test_codex.py),
+# from npm into a cache under .first/ once: a stamp names the packages, so a changed list
+# reinstalls. node/npm come from Debian's apt when missing (as chromium above); otherwise one
+# line says what to run, and the agent tests skip naming it.
 AGENT_PACKAGES = @anthropic-ai/claude-code@2.1.328 @openai/codex@0.169.0
 AGENTS_DIR = .first/npm
 agents:

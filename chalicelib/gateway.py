@@ -58,7 +58,7 @@ from chalicelib.stores.blobs import BlobStore, dumps
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplyListener
-from chalicelib.stores.requests import API_WRITES_AFTER_S, TERMINAL, RequestStore
+from chalicelib.stores.requests import API_WRITES_AFTER_S, TERMINAL, RequestRecord, RequestStore
 
 # A waiter re-reads the record in case its notice was lost: after 5 s, then every 10 s. A notice
 # is lost only when this process stopped listening (a frozen Lambda), so the reads are a safety
@@ -153,7 +153,7 @@ class Gateway:
         self._fleet = fleet
         self._images = images
         # Records of submitted requests that only their queue message holds so far.
-        self._unwritten: dict[str, dict[str, Any]] = {}
+        self._unwritten: dict[str, RequestRecord] = {}
         self._unwritten_lock = threading.Lock()
 
     def list_models(self, principal: Principal) -> dict[str, Any]:
@@ -377,7 +377,7 @@ class Gateway:
         self._replies.forget(request_id)
         self._write_record(request_id)
 
-    def _write_record(self, request_id: str) -> dict[str, Any] | None:
+    def _write_record(self, request_id: str) -> RequestRecord | None:
         """Write the record only the message holds (unless the poller did): a client is about
         to get this request's id. The record as it is when the poller was first, else None."""
         with self._unwritten_lock:
@@ -390,7 +390,7 @@ class Gateway:
         with self._unwritten_lock:
             self._unwritten.pop(request_id, None)
 
-    def _read_back(self, request_id: str) -> dict[str, Any] | None:
+    def _read_back(self, request_id: str) -> RequestRecord | None:
         """The record, read because a notice is late: written now if only the message holds
         it (one call either way: ``put_new`` answers with the record it finds)."""
         with self._unwritten_lock:
@@ -423,7 +423,7 @@ class Gateway:
             assert record is not None
             return self._answer(request_id, self._outcome(record))
 
-    def _outcome(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _outcome(self, record: RequestRecord) -> dict[str, Any]:
         return {
             "status": record["status"],
             "result": self._blobs.load(record, "result"),

@@ -47,7 +47,12 @@ from chalicelib.stores.blobs import BlobStore
 from chalicelib.stores.files import FileStore
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.objects import ObjectNotFoundError
-from chalicelib.stores.requests import TERMINAL, RequestConflictError, RequestStore
+from chalicelib.stores.requests import (
+    TERMINAL,
+    RequestConflictError,
+    RequestRecord,
+    RequestStore,
+)
 
 STATUS = {
     "queued": "queued",
@@ -92,7 +97,7 @@ def input_error(spec: HpcFunction, value: dict[str, Any]) -> BadRequestError | N
     return BadRequestError(f"Invalid job input ('{param}'): {error.message[:300]}", param=param)
 
 
-def job_view(record: dict[str, Any]) -> dict[str, Any]:
+def job_view(record: RequestRecord) -> dict[str, Any]:
     """The job object of a record, without what needs S3 (progress, a stored result)."""
     created = record.get("created_at")
     started, finished = record.get("dispatched_at"), record.get("finished_at")
@@ -202,7 +207,7 @@ class Jobs:
             "url": self._objects.presign_get(str(record["key"]), ttl_s),
         }
 
-    def _record(self, principal: Principal, job_id: str) -> dict[str, Any]:
+    def _record(self, principal: Principal, job_id: str) -> RequestRecord:
         # get_owned answers a foreign id as it answers a missing one (and as fast).
         record = self._requests.get_owned(job_id, principal.id)
         if record is None or record.get("job_owner") != principal.id:
@@ -221,12 +226,12 @@ class Jobs:
                 view["result"] = self._blobs.load(record, "result")
         return view
 
-    def _job_fields(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _job_fields(self, record: RequestRecord) -> dict[str, Any]:
         payload = self._blobs.load(record, "payload")
         job = payload.get("job") if isinstance(payload, dict) else None
         return job if isinstance(job, dict) else {}
 
-    def _progress(self, record: dict[str, Any]) -> Any:
+    def _progress(self, record: RequestRecord) -> Any:
         key = self._job_fields(record).get("progress_key")
         if not key:
             return None
@@ -241,7 +246,7 @@ class Jobs:
 
     def list(self, principal: Principal, query: dict[str, str]) -> dict[str, Any]:
         limit = _limit(query, 20, MAX_LIST)
-        after = None
+        after: RequestRecord | None = None
         if query.get("after"):
             after = self._record(principal, query["after"])
         items, more = self._requests.list_jobs(principal.id, limit=limit, after=after)

@@ -183,7 +183,7 @@ def request_finished(
     m: MetricsRecorder,
     *,
     model: str,
-    deployment: str | None,
+    endpoint: str | None,
     mode: str,
     status: str,
     status_code: int,
@@ -195,8 +195,10 @@ def request_finished(
     prompt_tokens: int,
     completion_tokens: int,
 ) -> None:
-    """A request the poller made terminal (interactive or streamed)."""
-    where = {"model": model, "deployment": deployment or "none"}
+    """A request the poller made terminal (interactive or streamed), by the Globus Compute
+    endpoint that ran it."""
+    # The dimension keeps its published name, "deployment": dashboards and alarms select on it.
+    where = {"model": model, "deployment": endpoint or "none"}
     m.add("RequestsFinished", COUNT, 1, **where, mode=mode, status=status)
     if queue_ms is not None:
         m.add("QueueWait", MS, queue_ms, model=model)
@@ -246,7 +248,7 @@ def batch_shard(
     m: MetricsRecorder,
     *,
     model: str,
-    deployment: str | None,
+    endpoint: str | None,
     completed: int,
     failed: int,
     engine_ms: float | None,
@@ -254,7 +256,8 @@ def batch_shard(
     completion_tokens: int,
 ) -> None:
     """A batch shard counted on its batch (service ``first-batch``)."""
-    where = {"model": model, "deployment": deployment or "none"}
+    # The published dimension name (as in ``request_finished``) for the endpoint that ran it.
+    where = {"model": model, "deployment": endpoint or "none"}
     m.add("BatchLinesCompleted", COUNT, completed, **where)
     m.add("BatchLinesFailed", COUNT, failed, **where)
     if engine_ms is not None:

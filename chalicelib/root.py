@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.config import Config
@@ -42,6 +42,12 @@ from chalicelib.stores.replies import ReplySender
 from chalicelib.stores.requests import RequestStore
 from chalicelib.stores.usage import UsageStore, UsageWriter
 from chalicelib.stores.websocket import ConnectionPoster
+
+if TYPE_CHECKING:
+    # Type-only (requirements-dev.txt): the Lambda needs nothing beyond boto3.
+    from mypy_boto3_dynamodb import DynamoDBClient, DynamoDBServiceResource
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 # Long polls hold a connection for up to 20 s; many threads share each client.
 CLIENT_CONFIG = Config(
@@ -77,20 +83,20 @@ class Root:
         return self._session.client(service, config=CLIENT_CONFIG)
 
     @cached_property
-    def dynamodb(self) -> Any:
+    def dynamodb(self) -> DynamoDBServiceResource:
         return self._session.resource("dynamodb", config=CLIENT_CONFIG)
 
     @cached_property
-    def dynamodb_client(self) -> Any:
-        return self.client("dynamodb")
+    def dynamodb_client(self) -> DynamoDBClient:
+        return self._session.client("dynamodb", config=CLIENT_CONFIG)
 
     @cached_property
-    def sqs(self) -> Any:
-        return self.client("sqs")
+    def sqs(self) -> SQSClient:
+        return self._session.client("sqs", config=CLIENT_CONFIG)
 
     @cached_property
-    def s3(self) -> Any:
-        return self.client("s3")
+    def s3(self) -> S3Client:
+        return self._session.client("s3", config=CLIENT_CONFIG)
 
     @cached_property
     def registry(self) -> Registry:

@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # the SDK is imported when a command runs, not when `first` p
     from openai import OpenAI
     from openai.types import Batch, FileObject
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# The routes a batch may run (the OpenAI SDK and `--endpoint` call it the batch's "endpoint").
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 FINAL = ("completed", "failed", "cancelled", "expired")
 # Under the API's 6 MB payload limit with room for the multipart envelope.
 INLINE_UPLOAD_BYTES = 5 * 1024 * 1024
@@ -87,7 +88,7 @@ def submit(client: OpenAI, path: Path, endpoint: str) -> Batch:
     file = upload(client, path)
     return client.batches.create(
         input_file_id=file.id,
-        endpoint=endpoint,  # type: ignore[arg-type]  # one of ENDPOINTS (argparse choices)
+        endpoint=endpoint,  # type: ignore[arg-type]  # one of ROUTES (argparse choices)
         completion_window="24h",
         metadata={"filename": path.name[:512]},
     )

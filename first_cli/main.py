@@ -240,14 +240,14 @@ def parser() -> argparse.ArgumentParser:
     proxy.add_argument("--ws-url", help="the WebSocket API's URL (default FIRST_WS_URL)")
     proxy.set_defaults(run=_proxy)
 
-    from first_cli.batch import ENDPOINTS
+    from first_cli.batch import ROUTES
 
     batches = sub.add_parser("batch", help="OpenAI batches through the gateway")
     batches.set_defaults(run=_batch)
     batch = batches.add_subparsers(dest="action", required=True)
     bsubmit = batch.add_parser("submit", help="upload a JSONL file and start a batch")
     bsubmit.add_argument("file")
-    bsubmit.add_argument("--endpoint", choices=ENDPOINTS, default=ENDPOINTS[0])
+    bsubmit.add_argument("--endpoint", choices=ROUTES, default=ROUTES[0])
     bsubmit.add_argument("--wait", action="store_true", help="show progress until it is final")
     for verb, text in (("status", "the batch object"), ("cancel", "cancel a batch")):
         batch.add_parser(verb, help=text).add_argument("id")

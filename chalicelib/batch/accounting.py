@@ -38,7 +38,7 @@ def shard_usage(
         function=route_of(record.get("endpoint")),
         status="failed" if lines and not completed else "completed",
         finished_at=now,
-        deployment=endpoint,
+        endpoint=endpoint,
         status_code=500 if lines and not completed else 200,
         error_code="shard_failed" if endpoint is None else None,
         prompt_tokens=int(result.get("prompt_tokens") or 0),
@@ -65,7 +65,7 @@ class BatchAccounting(Accounting):
             metrics.batch_shard(
                 self.metrics,
                 model=u.model,
-                deployment=endpoint,
+                endpoint=endpoint,
                 completed=completed,
                 failed=failed,
                 engine_ms=u.engine_ms,

@@ -19,7 +19,6 @@ from aws_lambda_powertools import Logger
 
 from chalicelib.auth import Principal
 from chalicelib.batch.multipart import field_text, parse_form
-from chalicelib.batch.records import principal_fields
 from chalicelib.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from chalicelib.images import VISION_PURPOSE, ImageBounds, check_image_bytes
 from chalicelib.logs import get_logger
@@ -304,7 +303,7 @@ class BatchApi:
                 "metadata": req.metadata,
                 "created_at": now,
                 "expires_at": now + COMPLETION_WINDOW_S,
-                "principal": principal_fields(principal),
+                "principal": principal.to_item(),
             }
         )
         self._queue.send({"owner": principal.id, "batch_id": record["batch_id"]})

@@ -51,14 +51,14 @@ from chalicelib.auth import Principal
 from chalicelib.auth.apikeys import user_principal
 from chalicelib.batch.accounting import BatchAccounting
 from chalicelib.batch.drop import DropObject, drop_objects, sequence_key
-from chalicelib.batch.records import dumps_line, principal_fields, principal_from
+from chalicelib.batch.records import dumps_line
 from chalicelib.ceilings import check_max_tokens
 from chalicelib.compute.executors import ExecutorPool
 from chalicelib.consumer.loop import Consumer
 from chalicelib.protocol.batches import (
     COMPLETION_WINDOW_S,
     DIALECTS,
-    ENDPOINTS,
+    ROUTES,
     LineChecker,
     batch_object,
     render_output_line,
@@ -220,7 +220,7 @@ class BatchWorker:
             item.update(
                 status="failed",
                 failed_at=now,
-                principal={"id": obj.owner, "username": obj.owner},
+                principal=Principal(id=obj.owner, username=obj.owner).to_item(),
                 errors=[
                     {
                         "code": "unknown_owner",
@@ -232,7 +232,7 @@ class BatchWorker:
                 ],
             )
         else:
-            item["principal"] = principal_fields(principal)
+            item["principal"] = principal.to_item()
         created: dict[str, Any] | None = None
         # Made already on an earlier delivery: resume it.
         with contextlib.suppress(BatchExistsError):
@@ -288,8 +288,8 @@ class BatchWorker:
         if self.accounting is not None:
             self.accounting.batch_finished(record["status"])
 
-    def _may_use(self, principal: Principal, endpoint: str, model: str) -> bool:
-        function = ENDPOINTS[endpoint][0]
+    def _may_use(self, principal: Principal, route: str, model: str) -> bool:
+        function = ROUTES[route][0]
         served = [
             c
             for c in self._registry.candidates(model, function)
@@ -302,10 +302,10 @@ class BatchWorker:
 
     def _validate(self, record: dict[str, Any]) -> dict[str, Any]:
         batch_id, owner = record["batch_id"], record["owner"]
-        principal = principal_from(record["principal"])
+        principal = Principal.from_item(record["principal"])
         checker: LineChecker = LineChecker(
-            endpoint=record.get("endpoint") or "",
-            may_use=lambda model: self._may_use(principal, checker.endpoint, model),
+            route=record.get("endpoint") or "",
+            may_use=lambda model: self._may_use(principal, checker.route, model),
             ceiling=self._ceiling,
             max_requests=self._s.batch_max_requests,
         )
@@ -363,7 +363,7 @@ class BatchWorker:
                         "total": checker.requests,
                         "shard_count": shards,
                         "model": checker.model,
-                        "endpoint": checker.endpoint,
+                        "endpoint": checker.route,
                         "shard_endpoints": {},
                     },
                 )
@@ -375,7 +375,7 @@ class BatchWorker:
                 record = self._batches.set_fields(
                     owner,
                     batch_id,
-                    {"total": checker.requests, "shard_count": 0, "endpoint": checker.endpoint},
+                    {"total": checker.requests, "shard_count": 0, "endpoint": checker.route},
                     status="cancelling",
                 )
         if not changed:
@@ -454,7 +454,7 @@ class BatchWorker:
         """Run shard ``n`` (bounded tries): its (completed, failed) line counts."""
         batch_id = record["batch_id"]
         ttl = self._s.presigned_url_ttl_s
-        function = ENDPOINTS[record["endpoint"]][0]
+        function = ROUTES[record["endpoint"]][0]
         candidates = [
             c
             for c in self._registry.candidates(record["model"], function)

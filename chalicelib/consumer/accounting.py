@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -21,7 +21,7 @@ from chalicelib.metrics import MetricsRecorder
 from chalicelib.stores.usage import Usage, UsageWriter
 
 
-def usage_of(record: dict[str, Any], status: str, fields: dict[str, Any], now: float) -> Usage:
+def usage_of(record: Mapping[str, Any], status: str, fields: dict[str, Any], now: float) -> Usage:
     """The usage record of a request the poller finished (pure: plain values in and out)."""
     usage = fields.get("usage") or {}
     created = _float(record.get("created_at"))
@@ -40,7 +40,7 @@ def usage_of(record: dict[str, Any], status: str, fields: dict[str, Any], now: f
         function=str(record.get("route") or record.get("function") or ""),
         status=status,
         finished_at=now,
-        deployment=fields.get("endpoint"),
+        endpoint=fields.get("endpoint"),
         status_code=int(fields.get("status_code") or (500 if failed else 200)),
         error_code=str(error["code"]) if failed and error.get("code") else None,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -79,13 +79,13 @@ class Accounting:
         self._log = logger
         self.counts: Counter[str] = Counter()
 
-    def finished(self, record: dict[str, Any], status: str, fields: dict[str, Any]) -> None:
+    def finished(self, record: Mapping[str, Any], status: str, fields: dict[str, Any]) -> None:
         try:
             u = usage_of(record, status, fields, time.time())
             metrics.request_finished(
                 self.metrics,
                 model=u.model,
-                deployment=u.deployment,
+                endpoint=u.endpoint,
                 mode=u.mode,
                 status=status,
                 status_code=u.status_code,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from chalicelib.compute.errors import (
     ComputeError,
@@ -13,6 +14,9 @@ from chalicelib.compute.errors import (
     TaskTooLargeError,
 )
 from chalicelib.errors import EngineFailedError, PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from chalicelib.stores.requests import RequestRecord
 
 
 class PoisonMessageError(Exception):
@@ -45,17 +49,21 @@ class Hints:
     affinity: str | None = None
 
 
-def record_of(message: dict[str, Any]) -> dict[str, Any] | None:
+def record_of(message: dict[str, Any]) -> RequestRecord | None:
     """The queued record the message carries (the API's, for the claim to write), or None: a
     message of only ``request_id`` names a record already written."""
     try:
         record = json.loads(message["Body"]).get("record")
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    return record if isinstance(record, dict) and "created_at" in record else None
+    return (
+        cast("RequestRecord", record)
+        if isinstance(record, dict) and "created_at" in record
+        else None
+    )
 
 
-def hints_from(record: dict[str, Any]) -> Hints:
+def hints_from(record: Mapping[str, Any]) -> Hints:
     return Hints(
         str(record.get("owner") or ""),
         str(record.get("model")),
@@ -136,7 +144,7 @@ UPLOAD = "upload"  # held in the record but over the threshold: put in S3, then 
 MEASURE = "measure"  # in S3 with no size on the record (written before sizes were): read it
 
 
-def body_source(record: dict[str, Any], over_bytes: int | None) -> str:
+def body_source(record: Mapping[str, Any], over_bytes: int | None) -> str:
     """How the request body of ``record`` travels to the HPC function; ``over_bytes`` is the
     size above which it goes by S3 (None: the S3 path is off, always inline).
 

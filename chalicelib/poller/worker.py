@@ -24,6 +24,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,7 @@ from chalicelib.stores.endpoints import EndpointStore
 from chalicelib.stores.limits import LimitStore
 from chalicelib.stores.queue import RequestQueue
 from chalicelib.stores.replies import ReplySender
-from chalicelib.stores.requests import TERMINAL, RequestConflictError, RequestStore
+from chalicelib.stores.requests import TERMINAL, RequestConflictError, RequestRecord, RequestStore
 from chalicelib.streaming.notifier import StreamNotifier
 
 # Waits before re-claiming a request whose record is not there yet.
@@ -78,10 +79,10 @@ class _Run:
 
     request_id: str
     # The queued record the message carries (the API wrote none): the claim writes it.
-    carried: dict[str, Any] | None
+    carried: RequestRecord | None
     # The record once claimed, and the task's fields that carry its body (inline, or a
     # presigned GET), made once claimed.
-    record: dict[str, Any] | None = None
+    record: RequestRecord | None = None
     body: dict[str, Any] | None = None
     # Where the request goes back to (a dead predecessor's task is there, keyed by request id),
     # and the endpoint its record names; the predecessor's task id (Globus Compute) to attach.
@@ -279,7 +280,7 @@ class Poller:
                 time.sleep(delay)
         raise RequestConflictError(f"request {request_id} is missing", None)
 
-    def _final_frame_again(self, request_id: str, current: dict[str, Any]) -> None:
+    def _final_frame_again(self, request_id: str, current: RequestRecord) -> None:
         """A finished streamed request delivered again: the poller that finished it may have
         died between storing the result and posting ``done`` (or ``error``). Post it again; a
         client that already has it ignores a second final frame for a finished id."""
@@ -315,7 +316,7 @@ class Poller:
             self.counts["backoff_errors"] += 1
             self._log.exception("could not set the retry backoff")
 
-    def _claim(self, request_id: str, slot: str, carried: dict[str, Any] | None) -> dict[str, Any]:
+    def _claim(self, request_id: str, slot: str, carried: RequestRecord | None) -> RequestRecord:
         """Claim, writing the record the message carries if there is none yet; a message that
         names a record not there yet (the API writes it as it enqueues) retries briefly."""
         for delay in CLAIM_RETRY_S:
@@ -331,10 +332,10 @@ class Poller:
         self,
         request_id: str,
         hints: planning.Hints,
-        carried: dict[str, Any] | None,
+        carried: RequestRecord | None,
         log: dict[str, Any],
         claimed: dict[str, Any],
-    ) -> tuple[str, dict[str, Any], Any, dict[str, Any], str]:
+    ) -> tuple[str, dict[str, Any], Any, RequestRecord, str]:
         """Run the request on the best endpoint that has room; fail over on infrastructure
         failures. Returns the outcome, the claimed record and the endpoint it ran on.
 
@@ -431,7 +432,7 @@ class Poller:
 
     def _claim_on(
         self, name: str, run: _Run, log: dict[str, Any], claimed: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    ) -> tuple[RequestRecord, dict[str, Any]] | None:
         """With a slot on endpoint ``name``: claim the request there (the first time) or move
         its slot there, and make its task's body fields; the record and the body. None when
         the claim finds the request held on another endpoint (re-claimed from a poller that
@@ -452,7 +453,7 @@ class Poller:
                     claim_ms=round((time.perf_counter() - started) * 1000, 1),
                 )
                 run.recorded = record.get("slot")
-                task = record.get("task") or {}
+                task: Mapping[str, Any] = record.get("task") or {}
                 run.attach = str(task["id"]) if task.get("endpoint") == run.recorded else None
                 if run.recorded != name:
                     run.held = run.recorded
@@ -521,7 +522,7 @@ class Poller:
             self._log.exception("circuit not closed", extra={"endpoint": name})
         self._board.refresh()
 
-    def _task_body(self, request_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _task_body(self, request_id: str, record: RequestRecord) -> dict[str, Any]:
         """The task's fields that carry the body: ``{"body"}``, or ``{"body_from"}`` naming a
         presigned GET (``planning.body_source``)."""
         s = self._s
@@ -555,7 +556,7 @@ class Poller:
     def _run_on(
         self,
         request_id: str,
-        record: dict[str, Any],
+        record: RequestRecord,
         endpoint: Endpoint,
         deployment: ModelDeployment,
         body: dict[str, Any],
@@ -631,7 +632,8 @@ class Poller:
     def _finish(
         self,
         request_id: str,
-        record: dict[str, Any],
+        # Partial on the failure path (a request never claimed, or gone): ``{"request_id"}``.
+        record: Mapping[str, Any],
         status: str,
         fields: dict[str, Any],
         response: Any,

@@ -84,9 +84,10 @@ DIALECTS: dict[str, LineDialect] = {
     "/v1/messages": LineDialect(MESSAGES.name, _messages_to_chat, _messages_render),
 }
 
-# Batch endpoint (the line's ``url``) → (gateway function, request model). A dialect's lines run
-# as chat (``DIALECTS`` translates them).
-ENDPOINTS: dict[str, tuple[str, type[GatewayRequest]]] = {
+# A batch's route (the line's ``url``; OpenAI's Batch API calls it the batch's "endpoint", the
+# public field name kept in requests and answers) → (gateway function, request model). A
+# dialect's lines run as chat (``DIALECTS`` translates them).
+ROUTES: dict[str, tuple[str, type[GatewayRequest]]] = {
     "/v1/chat/completions": ("chat_completions", ChatCompletionRequest),
     "/v1/completions": ("completions", CompletionRequest),
     "/v1/embeddings": ("embeddings", EmbeddingRequest),
@@ -94,12 +95,12 @@ ENDPOINTS: dict[str, tuple[str, type[GatewayRequest]]] = {
 }
 
 
-def route_of(endpoint: str | None) -> str:
-    """The route a batch's lines are counted under (usage records): its function, or its
-    dialect's route."""
-    if endpoint in DIALECTS:
-        return DIALECTS[endpoint].route
-    return ENDPOINTS[endpoint][0] if endpoint in ENDPOINTS else ""
+def route_of(route: str | None) -> str:
+    """The name a batch's lines are counted under (usage records' ``function``): its function,
+    or its dialect's route's name."""
+    if route in DIALECTS:
+        return DIALECTS[route].route
+    return ROUTES[route][0] if route in ROUTES else ""
 
 
 def render_output_line(dialect: LineDialect, line: dict[str, Any], kept: dict[str, Any]) -> None:
@@ -201,11 +202,11 @@ class LineChecker:
     """Checks a batch file line by line; keeps only what must be remembered across lines (the
     custom_ids seen, the model) and the first ``MAX_LISTED_ERRORS`` problems.
 
-    ``may_use(model)`` says whether the caller may use ``model`` for the batch's endpoint;
+    ``may_use(model)`` says whether the caller may use ``model`` for the batch's route;
     ``ceiling(request)`` raises ``BadRequestError`` for a request over the model's limits.
     """
 
-    endpoint: str
+    route: str
     may_use: Any
     ceiling: Any = None
     max_requests: int = 50_000
@@ -254,12 +255,12 @@ class LineChecker:
         self._seen.add(custom_id)
         if line.get("method", "POST") != "POST":
             raise _LineError("invalid_method", "method must be POST.", "method")
-        if not self.endpoint and line.get("url") in ENDPOINTS:
-            self.endpoint = str(line["url"])  # the drop folder: the first line names it
-        if line.get("url") != self.endpoint:
+        if not self.route and line.get("url") in ROUTES:
+            self.route = str(line["url"])  # the drop folder: the first line names it
+        if line.get("url") != self.route:
             raise _LineError(
                 "mismatched_endpoint",
-                f"url must be the batch's endpoint {self.endpoint or list(ENDPOINTS)}, "
+                f"url must be the batch's endpoint {self.route or list(ROUTES)}, "
                 f"not {line.get('url')!r}.",
                 "url",
             )
@@ -273,7 +274,7 @@ class LineChecker:
             if not self.may_use(model):
                 raise _LineError(
                     "model_not_found",
-                    f"The model '{model}' does not exist or is not served for {self.endpoint}.",
+                    f"The model '{model}' does not exist or is not served for {self.route}.",
                     "body.model",
                 )
             self.model = model
@@ -285,8 +286,8 @@ class LineChecker:
             )
         if body.get("stream"):
             raise _LineError("invalid_body", "stream is not supported in a batch.", "body.stream")
-        _, request_model = ENDPOINTS[self.endpoint]
-        dialect = DIALECTS.get(self.endpoint)
+        _, request_model = ROUTES[self.route]
+        dialect = DIALECTS.get(self.route)
         kept: dict[str, Any] | None = None
         req: GatewayRequest
         try:

@@ -24,13 +24,16 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import condition_failed, dynamo, old_item, plain
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "cancelled", "expired")
@@ -71,7 +74,7 @@ def _drop_key(owner: str, name: str) -> dict[str, str]:
 
 
 class BatchStore:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Table) -> None:
         self._table = table
 
     def create(self, item: dict[str, Any]) -> dict[str, Any]:

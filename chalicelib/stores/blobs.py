@@ -9,12 +9,16 @@ without reading it first.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
 from chalicelib.stores.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 class BlobNotFoundError(StoreError):
@@ -26,7 +30,7 @@ def dumps(value: Any) -> str:
 
 
 class BlobStore:
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str) -> None:
         self._s3 = client
         self.bucket = bucket
 
@@ -62,12 +66,12 @@ class BlobStore:
         size_bytes = self.put_text(key, text)
         return {f"{name}_key": key, f"{name}_bytes": size_bytes}
 
-    def load(self, record: dict[str, Any], name: str) -> Any:
+    def load(self, record: Mapping[str, Any], name: str) -> Any:
         """The value ``fields`` stored on ``record`` (None when it has neither form)."""
         text = self.load_text(record, name)
         return None if text is None else json.loads(text)
 
-    def load_text(self, record: dict[str, Any], name: str) -> str | None:
+    def load_text(self, record: Mapping[str, Any], name: str) -> str | None:
         if record.get(name) is not None:
             return str(record[name])
         if record.get(f"{name}_key"):

@@ -11,32 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.auth import Principal
+from chalicelib.stores.dynamo import plain
 
-
-def principal_fields(principal: Principal) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "id": principal.id,
-        "username": principal.username,
-        "kind": principal.kind,
-        "groups": sorted(principal.groups),
-    }
-    if principal.idp_domain:
-        fields["idp_domain"] = principal.idp_domain
-    return fields
-
-
-def principal_from(fields: dict[str, Any]) -> Principal:
-    kind: Literal["user", "service"] = "service" if fields.get("kind") == "service" else "user"
-    return Principal(
-        id=str(fields["id"]),
-        username=str(fields.get("username") or fields["id"]),
-        kind=kind,
-        idp_domain=fields.get("idp_domain"),
-        groups=frozenset(str(g) for g in fields.get("groups") or []),
-    )
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 
 @dataclass(frozen=True)
@@ -47,7 +28,7 @@ class Connection:
 
 
 class ConnectionStore:
-    def __init__(self, table: Any, *, ttl_s: int = 2 * 3600) -> None:
+    def __init__(self, table: Table, *, ttl_s: int = 2 * 3600) -> None:
         self._table = table
         self._ttl_s = ttl_s
 
@@ -56,7 +37,7 @@ class ConnectionStore:
         item: dict[str, Any] = {
             "connection_id": connection_id,
             "owner": principal.id,
-            "principal": principal_fields(principal),
+            "principal": principal.to_item(),
             "connected_at": int(now),
             "expires_at": int(now) + self._ttl_s,
         }
@@ -67,11 +48,11 @@ class ConnectionStore:
     def get(self, connection_id: str) -> Connection | None:
         """The connection, or None when it is gone or expired."""
         item = self._table.get_item(Key={"connection_id": connection_id}).get("Item")
-        if item is None or int(item.get("expires_at", 0)) < time.time():
+        if item is None or int(plain(item.get("expires_at", 0))) < time.time():
             return None
         credential = item.get("credential")
         return Connection(
-            principal_from(dict(item["principal"])),
+            Principal.from_item(plain(item["principal"])),
             str(credential) if credential is not None else None,
         )
 

@@ -13,12 +13,16 @@ under ``Failed`` are logged and counted in ``failures`` (messages not deleted).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
 from chalicelib.logs import get_logger
 from chalicelib.stores.batcher import BackgroundBatcher
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import DeleteMessageBatchRequestEntryTypeDef
 
 BATCH = 10
 
@@ -26,7 +30,7 @@ BATCH = 10
 class BatchDeleter(BackgroundBatcher[str]):
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         queue_url: str,
         *,
         max_delay_s: float = 1.0,
@@ -38,7 +42,9 @@ class BatchDeleter(BackgroundBatcher[str]):
         super().__init__(size=BATCH, max_delay_s=max_delay_s, logger=log, name="sqs-deleter")
 
     def _write(self, batch: list[str]) -> int:
-        entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(batch)]
+        entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+            {"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(batch)
+        ]
         try:
             out = self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)
         except Exception:  # noqa: BLE001 - undeleted messages are safe to see again

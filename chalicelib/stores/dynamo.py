@@ -4,6 +4,7 @@ the one reading of a conditional write that lost (``ConditionalCheckFailedExcept
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, cast
 
@@ -41,7 +42,7 @@ def _decimals(value: Any) -> Any:
     return value
 
 
-def to_wire(values: dict[str, Any]) -> dict[str, Any]:
+def to_wire(values: Mapping[str, Any]) -> dict[str, Any]:
     """Plain values → the low-level client's attribute values (``{"S": ...}``, ``{"N": ...}``).
 
     The low-level client with boto3's own serializer costs a fraction of the resource layer's

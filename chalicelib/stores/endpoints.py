@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.router import EndpointStatus, Lease
 from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import condition_failed, from_wire, old_item, to_wire
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 WARMING = "warming#"
 LEASE, LEASE_UNTIL, WANT = "lease#", "lease_until#", "want#"
@@ -37,7 +40,7 @@ class LeaseLostError(StoreError):
 
 
 class EndpointStore:
-    def __init__(self, client: Any, table_name: str) -> None:
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._ddb = client
         self.table_name = table_name
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import condition_failed, dynamo, plain
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 
 class FileIdTakenError(StoreError):
@@ -33,7 +36,7 @@ def sortable_id(prefix: str, now: float | None = None) -> str:
 
 
 class FileStore:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Table) -> None:
         self._table = table
 
     def create(self, item: dict[str, Any]) -> dict[str, Any]:

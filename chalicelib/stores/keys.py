@@ -14,7 +14,10 @@ import secrets
 import string
 import time
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 KEY_PREFIX = "sk-first-"
 BASE62 = string.digits + string.ascii_letters
@@ -54,7 +57,7 @@ def well_formed(key: str) -> bool:
 
 
 class KeyStore:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Table) -> None:
         self._table = table
 
     def create(

@@ -13,13 +13,16 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from chalicelib.limits import WINDOW_S, ItemUpdate, Outcome, Plan, corrections
 from chalicelib.stores.dynamo import condition_failed, old_item
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 _DESERIALIZE = TypeDeserializer()
 _IO = ThreadPoolExecutor(8, thread_name_prefix="limits-io")
@@ -30,7 +33,7 @@ def _ints(item: dict[str, Any]) -> dict[str, int]:
 
 
 class LimitStore:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Table) -> None:
         self._table = table
 
     def admit(self, plan: Plan, now: float | None = None) -> Outcome:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 class ObjectNotFoundError(StoreError):
@@ -29,7 +32,7 @@ def _missing(exc: ClientError) -> bool:
 
 
 class ObjectStore:
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str) -> None:
         self._s3 = client
         self.bucket = bucket
 

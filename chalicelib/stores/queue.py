@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from chalicelib.stores.sends import GroupSender
 
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
+
 
 class RequestQueue:
-    def __init__(self, client: Any, url: str, sender: GroupSender | None = None) -> None:
+    def __init__(self, client: SQSClient, url: str, sender: GroupSender | None = None) -> None:
         self.client = client
         self.url = url
         # Concurrent requests of one process share SendMessageBatch calls.
@@ -27,7 +31,7 @@ class RequestQueue:
             VisibilityTimeout=visibility_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
-        return list(out.get("Messages", []))
+        return cast("list[dict[str, Any]]", out.get("Messages", []))
 
     def extend(self, receipt: str, visibility_s: int) -> None:
         self.client.change_message_visibility(
@@ -44,7 +48,7 @@ class RequestQueue:
     def counts(self) -> dict[str, int]:
         """Approximate message counts as SQS reports them: ``visible`` (waiting to be received),
         ``in_flight`` (received, not yet deleted), ``delayed``."""
-        names = {
+        names: dict[str, QueueAttributeNameType] = {
             "visible": "ApproximateNumberOfMessages",
             "in_flight": "ApproximateNumberOfMessagesNotVisible",
             "delayed": "ApproximateNumberOfMessagesDelayed",
@@ -53,7 +57,7 @@ class RequestQueue:
             QueueUrl=self.url, AttributeNames=list(names.values())
         )
         attributes = out["Attributes"]
-        return {key: int(attributes.get(name, 0)) for key, name in names.items()}
+        return {key: int(attributes.get(name, "0")) for key, name in names.items()}
 
     def extend_many(self, receipts: list[str], visibility_s: int) -> list[str]:
         """Extend several messages' visibility, ten per call; the receipts that failed."""

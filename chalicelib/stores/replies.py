@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -36,7 +36,14 @@ from chalicelib.logs import get_logger
 from chalicelib.stores.deleter import BatchDeleter
 from chalicelib.stores.sends import GroupSender, SendFailedError
 
-REPLY_QUEUE_ATTRIBUTES = {"MessageRetentionPeriod": "60", "VisibilityTimeout": "43200"}
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
+
+REPLY_QUEUE_ATTRIBUTES: dict[QueueAttributeNameType, str] = {
+    "MessageRetentionPeriod": "60",
+    "VisibilityTimeout": "43200",
+}
 # Epoch seconds of the queue's last known use (creation, or a live listener's touch).
 LAST_USED_TAG = "first:last-used"
 # What SQS answers for a deleted queue (JSON protocol, query protocol).
@@ -56,7 +63,7 @@ def process_queue_name(prefix: str) -> str:
 class ReplySender:
     """The poller's side: one notice per finished request (batched with concurrent ones)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: SQSClient) -> None:
         self._sender = GroupSender(client)
 
     def send(self, queue_url: str, notice: dict[str, Any] | str, *, linger_s: float = 0.0) -> bool:
@@ -84,7 +91,7 @@ class ReplyListener:
 
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         queue_name: str,
         *,
         wait_s: int = 20,
@@ -155,8 +162,8 @@ class ReplyListener:
     def _touch_if_due(self) -> None:
         """Refresh the last-used tag (at most every ``touch_s``) so the sweeper spares us."""
         now = self._clock()
-        if now - self._touched_s < self._touch_s:
-            return
+        if self._url is None or now - self._touched_s < self._touch_s:
+            return  # (no URL: the listener runs only once the queue is made)
         self._touched_s = now
         try:
             self._sqs.tag_queue(QueueUrl=self._url, Tags={LAST_USED_TAG: str(int(now))})

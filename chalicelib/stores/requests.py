@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Required, TypedDict, cast
 
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import condition_failed, from_wire, old_item, to_wire
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 TERMINAL = ("completed", "failed", "cancelled")
 PENDING_INDEX = "pending"
@@ -41,10 +44,67 @@ API_WRITES_AFTER_S = 5.0
 PENDING_SHARDS = 4
 
 
+class TaskRef(TypedDict):
+    """The Globus Compute task a request runs as (``note_task``)."""
+
+    endpoint: str
+    id: str
+
+
+class RequestRecord(TypedDict, total=False):
+    """A request's item as the store hands it out (numbers as plain ints and floats).
+
+    ``function`` is the HPC function it runs (a key of an endpoint's ``functions``:
+    ``chat_completions``, ``embeddings``, a job's function); ``slot`` the Globus Compute endpoint
+    it runs on now, ``endpoint`` the one that finished it (the poller's outcome fields).
+    """
+
+    request_id: Required[str]
+    status: Required[str]
+    owner: str
+    model: str
+    function: str
+    # A streamed request's connection and dialect (``StreamTarget.to_item``), else ``reply_to``:
+    # the queue of the API instance that waits for it.
+    stream: dict[str, Any]
+    reply_to: str
+    # The rate-limit counters admission took (``LimitStore``), given back when it finishes.
+    limits: dict[str, Any]
+    # The engine body inline, or in S3 (``BlobStore.fields``); the result likewise.
+    payload: str
+    payload_key: str
+    payload_bytes: int
+    result: str
+    result_key: str
+    result_bytes: int
+    attempt: int
+    pending_shard: str
+    created_at: float
+    dispatched_at: float
+    finished_at: float
+    expires_at: int
+    slot: str
+    task: TaskRef
+    task_at: float
+    job_owner: str
+    # The outcome (``chalicelib.poller.planning``).
+    endpoint: str
+    usage: dict[str, Any]
+    engine_time_ms: float
+    stream_stats: dict[str, Any]
+    error: dict[str, Any]
+    status_code: int
+
+
+def _record(item: dict[str, Any]) -> RequestRecord:
+    """A wire item, read back: the table's items are written only as ``RequestRecord``."""
+    return cast(RequestRecord, from_wire(item))
+
+
 class RequestConflictError(StoreError):
     """A conditional write lost: the request is not in the state the caller expected."""
 
-    def __init__(self, message: str, current: dict[str, Any] | None) -> None:
+    def __init__(self, message: str, current: RequestRecord | None) -> None:
         super().__init__(message)
         self.current = current
 
@@ -53,22 +113,28 @@ class RequestStore:
     """On the low-level DynamoDB client: this table is on every request's path twice (API and
     poller), and the resource layer costs several times the CPU per call."""
 
-    def __init__(self, client: Any, table_name: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(
+        self, client: DynamoDBClient, table_name: str, *, ttl_s: int = 7 * 24 * 3600
+    ) -> None:
         self._ddb = client
         self.table_name = table_name
         self._ttl_s = ttl_s
 
-    def new(self, item: dict[str, Any]) -> dict[str, Any]:
+    def new(self, item: dict[str, Any]) -> RequestRecord:
         """The queued record of a new request (``item`` plus status, shard, times, TTL)."""
         now = time.time()
-        return {
-            **item,
-            "status": "queued",
-            "attempt": 0,
-            "pending_shard": str(random.randrange(PENDING_SHARDS)),
-            "created_at": round(now, 3),
-            "expires_at": int(now) + self._ttl_s,
-        }
+        # ``item``: the gateway's request_id, owner, model, function, payload, …
+        return cast(
+            RequestRecord,
+            {
+                **item,
+                "status": "queued",
+                "attempt": 0,
+                "pending_shard": str(random.randrange(PENDING_SHARDS)),
+                "created_at": round(now, 3),
+                "expires_at": int(now) + self._ttl_s,
+            },
+        )
 
     def create(self, item: dict[str, Any]) -> None:
         self._ddb.put_item(
@@ -77,7 +143,7 @@ class RequestStore:
             ConditionExpression="attribute_not_exists(request_id)",
         )
 
-    def put_new(self, record: dict[str, Any]) -> dict[str, Any] | None:
+    def put_new(self, record: RequestRecord) -> RequestRecord | None:
         """Write ``record`` (from ``new``) unless the request has one already; that one, or None
         when this call wrote it. One call either way: it doubles as a read-back."""
         try:
@@ -90,14 +156,14 @@ class RequestStore:
         except ClientError as exc:
             if not condition_failed(exc):
                 raise
-            return from_wire(old_item(exc))
+            return _record(old_item(exc))
         return None
 
-    def get(self, request_id: str) -> dict[str, Any] | None:
+    def get(self, request_id: str) -> RequestRecord | None:
         out = self._ddb.get_item(
             TableName=self.table_name, Key=_key(request_id), ConsistentRead=True
         )
-        item = from_wire(out["Item"]) if out.get("Item") else None
+        item = _record(out["Item"]) if out.get("Item") else None
         if item is None or int(item.get("expires_at", 0)) < time.time():
             # AWS deletes expired TTL items late (moto never does): treat them as gone.
             return None
@@ -118,7 +184,7 @@ class RequestStore:
             return None
         return str(item["status"])
 
-    def get_owned(self, request_id: str, owner: str) -> dict[str, Any] | None:
+    def get_owned(self, request_id: str, owner: str) -> RequestRecord | None:
         """The record if ``owner`` owns it, else None, and the same work either way.
 
         A ``Query`` with a filter on the owner: DynamoDB reads the item and drops it
@@ -136,7 +202,7 @@ class RequestStore:
             ConsistentRead=True,
         )
         items = out.get("Items") or []
-        return from_wire(items[0]) if items else None
+        return _record(items[0]) if items else None
 
     def mark_job(self, request_id: str, owner: str) -> None:
         """Make the request one of ``owner``'s jobs (``GET /v1/jobs`` lists it); whatever its
@@ -150,8 +216,8 @@ class RequestStore:
         )
 
     def list_jobs(
-        self, owner: str, *, limit: int, after: dict[str, Any] | None = None
-    ) -> tuple[list[dict[str, Any]], bool]:
+        self, owner: str, *, limit: int, after: RequestRecord | None = None
+    ) -> tuple[list[RequestRecord], bool]:
         """Up to ``limit`` of ``owner``'s jobs, newest first, after the record ``after``; and
         whether more exist (the index holds only what a listing shows: no payload, no result)."""
         kwargs: dict[str, Any] = {
@@ -170,10 +236,10 @@ class RequestStore:
                     "created_at": after["created_at"],
                 }
             )
-        items: list[dict[str, Any]] = []
+        items: list[RequestRecord] = []
         while True:
             out = self._ddb.query(**kwargs, Limit=limit + 1 - len(items))
-            items += [from_wire(i) for i in out.get("Items") or []]
+            items += [_record(i) for i in out.get("Items") or []]
             if len(items) > limit or "LastEvaluatedKey" not in out:
                 return items[:limit], len(items) > limit
             kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
@@ -203,8 +269,8 @@ class RequestStore:
         request_id: str,
         *,
         slot: str | None = None,
-        record: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        record: RequestRecord | None = None,
+    ) -> RequestRecord:
         """queued|dispatched → dispatched, attempt + 1; returns the whole record (one call).
 
         ``slot``: the endpoint the claimer will run it on, noted in the same write unless the
@@ -226,30 +292,36 @@ class RequestStore:
             except RequestConflictError as exc:
                 if exc.current is not None:
                     raise
-        claimed = {
-            **record,
-            "request_id": request_id,
-            "status": "dispatched",
-            "dispatched_at": round(time.time(), 3),
-            "attempt": int(record.get("attempt", 0)) + 1,
-            **({"slot": slot} if slot is not None else {}),
-        }
+        claimed = cast(
+            RequestRecord,
+            {
+                **record,
+                "request_id": request_id,
+                "status": "dispatched",
+                "dispatched_at": round(time.time(), 3),
+                "attempt": int(record.get("attempt", 0)) + 1,
+                **({"slot": slot} if slot is not None else {}),
+            },
+        )
         if self.put_new(claimed) is None:
             return claimed
         return self._claim_update(request_id, slot)
 
-    def _claim_update(self, request_id: str, slot: str | None) -> dict[str, Any]:
+    def _claim_update(self, request_id: str, slot: str | None) -> RequestRecord:
         update = "SET #s = :dispatched, dispatched_at = :now"
         values: dict[str, Any] = {":dispatched": "dispatched", ":queued": "queued", ":one": 1}
         if slot is not None:
             update += ", slot = if_not_exists(slot, :slot)"
             values[":slot"] = slot
-        return self._update(
-            request_id,
-            update + " ADD attempt :one",
-            "#s IN (:queued, :dispatched)",
-            values,
-            returns="ALL_NEW",
+        return cast(
+            RequestRecord,
+            self._update(
+                request_id,
+                update + " ADD attempt :one",
+                "#s IN (:queued, :dispatched)",
+                values,
+                returns="ALL_NEW",
+            ),
         )
 
     def complete(self, request_id: str, fields: dict[str, Any], *, slot: str | None = None) -> None:
@@ -313,7 +385,7 @@ class RequestStore:
         values: dict[str, Any],
         names: dict[str, str] | None = None,
         *,
-        returns: str,
+        returns: Literal["ALL_NEW", "NONE"],
     ) -> dict[str, Any]:
         try:
             out = self._ddb.update_item(
@@ -332,7 +404,7 @@ class RequestStore:
             if not condition_failed(exc):
                 raise
             old = old_item(exc)
-            current = from_wire(old) if old else None
+            current = _record(old) if old else None
             state = current["status"] if current else "missing"
             raise RequestConflictError(f"request {request_id} is {state}", current) from exc
         return from_wire(out.get("Attributes", {}))

@@ -13,12 +13,15 @@ DynamoDB deletes expired items late, reads filter on it too.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
 from chalicelib.stores.dynamo import dynamo, plain
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
 
 
 class ResponseIdTakenError(StoreError):
@@ -26,7 +29,7 @@ class ResponseIdTakenError(StoreError):
 
 
 class ResponseStore:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Table) -> None:
         self._table = table
 
     def create(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +48,7 @@ class ResponseStore:
         item = self._table.get_item(
             Key={"owner": owner, "response_id": response_id}, ConsistentRead=True
         ).get("Item")
-        if not item or int(item.get("expires_at") or 0) < time.time():
+        if not item or int(plain(item.get("expires_at")) or 0) < time.time():
             return None
         return dict(plain(item))
 
@@ -71,6 +74,6 @@ class ResponseStore:
             Key={"owner": owner, "response_id": response_id}, ReturnValues="ALL_OLD"
         )
         old = out.get("Attributes")
-        if not old or int(old.get("expires_at") or 0) < time.time():
+        if not old or int(plain(old.get("expires_at")) or 0) < time.time():
             return None
         return dict(plain(old))

@@ -20,11 +20,14 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
 from chalicelib.stores import StoreError
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 BATCH = 10
 # A linger applies only to a queue sent to this recently.
@@ -47,7 +50,7 @@ class _Lane:
 
 
 class GroupSender:
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: SQSClient) -> None:
         self._sqs = client
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()

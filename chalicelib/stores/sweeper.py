@@ -19,16 +19,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
 from chalicelib.logs import get_logger
 from chalicelib.stores.replies import LAST_USED_TAG, queue_missing
 
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
+
 _log = get_logger("first-sweeper")
 # Counted as "holding messages": visible, received (in flight) and delayed.
-_MESSAGE_COUNTS = (
+_MESSAGE_COUNTS: tuple[QueueAttributeNameType, ...] = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed",
@@ -62,7 +66,7 @@ class SweepReport:
 class ReplyQueueSweeper:
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         prefix: str,
         *,
         idle_s: float,
@@ -95,9 +99,13 @@ class ReplyQueueSweeper:
         return report
 
     def _sweep_one(self, url: str, now: float) -> bool:
-        attributes = self._sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["CreatedTimestamp", *_MESSAGE_COUNTS]
-        )["Attributes"]
+        # Keyed by the stubs' attribute-name literals; read here as plain names.
+        attributes = cast(
+            "dict[str, str]",
+            self._sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["CreatedTimestamp", *_MESSAGE_COUNTS]
+            )["Attributes"],
+        )
         messages = sum(int(attributes.get(name, "0")) for name in _MESSAGE_COUNTS)
         if messages:
             return False

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aws_lambda_powertools import Logger
 
@@ -32,6 +32,10 @@ from chalicelib.logs import get_logger
 from chalicelib.stores import StoreError
 from chalicelib.stores.batcher import BackgroundBatcher
 from chalicelib.stores.dynamo import from_wire, to_wire
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import WriteRequestTypeDef
 
 DAY_SHARDS = 4
 INDEX = "by-day"
@@ -64,8 +68,8 @@ class Usage:
     # completed | failed | cancelled (a stream its client left: its tokens count)
     status: str
     finished_at: float
-    # The endpoint that ran it (None: it never reached one).
-    deployment: str | None = None
+    # The Globus Compute endpoint that ran it (None: it never reached one).
+    endpoint: str | None = None
     status_code: int = 200
     error_code: str | None = None
     prompt_tokens: int = 0
@@ -137,7 +141,9 @@ class UsageStore:
         " total_tokens"
     )
 
-    def __init__(self, client: Any, table_name: str, *, ttl_s: int = 400 * 24 * 3600) -> None:
+    def __init__(
+        self, client: DynamoDBClient, table_name: str, *, ttl_s: int = 400 * 24 * 3600
+    ) -> None:
         self._ddb = client
         self.table_name = table_name
         self.ttl_s = ttl_s
@@ -148,7 +154,7 @@ class UsageStore:
         # By key: one BatchWriteItem may not name an item twice.
         pending = {(r.owner, r.item(self.ttl_s)["sk"]): r for r in records}
         for delay in (*UNPROCESSED_RETRIES_S, None):
-            requests = [
+            requests: list[WriteRequestTypeDef] = [
                 {"PutRequest": {"Item": to_wire(r.item(self.ttl_s))}} for r in pending.values()
             ]
             out = self._ddb.batch_write_item(RequestItems={self.table_name: requests})

@@ -11,6 +11,7 @@ completed, and ``GET /v1/requests/{id}`` agrees with what streamed.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -54,7 +55,7 @@ class StreamNotifier:
         request_id: str,
         stream: dict[str, Any],
         status: str,
-        fields: dict[str, Any],
+        fields: Mapping[str, Any],
         result: dict[str, Any] | None = None,
     ) -> bool:
         """Post the dialect's closing events and the final frame; False when the client is gone
@@ -102,7 +103,7 @@ class StreamNotifier:
         self,
         stream: dict[str, Any],
         status: str,
-        fields: dict[str, Any],
+        fields: Mapping[str, Any],
         result: dict[str, Any] | None,
     ) -> list[dict[str, Any]]:
         """The dialect's closing events, from the state the HPC function ended with (or the

@@ -35,7 +35,7 @@ def usage(owner: str, at: float, **fields: object) -> Usage:
         "function": "chat_completions",
         "status": "completed",
         "finished_at": at,
-        "deployment": "ep-a",
+        "endpoint": "ep-a",
         "prompt_tokens": 10,
         "completion_tokens": 5,
     }

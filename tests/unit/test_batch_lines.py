@@ -24,8 +24,8 @@ def line(custom_id: Any = "a", url: Any = CHAT, **body: Any) -> bytes:
     return json.dumps(row).encode()
 
 
-def checker(endpoint: str = CHAT, **kw: Any) -> LineChecker:
-    return LineChecker(endpoint=endpoint, may_use=lambda model: model == MODEL, **kw)
+def checker(route: str = CHAT, **kw: Any) -> LineChecker:
+    return LineChecker(route=route, may_use=lambda model: model == MODEL, **kw)
 
 
 def check_all(c: LineChecker, *lines: bytes) -> list[dict[str, Any]]:
@@ -93,9 +93,9 @@ def test_a_model_the_caller_may_not_use_fails_on_its_line() -> None:
 
 
 def test_the_drop_folder_takes_the_endpoint_from_the_first_line() -> None:
-    c = checker(endpoint="")
+    c = checker(route="")
     errors = check_all(c, line("a"), line("b", url="/v1/completions"))
-    assert c.endpoint == CHAT
+    assert c.route == CHAT
     assert [(e["code"], e["line"]) for e in errors] == [("mismatched_endpoint", 2)]
 
 
@@ -135,7 +135,7 @@ def test_a_file_with_all_its_errors_listed_mentions_no_others() -> None:
 
 def test_embeddings_lines_are_checked_against_the_embeddings_request() -> None:
     row = {"custom_id": "e", "url": "/v1/embeddings", "body": {"model": MODEL, "input": "hi"}}
-    c = checker(endpoint="/v1/embeddings")
+    c = checker(route="/v1/embeddings")
     out = c.check(json.dumps(row).encode())
     assert out is not None and out["body"]["input"] == "hi"
     bad = {**row, "custom_id": "f", "body": {"model": MODEL}}

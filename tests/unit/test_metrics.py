@@ -158,7 +158,7 @@ def test_a_failed_request_is_an_error_by_status_and_code_and_its_usage_says_so()
         1,
         1,
     )
-    assert (u.mode, u.deployment, u.duration_ms, u.engine_ms, u.ttft_ms) == (
+    assert (u.mode, u.endpoint, u.duration_ms, u.engine_ms, u.ttft_ms) == (
         "interactive",
         "local-b",
         2000.0,
@@ -270,7 +270,7 @@ def test_a_batch_shard_is_one_usage_record_of_its_lines_and_its_metrics_are_flus
         1,
         "completed",
     )
-    assert (u.prompt_tokens, u.completion_tokens, u.deployment) == (40, 12, "local-a")
+    assert (u.prompt_tokens, u.completion_tokens, u.endpoint) == (40, 12, "local-a")
     lost = shard_usage(record, 4, 0, 4, None, {}, now=5.0)
     assert (lost.status, lost.error_code, lost.errors) == ("failed", "shard_failed", 4)
 
