@@ -68,11 +68,14 @@ class Node(ScriptedExecutor):
 
 @pytest.fixture
 def start(
-    stage: str, aws_session: boto3.Session, aws_calls: CallCounter
+    own_stage: str, aws_session: boto3.Session, aws_calls: CallCounter
 ) -> Iterator[Callable[..., tuple[Services, Services]]]:
     """``start(node, **settings)``: the API's services (uncounted) and those of a poller now
     running on ``node`` (or a node per endpoint name; counted by ``aws_calls``), both with
-    ``settings``."""
+    ``settings``. On a stage of its own: these tests count the tasks their node ran, and the
+    shared stage's queue may still hold an earlier test's messages (a full run saw a jobs
+    test's and a chat test's leftovers reach this node)."""
+    stage = own_stage
     with ExitStack() as stack:
 
         def run(node: Node | dict[str, Node], **overrides: Any) -> tuple[Services, Services]:
