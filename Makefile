@@ -54,7 +54,8 @@ browser:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
 	  || echo "make: 'apt-get install chromium' failed; the browser test fails until chromium is on PATH"
 
-# The coding agents the e2e tests drive (Claude Code: tests/e2e/test_claude_code.py; Codex CLI),
+# The coding agents the e2e tests drive (Claude Code: tests/e2e/test_claude_code.py;
+# Codex CLI: tests/e2e/test_codex.py),
 # from npm into a cache under .first/ once: a stamp names the packages, so a changed list
 # reinstalls. node/npm come from Debian's apt when missing (as chromium above); otherwise one
 # line says what to run, and the agent tests skip naming it.
@@ -95,11 +96,12 @@ lint: $(STAMP)
 audit: $(STAMP) ## pip-audit of the pinned requirements; fails only on a known vulnerability
 	$(PY) .ci/audit.py
 
-bench: $(STAMP) ## the interactive and load benchmarks (the `make up` stack, or one of their own), constrained decoding and jobs, then the tables of README.md and docs/performance.md from their result files
+bench: $(STAMP) ## the interactive and load benchmarks (the `make up` stack, or one of their own), constrained decoding, jobs and the dialects' added latency, then the tables of README.md and docs/performance.md from their result files
 	$(PY) -m bench.interactive --requests 200 --concurrency 1 32 --max-tokens 1
 	$(PY) -m bench.load --clients 32 256 --requests-per-client 3 --max-tokens 1
 	$(PY) -m bench.constrained --runs 5 --max-tokens 128
 	$(PY) -m bench.jobs --jobs 10
+	$(PY) -m bench.dialects --calls 50 --max-tokens 1
 	$(PY) -m bench.report
 
 clean:

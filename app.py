@@ -210,7 +210,11 @@ def messages(log: dict[str, Any]) -> Response:
     log["model"] = req.model
     chat = req.to_chat()
     done = services.gateway.run(
-        principal, "chat_completions", chat, preferred_wait_s(_request().headers)
+        principal,
+        "chat_completions",
+        chat,
+        preferred_wait_s(_request().headers),
+        route=MESSAGES.name,
     )
     message = to_message(done.response, req, done.request_id)
     log.update(
@@ -239,7 +243,9 @@ def count_message_tokens(log: dict[str, Any]) -> Response:
     principal = _anthropic_principal(log)
     req = parse_body(check_size(_request(), services.settings.max_body_bytes), CountTokensRequest)
     log["model"] = req.model
-    done = services.gateway.run(principal, "chat_completions", req.to_chat(max_tokens=1))
+    done = services.gateway.run(
+        principal, "chat_completions", req.to_chat(max_tokens=1), route=MESSAGES.name
+    )
     input_tokens = int((done.response.get("usage") or {}).get("prompt_tokens") or 0)
     log.update(request_id=done.request_id, prompt_tokens=input_tokens)
     return json_response({"input_tokens": input_tokens}, headers={"request-id": done.request_id})

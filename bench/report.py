@@ -276,6 +276,30 @@ def affinity_doc(data: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def dialects_doc(data: dict[str, Any]) -> str:
+    rows = [
+        f"The same prompt ({data['max_tokens']} token(s), `{data['model']}`), each kind in turn,"
+        f" {data['cases'][0]['calls']} rounds:",
+        "",
+        "| call | calls | p50 | p90 | added over chat p50 | added p90 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in data["cases"]:
+        base = c["kind"] == "chat"  # the baseline: nothing added to itself
+        added = "– | –" if base else f"{ms(c['added_ms_p50'])} | {ms(c['added_ms_p90'])}"
+        rows.append(
+            f"| {c['kind']} | {c['calls']} | {ms(c['p50_ms'])} | {ms(c['p90_ms'])} | {added} |"
+        )
+    rows += [
+        "",
+        "Added: per round, the call's time less the chat call's in the same round (a negative"
+        " figure is within the noise).",
+        "",
+        measured(data),
+    ]
+    return "\n".join(rows)
+
+
 # Each table: (file it goes in, the result file it is rendered from, the renderer).
 TABLES: dict[str, tuple[Path, str, Callable[[dict[str, Any]], str]]] = {
     "interactive-readme": (README, "interactive", interactive_readme),
@@ -285,6 +309,7 @@ TABLES: dict[str, tuple[Path, str, Callable[[dict[str, Any]], str]]] = {
     "constrained": (PERFORMANCE, "constrained", constrained_doc),
     "jobs": (PERFORMANCE, "jobs", jobs_doc),
     "affinity": (PERFORMANCE, "affinity", affinity_doc),
+    "dialects": (PERFORMANCE, "dialects", dialects_doc),
 }
 
 

@@ -181,13 +181,17 @@ class Gateway:
         req: GatewayRequest,
         wait_s: float | None = None,
         session_id: str | None = None,
+        *,
+        route: str | None = None,
     ) -> Completed:
-        """Run a request and answer it over REST (within the wait, else 504/503 with its id)."""
+        """Run a request and answer it over REST (within the wait, else 504/503 with its id).
+        ``route``: the API route it came in by when that is not ``function`` (a Responses or
+        Messages call runs as chat): usage and metrics count it under that name."""
         self.authorize(principal, req, function)
         admission = self.admit(principal, req)
         try:
             request_id = self.submit(
-                principal, function, req, admission.hold, session_id=session_id
+                principal, function, req, admission.hold, session_id=session_id, route=route
             )
             done: Completed | None = None
             try:
@@ -278,12 +282,14 @@ class Gateway:
         *,
         stream: StreamTarget | None = None,
         session_id: str | None = None,
+        route: str | None = None,
     ) -> str:
         """Record and enqueue an authorized, admitted request; its id. With ``stream`` its
         answer travels as frames to that connection; without, ``wait`` collects it. On failure
-        the counters ``hold`` took are given back (no poller will ever finish it)."""
+        the counters ``hold`` took are given back (no poller will ever finish it). ``route``
+        (as for ``run``) rides on the record for the accounting."""
         try:
-            return self._submit(principal, function, req, hold, stream, session_id)
+            return self._submit(principal, function, req, hold, stream, session_id, route)
         except Exception:
             if hold is not None and self._limit_store is not None:
                 self._limit_store.release(hold, 0)
@@ -297,6 +303,7 @@ class Gateway:
         hold: dict[str, Any] | None,
         stream: StreamTarget | None,
         session_id: str | None = None,
+        route: str | None = None,
     ) -> str:
         request_id = new_request_id()
         body, routing = affinity.prepare(self._settings, principal, req, session_id)
@@ -305,6 +312,8 @@ class Gateway:
             "owner": principal.id,
             "model": req.model,
             "function": function,
+            # The engine runs ``function``; usage and metrics count the route the call came by.
+            **({"route": route} if route and route != function else {}),
             # A stream's answer goes to its connection; no reply listener waits for it.
             **(
                 {"stream": {**stream.to_item(), **req.stream_dialect()}}

@@ -252,7 +252,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             ),
             Query(
                 "group_by",
-                {"type": "string", "enum": ["model", "day", "user"]},
+                {"type": "string", "enum": ["model", "day", "user", "function"]},
+                "function: the route (chat_completions, responses, messages, ...); "
                 "user: operators only.",
             ),
             Query("user", {"type": "string"}, "Operators only: this user's usage."),

@@ -87,7 +87,7 @@ class ResponsesApi:
         items = _with_ids(base["id"], req.input_items())
         if req.background:
             return self._background(principal, req, chat, base, items)
-        done = self._gateway.run(principal, "chat_completions", chat, wait_s)
+        done = self._gateway.run(principal, "chat_completions", chat, wait_s, route=RESPONSES.name)
         response = rp.response_from_chat(base, done.response)
         if req.store is not False:
             self._save(principal, base, items, done.request_id, response)
@@ -108,7 +108,9 @@ class ResponsesApi:
         self._gateway.authorize(principal, chat, "chat_completions")
         check_max_tokens(self._registry.model(chat.model), chat)
         admission = self._gateway.admit(principal, chat)
-        request_id = self._gateway.submit(principal, "chat_completions", chat, admission.hold)
+        request_id = self._gateway.submit(
+            principal, "chat_completions", chat, admission.hold, route=RESPONSES.name
+        )
         queued = {**base, "status": "queued"}
         self._save(principal, queued, items, request_id, None)
         return Created(queued, request_id, admission.headers)

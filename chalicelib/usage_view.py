@@ -1,7 +1,7 @@
 """``GET /v1/usage``: the caller's own usage; operators may ask for anyone's or everyone's.
 
 Query parameters: ``start``, ``end`` (unix seconds, [start, end); default the last 24 h),
-``group_by`` (``model`` | ``day``; operators also ``user``), ``user`` (operators: one user's).
+``group_by`` (``model`` | ``day`` | ``function``, the route; operators also ``user``), ``user`` (operators: one user's).
 Anything malformed is a 400 naming its ``param``; ``user``/``group_by=user`` from a
 non-operator is a 403.
 """

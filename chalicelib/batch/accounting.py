@@ -14,7 +14,7 @@ from typing import Any
 
 from chalicelib import metrics
 from chalicelib.consumer.accounting import Accounting
-from chalicelib.protocol.batches import ROUTES
+from chalicelib.protocol.batches import route_of
 from chalicelib.stores.usage import Usage
 
 
@@ -34,7 +34,8 @@ def shard_usage(
         request_id=f"{record['batch_id']}-shard-{n}",
         model=str(record.get("model") or ""),
         mode="batch",
-        function=ROUTES[record["endpoint"]][0] if record.get("endpoint") in ROUTES else "",
+        # The route its lines came by: a Responses or Messages batch runs as chat.
+        function=route_of(record.get("endpoint")),
         status="failed" if lines and not completed else "completed",
         finished_at=now,
         endpoint=endpoint,

@@ -55,7 +55,14 @@ from chalicelib.batch.records import dumps_line
 from chalicelib.ceilings import check_max_tokens
 from chalicelib.compute.executors import ExecutorPool
 from chalicelib.consumer.loop import Consumer
-from chalicelib.protocol.batches import COMPLETION_WINDOW_S, ROUTES, LineChecker, batch_object
+from chalicelib.protocol.batches import (
+    COMPLETION_WINDOW_S,
+    DIALECTS,
+    ROUTES,
+    LineChecker,
+    batch_object,
+    render_output_line,
+)
 from chalicelib.protocol.common import GatewayRequest
 from chalicelib.registry import Registry
 from chalicelib.settings import Settings
@@ -579,7 +586,7 @@ class BatchWorker:
             ("err", "errors", "error_file_id"),
         ):
             with tempfile.NamedTemporaryFile(prefix=f"{batch_id}-{kind}-") as tmp:
-                size = sum(self._data.download_to(shard_key(batch_id, kind, n), tmp) for n in done)
+                size = sum(self._shard_output(record, kind, n, tmp) for n in done)
                 tmp.flush()
                 if record.get("drop_name"):
                     outbox = self._outbox(record, f"{suffix}.jsonl")
@@ -590,6 +597,29 @@ class BatchWorker:
         record = self._transition(record, final, (record["status"],), fields)
         self._publish(record)
         return record
+
+    def _shard_output(self, record: dict[str, Any], kind: str, n: int, out: Any) -> int:
+        """Shard ``n``'s ``kind`` lines appended to ``out``; their size. A dialect's output
+        lines (``/v1/responses``, ``/v1/messages``) are rendered back from chat in it, with what
+        its input lines kept for that (one shard in memory at a time)."""
+        batch_id = record["batch_id"]
+        dialect = DIALECTS.get(record.get("endpoint") or "")
+        if dialect is None or kind != "out":
+            return self._data.download_to(shard_key(batch_id, kind, n), out)
+        kept: dict[str, dict[str, Any]] = {}
+        for raw in self._data.lines(shard_key(batch_id, "in", n)):
+            line = json.loads(raw)
+            kept[line["custom_id"]] = line.get("render") or {}
+        size = 0
+        for raw in self._data.get_bytes(shard_key(batch_id, kind, n)).splitlines():
+            if not raw.strip():
+                continue
+            line = json.loads(raw)
+            render_output_line(dialect, line, kept.get(line.get("custom_id"), {}))
+            data = dumps_line(line)
+            out.write(data)
+            size += len(data)
+        return size
 
     def _output_file(self, record: dict[str, Any], suffix: str, path: Path, size: int) -> str:
         batch_id = record["batch_id"]

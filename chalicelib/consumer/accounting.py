@@ -36,7 +36,8 @@ def usage_of(record: Mapping[str, Any], status: str, fields: dict[str, Any], now
         request_id=str(record["request_id"]),
         model=str(record.get("model") or ""),
         mode="stream" if record.get("stream") else "interactive",
-        function=str(record.get("function") or ""),
+        # The route it came by (a Responses or Messages call runs as chat_completions).
+        function=str(record.get("route") or record.get("function") or ""),
         status=status,
         finished_at=now,
         endpoint=fields.get("endpoint"),

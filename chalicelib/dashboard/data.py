@@ -8,7 +8,7 @@ Sources, each read once per call (docs/operations.md "Dashboard"):
   requests table's sparse ``pending`` index): the poller deletes a request's message only once
   the request is finished, so the two are the same message. SQS itself publishes that age only
   as a CloudWatch metric, and peeking at the queue would count as a receive (towards the DLQ);
-- traffic (requests, error rate, tokens per minute, top users): the usage records of the
+- traffic (requests, error rate, tokens per minute, top users, requests by route): the usage records of the
   requests finished in the window (``UsageStore.records``, everyone's), added up here by
   ``traffic``, a pure function;
 - recent failures: the failed ones among those records, the latest first; each one's status,
@@ -97,6 +97,8 @@ def traffic(
     failed = [0] * n_buckets
     tokens_by_user: Counter[str] = Counter()
     requests_by_user: Counter[str] = Counter()
+    # By the route a call came by (usage's ``function``: responses, messages, chat_completions…).
+    requests_by_function: Counter[str] = Counter()
     failures: list[dict[str, Any]] = []
     for record in records:
         at, request_id = _finished(record)
@@ -112,6 +114,7 @@ def traffic(
         user = str(record.get("owner") or "")
         tokens_by_user[user] += prompt + completion
         requests_by_user[user] += requests
+        requests_by_function[str(record.get("function") or "")] += requests
         if errors:
             failures.append(
                 {
@@ -136,6 +139,7 @@ def traffic(
         "top_users": [
             {"user": user, "tokens": n, "requests": requests_by_user[user]} for user, n in top
         ],
+        "by_function": dict(sorted(requests_by_function.items())),
         "recent_failures": failures[:RECENT_FAILURES],
         "series": {
             "bucket_s": bucket_s,

@@ -3,29 +3,114 @@ validation of one input line (pure; the batch worker streams the file through it
 
 An input line is ``{"custom_id", "method": "POST", "url": <the batch's endpoint>, "body"}``; an
 output line ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``.
+
+A ``/v1/responses`` or ``/v1/messages`` line (OpenAI's Batch API takes Responses lines) is a
+dialect of chat, as on its route: its body is translated to chat by the route's own pure
+translator (``LineDialect.to_chat``), what rendering its answer needs rides beside it in the shard
+(``render``: the ``response`` skeleton, or the message's model and stop sequences), and when the
+batch is finalized each output body is rendered back in the line's dialect (``LineDialect.render``).
+A stored conversation (``previous_response_id``) and ``background`` have no meaning in a batch:
+a line that asks for one is refused; Responses lines are not stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
 from chalicelib.errors import BadRequestError
+from chalicelib.protocol import responses as rp
 from chalicelib.protocol.bounds import MAX_FILENAME_BYTES
 from chalicelib.protocol.chat import ChatCompletionRequest
 from chalicelib.protocol.common import GatewayRequest, OpenAIModel, load_json
 from chalicelib.protocol.completions import CompletionRequest
 from chalicelib.protocol.embeddings import EmbeddingRequest
+from chalicelib.protocol.messages import MessagesRequest, to_message
+from chalicelib.protocol.messages_stream import MESSAGES
+from chalicelib.protocol.responses_stream import RESPONSES
+
+
+@dataclass(frozen=True)
+class LineDialect:
+    """A batch line's dialect other than chat: how its body becomes chat, and back."""
+
+    # The route's name (usage records count the batch's lines under it).
+    route: str
+    # The line's body → (the chat request the engine runs, what ``render`` needs of the line).
+    to_chat: Callable[[dict[str, Any]], tuple[ChatCompletionRequest, dict[str, Any]]]
+    # (what ``to_chat`` kept, the chat completion, the line's request id) → the dialect's body.
+    render: Callable[[dict[str, Any], dict[str, Any], str], dict[str, Any]]
+
+
+def _responses_to_chat(body: dict[str, Any]) -> tuple[ChatCompletionRequest, dict[str, Any]]:
+    req = rp.ResponsesRequest.model_validate(body)
+    if req.previous_response_id is not None:
+        raise BadRequestError(
+            "previous_response_id is not supported in a batch: send the whole conversation "
+            "as input.",
+            param="previous_response_id",
+        )
+    if req.background:
+        raise BadRequestError("background is not supported in a batch.", param="background")
+    # Not stored: a batch's answers live in its output file.
+    base = {**rp.skeleton(req, rp.new_response_id()), "store": False}
+    return rp.to_chat(req), base
+
+
+def _responses_render(
+    base: dict[str, Any], chat: dict[str, Any], _request_id: str
+) -> dict[str, Any]:
+    return rp.response_from_chat(base, chat)
+
+
+def _messages_to_chat(body: dict[str, Any]) -> tuple[ChatCompletionRequest, dict[str, Any]]:
+    req = MessagesRequest.model_validate(body)
+    return req.to_chat(), {"model": req.model, "stop_sequences": req.stop_sequences}
+
+
+def _messages_render(kept: dict[str, Any], chat: dict[str, Any], request_id: str) -> dict[str, Any]:
+    # What to_message reads of its request: the model and the stop sequences (kept, validated).
+    req = MessagesRequest.model_construct(
+        model=kept["model"], stop_sequences=kept.get("stop_sequences")
+    )
+    return to_message(chat, req, request_id)
+
+
+DIALECTS: dict[str, LineDialect] = {
+    "/v1/responses": LineDialect(RESPONSES.name, _responses_to_chat, _responses_render),
+    "/v1/messages": LineDialect(MESSAGES.name, _messages_to_chat, _messages_render),
+}
 
 # A batch's route (the line's ``url``; OpenAI's Batch API calls it the batch's "endpoint", the
-# public field name kept in requests and answers) → (gateway function, request model).
+# public field name kept in requests and answers) → (gateway function, request model). A
+# dialect's lines run as chat (``DIALECTS`` translates them).
 ROUTES: dict[str, tuple[str, type[GatewayRequest]]] = {
     "/v1/chat/completions": ("chat_completions", ChatCompletionRequest),
     "/v1/completions": ("completions", CompletionRequest),
     "/v1/embeddings": ("embeddings", EmbeddingRequest),
+    **{url: ("chat_completions", ChatCompletionRequest) for url in DIALECTS},
 }
+
+
+def route_of(route: str | None) -> str:
+    """The name a batch's lines are counted under (usage records' ``function``): its function,
+    or its dialect's route's name."""
+    if route in DIALECTS:
+        return DIALECTS[route].route
+    return ROUTES[route][0] if route in ROUTES else ""
+
+
+def render_output_line(dialect: LineDialect, line: dict[str, Any], kept: dict[str, Any]) -> None:
+    """An output line's chat completion, rendered in place in the line's dialect (error lines
+    keep OpenAI's batch error body)."""
+    response = line.get("response") or {}
+    if response.get("status_code") == 200 and isinstance(response.get("body"), dict):
+        response["body"] = dialect.render(kept, response["body"], str(response.get("request_id")))
+
+
 COMPLETION_WINDOW_S = 24 * 3600
 # errors.data lists at most this many problems; the last one's message counts the rest.
 MAX_LISTED_ERRORS = 100
@@ -33,7 +118,9 @@ MAX_LISTED_ERRORS = 100
 
 class CreateBatchRequest(OpenAIModel):
     input_file_id: str = Field(min_length=1)
-    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    endpoint: Literal[
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"
+    ]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = None
 
@@ -200,8 +287,14 @@ class LineChecker:
         if body.get("stream"):
             raise _LineError("invalid_body", "stream is not supported in a batch.", "body.stream")
         _, request_model = ROUTES[self.route]
+        dialect = DIALECTS.get(self.route)
+        kept: dict[str, Any] | None = None
+        req: GatewayRequest
         try:
-            req = request_model.model_validate(body)
+            if dialect is not None:
+                req, kept = dialect.to_chat(body)
+            else:
+                req = request_model.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(["body", *(str(p) for p in first["loc"])])
@@ -214,7 +307,8 @@ class LineChecker:
                 self.ceiling(req)
             except BadRequestError as exc:
                 raise _LineError("invalid_body", exc.message, f"body.{exc.param}") from None
-        return {"custom_id": custom_id, "body": req.engine_body()}
+        line = {"custom_id": custom_id, "body": req.engine_body()}
+        return line if kept is None else {**line, "render": kept}
 
     def _error(self, code: str, message: str, param: str | None) -> None:
         self.error_count += 1

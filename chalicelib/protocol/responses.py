@@ -19,6 +19,7 @@ Responses                          chat
 ``tool_choice``                    ``tool_choice`` (``{"type": "function", "name"}`` → chat's)
 ``text.format``                    ``response_format``
 ``max_output_tokens``              ``max_tokens``
+``prompt_cache_key``               ``prompt_cache_key`` (the conversation's affinity key)
 =================================  ======================================================
 """
 
@@ -62,6 +63,9 @@ class ResponsesRequest(GatewayRequest):
     metadata: dict[str, str] | None = None
     parallel_tool_calls: StrictBool | None = None
     previous_response_id: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+    # Which calls share a prompt prefix (Codex sends its session id): chat's field, so the
+    # conversation keeps to one endpoint (chalicelib/affinity.py).
+    prompt_cache_key: str | None = Field(default=None, max_length=1024)
     reasoning: dict[str, Any] | None = None
     store: StrictBool | None = True
     stream: StrictBool | None = False
@@ -255,6 +259,7 @@ def to_chat(
         "temperature": req.temperature,
         "top_p": req.top_p,
         "user": req.user,
+        "prompt_cache_key": req.prompt_cache_key,
     }
     try:
         return validate({k: v for k, v in body.items() if v is not None}, ChatCompletionRequest)
@@ -360,7 +365,8 @@ def usage(chat_usage: dict[str, Any] | None) -> dict[str, Any]:
     output_tokens = int(u.get("completion_tokens") or 0)
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        # The openai SDK (3.57) requires both on its Response type.
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": int(u.get("total_tokens") or input_tokens + output_tokens),

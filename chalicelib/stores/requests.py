@@ -64,6 +64,9 @@ class RequestRecord(TypedDict, total=False):
     owner: str
     model: str
     function: str
+    # The API route it came by when that is not ``function`` (``responses``, ``messages``: they
+    # run as ``chat_completions``); usage records count it under this name.
+    route: str
     # A streamed request's connection and dialect (``StreamTarget.to_item``), else ``reply_to``:
     # the queue of the API instance that waits for it.
     stream: dict[str, Any]

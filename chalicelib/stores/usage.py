@@ -42,8 +42,8 @@ INDEX = "by-day"
 # The widest range one summary reads: a month of one user is one Query's pages; of everyone,
 # 4 Queries a day.
 MAX_RANGE_S = 31 * 24 * 3600
-GroupBy = Literal["model", "day", "user"]
-GROUP_BY: tuple[GroupBy, ...] = ("model", "day", "user")
+GroupBy = Literal["model", "day", "user", "function"]
+GROUP_BY: tuple[GroupBy, ...] = ("model", "day", "user", "function")
 # BatchWriteItem takes at most 25 puts.
 BATCH = 25
 UNPROCESSED_RETRIES_S = (0.05, 0.2)
@@ -63,7 +63,7 @@ class Usage:
     model: str
     # interactive | stream | batch
     mode: str
-    # chat_completions | completions | embeddings
+    # The route: chat_completions | completions | embeddings | responses | messages | a job's
     function: str
     # completed | failed | cancelled (a stream its client left: its tokens count)
     status: str
@@ -137,7 +137,7 @@ class UsageStore:
 
     # Only what a summary adds up.
     _PROJECTION = (
-        "#o, sk, model, #d, requests, errors, cancelled, prompt_tokens, completion_tokens,"
+        "#o, sk, model, #d, #f, requests, errors, cancelled, prompt_tokens, completion_tokens,"
         " total_tokens"
     )
 
@@ -199,7 +199,7 @@ class UsageStore:
     def _query(
         self, index: str | None, key_name: str, key: str, low: str, high: str
     ) -> Iterator[dict[str, Any]]:
-        names = {"#o": "owner", "#d": "day"}
+        names = {"#o": "owner", "#d": "day", "#f": "function"}
         if key_name != "#o":
             names["#k"] = key_name
         params: dict[str, Any] = {

@@ -242,6 +242,8 @@ class StreamService:
             req,
             hold,
             stream=StreamTarget(connection_id, ref),
+            # A dialect's action is its route's (responses, messages): counted under that name.
+            route=req.stream_dialect().get("dialect"),
         )
 
     def _stream_slot(self, principal: Principal) -> dict[str, Any] | None:

@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 import boto3
+from anthropic.types import Message
 from openai import OpenAI
+from openai.types.responses import Response
 
 from offline.background import BackgroundStack
 from tests.e2e.conftest import TINY
@@ -120,3 +122,81 @@ def test_the_drop_folder_end_to_end_with_boto3(stack: BackgroundStack) -> None:
     assert status["status"] == "completed", status
     out = s3.get_object(Bucket=bucket, Key="outbox/dev/e2e.output.jsonl")["Body"].read()
     assert [json.loads(x)["custom_id"] for x in out.splitlines()] == [f"drop-{i}" for i in range(6)]
+
+
+def dialect_jsonl(url: str, bodies: list[dict[str, Any]]) -> bytes:
+    rows = [
+        {"custom_id": f"d-{i}", "method": "POST", "url": url, "body": {"model": TINY, **body}}
+        for i, body in enumerate(bodies)
+    ]
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def run_batch(client: OpenAI, url: str, data: bytes) -> tuple[Any, list[dict[str, Any]]]:
+    file = client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=file.id,
+        endpoint=url,  # type: ignore[arg-type]
+        completion_window="24h",
+    )
+    done = wait(client, batch.id)
+    assert done.status == "completed", done.errors
+    assert done.output_file_id is not None and done.error_file_id is None
+    text = client.files.content(done.output_file_id).text
+    return done, sorted((json.loads(x) for x in text.splitlines()), key=lambda x: x["custom_id"])
+
+
+def test_a_responses_batch_answers_each_line_as_a_response_object(client: OpenAI) -> None:
+    data = dialect_jsonl(
+        "/v1/responses",
+        [
+            {"input": "Hello", "max_output_tokens": 2, "metadata": {"k": "v"}},
+            {
+                "instructions": "Be brief.",
+                "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}],
+                "max_output_tokens": 64,
+            },
+        ],
+    )
+    done, lines = run_batch(client, "/v1/responses", data)
+    assert done.endpoint == "/v1/responses" and done.request_counts.completed == 2
+    for line in lines:
+        body = Response.model_validate(line["response"]["body"])
+        assert body.object == "response" and body.id.startswith("resp_")
+        assert body.output and body.output[0].type == "message"
+        assert body.usage is not None and body.usage.output_tokens >= 1
+    first = Response.model_validate(lines[0]["response"]["body"])
+    # Cut by max_output_tokens, as the route answers it.
+    assert (first.status, first.metadata) == ("incomplete", {"k": "v"})
+    assert Response.model_validate(lines[1]["response"]["body"]).instructions == "Be brief."
+
+
+def test_a_messages_batch_answers_each_line_as_an_anthropic_message(client: OpenAI) -> None:
+    data = dialect_jsonl(
+        "/v1/messages",
+        [
+            {"max_tokens": 2, "messages": [{"role": "user", "content": "Hello"}]},
+            {"max_tokens": 3, "system": "S", "messages": [{"role": "user", "content": "Hi"}]},
+        ],
+    )
+    done, lines = run_batch(client, "/v1/messages", data)
+    assert done.request_counts.completed == 2
+    for line in lines:
+        message = Message.model_validate(line["response"]["body"])
+        assert message.type == "message" and message.role == "assistant"
+        assert message.id == "msg_" + line["response"]["request_id"].removeprefix("req_")
+        assert message.stop_reason == "max_tokens" and message.usage.output_tokens >= 1
+
+
+def test_a_responses_line_that_names_a_stored_conversation_fails_validation(
+    client: OpenAI,
+) -> None:
+    data = dialect_jsonl("/v1/responses", [{"input": "Hi", "previous_response_id": "resp_x"}])
+    file = client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/responses", completion_window="24h"
+    )
+    done = wait(client, batch.id)
+    assert done.status == "failed" and done.errors is not None and done.errors.data
+    (error,) = done.errors.data
+    assert (error.line, error.code, error.param) == (1, "invalid_body", "body.previous_response_id")

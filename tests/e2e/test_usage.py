@@ -73,6 +73,33 @@ def test_a_users_requests_are_counted_and_nobody_elses_are_visible(
     assert usage(stack, stack.api_key, start=start, user=alice).json()["totals"] == body["totals"]
 
 
+def test_responses_and_messages_calls_are_counted_under_their_own_routes(
+    stack: BackgroundStack,
+) -> None:
+    user = f"dialects-{uuid.uuid4().hex[:6]}"
+    key = create_key(stack, user)
+    start = int(time.time()) - 1
+    sdk = OpenAI(base_url=f"{stack.config.api_url}/v1", api_key=key, max_retries=0)
+    sdk.chat.completions.create(model=TINY, messages=HELLO, max_tokens=2)
+    sdk.responses.create(model=TINY, input="Hello", max_output_tokens=2)
+    sdk.responses.create(model=TINY, input="Hello", max_output_tokens=2, store=False)
+    message = requests.post(
+        f"{stack.config.api_url}/v1/messages",
+        json={"model": TINY, "max_tokens": 2, "messages": HELLO},
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+        timeout=60,
+    )
+    assert message.status_code == 200, message.text
+
+    def counted() -> dict[str, Any] | None:
+        body: dict[str, Any] = usage(stack, key, start=start, group_by="function").json()
+        return body if body.get("totals", {}).get("requests") == 4 else None
+
+    body = wait_for(counted, 20, "the four calls in the user's usage")
+    by_route = {b["function"]: b["requests"] for b in body["data"]}
+    assert by_route == {"chat_completions": 1, "messages": 1, "responses": 2}
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [

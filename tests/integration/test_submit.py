@@ -111,6 +111,19 @@ def test_the_websocket_route_submits_through_the_gateway(stage: str) -> None:
     record = services.requests.get(request_id)
     assert record is not None and record["stream"] == {"connection_id": "conn-9", "ref": "c1"}
     assert "dialect" not in record
+    assert "route" not in record  # chat: its route is its function
+    # A dialect's action: run as chat, counted under its own route (usage, metrics). Another
+    # user's connection: the first stream holds its user's stream slot.
+    other = services.keys.create(f"streamer-{uuid.uuid4().hex[:6]}")
+    assert service.connect("conn-10", {"headers": {"Authorization": f"Bearer {other}"}}) == {
+        "statusCode": 200
+    }
+    frame = {"action": "messages", "id": "m1", "body": {**BODY, "max_tokens": 8}}
+    request_id = service.message("conn-10", json.dumps(frame))
+    assert request_id is not None
+    record = services.requests.get(request_id)
+    assert record is not None
+    assert (record["function"], record["route"]) == ("chat_completions", "messages")
 
 
 def test_a_stream_that_cannot_be_queued_fails_with_the_trees_503_and_frees_its_slot(

@@ -181,3 +181,69 @@ def test_a_line_whose_tools_or_format_no_engine_can_enforce_is_a_line_error(
 ) -> None:
     errors = check_all(checker(), line("a"), line("b", **body))
     assert [(e["code"], e["line"], e["param"]) for e in errors] == [("invalid_body", 2, param)]
+
+
+def test_a_responses_line_runs_as_chat_and_keeps_its_response_skeleton() -> None:
+    c = checker("/v1/responses")
+    raw = json.dumps(
+        {
+            "custom_id": "r-1",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {
+                "model": MODEL,
+                "instructions": "Be brief.",
+                "input": "hi",
+                "max_output_tokens": 3,
+            },
+        }
+    ).encode()
+    out = c.check(raw)
+    assert out is not None and c.finish() == []
+    assert out["body"]["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+    ]
+    assert out["body"]["max_tokens"] == 3
+    base = out["render"]
+    assert base["object"] == "response" and base["id"].startswith("resp_")
+    assert (base["instructions"], base["store"]) == ("Be brief.", False)
+
+
+def test_a_messages_line_runs_as_chat_and_keeps_its_model_and_stops() -> None:
+    c = checker("/v1/messages")
+    body = {"model": MODEL, "max_tokens": 4, "system": "S", "stop_sequences": ["END"]}
+    raw = json.dumps(
+        {
+            "custom_id": "m-1",
+            "url": "/v1/messages",
+            "body": {**body, "messages": [{"role": "user", "content": "hi"}]},
+        }
+    ).encode()
+    out = c.check(raw)
+    assert out is not None and c.finish() == []
+    assert out["body"]["messages"][0] == {"role": "system", "content": "S"}
+    assert (out["body"]["max_tokens"], out["body"]["stop"]) == (4, ["END"])
+    assert out["render"] == {"model": MODEL, "stop_sequences": ["END"]}
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "param"),
+    [
+        (
+            "/v1/responses",
+            {"input": "hi", "previous_response_id": "resp_1"},
+            "body.previous_response_id",
+        ),
+        ("/v1/responses", {"input": "hi", "background": True}, "body.background"),
+        ("/v1/responses", {"input": "hi", "tools": [{"type": "web_search"}]}, "body.tools[0].type"),
+        ("/v1/messages", {"messages": [{"role": "user", "content": "hi"}]}, "body.max_tokens"),
+    ],
+)
+def test_a_dialect_line_its_translator_refuses_names_the_field(
+    url: str, body: dict[str, Any], param: str
+) -> None:
+    c = checker(url)
+    raw = json.dumps({"custom_id": "a", "url": url, "body": {"model": MODEL, **body}}).encode()
+    (error,) = check_all(c, raw)
+    assert (error["code"], error["param"], error["line"]) == ("invalid_body", param, 1)

@@ -13,6 +13,7 @@ import pytest
         "bench.common",
         "bench.constrained",
         "bench.jobs",
+        "bench.dialects",
         "bench.affinity",
         "bench.proxy",
         "bench.server_layers",

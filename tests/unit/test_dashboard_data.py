@@ -51,6 +51,21 @@ def test_totals_error_rate_tokens_per_minute_and_top_users() -> None:
     assert t["recent_failures"][1]["errors"] == 2
 
 
+def test_requests_are_counted_by_the_route_they_came_by() -> None:
+    records = [
+        record(10, "a", 1, 1, function="chat_completions"),
+        record(20, "a", 1, 1, function="responses"),
+        record(30, "b", 1, 1, function="responses"),
+        record(40, "b", 1, 1, function="messages"),
+        record(50, "c", 1, 1, function="chat_completions", requests=4, rid="shard_1"),
+    ]
+    assert traffic(records, NOW, 3600)["by_function"] == {
+        "chat_completions": 5,
+        "messages": 1,
+        "responses": 2,
+    }
+
+
 def test_series_are_per_minute_buckets_covering_the_window() -> None:
     t = traffic([record(10, "a", 1, 2), record(70, "a", 4, 8, errors=1)], NOW, 600)
     s = t["series"]

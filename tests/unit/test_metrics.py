@@ -178,6 +178,23 @@ def test_a_failed_request_is_an_error_by_status_and_code_and_its_usage_says_so()
     }
 
 
+@pytest.mark.parametrize("route", ["responses", "messages"])
+def test_a_dialects_call_is_counted_under_its_route_not_the_chat_it_ran_as(route: str) -> None:
+    # What Gateway.submit records for a Responses or Messages call: it runs as chat.
+    record = {
+        "request_id": "req_4",
+        "owner": "dan",
+        "model": "m",
+        "function": "chat_completions",
+        "route": route,
+    }
+    u = usage_of({**record, "created_at": 10.0}, "completed", {}, now=11.0)
+    assert u.function == route
+    assert usage_of({**record, "route": None}, "completed", {}, now=11.0).function == (
+        "chat_completions"
+    )
+
+
 def test_accounting_that_fails_is_counted_and_never_raises() -> None:
     m, _ = recorder()
     accounting = Accounting(m, get_logger("t"))
@@ -268,6 +285,21 @@ def test_a_batch_shard_is_one_usage_record_of_its_lines_and_its_metrics_are_flus
     assert seen["BatchLinesFailed"][0]["values"] == [1.0]
     assert seen["BatchShardEngineTime"][0]["unit"] == "Milliseconds"
     assert seen["PromptTokens"][0]["values"] == [40.0]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "route"),
+    [
+        ("/v1/responses", "responses"),
+        ("/v1/messages", "messages"),
+        ("/v1/embeddings", "embeddings"),
+    ],
+)
+def test_a_dialects_batch_shard_is_counted_under_its_route(endpoint: str, route: str) -> None:
+    from chalicelib.batch.accounting import shard_usage
+
+    record = {"owner": "carol", "batch_id": "batch_2", "model": "m", "endpoint": endpoint}
+    assert shard_usage(record, 0, 1, 0, "local-a", {}, now=5.0).function == route
 
 
 def test_relay_pushes_are_counted_by_outcome_and_frames_posted() -> None:

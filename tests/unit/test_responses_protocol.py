@@ -135,3 +135,29 @@ def test_the_buffered_stream_assembles_in_the_sdk_into_the_plain_response(
         for part in item.get("content") or []:
             part.pop("parsed", None)
     assert output == plain["output"]
+
+
+def test_codex_s_request_translates_with_its_prompt_cache_key_for_affinity() -> None:
+    # The fields Codex CLI 0.169 sends besides input and tools (captured from its request).
+    body = {
+        "stream": True,
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+        "reasoning": {"summary": "auto"},
+        "store": False,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "01a253f5-0ad6-7b02-a225-0ad2dfd67075",
+        "client_metadata": {"turn_id": "t"},
+        "tools": [{"type": "function", "name": "exec_command", "parameters": WEATHER}],
+        "input": [
+            {
+                "type": "message",
+                "role": "developer",
+                "content": [{"type": "input_text", "text": "d"}],
+            },
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        ],
+    }
+    chat = rp.to_chat(req(**body))
+    assert chat.prompt_cache_key == "01a253f5-0ad6-7b02-a225-0ad2dfd67075"
+    assert [m["role"] for m in chat.engine_body()["messages"]][-1] == "user"

@@ -124,6 +124,9 @@
       return tr;
     }));
 
+    $("by-function").tBodies[0].replaceChildren(...Object.entries(t.by_function).map(([f, n]) =>
+      row([el("td", f, "mono"), el("td", num(n), "num")])));
+
     $("failures").tBodies[0].replaceChildren(...(t.recent_failures.length ? t.recent_failures.map((f) =>
       row([el("td", when(f.finished_at)), el("td", f.request_id, "mono"), el("td", f.user, "mono"), el("td", f.model),
         el("td", f.endpoint), el("td", f.status_code), el("td", f.error_code)])
