@@ -62,6 +62,9 @@ def registry_file(tmp_path: Path) -> Path:
 
 
 def make_services(stage: str, registry_file: Path, **settings: Any) -> Services:
+    # These tests route by priority (globus-a first); a conversation's home would pick by hash
+    # (affinity has its own tests: test_affinity_router, test_poller).
+    settings.setdefault("affinity", False)
     services = poller_services(stage, registry_file, **settings)
     forget_endpoints(services)
     return services

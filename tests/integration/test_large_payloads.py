@@ -35,6 +35,9 @@ LARGE = 300 * 1024
 def settings(stage: str, **overrides: Any) -> Settings:
     return Settings(
         stage=stage,
+        # Fail-over here goes by the registry's priority (local-a first), not a conversation's
+        # home (affinity has its own tests).
+        affinity=overrides.pop("affinity", False),
         poller_visibility_timeout_s=2,
         poller_wait_time_s=1,
         wait_timeout_s=20,
