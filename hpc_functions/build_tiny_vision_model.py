@@ -23,6 +23,7 @@ from hpc_functions.build_tiny_model import (
     SEED,
     _build_tokenizer,
     _source_tokenizer_file,
+    build_agent,
     build_once,
 )
 from hpc_functions.build_tiny_model import build as build_chat
@@ -116,17 +117,21 @@ def build(out_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``OUT_DIR``, or ``CHAT_OUT_DIR OUT_DIR``: the tiny chat model first, in the same process
-    (one import of transformers, not two; the stack builds both this way)."""
+    """``OUT_DIR``, ``CHAT_OUT_DIR OUT_DIR`` or ``CHAT_OUT_DIR AGENT_OUT_DIR OUT_DIR``: the tiny
+    chat model and tiny-agent first, in the same process (one import of transformers, not three;
+    the stack builds all three this way)."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 2):
+    if len(args) not in (1, 2, 3):
         print(
-            "usage: python -m hpc_functions.build_tiny_vision_model [CHAT_OUT_DIR] OUT_DIR",
+            "usage: python -m hpc_functions.build_tiny_vision_model"
+            " [CHAT_OUT_DIR [AGENT_OUT_DIR]] OUT_DIR",
             file=sys.stderr,
         )
         return 2
-    if len(args) == 2:
+    if len(args) >= 2:
         print(build_chat(args[0]))
+    if len(args) == 3:
+        print(build_agent(args[1]))
     print(build(args[-1]))
     return 0
 

@@ -46,11 +46,14 @@ TINY_MODEL = "first/tiny-chat"
 
 
 def build_tiny_model(home: Path) -> Path:
-    """The tiny chat model and the tiny vision-language model (first/tiny-vision) beside it."""
+    """The tiny chat model, and beside it first/tiny-agent (the same, ending its turn within a few
+    tokens) and the tiny vision-language model (first/tiny-vision)."""
     out = home / "models" / "tiny-chat"
+    agent = home / "models" / "tiny-agent"
     vision = home / "models" / "tiny-vision"
+    module = "hpc_functions.build_tiny_vision_model"
     subprocess.run(
-        [sys.executable, "-m", "hpc_functions.build_tiny_vision_model", str(out), str(vision)],
+        [sys.executable, "-m", module, str(out), str(agent), str(vision)],
         check=True,
         cwd=REPO_ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)},

@@ -1,9 +1,13 @@
 """The real Claude Code CLI (npm ``@anthropic-ai/claude-code``, installed by ``make agents``)
-against the running stack (issue 21): its request is served and its streamed answer read.
+against the running stack (issue 21): its request is served, its streamed answer read, and it
+exits 0.
 
 It sends what it sends to Anthropic: its system prompt and 21 tools (about 20k tokens, one of
 them, ``SendMessage``, with an ``allOf`` schema), streaming, ``max_tokens`` from
-``CLAUDE_CODE_MAX_OUTPUT_TOKENS``. Its home is a temporary directory and no traffic goes
+``CLAUDE_CODE_MAX_OUTPUT_TOKENS``. The model is ``first/tiny-agent``, the tiny random-weight
+model whose output head favours its eos: it ends its turn within a few tokens, as a chat model
+does (``first/tiny-chat`` writes until ``max_tokens``, which Claude Code reports as an error and
+exits 1). Its home is a temporary directory and no traffic goes
 anywhere but the gateway (``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC``).
 """
 
@@ -24,20 +28,21 @@ from first_cli.agent import exports
 from offline.background import BackgroundStack
 from tests.e2e.conftest import TINY, create_key
 from tests.e2e.test_durability import wait_for
-from tests.e2e.test_usage import usage
+from tests.e2e.test_usage import emf, usage
 
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLAUDE = REPO_ROOT / ".first" / "npm" / "node_modules" / ".bin" / "claude"
-# The tiny model writes noise at about 70 ms a token after a 20k-token prompt: a short answer.
-MAX_OUTPUT_TOKENS = 16  # named in Claude Code's message below
+AGENT = "first/tiny-agent"
+# tiny-agent ends its turn with P(eos) about 0.4 a token: past 256 tokens with about 0.6**256.
+MAX_OUTPUT_TOKENS = 256
 
 
 def claude_environment(stack: BackgroundStack, key: str, home: Path) -> dict[str, str]:
     """What ``first agent configure claude`` prints, with a home of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
-    for line in exports("claude", f"{stack.config.api_url}/v1", key, TINY).splitlines():
+    for line in exports("claude", f"{stack.config.api_url}/v1", key, AGENT).splitlines():
         name, _, value = line.removeprefix("export ").partition("=")
         env[name] = value.strip("'")
     env.update(
@@ -48,7 +53,7 @@ def claude_environment(stack: BackgroundStack, key: str, home: Path) -> dict[str
     return env
 
 
-def test_claude_code_s_whole_request_is_served_and_its_answer_read(
+def test_claude_code_s_whole_request_is_served_and_it_exits_0(
     stack: BackgroundStack, tmp_path: Path
 ) -> None:
     if not CLAUDE.exists():
@@ -60,7 +65,7 @@ def test_claude_code_s_whole_request_is_served_and_its_answer_read(
     home.mkdir()
 
     done = subprocess.run(
-        [str(CLAUDE), "-p", "Say hi", "--model", TINY],
+        [str(CLAUDE), "-p", "Say hi", "--model", AGENT],
         env=claude_environment(stack, key, home),
         cwd=tmp_path,
         capture_output=True,
@@ -76,16 +81,19 @@ def test_claude_code_s_whole_request_is_served_and_its_answer_read(
         return body if body["totals"]["requests"] >= 1 else None
 
     body = wait_for(served, 20, "Claude Code's requests in its key's usage")
-    assert [b["model"] for b in body["data"]] == [TINY]
+    assert [b["model"] for b in body["data"]] == [AGENT]
     assert body["totals"]["errors"] == 0
     assert body["totals"]["prompt_tokens"] > 2048 * body["totals"]["requests"]
-    # The tiny random-weight model never writes its eos within the few tokens allowed, so the
-    # answer ends with stop_reason max_tokens, which Claude Code reports as its own error; any
-    # other outcome (a gateway error, a refused request) fails here.
-    if done.returncode != 0:
-        assert "exceeded the 16 output token maximum" in done.stdout, (
-            f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-2000:]}"
-        )
+    # On the Messages route: the API's metrics name the route and model of each call.
+    api = wait_for(
+        lambda: [d for d in emf(stack, "api", "ApiLatency") if d.get("model") == AGENT],
+        20,
+        "the API's metrics of Claude Code's calls",
+    )
+    assert "/v1/messages" in {d["route"] for d in api}
+    # The model ended its turn (stop_reason end_turn), so Claude Code printed its answer and
+    # finished as it does against Anthropic.
+    assert done.returncode == 0, f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-2000:]}"
 
 
 def test_max_tokens_past_the_models_ceiling_is_anthropic_s_400(stack: BackgroundStack) -> None:

@@ -17,3 +17,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hpc_functions.build_tiny_model import build
 
     return build(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_agent_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """first/tiny-agent: the tiny model ending its turn within a few tokens."""
+    from hpc_functions.build_tiny_model import build_agent
+
+    return build_agent(tmp_path_factory.mktemp("models") / "tiny-agent")

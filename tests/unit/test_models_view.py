@@ -195,6 +195,8 @@ def test_the_local_registry_lists_the_tiny_models_capabilities_as_configured() -
         "vision": False,
     }
     assert embed["context_length"] == _minilm_model_max_length()
+    # tiny-agent is tiny-chat ending its turn early: the same capabilities.
+    assert _capabilities(registry, "first/tiny-agent") == chat
     # The tiny vision-language model takes images because its entry says so.
     vision = _capabilities(registry, "first/tiny-vision")
     assert (vision["routes"], vision["vision"], vision["tools"]) == (["chat"], True, True)

@@ -13,6 +13,7 @@ def test_local_registry_serves_tiny_chat_and_minilm_on_two_clusters() -> None:
     reg = Registry.load(LOCAL, env)
     assert reg.model_ids() == [
         "first/tiny-chat",
+        "first/tiny-agent",
         "first/tiny-vision",
         "sentence-transformers/all-MiniLM-L6-v2",
     ]
