@@ -239,8 +239,10 @@ class Gateway:
             )
         for capability, param in req.capabilities_used().items():
             if not self._registry.supports(model, capability):
+                # A part of a message is named with what it is: "images (messages[0].content[1])".
+                what = f"images ({param})" if capability == "vision" else param
                 raise BadRequestError(
-                    f"The model '{model}' does not support {param} (see its capabilities in"
+                    f"The model '{model}' does not support {what} (see its capabilities in"
                     f" GET /v1/models/{model}).",
                     param=param,
                     code=f"{capability}_not_supported",

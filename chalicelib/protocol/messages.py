@@ -24,7 +24,10 @@ What maps to what:
   clients send (``cache_control``, ``service_tier`` …) are accepted and not used; ``thinking`` is accepted, and reasoning the engine writes (``reasoning_content``)
   comes back as a ``thinking`` block.
 
-``image`` and ``document`` blocks are a 400 naming the block: no model here serves them yet.
+An ``image`` block (``source`` base64 or url) becomes a chat ``image_url`` part, so the image
+rules of chat decide (``chalicelib.images``): a model without ``vision`` in the registry answers
+a 400 ``vision_not_supported``, a bad image a 400 naming its part. ``document`` and
+``search_result`` blocks are a 400 naming the block: no model here serves them yet.
 """
 
 from __future__ import annotations
@@ -55,10 +58,6 @@ def speaks_anthropic(path: str | None) -> bool:
     return bool(path) and (path == PATH_PREFIX or str(path).startswith(PATH_PREFIX + "/"))
 
 
-# Blocks a user turn may carry that no model here can read yet.
-_UNSERVED_BLOCKS = ("image", "document", "search_result")
-
-
 class TextBlock(OpenAIModel):
     type: Literal["text"]
     text: StrictStr
@@ -82,12 +81,37 @@ class ThinkingBlock(OpenAIModel):
     type: Literal["thinking", "redacted_thinking"]
 
 
+class ImageSource(OpenAIModel):
+    type: Literal["base64", "url"]
+    media_type: StrictStr | None = None
+    data: StrictStr | None = None
+    url: StrictStr | None = None
+
+
+class ImageBlock(OpenAIModel):
+    type: Literal["image"]
+    source: ImageSource
+
+    def image_url(self, where: str) -> str:
+        """The image as chat's ``image_url.url``: a data URL (base64), or the URL as given."""
+        source = self.source
+        if source.type == "base64":
+            if not source.media_type or not source.data:
+                raise BadRequestError(
+                    f"{where}: a base64 image source needs media_type and data.", param=where
+                )
+            return f"data:{source.media_type};base64,{source.data}"
+        if not source.url:
+            raise BadRequestError(f"{where}: a url image source needs its url.", param=where)
+        return source.url
+
+
 class UnservedBlock(OpenAIModel):
-    type: Literal["image", "document", "search_result"]
+    type: Literal["document", "search_result"]
 
 
 Block = Annotated[
-    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | UnservedBlock,
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | UnservedBlock,
     Field(discriminator="type"),
 ]
 
@@ -225,12 +249,19 @@ def _chat_messages(message: InputMessage, where: str) -> list[dict[str, Any]]:
     if isinstance(message.content, str):
         return [{"role": message.role, "content": message.content}]
     texts: list[str] = []
+    # A user turn with images: its text and image blocks as chat content parts, in order.
+    parts: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(message.content):
         at = f"{where}.content[{j}]"
         if isinstance(block, TextBlock):
             texts.append(block.text)
+            parts.append({"type": "text", "text": block.text})
+        elif isinstance(block, ImageBlock):
+            if message.role != "user":
+                raise BadRequestError(f"{at}: only user turns may carry images", param=at)
+            parts.append({"type": "image_url", "image_url": {"url": block.image_url(at)}})
         elif isinstance(block, UnservedBlock):
             raise _unserved(block, at)
         elif isinstance(block, ToolUseBlock):
@@ -255,6 +286,8 @@ def _chat_messages(message: InputMessage, where: str) -> list[dict[str, Any]]:
         if calls:
             turn["tool_calls"] = calls
         return [turn]
+    if len(parts) > len(texts):  # images among them
+        return [*results, {"role": message.role, "content": parts}]
     user = [{"role": message.role, "content": "\n".join(texts)}] if texts else []
     return results + user
 

@@ -7,6 +7,7 @@ validates against its ``input_schema``. Errors come back as the SDK's own except
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -21,6 +22,7 @@ from first_cli.proxy import Proxy
 from offline.background import BackgroundStack
 from offline.stack import free_port
 from tests.e2e.conftest import LIMITED_USER, TINY, create_key
+from tests.e2e.test_vision import VISION, image_bytes
 from tests.servers import serving
 
 pytestmark = pytest.mark.e2e
@@ -265,10 +267,39 @@ def test_errors_are_the_sdk_s_own_classes(stack: BackgroundStack, sdk: Anthropic
             ],
             max_tokens=2,
         )
-    assert "image" in bad.value.message
+    # An image block to a text-only model: chat's image rules decide, in Anthropic's shape.
+    assert "does not support images (messages[0].content[0])" in bad.value.message
     limited = claude(stack, create_key(stack, LIMITED_USER))
     with pytest.raises(anthropic.RateLimitError) as refused:
         for _ in range(5):  # two a minute (tests/e2e/conftest.py)
             limited.messages.create(model=TINY, messages=hi, max_tokens=2)
     assert int(refused.value.response.headers["retry-after"]) >= 1
     assert refused.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+
+
+def test_an_image_block_is_answered_by_the_vision_model(sdk: Anthropic) -> None:
+    """Anthropic's image block (base64 source) reaches the vision model as chat's image part."""
+    data = base64.b64encode(image_bytes()).decode()
+    message = sdk.messages.create(
+        model=VISION,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "How many cells?"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": data},
+                    },
+                ],
+            }
+        ],
+        max_tokens=4,
+    )
+    assert message.type == "message" and message.model == VISION
+    assert message.stop_reason in ("end_turn", "max_tokens")
+    # The prompt held the image's tokens, not just the text.
+    text_only = sdk.messages.count_tokens(
+        model=VISION, messages=[{"role": "user", "content": "How many cells?"}]
+    )
+    assert message.usage.input_tokens > text_only.input_tokens

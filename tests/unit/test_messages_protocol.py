@@ -141,7 +141,33 @@ def test_an_error_tool_result_says_so_to_the_model() -> None:
         ({"max_tokens": None}, "max_tokens"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "source": {"type": "base64", "data": "AA=="}}
+                        ],
+                    }
+                ]
+            },
+            "messages[0].content[0]",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "image", "source": {"type": "url", "url": "https://x"}}
+                        ],
+                    }
+                ]
+            },
             "messages[0].content[0]",
         ),
         ({"tool_choice": {"type": "tool"}}, "tool_choice"),
@@ -421,3 +447,36 @@ def test_a_system_turn_inside_the_conversation_stays_where_it_stands() -> None:
         ("user", "hi"),
         ("system", "env"),
     ]
+
+
+def test_image_blocks_become_chat_image_parts_in_their_place() -> None:
+    """An image block is a chat ``image_url`` part (a data URL for base64), beside the turn's
+    text in order, so chat's image rules and the model's vision capability decide."""
+    body = {
+        "model": "m",
+        "max_tokens": 16,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"},
+                    },
+                    {
+                        "type": "image",
+                        "source": {"type": "url", "url": "https://example.org/a.png"},
+                    },
+                ],
+            }
+        ],
+    }
+    chat = validate(body, MessagesRequest).to_chat()
+    content = chat.model_dump(exclude_none=True)["messages"][-1]["content"]
+    assert content == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+        {"type": "image_url", "image_url": {"url": "https://example.org/a.png"}},
+    ]
+    assert chat.capabilities_used().get("vision")
